@@ -1,0 +1,68 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "LLMTap",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "llmtap-sidecar", targets: ["Sidecar"]),
+        .executable(name: "llmtap-collector", targets: ["Collector"]),
+        .executable(name: "llmtap-wire-bench", targets: ["WireBench"]),
+        .library(name: "Wire", targets: ["Wire"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CZeroMQ",
+            pkgConfig: "libzmq",
+            providers: [.apt(["libzmq3-dev"])]
+        ),
+        .target(
+            name: "Wire",
+            dependencies: [
+                "CZeroMQ",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            exclude: ["analysis.proto"]
+        ),
+        .executableTarget(
+            name: "Sidecar",
+            dependencies: [
+                "Wire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "Collector",
+            dependencies: [
+                "Wire",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // Throughput of the wire against raw libzmq: benchmarks/wire.sh runs it in release.
+        .executableTarget(
+            name: "WireBench",
+            dependencies: [
+                "Wire", "CZeroMQ",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(
+            name: "WireTests",
+            dependencies: ["Wire", "CZeroMQ"],
+            resources: [.copy("Golden")]
+        ),
+        .testTarget(name: "SidecarTests", dependencies: ["Wire"]),
+        .testTarget(name: "CollectorTests", dependencies: ["Wire"]),
+    ]
+)
