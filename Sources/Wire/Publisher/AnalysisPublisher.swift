@@ -213,7 +213,7 @@ public final class AnalysisPublisher: Sendable {
     /// Encodes and sends one record, waiting for the collector while it is away or busy, but not
     /// past the shutdown deadline.
     private func deliver(_ pending: PendingRecord, on socket: ZMQSocket, encoder: EnvelopeEncoder) -> Delivery {
-        let frame: [UInt8]
+        let frame: OutboundFrame
         do {
             frame = try encoder.encode(
                 seq: pending.seq, sentUnixNanos: WallClock.nowUnixNanos(),
@@ -225,20 +225,24 @@ public final class AnalysisPublisher: Sendable {
             ])
             return .skipped
         }
-        while true {
-            do {
-                if try socket.send(frame, dontWait: true) { return .sent }
+        var deadlinePassed = false
+        do {
+            let sent = try socket.send(taking: frame) {
                 if let deadline = shutdownDeadline.withLock({ $0 }), ContinuousClock.now >= deadline {
-                    return .deadlinePassed
+                    deadlinePassed = true
+                    return false
                 }
                 // The collector is away or its queue toward us is full: wait for room.
-                _ = try socket.poll(.writable, timeoutMilliseconds: 100)
-            } catch {
-                logger.error("the analysis socket refused a record; dropping it", metadata: [
-                    "endpoint": "\(configuration.endpoint)", "error": "\(error)",
-                ])
-                return .skipped
+                _ = try? socket.poll(.writable, timeoutMilliseconds: 100)
+                return true
             }
+            if sent { return .sent }
+            return deadlinePassed ? .deadlinePassed : .skipped
+        } catch {
+            logger.error("the analysis socket refused a record; dropping it", metadata: [
+                "endpoint": "\(configuration.endpoint)", "error": "\(error)",
+            ])
+            return .skipped
         }
     }
 }

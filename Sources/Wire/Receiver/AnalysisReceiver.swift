@@ -6,7 +6,7 @@ import Synchronization
 
 /// A record that passed the frame checks, with the gap that preceded it, if any.
 public struct ReceivedRecord: Sendable {
-    public let envelope: Envelope
+    public let envelope: DecodedEnvelope
     public let gap: SequenceGap?
 }
 
@@ -150,13 +150,14 @@ extension AnalysisReceiver {
                 started(.failure(error))
                 return
             }
-            receiveLoop(pull: pull, monitor: monitor)
+            var decoder = EnvelopeDecoder()
+            receiveLoop(pull: pull, monitor: monitor, decoder: &decoder)
             pull.close()
             monitor.close()
             withExtendedLifetime(context) {}
         }
 
-        func receiveLoop(pull: ZMQSocket, monitor: ZMQSocket) {
+        func receiveLoop(pull: ZMQSocket, monitor: ZMQSocket, decoder: inout EnvelopeDecoder) {
             // Read up to this many messages per wakeup before checking for shutdown and link events.
             let burst = 1024
             while !stopping.load(ordering: .acquiring) {
@@ -171,7 +172,7 @@ extension AnalysisReceiver {
                 guard ready[0].contains(.readable) else { continue }
                 for _ in 0..<burst {
                     do {
-                        guard try receiveOne(pull) else { break }
+                        guard try receiveOne(pull, decoder: &decoder) else { break }
                     } catch {
                         logger.error("receiving on the analysis socket failed; stopping the receiver", metadata: ["error": "\(error)"])
                         return
@@ -181,39 +182,57 @@ extension AnalysisReceiver {
         }
 
         /// Reads one message if one is waiting. Returns `false` when none was.
-        func receiveOne(_ pull: ZMQSocket) throws(ZMQError) -> Bool {
-            let frame = try pull.receiveFrame(dontWait: true) { bytes, more in
-                (decoded: WireFrame.decode(bytes), more: more)
+        func receiveOne(_ pull: ZMQSocket, decoder: inout EnvelopeDecoder) throws(ZMQError) -> Bool {
+            // Everything happens inside the closure, on the received bytes, so the decoded record
+            // is handed on once rather than copied out through return values.
+            let outcome = try pull.receiveFrame(dontWait: true) { bytes, more -> FrameOutcome in
+                if more { return .multipart }
+                switch decoder.decode(bytes) {
+                case .failure(let error):
+                    return .refused(error)
+                case .success(let envelope):
+                    deliver(envelope)
+                    return .delivered
+                }
             }
-            guard let frame else { return false }
-            if frame.more {
+            switch outcome {
+            case nil:
+                return false
+            case .delivered:
+                break
+            case .refused(let error):
+                reject(error)
+            case .multipart:
                 try pull.discardRemainingFrames()
                 reject(WireFrameError(.unexpectedMultipart, "a record is one frame; this message had more"))
-                return true
-            }
-            switch frame.decoded {
-            case .failure(let error):
-                reject(error)
-            case .success(let envelope):
-                let gap = state.withLock { state -> SequenceGap? in
-                    state.stats.received += 1
-                    let observation = state.tracker.observe(
-                        sidecarID: envelope.sidecarID, bootID: envelope.bootID,
-                        seq: envelope.seq, droppedBefore: envelope.droppedBefore
-                    )
-                    if case .gap(let gap) = observation { return gap }
-                    return nil
-                }
-                if let gap {
-                    logger.warning("analysis records missing", metadata: [
-                        "sidecar": "\(gap.sidecarID)", "boot_id": "\(gap.bootID)",
-                        "first_missing": "\(gap.firstMissing)", "last_missing": "\(gap.lastMissing)",
-                        "dropped_by_sidecar": "\(gap.droppedBySender)", "lost_in_transit": "\(gap.lostInTransit)",
-                    ])
-                }
-                handler(ReceivedRecord(envelope: envelope, gap: gap))
             }
             return true
+        }
+
+        enum FrameOutcome {
+            case delivered
+            case refused(WireFrameError)
+            case multipart
+        }
+
+        func deliver(_ envelope: DecodedEnvelope) {
+            let gap = state.withLock { state -> SequenceGap? in
+                state.stats.received += 1
+                let observation = state.tracker.observe(
+                    sidecarID: envelope.sidecarID, bootID: envelope.bootID,
+                    seq: envelope.seq, droppedBefore: envelope.droppedBefore
+                )
+                if case .gap(let gap) = observation { return gap }
+                return nil
+            }
+            if let gap {
+                logger.warning("analysis records missing", metadata: [
+                    "sidecar": "\(gap.sidecarID)", "boot_id": "\(gap.bootID)",
+                    "first_missing": "\(gap.firstMissing)", "last_missing": "\(gap.lastMissing)",
+                    "dropped_by_sidecar": "\(gap.droppedBySender)", "lost_in_transit": "\(gap.lostInTransit)",
+                ])
+            }
+            handler(ReceivedRecord(envelope: envelope, gap: gap))
         }
 
         func reject(_ error: WireFrameError) {

@@ -54,7 +54,11 @@ public struct SequenceTracker: Sendable {
     /// At most this many streams are tracked; the quietest is forgotten first. A sidecar restarting
     /// in a loop would otherwise grow this without bound.
     public let maxStreams: Int
-    private var streams: [StreamKey: SequenceStreamStats] = [:]
+    private var slots: [SequenceStreamStats] = []
+    private var index: [StreamKey: Int] = [:]
+    /// The slot of the previous observation: consecutive records mostly come from one sidecar,
+    /// and then no hashing is needed.
+    private var lastSlot: Int?
     private var clock: UInt64 = 0
 
     public init(maxStreams: Int = 10_000) {
@@ -64,53 +68,69 @@ public struct SequenceTracker: Sendable {
 
     public mutating func observe(sidecarID: String, bootID: String, seq: UInt64, droppedBefore: UInt64) -> Observation {
         clock += 1
-        let key = StreamKey(sidecarID: sidecarID, bootID: bootID)
-        var stream = streams[key] ?? SequenceStreamStats(sidecarID: sidecarID, bootID: bootID)
-        stream.lastTouched = clock
-        stream.received += 1
-        defer {
-            if streams.updateValue(stream, forKey: key) == nil && streams.count > maxStreams {
-                evictQuietest()
-            }
-        }
-
-        guard seq > stream.lastSeq else {
-            stream.outOfOrder += 1
-            return .outOfOrder
-        }
-        var observation = Observation.inOrder
-        if seq > stream.lastSeq + 1 {
-            let missing = seq - stream.lastSeq - 1
-            // dropped_before only grows; a sidecar that claims otherwise gets no credit for drops.
-            let dropped = droppedBefore >= stream.lastDroppedBefore
-                ? min(droppedBefore - stream.lastDroppedBefore, missing)
-                : 0
-            let gap = SequenceGap(
-                sidecarID: sidecarID, bootID: bootID,
-                firstMissing: stream.lastSeq + 1, lastMissing: seq - 1, droppedBySender: dropped
-            )
-            stream.gaps += 1
-            stream.missing += missing
-            stream.droppedBySender += dropped
-            stream.lostInTransit += gap.lostInTransit
-            observation = .gap(gap)
-        }
-        stream.lastSeq = seq
-        stream.lastDroppedBefore = droppedBefore
-        return observation
+        let slot = slotFor(sidecarID: sidecarID, bootID: bootID)
+        lastSlot = slot
+        return slots[slot].observe(seq: seq, droppedBefore: droppedBefore, clock: clock)
     }
 
     public var allStreams: [SequenceStreamStats] {
-        streams.values.sorted { ($0.sidecarID, $0.bootID) < ($1.sidecarID, $1.bootID) }
+        slots.sorted { ($0.sidecarID, $0.bootID) < ($1.sidecarID, $1.bootID) }
     }
 
     public func stream(sidecarID: String, bootID: String) -> SequenceStreamStats? {
-        streams[StreamKey(sidecarID: sidecarID, bootID: bootID)]
+        index[StreamKey(sidecarID: sidecarID, bootID: bootID)].map { slots[$0] }
+    }
+
+    private mutating func slotFor(sidecarID: String, bootID: String) -> Int {
+        if let lastSlot, slots[lastSlot].sidecarID == sidecarID, slots[lastSlot].bootID == bootID {
+            return lastSlot
+        }
+        let key = StreamKey(sidecarID: sidecarID, bootID: bootID)
+        if let slot = index[key] { return slot }
+        if slots.count == maxStreams { evictQuietest() }
+        slots.append(SequenceStreamStats(sidecarID: sidecarID, bootID: bootID))
+        index[key] = slots.count - 1
+        return slots.count - 1
     }
 
     private mutating func evictQuietest() {
-        if let quietest = streams.min(by: { $0.value.lastTouched < $1.value.lastTouched })?.key {
-            streams.removeValue(forKey: quietest)
+        guard let quietest = slots.indices.min(by: { slots[$0].lastTouched < slots[$1].lastTouched }) else { return }
+        index.removeValue(forKey: StreamKey(sidecarID: slots[quietest].sidecarID, bootID: slots[quietest].bootID))
+        let last = slots.count - 1
+        if quietest != last {
+            slots[quietest] = slots[last]
+            index[StreamKey(sidecarID: slots[quietest].sidecarID, bootID: slots[quietest].bootID)] = quietest
         }
+        slots.removeLast()
+        lastSlot = nil
+    }
+}
+
+extension SequenceStreamStats {
+    fileprivate mutating func observe(seq: UInt64, droppedBefore: UInt64, clock: UInt64) -> SequenceTracker.Observation {
+        lastTouched = clock
+        received += 1
+        guard seq > lastSeq else {
+            outOfOrder += 1
+            return .outOfOrder
+        }
+        var observation = SequenceTracker.Observation.inOrder
+        if seq > lastSeq + 1 {
+            let missingNow = seq - lastSeq - 1
+            // dropped_before only grows; a sidecar that claims otherwise gets no credit for drops.
+            let dropped = droppedBefore >= lastDroppedBefore ? min(droppedBefore - lastDroppedBefore, missingNow) : 0
+            let gap = SequenceGap(
+                sidecarID: sidecarID, bootID: bootID,
+                firstMissing: lastSeq + 1, lastMissing: seq - 1, droppedBySender: dropped
+            )
+            gaps += 1
+            missing += missingNow
+            droppedBySender += dropped
+            lostInTransit += gap.lostInTransit
+            observation = .gap(gap)
+        }
+        lastSeq = seq
+        lastDroppedBefore = droppedBefore
+        return observation
     }
 }

@@ -1,4 +1,9 @@
 import CZeroMQ
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// A libzmq socket. libzmq sockets are not thread-safe, so a `ZMQSocket` belongs to the thread
 /// that created it and is deliberately not `Sendable`: create it on the thread that uses it.
@@ -113,6 +118,34 @@ public final class ZMQSocket {
         try bytes.withUnsafeBytes { buffer in
             Result { () throws(ZMQError) -> Bool in try send(buffer, more: more, dontWait: dontWait) }
         }.get()
+    }
+
+    /// Sends a frame whose bytes libzmq takes over without copying them. When the frame can't be
+    /// queued now (`EAGAIN`), `whileBlocked` is asked whether to try again (it may wait, for example
+    /// with `poll`); when it says no, the frame is freed and `false` returned. Either way the frame
+    /// is consumed: libzmq frees it once sent, or this call frees it.
+    public func send(taking frame: OutboundFrame, whileBlocked: () -> Bool) throws(ZMQError) -> Bool {
+        guard let handle else {
+            frame.release()
+            throw ZMQError(operation: "zmq_msg_send", code: ENOTSOCK)
+        }
+        var message = zmq_msg_t()
+        let data = frame.block + frame.start
+        // The block's start is the hint, so the free function needs no captured state.
+        let rc = zmq_msg_init_data(&message, data, frame.count, { _, block in free(block) }, frame.block)
+        guard rc == 0 else {
+            frame.release()
+            throw ZMQError.last("zmq_msg_init_data")
+        }
+        // After a successful send the message is empty and closing it does nothing; otherwise closing frees the block.
+        defer { zmq_msg_close(&message) }
+        while true {
+            if zmq_msg_send(&message, handle, ZMQ_DONTWAIT) >= 0 { return true }
+            let error = ZMQError.last("zmq_msg_send")
+            if error.code == EINTR { continue }
+            guard error.wouldBlock else { throw error }
+            if !whileBlocked() { return false }
+        }
     }
 
     /// Sends a message of several frames. libzmq delivers a multipart message whole or not at all.

@@ -1,0 +1,161 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import SwiftProtobuf
+
+/// An envelope as the receiver hands it on: the envelope's fields, flat.
+public struct DecodedEnvelope: Sendable, Equatable {
+    public var sidecarID: String
+    public var bootID: String
+    public var seq: UInt64
+    public var sentUnixNanos: Int64
+    public var droppedBefore: UInt64
+    public var record: WireRecord
+
+    /// The same as the generated message.
+    public var envelope: Envelope {
+        var envelope = Envelope()
+        envelope.sidecarID = sidecarID
+        envelope.bootID = bootID
+        envelope.seq = seq
+        envelope.sentUnixNanos = sentUnixNanos
+        envelope.droppedBefore = droppedBefore
+        envelope.record = record
+        return envelope
+    }
+}
+
+/// Decodes frames (marker + `Envelope`). The envelope's own fields are read here and the record
+/// by SwiftProtobuf, straight from the received bytes.
+///
+/// It reads as protobuf requires: fields in any order, the last of a repeated scalar wins, a
+/// repeated record field of the same kind is merged, and unknown fields are skipped, so a newer
+/// sidecar's additions don't break an older collector. A decoder remembers the last sidecar and
+/// boot ids it saw, so a stream of records from one sidecar doesn't allocate them again and again:
+/// keep one per receiving thread.
+public struct EnvelopeDecoder {
+    private var lastSidecarID = InternedString()
+    private var lastBootID = InternedString()
+
+    public init() {}
+
+    public mutating func decode(_ frame: UnsafeRawBufferPointer) -> Result<DecodedEnvelope, WireFrameError> {
+        guard !frame.isEmpty else {
+            return .failure(WireFrameError(.emptyFrame, "the frame has no bytes"))
+        }
+        // "LTW", spelled out: this runs for every record.
+        guard frame.count >= 4, frame[0] == 0x4C, frame[1] == 0x54, frame[2] == 0x57 else {
+            let start = frame.prefix(8).map { String($0, radix: 16).leftPadded(to: 2) }.joined(separator: " ")
+            return .failure(WireFrameError(.badMarker, "the frame does not start with \"LTW\" (it starts \(start))"))
+        }
+        guard frame[3] == WireFrame.version else {
+            return .failure(WireFrameError(.unsupportedVersion,
+                "wire version \(frame[3]); this build reads version \(WireFrame.version)"))
+        }
+        let body = UnsafeRawBufferPointer(rebasing: frame[4...])
+        do {
+            return try decodeEnvelope(body)
+        } catch let error as ProtobufWireFormat.Malformed {
+            return .failure(WireFrameError(.undecodable, "the envelope is not valid protobuf: \(error) (\(body.count) bytes)"))
+        } catch {
+            return .failure(WireFrameError(.undecodable, "the envelope's record does not decode: \(error) (\(body.count) bytes)"))
+        }
+    }
+
+    private mutating func decodeEnvelope(_ body: UnsafeRawBufferPointer) throws -> Result<DecodedEnvelope, WireFrameError> {
+        var reader = ProtobufWireFormat.Reader(body)
+        var sidecarBytes = UnsafeRawBufferPointer(start: nil, count: 0)
+        var bootBytes = UnsafeRawBufferPointer(start: nil, count: 0)
+        var seq: UInt64 = 0
+        var sent: Int64 = 0
+        var droppedBefore: UInt64 = 0
+        var record: WireRecord?
+
+        while !reader.isAtEnd {
+            let (field, wireType) = try reader.key()
+            switch (field, wireType) {
+            case (1, .lengthDelimited): sidecarBytes = try reader.lengthDelimited()
+            case (2, .lengthDelimited): bootBytes = try reader.lengthDelimited()
+            case (3, .varint): seq = try reader.varint()
+            case (4, .varint): sent = Int64(bitPattern: try reader.varint())
+            case (5, .varint): droppedBefore = try reader.varint()
+            case (10...13, .lengthDelimited):
+                record = try Self.decodeRecord(field: field, bytes: try reader.lengthDelimited(), mergingInto: record)
+            default:
+                // Unknown fields, and known ones with another wire type, are skipped as protobuf's own decoders do.
+                try reader.skip(wireType)
+            }
+        }
+
+        guard let sidecarID = try lastSidecarID.string(for: sidecarBytes), !sidecarID.isEmpty else {
+            return .failure(WireFrameError(.incompleteEnvelope, "the envelope has no sidecar_id"))
+        }
+        guard let bootID = try lastBootID.string(for: bootBytes), !bootID.isEmpty else {
+            return .failure(WireFrameError(.incompleteEnvelope, "the envelope from \(sidecarID) has no boot_id"))
+        }
+        guard seq != 0 else {
+            return .failure(WireFrameError(.incompleteEnvelope, "the envelope from \(sidecarID) has seq 0; sequences start at 1"))
+        }
+        guard let record else {
+            return .failure(WireFrameError(.incompleteEnvelope,
+                "the envelope \(sidecarID)#\(seq) carries no record, or only one this build does not know"))
+        }
+        return .success(DecodedEnvelope(
+            sidecarID: sidecarID, bootID: bootID, seq: seq,
+            sentUnixNanos: sent, droppedBefore: droppedBefore, record: record
+        ))
+    }
+
+    private static func decodeRecord(field: Int, bytes: UnsafeRawBufferPointer, mergingInto previous: WireRecord?) throws -> WireRecord {
+        // Protobuf merges repeated occurrences of one message field; a different oneof member replaces.
+        func decode<M: SwiftProtobuf.Message>(_ type: M.Type, into existing: M?) throws -> M {
+            var message = existing ?? M()
+            try message.merge(serializedBytes: bytes.bytes)
+            return message
+        }
+        switch field {
+        case 10:
+            if case .request(let existing) = previous { return .request(try decode(WireRequest.self, into: existing)) }
+            return .request(try decode(WireRequest.self, into: nil))
+        case 11:
+            if case .streamChunk(let existing) = previous { return .streamChunk(try decode(WireStreamChunk.self, into: existing)) }
+            return .streamChunk(try decode(WireStreamChunk.self, into: nil))
+        case 12:
+            if case .responseDone(let existing) = previous { return .responseDone(try decode(WireResponseDone.self, into: existing)) }
+            return .responseDone(try decode(WireResponseDone.self, into: nil))
+        default:
+            if case .heartbeat(let existing) = previous { return .heartbeat(try decode(WireHeartbeat.self, into: existing)) }
+            return .heartbeat(try decode(WireHeartbeat.self, into: nil))
+        }
+    }
+}
+
+/// The last string decoded from a field, reused while the same bytes keep coming.
+private struct InternedString {
+    private var bytes: [UInt8] = []
+    private var value = ""
+
+    struct InvalidUTF8: Error, CustomStringConvertible {
+        var description: String { "a string field is not valid UTF-8" }
+    }
+
+    /// nil for an absent (empty) field.
+    mutating func string(for field: UnsafeRawBufferPointer) throws -> String? {
+        if field.isEmpty { return nil }
+        let same = field.count == bytes.count
+            && bytes.withUnsafeBytes { memcmp($0.baseAddress!, field.baseAddress!, field.count) == 0 }
+        if same { return value }
+        guard let decoded = String(validating: field, as: UTF8.self) else { throw InvalidUTF8() }
+        bytes = Array(field)
+        value = decoded
+        return decoded
+    }
+}
+
+extension String {
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}
