@@ -32,6 +32,9 @@ struct WireBench: ParsableCommand {
     @Flag(help: .hidden)
     var micro = false
 
+    @Flag(help: .hidden)
+    var skipRaw = false
+
     func run() throws {
         if micro { try microBenchmarks(); return }
         var rows: [Row] = []
@@ -40,7 +43,7 @@ struct WireBench: ParsableCommand {
             var raws: [Double] = []
             var wires: [Double] = []
             for _ in 0..<runs {
-                raws.append(try measureRaw(workload))
+                raws.append(skipRaw ? 1 : try measureRaw(workload))
                 wires.append(try measureWire(workload))
             }
             rows.append(Row(workload: workload.name, payloadBytes: workload.payloadBytes, records: workload.records,

@@ -6,13 +6,34 @@ import Darwin
 import SwiftProtobuf
 
 /// An envelope as the receiver hands it on: the envelope's fields, flat.
-public struct DecodedEnvelope: Sendable, Equatable {
-    public var sidecarID: String
-    public var bootID: String
-    public var seq: UInt64
-    public var sentUnixNanos: Int64
-    public var droppedBefore: UInt64
-    public var record: WireRecord
+///
+/// A class, not a struct: a record is a few hundred bytes inline, and it is handed through several
+/// layers on its way to a consumer; one allocation is cheaper than copying it at each.
+public final class DecodedEnvelope: Sendable, Equatable, CustomStringConvertible {
+    public let sidecarID: String
+    public let bootID: String
+    public let seq: UInt64
+    public let sentUnixNanos: Int64
+    public let droppedBefore: UInt64
+    public let record: WireRecord
+
+    public init(sidecarID: String, bootID: String, seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: WireRecord) {
+        self.sidecarID = sidecarID
+        self.bootID = bootID
+        self.seq = seq
+        self.sentUnixNanos = sentUnixNanos
+        self.droppedBefore = droppedBefore
+        self.record = record
+    }
+
+    public static func == (lhs: DecodedEnvelope, rhs: DecodedEnvelope) -> Bool {
+        lhs.sidecarID == rhs.sidecarID && lhs.bootID == rhs.bootID && lhs.seq == rhs.seq
+            && lhs.sentUnixNanos == rhs.sentUnixNanos && lhs.droppedBefore == rhs.droppedBefore && lhs.record == rhs.record
+    }
+
+    public var description: String {
+        "\(sidecarID)/\(bootID)#\(seq) \(record.kindName)"
+    }
 
     /// The same as the generated message.
     public var envelope: Envelope {

@@ -5,13 +5,13 @@ import Darwin
 #endif
 import SwiftProtobuf
 
-/// A frame being built for sending, in one `malloc` block that libzmq takes over without copying.
+/// A frame being built for sending, in one `malloc` block.
 ///
 /// SwiftProtobuf serialises the record straight into it (through `SwiftProtobufContiguousBytes`),
 /// leaving `headroom` bytes in front, into which the envelope's own fields and the marker are
-/// then prepended. So each record is written once, and never copied again before the kernel.
+/// then prepended. So the record is written once, and copied once more, into the libzmq message.
 ///
-/// It is a plain value over a raw block: exactly one owner must pass it to `ZMQSocket.send(taking:)`
+/// It is a plain value over a raw block: exactly one owner must pass it to `ZMQSocket.send(_:whileBlocked:)`
 /// or call `release()`.
 public struct OutboundFrame: SwiftProtobufContiguousBytes {
     /// Enough for the marker, a sidecar id and boot id at their maximum lengths, and the

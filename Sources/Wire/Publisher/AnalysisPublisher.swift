@@ -227,7 +227,7 @@ public final class AnalysisPublisher: Sendable {
         }
         var deadlinePassed = false
         do {
-            let sent = try socket.send(taking: frame) {
+            let sent = try socket.send(frame) {
                 if let deadline = shutdownDeadline.withLock({ $0 }), ContinuousClock.now >= deadline {
                     deadlinePassed = true
                     return false
