@@ -57,12 +57,18 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Helpers the test targets share: starting the real binaries, free ports, waiting for a condition.
+        .target(
+            name: "TestSupport",
+            dependencies: ["Wire", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/TestSupport"
+        ),
         .testTarget(
             name: "WireTests",
-            dependencies: ["Wire", "CZeroMQ"],
-            resources: [.copy("Golden")]
+            dependencies: ["Wire", "CZeroMQ", "TestSupport"],
+            exclude: ["Golden"]
         ),
-        .testTarget(name: "SidecarTests", dependencies: ["Wire"]),
-        .testTarget(name: "CollectorTests", dependencies: ["Wire"]),
+        .testTarget(name: "SidecarTests", dependencies: ["Wire", "TestSupport"]),
+        .testTarget(name: "CollectorTests", dependencies: ["Wire", "TestSupport"]),
     ]
 )
