@@ -1,0 +1,71 @@
+import Foundation
+import TestSupport
+import Wire
+import XCTest
+
+/// llmtap-collector started as a user starts it, fed by a real publisher.
+final class CollectorProcessTests: XCTestCase {
+    func testHelpExplainsEveryOption() throws {
+        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--help"])
+        XCTAssertEqual(collector.waitForExit(), 0)
+        for option in ["--listen-analysis", "--log-level", "LLMTAP_LISTEN_ANALYSIS"] {
+            XCTAssertTrue(collector.stdout.contains(option), "--help does not mention \(option)")
+        }
+    }
+
+    func testItReceivesASidecarAndStopsCleanlyOnSIGTERM() throws {
+        let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
+        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--log-level", "debug"],
+                                           environment: ["LLMTAP_LISTEN_ANALYSIS": endpoint])
+        XCTAssertTrue(eventually { collector.stderr.contains("llmtap-collector started") }, collector.stderr)
+
+        let publisher = try AnalysisPublisher(
+            configuration: AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "sidecar-7"), logger: testLogger()
+        )
+        publisher.publish(SampleRecords.heartbeat)
+        publisher.publish(SampleRecords.request)
+        publisher.publish(SampleRecords.heartbeat)
+        XCTAssertTrue(eventually { collector.stderr.contains("sidecar connected") }, collector.stderr)
+        XCTAssertTrue(collector.stderr.contains("sidecar=sidecar-7"))
+        publisher.shutdown()
+
+        collector.signal(SIGTERM)
+        XCTAssertEqual(collector.waitForExit(), 0, collector.stderr)
+        XCTAssertTrue(collector.stderr.contains("received=3"), collector.stderr)
+        XCTAssertTrue(collector.stderr.contains("missing=0 received=3 rejected=0"), collector.stderr)
+        XCTAssertFalse(collector.stderr.contains("[redacted]"), "header values are not logged")
+    }
+
+    func testGarbageOnTheAnalysisPortIsLoggedAndCounted() throws {
+        let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
+        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint])
+        XCTAssertTrue(eventually { collector.stderr.contains("llmtap-collector started") }, collector.stderr)
+        let context = try ZMQContext()
+        let push = try ZMQSocket(context: context, kind: .push)
+        try push.set(.linger(milliseconds: 2_000))
+        try push.connect(endpoint)
+        try push.send(Array("{\"not\":\"protobuf\"}".utf8))
+        try push.send(try WireFrame.encode(SampleRecords.envelope(SampleRecords.heartbeat, seq: 1)))
+        XCTAssertTrue(eventually { collector.stderr.contains("sidecar connected") }, collector.stderr)
+        XCTAssertTrue(collector.stderr.contains("rejected a message on the analysis socket"), collector.stderr)
+        XCTAssertTrue(collector.stderr.contains("reason=bad_marker"), collector.stderr)
+        collector.signal(SIGINT)
+        XCTAssertEqual(collector.waitForExit(), 0, collector.stderr)
+        XCTAssertTrue(collector.stderr.contains("missing=0 received=1 rejected=1"), collector.stderr)
+    }
+
+    func testAPortInUseOrAMalformedEndpointIsRefusedWithAReason() throws {
+        let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
+        let first = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint])
+        XCTAssertTrue(eventually { first.stderr.contains("llmtap-collector started") }, first.stderr)
+        let second = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint])
+        XCTAssertNotEqual(second.waitForExit(), 0)
+        XCTAssertTrue(second.stderr.contains("Address already in use"), second.stderr)
+        first.signal(SIGTERM)
+        XCTAssertEqual(first.waitForExit(), 0)
+
+        let malformed = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", "7101"])
+        XCTAssertNotEqual(malformed.waitForExit(), 0)
+        XCTAssertTrue(malformed.stderr.contains("cannot listen on --listen-analysis 7101"), malformed.stderr)
+    }
+}

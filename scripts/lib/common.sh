@@ -1,0 +1,33 @@
+# Shared by the scripts in scripts/ and benchmarks/: installs what is missing, checks the toolchain.
+
+# The Debian packages LLMTap builds and tests with.
+LLMTAP_BUILD_PACKAGES=(pkg-config libzmq3-dev libsqlite3-dev libssl-dev)
+LLMTAP_TEST_PACKAGES=(protobuf-compiler protobuf-c-compiler libprotobuf-c-dev make gcc)
+
+# ensure_packages NAME...: installs the Debian packages that are not installed yet.
+ensure_packages() {
+    local missing=()
+    for package in "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    echo "==> installing ${missing[*]}" >&2
+    local sudo=()
+    if [ "$(id -u)" != 0 ]; then
+        command -v sudo >/dev/null || { echo "need root or sudo to install: ${missing[*]}" >&2; return 1; }
+        sudo=(sudo)
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# ensure_swift: a Swift 6 toolchain must be on PATH (Debian does not package one).
+ensure_swift() {
+    if ! command -v swift >/dev/null && [ -x /opt/swift/usr/bin/swift ]; then
+        export PATH="/opt/swift/usr/bin:$PATH"
+    fi
+    command -v swift >/dev/null || {
+        echo "swift is not on PATH: install a Swift 6 toolchain from swift.org (or the swift:6 image)" >&2
+        return 1
+    }
+}
