@@ -53,11 +53,12 @@ let package = Package(
         .executableTarget(
             name: "WireBench",
             dependencies: [
-                "Wire", "CZeroMQ",
+                "Wire", "CZeroMQ", "TestSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        // Helpers the test targets share: starting the real binaries, free ports, waiting for a condition.
+        // Helpers the tests (and the benchmark's sample records) share: starting the real binaries,
+        // free ports, waiting for a condition.
         .target(
             name: "TestSupport",
             dependencies: ["Wire", .product(name: "Logging", package: "swift-log")],

@@ -4,6 +4,7 @@ import Dispatch
 import Foundation
 import Logging
 import Synchronization
+import TestSupport
 import Wire
 
 /// Measures the analysis wire against raw libzmq in one run, on tcp loopback:
@@ -29,10 +30,10 @@ struct WireBench: ParsableCommand {
     @Option(help: "Write the results as JSON here too.")
     var output: String?
 
-    @Flag(help: .hidden)
+    @Flag(help: "Instead: the per-record cost of encoding, decoding and sequence tracking on one thread.")
     var micro = false
 
-    @Flag(help: .hidden)
+    @Flag(help: "Leave out the raw libzmq runs (for profiling the wire alone).")
     var skipRaw = false
 
     func run() throws {
@@ -193,39 +194,19 @@ enum Workload {
         }
     }
 
+    /// The test suite's sample record of the kind, with the payload made the measured size.
     func record() -> WireRecord {
-        switch self {
-        case .chunk1KiB:
-            var chunk = WireStreamChunk()
-            chunk.exchangeID = "01JD7K3M2Q8X5V9T4N6B1C0R7W"
-            chunk.direction = .response
-            chunk.index = 17
+        switch (self, SampleRecords.streamChunk, SampleRecords.request) {
+        case (.chunk1KiB, .streamChunk(var chunk), _):
             chunk.data = Data(repeating: 0x61, count: payloadBytes)
-            chunk.unixNanos = WallClock.nowUnixNanos()
             return .streamChunk(chunk)
-        case .request4KiB:
-            var request = WireRequest()
-            request.exchangeID = "01JD7K3M2Q8X5V9T4N6B1C0R7W"
-            request.ingress = .reverse
-            request.method = "POST"
-            request.scheme = "https"
-            request.host = "api.openai.com"
-            request.path = "/v1/chat/completions"
-            request.clientAddress = "127.0.0.1:53122"
-            request.app = "bench"
-            request.tenant = "3f2a9c0d1e7b4a55"
-            request.startUnixNanos = WallClock.nowUnixNanos()
-            request.headers = [("content-type", "application/json"), ("authorization", "[redacted]"),
-                               ("user-agent", "OpenAI/Python 1.54.0"), ("accept", "application/json")].map {
-                var header = WireHeader()
-                header.name = $0.0
-                header.value = $0.1
-                return header
-            }
+        case (.request4KiB, _, .request(var request)):
             request.body = Data(repeating: 0x62, count: payloadBytes)
             request.bodySize = UInt64(payloadBytes)
-            request.httpVersion = "HTTP/1.1"
+            request.bodyTruncated = false
             return .request(request)
+        default:
+            preconditionFailure("the sample records changed kind")
         }
     }
 }
@@ -237,24 +218,41 @@ extension Duration {
     }
 }
 
+/// What one record costs on one thread, without sockets: encoding, decoding, sequence tracking.
+/// For finding where the time goes; the throughput table is what the wire is judged by.
 func microBenchmarks() throws {
     let record = Workload.chunk1KiB(records: 0).record()
     let encoder = try EnvelopeEncoder(sidecarID: "bench-sidecar", bootID: BootID.random())
-    let n = 500_000
-    var start = ContinuousClock.now
-    var frame: [UInt8] = []
-    for i in 0..<n { let f = try encoder.encode(seq: UInt64(i + 1), sentUnixNanos: 1, droppedBefore: 0, record: record); if i == 0 { frame = f.bytes }; f.release() }
-    print("encode: \(start.duration(to: .now).seconds / Double(n) * 1e9) ns")
-    start = ContinuousClock.now
-    var total = 0
+    let iterations = 500_000
+    func nanosecondsPerRecord(_ body: () throws -> Void) rethrows -> Int {
+        let start = ContinuousClock.now
+        try body()
+        return Int(start.duration(to: .now).seconds / Double(iterations) * 1e9)
+    }
+
+    let sample = try encoder.encode(seq: 1, sentUnixNanos: 1, droppedBefore: 0, record: record)
+    let frame = sample.bytes
+    sample.release()
+    let encode = try nanosecondsPerRecord {
+        for index in 0..<iterations {
+            try encoder.encode(seq: UInt64(index + 1), sentUnixNanos: 1, droppedBefore: 0, record: record).release()
+        }
+    }
     var decoder = EnvelopeDecoder()
-    for _ in 0..<n { if case .success(let e) = frame.withUnsafeBytes({ decoder.decode($0) }) { total &+= Int(e.seq) } }
-    print("decode: \(start.duration(to: .now).seconds / Double(n) * 1e9) ns")
+    var decoded = 0
+    let decode = nanosecondsPerRecord {
+        for _ in 0..<iterations {
+            if case .success = frame.withUnsafeBytes({ decoder.decode($0) }) { decoded += 1 }
+        }
+    }
+    precondition(decoded == iterations)
     var tracker = SequenceTracker()
-    start = ContinuousClock.now
-    for i in 0..<n { _ = tracker.observe(sidecarID: "bench-sidecar", bootID: encoder.bootID, seq: UInt64(i + 1), droppedBefore: 0) }
-    print("track: \(start.duration(to: .now).seconds / Double(n) * 1e9) ns")
-    print(total)
+    let track = nanosecondsPerRecord {
+        for index in 0..<iterations {
+            _ = tracker.observe(sidecarID: "bench-sidecar", bootID: encoder.bootID, seq: UInt64(index + 1), droppedBefore: 0)
+        }
+    }
+    print("per 1 KiB StreamChunk, one thread: encode \(encode) ns, decode \(decode) ns, sequence tracking \(track) ns")
 }
 
 /// CPU time of the whole process (all threads), user plus system.

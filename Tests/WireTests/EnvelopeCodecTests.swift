@@ -194,3 +194,15 @@ struct SeededGenerator: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+final class OutboundFrameTests: XCTestCase {
+    func testAFrameFromAnEmptySequenceIsEmptyNotACrash() {
+        let frame = OutboundFrame([UInt8]())
+        XCTAssertEqual(frame.count, 0)
+        XCTAssertEqual(frame.bytes, [])
+        frame.release()
+        let filled = OutboundFrame([1, 2, 3])
+        XCTAssertEqual(filled.bytes, [1, 2, 3])
+        filled.release()
+    }
+}

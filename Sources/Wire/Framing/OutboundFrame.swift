@@ -35,7 +35,9 @@ public struct OutboundFrame: SwiftProtobufContiguousBytes {
     public init<S: Sequence>(_ sequence: S) where S.Element == UInt8 {
         let bytes = Array(sequence)
         self.init(repeating: 0, count: bytes.count)
-        bytes.withUnsafeBytes { (block + start).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        bytes.withUnsafeBytes { source in
+            if let base = source.baseAddress { (block + start).copyMemory(from: base, byteCount: source.count) }
+        }
     }
 
     public var count: Int { end - start }
@@ -57,7 +59,9 @@ public struct OutboundFrame: SwiftProtobufContiguousBytes {
 
     mutating func prepend(_ bytes: [UInt8]) {
         let destination = prepend(bytes.count)
-        bytes.withUnsafeBytes { destination.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        bytes.withUnsafeBytes { source in
+            if let base = source.baseAddress { destination.copyMemory(from: base, byteCount: source.count) }
+        }
     }
 
     /// The frame's bytes, as an array (tests and tools; the publisher sends without copying).

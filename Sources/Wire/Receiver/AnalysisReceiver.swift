@@ -237,8 +237,9 @@ extension AnalysisReceiver {
 
         func reject(_ error: WireFrameError) {
             let count = state.withLock { state -> UInt64 in
-                state.stats.rejected[error.rejection, default: 0] += 1
-                return state.stats.rejected[error.rejection]!
+                let count = state.stats.rejected[error.rejection, default: 0] + 1
+                state.stats.rejected[error.rejection] = count
+                return count
             }
             // The 1st, 2nd, 4th, 8th... of each kind: a flood of garbage can't flood the log.
             if count & (count - 1) == 0 {

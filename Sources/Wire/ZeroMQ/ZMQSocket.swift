@@ -131,7 +131,11 @@ public final class ZMQSocket {
         }
         // After a successful send the message is empty and closing it does nothing.
         defer { zmq_msg_close(&message) }
-        frame.withUnsafeBytes { zmq_msg_data(&message).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        frame.withUnsafeBytes { bytes in
+            if let source = bytes.baseAddress, let destination = zmq_msg_data(&message) {
+                destination.copyMemory(from: source, byteCount: bytes.count)
+            }
+        }
         while true {
             if zmq_msg_send(&message, handle, ZMQ_DONTWAIT) >= 0 { return true }
             let error = ZMQError.last("zmq_msg_send")
