@@ -206,3 +206,45 @@ final class OutboundFrameTests: XCTestCase {
         filled.release()
     }
 }
+
+final class StreamChunkDecoderTests: XCTestCase {
+    /// The hand-written StreamChunk decoder against SwiftProtobuf's, on random chunks.
+    func testTheFastStreamChunkDecoderAgreesWithSwiftProtobuf() throws {
+        var generator = SeededGenerator(seed: 42)
+        var decoder = EnvelopeDecoder()
+        for round in 0..<2_000 {
+            var chunk = WireStreamChunk()
+            if Bool.random(using: &generator) { chunk.exchangeID = "ex-\(UInt32.random(in: 0...5, using: &generator))-é" }
+            chunk.direction = [.unspecified, .response, .request, .UNRECOGNIZED(7), .UNRECOGNIZED(-3)][round % 5]
+            chunk.index = [0, 1, 127, 128, UInt64.max][Int.random(in: 0..<5, using: &generator)]
+            chunk.data = Data((0..<Int.random(in: 0...300, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) })
+            chunk.unixNanos = [0, 1, -1, Int64.min, Int64.max, 1_763_900_000_000_000_000][Int.random(in: 0..<6, using: &generator)]
+            let bytes: [UInt8] = try chunk.serializedBytes()
+            var fast = WireStreamChunk()
+            try bytes.withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &fast) }
+            XCTAssertEqual(fast, try WireStreamChunk(serializedBytes: bytes), "round \(round)")
+        }
+    }
+
+    func testItMergesAsProtobufDoesAndRefusesBrokenChunks() throws {
+        var decoder = EnvelopeDecoder()
+        var first = WireStreamChunk()
+        first.exchangeID = "a"
+        first.index = 5
+        var second = WireStreamChunk()
+        second.data = Data([1, 2])
+        var merged = WireStreamChunk()
+        for part in [first, second] {
+            let bytes: [UInt8] = try part.serializedBytes()
+            try bytes.withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &merged) }
+        }
+        XCTAssertEqual(merged.exchangeID, "a")
+        XCTAssertEqual(merged.index, 5)
+        XCTAssertEqual(merged.data, Data([1, 2]))
+
+        for broken: [UInt8] in [[0x0A, 0x05, 0x61], [0x18], [0x0A, 0x02, 0xC3, 0x28], [0x0B]] {
+            var chunk = WireStreamChunk()
+            XCTAssertThrowsError(try broken.withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &chunk) }, "\(broken)")
+        }
+    }
+}

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Foundation
 import SwiftProtobuf
 
 /// An envelope as the receiver hands it on: the envelope's fields, flat.
@@ -59,6 +60,7 @@ public final class DecodedEnvelope: Sendable, Equatable, CustomStringConvertible
 public struct EnvelopeDecoder {
     private var lastSidecarID = InternedString()
     private var lastBootID = InternedString()
+    private var lastExchangeID = InternedString()
 
     public init() {}
 
@@ -102,6 +104,12 @@ public struct EnvelopeDecoder {
             case (3, .varint): seq = try reader.varint()
             case (4, .varint): sent = Int64(bitPattern: try reader.varint())
             case (5, .varint): droppedBefore = try reader.varint()
+            case (11, .lengthDelimited):
+                // The most frequent record by far (one per streamed event): decoded here, not by SwiftProtobuf.
+                var chunk = WireStreamChunk()
+                if case .streamChunk(let existing) = record { chunk = existing }
+                try decodeStreamChunk(try reader.lengthDelimited(), into: &chunk)
+                record = .streamChunk(chunk)
             case (10...13, .lengthDelimited):
                 record = try Self.decodeRecord(field: field, bytes: try reader.lengthDelimited(), mergingInto: record)
             default:
@@ -129,6 +137,33 @@ public struct EnvelopeDecoder {
         ))
     }
 
+    /// Decodes a `StreamChunk` as SwiftProtobuf would, merging into `chunk` (for its scalar and bytes
+    /// fields merging means the last value wins). Unknown fields are skipped rather than kept.
+    /// Tests hold it to SwiftProtobuf's result on random chunks.
+    mutating func decodeStreamChunk(_ bytes: UnsafeRawBufferPointer, into chunk: inout WireStreamChunk) throws {
+        var reader = ProtobufWireFormat.Reader(bytes)
+        while !reader.isAtEnd {
+            let (field, wireType) = try reader.key()
+            switch (field, wireType) {
+            case (1, .lengthDelimited):
+                chunk.exchangeID = try lastExchangeID.string(for: try reader.lengthDelimited()) ?? ""
+            case (2, .varint):
+                // Enums are int32 on the wire, sign-extended to 64 bits; unknown values are kept.
+                let raw = Int(Int32(truncatingIfNeeded: try reader.varint()))
+                chunk.direction = Direction(rawValue: raw) ?? .UNRECOGNIZED(raw)
+            case (3, .varint):
+                chunk.index = try reader.varint()
+            case (4, .lengthDelimited):
+                let data = try reader.lengthDelimited()
+                chunk.data = data.baseAddress.map { Data(bytes: $0, count: data.count) } ?? Data()
+            case (5, .varint):
+                chunk.unixNanos = Int64(bitPattern: try reader.varint())
+            default:
+                try reader.skip(wireType)
+            }
+        }
+    }
+
     private static func decodeRecord(field: Int, bytes: UnsafeRawBufferPointer, mergingInto previous: WireRecord?) throws -> WireRecord {
         // Protobuf merges repeated occurrences of one message field; a different oneof member replaces.
         func decode<M: SwiftProtobuf.Message>(_ type: M.Type, into existing: M?) throws -> M {
@@ -140,9 +175,6 @@ public struct EnvelopeDecoder {
         case 10:
             if case .request(let existing) = previous { return .request(try decode(WireRequest.self, into: existing)) }
             return .request(try decode(WireRequest.self, into: nil))
-        case 11:
-            if case .streamChunk(let existing) = previous { return .streamChunk(try decode(WireStreamChunk.self, into: existing)) }
-            return .streamChunk(try decode(WireStreamChunk.self, into: nil))
         case 12:
             if case .responseDone(let existing) = previous { return .responseDone(try decode(WireResponseDone.self, into: existing)) }
             return .responseDone(try decode(WireResponseDone.self, into: nil))
