@@ -139,3 +139,16 @@ public final class RunningProcess: @unchecked Sendable {
         }
     }
 }
+
+/// The Python that has Tests/requirements.txt installed: `LLMTAP_PYTHON` (scripts/test sets it),
+/// or the virtualenv scripts/test makes in .build/python.
+public func testPython() throws -> String {
+    if let python = ProcessInfo.processInfo.environment["LLMTAP_PYTHON"], FileManager.default.isExecutableFile(atPath: python) {
+        return python
+    }
+    let venv = repositoryRoot.appendingPathComponent(".build/python/bin/python").path
+    guard FileManager.default.isExecutableFile(atPath: venv) else {
+        throw TestFailure("no Python with the test packages: run scripts/test, which makes .build/python from Tests/requirements.txt")
+    }
+    return venv
+}

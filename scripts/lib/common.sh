@@ -31,3 +31,22 @@ ensure_swift() {
         return 1
     }
 }
+
+# ensure_python_env: a virtualenv in .build/python with Tests/requirements.txt installed, for tests
+# that use real Python clients. Exports LLMTAP_PYTHON, which those tests run.
+ensure_python_env() {
+    ensure_packages python3 python3-venv
+    local venv=.build/python
+    local stamp="$venv/.requirements"
+    if [ ! -x "$venv/bin/python" ]; then
+        echo "==> creating $venv" >&2
+        python3 -m venv "$venv"
+    fi
+    if ! cmp -s Tests/requirements.txt "$stamp" 2>/dev/null; then
+        echo "==> pip install -r Tests/requirements.txt" >&2
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check -r Tests/requirements.txt
+        cp Tests/requirements.txt "$stamp"
+    fi
+    LLMTAP_PYTHON="$(pwd)/$venv/bin/python"
+    export LLMTAP_PYTHON
+}
