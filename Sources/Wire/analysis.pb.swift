@@ -358,6 +358,11 @@ public nonisolated struct Llmtap_Wire_V1_StreamChunk: Sendable {
   /// When the bytes passed the sidecar, Unix epoch nanoseconds.
   public var unixNanos: Int64 = 0
 
+  /// Where data starts in the whole body, in bytes. Chunks follow each other without a hole
+  /// (offset = previous offset + previous size) unless the capture was cut; a chunk after a hole
+  /// carries the end of the body, where streamed responses report their usage.
+  public var offset: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -770,7 +775,7 @@ nonisolated extension Llmtap_Wire_V1_Request: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StreamChunk"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}direction\0\u{1}index\0\u{1}data\0\u{3}unix_nanos\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}direction\0\u{1}index\0\u{1}data\0\u{3}unix_nanos\0\u{1}offset\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -783,6 +788,7 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
       case 3: try { try decoder.decodeSingularUInt64Field(value: &self.index) }()
       case 4: try { try decoder.decodeSingularBytesField(value: &self.data) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.unixNanos) }()
+      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
       default: break
       }
     }
@@ -804,6 +810,9 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
     if self.unixNanos != 0 {
       try visitor.visitSingularInt64Field(value: self.unixNanos, fieldNumber: 5)
     }
+    if self.offset != 0 {
+      try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 6)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -813,6 +822,7 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
     if lhs.index != rhs.index {return false}
     if lhs.data != rhs.data {return false}
     if lhs.unixNanos != rhs.unixNanos {return false}
+    if lhs.offset != rhs.offset {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

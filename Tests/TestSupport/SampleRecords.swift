@@ -30,6 +30,7 @@ public enum SampleRecords {
         chunk.index = 3
         chunk.data = Data("data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n".utf8)
         chunk.unixNanos = 1_763_900_000_223_456_789
+        chunk.offset = 150
         return .streamChunk(chunk)
     }()
 

@@ -219,6 +219,7 @@ final class StreamChunkDecoderTests: XCTestCase {
             chunk.index = [0, 1, 127, 128, UInt64.max][Int.random(in: 0..<5, using: &generator)]
             chunk.data = Data((0..<Int.random(in: 0...300, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) })
             chunk.unixNanos = [0, 1, -1, Int64.min, Int64.max, 1_763_900_000_000_000_000][Int.random(in: 0..<6, using: &generator)]
+            chunk.offset = [0, 1024, UInt64.max][round % 3]
             let bytes: [UInt8] = try chunk.serializedBytes()
             var fast = WireStreamChunk()
             try bytes.withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &fast) }

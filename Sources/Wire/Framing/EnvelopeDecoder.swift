@@ -158,6 +158,8 @@ public struct EnvelopeDecoder {
                 chunk.data = data.baseAddress.map { Data(bytes: $0, count: data.count) } ?? Data()
             case (5, .varint):
                 chunk.unixNanos = Int64(bitPattern: try reader.varint())
+            case (6, .varint):
+                chunk.offset = try reader.varint()
             default:
                 try reader.skip(wireType)
             }

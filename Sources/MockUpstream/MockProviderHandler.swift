@@ -1,0 +1,106 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// Answers one connection's requests as the provider their path names.
+final class MockProviderHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let settings: MockSettings
+    private let log: RequestLog?
+    private var head: HTTPRequestHead?
+    private var body = ByteBuffer()
+
+    init(settings: MockSettings, log: RequestLog?) {
+        self.settings = settings
+        self.log = log
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            self.head = head
+            body.clear()
+        case .body(var buffer):
+            body.writeBuffer(&buffer)
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            respond(context: context, to: head, body: body.readableBytesView.map { $0 })
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext, to head: HTTPRequestHead, body: [UInt8]) {
+        let control = MockControl(head.headers, defaults: settings)
+        log?.append([
+            "method": head.method.rawValue, "path": head.uri, "body_bytes": body.count,
+            "headers": Dictionary(head.headers.map { ($0.name.lowercased(), $0.value) }, uniquingKeysWith: { "\($0), \($1)" }),
+        ])
+        if control.hang { return }
+        let response = MockRoutes.response(method: head.method, uri: head.uri, headers: head.headers, body: body, control: control)
+
+        var headers = HTTPHeaders(response.headers)
+        if !head.isKeepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
+        switch response.body {
+        case .whole(let text):
+            headers.replaceOrAdd(name: "content-length", value: "\(text.utf8.count)")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
+            finish(context: context, keepAlive: head.isKeepAlive)
+        case .events(let events):
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))), promise: nil)
+            stream(events[...], index: 0, context: context, head: head, control: control)
+        }
+    }
+
+    /// Sends one event now and schedules the next after the delay, so each leaves on its own.
+    private func stream(_ events: ArraySlice<String>, index: Int, context: ChannelHandlerContext, head: HTTPRequestHead, control: MockControl) {
+        if let resetAfter = control.resetAfter, index == resetAfter {
+            context.close(promise: nil)
+            return
+        }
+        if let hangAfter = control.hangAfter, index == hangAfter { return }
+        guard let event = events.first else {
+            finish(context: context, keepAlive: head.isKeepAlive)
+            return
+        }
+        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: event)))), promise: nil)
+        log?.append(["event": "sent", "index": index, "path": head.uri])
+        let rest = events.dropFirst()
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: .milliseconds(Int64(control.eventDelayMs))) {
+            let (handler, context) = loopBound.value
+            guard context.channel.isActive else { return }
+            handler.stream(rest, index: index + 1, context: context, head: head, control: control)
+        }
+    }
+
+    private func finish(context: ChannelHandlerContext, keepAlive: Bool) {
+        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if !keepAlive {
+            let channel = context.channel
+            done.whenComplete { _ in channel.close(promise: nil) }
+        }
+    }
+}
+
+/// The per-request knobs, from headers, with the command line's defaults.
+struct MockControl {
+    var events: Int
+    var eventDelayMs: Int
+    var status: Int?
+    var hang = false
+    var hangAfter: Int?
+    var resetAfter: Int?
+
+    init(_ headers: HTTPHeaders, defaults: MockSettings) {
+        events = headers.first(name: "x-mock-events").flatMap(Int.init) ?? defaults.events
+        eventDelayMs = headers.first(name: "x-mock-event-delay-ms").flatMap(Int.init) ?? defaults.eventDelayMs
+        status = headers.first(name: "x-mock-status").flatMap(Int.init)
+        let fail = headers.first(name: "x-mock-fail") ?? ""
+        if fail == "hang" { hang = true }
+        if fail.hasPrefix("hang-after:") { hangAfter = Int(fail.dropFirst("hang-after:".count)) }
+        if fail.hasPrefix("reset-after:") { resetAfter = Int(fail.dropFirst("reset-after:".count)) }
+    }
+}

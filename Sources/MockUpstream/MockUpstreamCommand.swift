@@ -1,0 +1,109 @@
+import ArgumentParser
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+/// A stand-in for the LLM providers, speaking their wire formats exactly, streaming included:
+/// OpenAI chat completions (JSON, SSE with and without `include_usage`), completions, embeddings,
+/// models; Anthropic messages (JSON, SSE); Gemini generateContent and streamGenerateContent (SSE with CRLF).
+///
+/// Request headers steer it, for tests: `x-mock-events` (content events per stream),
+/// `x-mock-event-delay-ms`, `x-mock-status` (answer with that error status in the provider's shape),
+/// `x-mock-fail` (`reset-after:N` closes the connection after N events, `hang` never answers,
+/// `hang-after:N` stops after N events). `/echo` answers with what it received.
+@main
+struct MockUpstreamCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "llmtap-mock-upstream",
+        abstract: "A mock LLM provider (OpenAI, Anthropic, Gemini wire formats, streaming included) for tests, benchmarks and demos."
+    )
+
+    @Option(help: "host:port to listen on; port 0 picks a free one (printed on stdout).")
+    var listen = "127.0.0.1:8081"
+
+    @Option(help: "PEM certificate chain: serve HTTPS with it.")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key for --tls-cert.")
+    var tlsKey: String?
+
+    @Option(help: "Milliseconds between streamed events (x-mock-event-delay-ms overrides it per request).")
+    var eventDelayMs = 20
+
+    @Option(help: "Content events per streamed response (x-mock-events overrides it per request).")
+    var events = 6
+
+    @Option(help: "Append one JSON line per finished request and per streamed event to this file.")
+    var requestLog: String?
+
+    func validate() throws {
+        guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
+        guard eventDelayMs >= 0, events >= 0 else { throw ValidationError("--event-delay-ms and --events must not be negative") }
+    }
+
+    func run() async throws {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
+            throw ValidationError("--listen must be host:port, not \(listen)")
+        }
+        let host = String(listen[..<colon])
+        var sslContext: NIOSSLContext?
+        if let tlsCert, let tlsKey {
+            let configuration = TLSConfiguration.makeServerConfiguration(
+                certificateChain: try NIOSSLCertificate.fromPEMFile(tlsCert).map { .certificate($0) },
+                privateKey: .file(tlsKey)
+            )
+            sslContext = try NIOSSLContext(configuration: configuration)
+        }
+        let log = try requestLog.map { try RequestLog(path: $0) }
+        let settings = MockSettings(eventDelayMs: eventDelayMs, events: events)
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let channel = try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let sslContext {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                    }
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(MockProviderHandler(settings: settings, log: log))
+                }
+            }
+            .bind(host: host, port: port).get()
+        let actual = channel.localAddress?.port ?? port
+        // Tests read the port from this line, so it goes out unbuffered.
+        FileHandle.standardOutput.write(Data("llmtap-mock-upstream listening on \(sslContext == nil ? "http" : "https")://\(host):\(actual)\n".utf8))
+        try await channel.closeFuture.get()
+    }
+}
+
+struct MockSettings: Sendable {
+    let eventDelayMs: Int
+    let events: Int
+}
+
+/// Appends JSON lines off the event loop.
+final class RequestLog: Sendable {
+    private let handle: FileHandle
+    private let queue = DispatchQueue(label: "llmtap.mock.request-log")
+
+    init(path: String) throws {
+        if !FileManager.default.fileExists(atPath: path) {
+            FileManager.default.createFile(atPath: path, contents: nil)
+        }
+        handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        handle.seekToEndOfFile()
+    }
+
+    func append(_ entry: [String: Any]) {
+        var entry = entry
+        entry["time_unix_nanos"] = Int64(Date().timeIntervalSince1970 * 1e9)
+        guard let data = try? JSONSerialization.data(withJSONObject: entry, options: [.sortedKeys]) else { return }
+        queue.async { [handle] in
+            handle.write(data + Data("\n".utf8))
+        }
+    }
+}
