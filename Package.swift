@@ -84,7 +84,7 @@ let package = Package(
         // free ports, waiting for a condition.
         .target(
             name: "TestSupport",
-            dependencies: ["Wire", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Wire", "CZeroMQ", .product(name: "Logging", package: "swift-log")],
             path: "Tests/TestSupport"
         ),
         .testTarget(
@@ -92,7 +92,7 @@ let package = Package(
             dependencies: ["Wire", "CZeroMQ", "TestSupport"],
             exclude: ["Golden"]
         ),
-        .testTarget(name: "SidecarTests", dependencies: ["Wire", "TestSupport"]),
+        .testTarget(name: "SidecarTests", dependencies: ["Wire", "TestSupport", "Sidecar"]),
         .testTarget(name: "CollectorTests", dependencies: ["Wire", "TestSupport"]),
     ]
 )

@@ -11,10 +11,22 @@ final class MockProviderHandler: ChannelInboundHandler, RemovableChannelHandler 
     private let log: RequestLog?
     private var head: HTTPRequestHead?
     private var body = ByteBuffer()
+    private var peer = ""
 
     init(settings: MockSettings, log: RequestLog?) {
         self.settings = settings
         self.log = log
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        peer = context.remoteAddress.map { "\($0)" } ?? ""
+        log?.append(["event": "connection_opened", "peer": peer])
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        log?.append(["event": "connection_closed", "peer": peer])
+        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -74,7 +74,7 @@ enum OpenAIFormat {
     static let created = 1_741_570_283
 
     static func chat(model: String, stream: Bool, includeUsage: Bool, inputTokens: Int, events: Int) -> MockResponse {
-        let id = "chatcmpl-mock\(UInt32.random(in: 0...UInt32.max))"
+        let id = "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"
         let served = model.contains("-20") ? model : "\(model)-2024-07-18"
         let text = MockRoutes.pieces(events)
         let usage: [String: Any] = [
@@ -144,7 +144,7 @@ enum OpenAIFormat {
 
 enum AnthropicFormat {
     static func messages(model: String, stream: Bool, inputTokens: Int, events: Int) -> MockResponse {
-        let id = "msg_mock\(UInt32.random(in: 0...UInt32.max))"
+        let id = "msg_01XFDUDYJgAACzvnptvVoYEL"
         let text = MockRoutes.pieces(events)
         guard stream else {
             return .json([

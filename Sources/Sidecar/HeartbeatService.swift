@@ -5,13 +5,15 @@ import Wire
 /// graceful shutdown, so the collector sees the final drop count.
 struct HeartbeatService: Service {
     let publisher: AnalysisPublisher
+    let counters: SidecarCounters
     let interval: Duration
     let app: String
     let mode: String
     private let started = ContinuousClock.now
 
-    init(publisher: AnalysisPublisher, interval: Duration, app: String, mode: String) {
+    init(publisher: AnalysisPublisher, counters: SidecarCounters, interval: Duration, app: String, mode: String) {
         self.publisher = publisher
+        self.counters = counters
         self.interval = interval
         self.app = app
         self.mode = mode
@@ -32,9 +34,9 @@ struct HeartbeatService: Service {
         beat.dropped = stats.dropped
         beat.queueDepth = UInt64(stats.queueDepth)
         beat.queueBytes = UInt64(stats.queueBytes)
-        // The data path arrives with the [sidecar] issue; until then nothing is ever in flight.
-        beat.inFlight = 0
-        beat.openConnections = 0
+        beat.inFlight = UInt64(max(0, counters.inFlight.load(ordering: .relaxed)))
+        beat.openConnections = UInt64(max(0, counters.openConnections.load(ordering: .relaxed)))
+        beat.malformedRequests = counters.malformedRequests.load(ordering: .relaxed)
         beat.uptimeMs = UInt64(max(0, started.duration(to: .now).inMilliseconds))
         beat.version = LLMTapVersion.current
         beat.mode = mode

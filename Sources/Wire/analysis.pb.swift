@@ -445,6 +445,9 @@ public nonisolated struct Llmtap_Wire_V1_Heartbeat: Sendable {
   /// The heartbeat period, so a receiver can tell when one is overdue.
   public var intervalMs: UInt32 = 0
 
+  /// Requests refused as malformed HTTP (400, 431) before any exchange could start.
+  public var malformedRequests: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -910,7 +913,7 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}published\0\u{1}dropped\0\u{3}queue_depth\0\u{3}queue_bytes\0\u{3}in_flight\0\u{3}open_connections\0\u{3}uptime_ms\0\u{1}version\0\u{1}mode\0\u{1}app\0\u{3}interval_ms\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}published\0\u{1}dropped\0\u{3}queue_depth\0\u{3}queue_bytes\0\u{3}in_flight\0\u{3}open_connections\0\u{3}uptime_ms\0\u{1}version\0\u{1}mode\0\u{1}app\0\u{3}interval_ms\0\u{3}malformed_requests\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -929,6 +932,7 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
       case 9: try { try decoder.decodeSingularStringField(value: &self.mode) }()
       case 10: try { try decoder.decodeSingularStringField(value: &self.app) }()
       case 11: try { try decoder.decodeSingularUInt32Field(value: &self.intervalMs) }()
+      case 12: try { try decoder.decodeSingularUInt64Field(value: &self.malformedRequests) }()
       default: break
       }
     }
@@ -968,6 +972,9 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
     if self.intervalMs != 0 {
       try visitor.visitSingularUInt32Field(value: self.intervalMs, fieldNumber: 11)
     }
+    if self.malformedRequests != 0 {
+      try visitor.visitSingularUInt64Field(value: self.malformedRequests, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -983,6 +990,7 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
     if lhs.mode != rhs.mode {return false}
     if lhs.app != rhs.app {return false}
     if lhs.intervalMs != rhs.intervalMs {return false}
+    if lhs.malformedRequests != rhs.malformedRequests {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

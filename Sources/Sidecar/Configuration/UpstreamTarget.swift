@@ -1,0 +1,94 @@
+/// Where the reverse listener forwards to: `UPSTREAM`, such as `https://api.openai.com` or
+/// `http://127.0.0.1:8081/openai`. A path in it is put in front of every request's path.
+struct UpstreamTarget: Sendable, Equatable, CustomStringConvertible {
+    let scheme: String
+    let host: String
+    let port: Int
+    let basePath: String
+
+    var isTLS: Bool { scheme == "https" }
+
+    /// What the upstream expects in `Host`: the port only when it isn't the scheme's default.
+    var authority: String {
+        let defaultPort = isTLS ? 443 : 80
+        let bracketed = host.contains(":") ? "[\(host)]" : host
+        return port == defaultPort ? bracketed : "\(bracketed):\(port)"
+    }
+
+    /// The name to send in TLS SNI and to verify the certificate against; nil for an IP address,
+    /// which SNI does not allow.
+    var serverName: String? {
+        let isIPv4 = host.split(separator: ".").count == 4 && host.allSatisfy { $0.isNumber || $0 == "." }
+        return isIPv4 || host.contains(":") ? nil : host
+    }
+
+    var description: String { "\(scheme)://\(authority)\(basePath)" }
+
+    init(url: String) throws(ConfigurationError) {
+        guard let schemeEnd = url.range(of: "://") else {
+            throw ConfigurationError("the upstream \(url) needs a scheme: http:// or https://")
+        }
+        let scheme = url[..<schemeEnd.lowerBound].lowercased()
+        guard scheme == "http" || scheme == "https" else {
+            throw ConfigurationError("the upstream \(url) must be http:// or https://, not \(scheme)://")
+        }
+        var rest = url[schemeEnd.upperBound...]
+        var path = ""
+        if let slash = rest.firstIndex(of: "/") {
+            path = String(rest[slash...])
+            rest = rest[..<slash]
+        }
+        guard !path.contains("?"), !path.contains("#") else {
+            throw ConfigurationError("the upstream \(url) may have a path but no query or fragment")
+        }
+        while path.hasSuffix("/") { path.removeLast() }
+        var host = String(rest)
+        var port = scheme == "https" ? 443 : 80
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { throw ConfigurationError("the upstream \(url) has an unclosed [") }
+            let after = host[host.index(after: close)...]
+            if after.hasPrefix(":") {
+                guard let parsed = Int(after.dropFirst()), (1...65535).contains(parsed) else {
+                    throw ConfigurationError("the upstream \(url) has a bad port")
+                }
+                port = parsed
+            }
+            host = String(host[host.index(after: host.startIndex)..<close])
+        } else if let colon = host.lastIndex(of: ":") {
+            guard let parsed = Int(host[host.index(after: colon)...]), (1...65535).contains(parsed) else {
+                throw ConfigurationError("the upstream \(url) has a bad port")
+            }
+            port = parsed
+            host = String(host[..<colon])
+        }
+        guard !host.isEmpty else { throw ConfigurationError("the upstream \(url) has no host") }
+        self.scheme = scheme
+        self.host = host
+        self.port = port
+        self.basePath = path
+    }
+}
+
+/// host:port for a listener.
+struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    let host: String
+    let port: Int
+
+    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    init(_ text: String) throws(ConfigurationError) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+            throw ConfigurationError("a listen address is host:port, such as 0.0.0.0:3000, not \(text)")
+        }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { throw ConfigurationError("a listen address needs a host, such as 0.0.0.0:\(port)") }
+        self.host = host
+        self.port = port
+    }
+}
+
+struct ConfigurationError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

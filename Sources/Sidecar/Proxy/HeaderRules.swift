@@ -1,0 +1,124 @@
+import NIOHTTP1
+import Wire
+
+/// What the proxy does to headers, both ways. Pure.
+enum HeaderRules {
+    /// Hop-by-hop headers (RFC 9110, section 7.6.1): they describe one connection, so they are not forwarded.
+    static let hopByHop: Set<String> = [
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+        "proxy-authorization", "proxy-authenticate",
+    ]
+
+    /// Headers whose values never reach the wire.
+    static let secret: Set<String> = [
+        "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "set-cookie", "proxy-authorization",
+    ]
+
+    /// Headers that carry the client's credential, in the order they are looked at for the tenant.
+    static let credential = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+
+    static let redactedValue = "[redacted]"
+
+    /// Removes the hop-by-hop headers, and any header the `Connection` header names.
+    static func removeHopByHop(from headers: inout HTTPHeaders) {
+        let named = headers[canonicalForm: "connection"].map { $0.lowercased() }
+        for name in hopByHop.union(named) where headers.contains(name: name) {
+            headers.remove(name: name)
+        }
+    }
+
+    static func isChunked(_ headers: HTTPHeaders) -> Bool {
+        headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
+    }
+
+    /// The request as it goes upstream: the upstream's path and `Host`, hop-by-hop headers gone,
+    /// `X-Forwarded-*` added, the body framed as the client framed it.
+    static func upstreamRequest(from head: HTTPRequestHead, target: UpstreamTarget, clientIP: String?) -> HTTPRequestHead {
+        var headers = head.headers
+        let chunked = isChunked(headers)
+        let originalHost = headers.first(name: "host")
+        removeHopByHop(from: &headers)
+        // The sidecar answers 100-continue itself, so the upstream gets the whole request at once.
+        headers.remove(name: "expect")
+        headers.replaceOrAdd(name: "host", value: target.authority)
+        if let clientIP {
+            let forwarded = headers[canonicalForm: "x-forwarded-for"].joined(separator: ", ")
+            headers.replaceOrAdd(name: "x-forwarded-for", value: forwarded.isEmpty ? clientIP : "\(forwarded), \(clientIP)")
+        }
+        if !headers.contains(name: "x-forwarded-proto") { headers.add(name: "x-forwarded-proto", value: "http") }
+        if let originalHost, !headers.contains(name: "x-forwarded-host") { headers.add(name: "x-forwarded-host", value: originalHost) }
+        if chunked { headers.add(name: "transfer-encoding", value: "chunked") }
+        return HTTPRequestHead(version: .http1_1, method: head.method, uri: target.basePath + originForm(head.uri), headers: headers)
+    }
+
+    /// The response as it goes to the client: hop-by-hop headers gone, the exchange id added.
+    static func clientResponse(from head: HTTPResponseHead, exchangeID: String, close: Bool, version: HTTPVersion) -> HTTPResponseHead {
+        var headers = head.headers
+        removeHopByHop(from: &headers)
+        headers.add(name: "x-llmtap-exchange-id", value: exchangeID)
+        if close { headers.add(name: "connection", value: "close") }
+        return HTTPResponseHead(version: version, status: head.status, headers: headers)
+    }
+
+    /// The path and query of a request target, whatever form it came in.
+    static func originForm(_ uri: String) -> String {
+        if uri.hasPrefix("/") { return uri }
+        if let scheme = uri.range(of: "://") {
+            let afterAuthority = uri[scheme.upperBound...]
+            if let slash = afterAuthority.firstIndex(where: { $0 == "/" || $0 == "?" }) {
+                let rest = String(afterAuthority[slash...])
+                return rest.hasPrefix("?") ? "/" + rest : rest
+            }
+            return "/"
+        }
+        return "/" + uri
+    }
+
+    /// Headers as the wire carries them: secret values replaced.
+    static func wireHeaders(_ headers: HTTPHeaders) -> [WireHeader] {
+        headers.map { name, value in
+            var header = WireHeader()
+            header.name = name
+            header.value = secret.contains(name.lowercased()) ? redactedValue : value
+            return header
+        }
+    }
+
+    /// The credential a request carries: a bearer token, an API key header, or Gemini's `key` query parameter.
+    static func credential(in headers: HTTPHeaders, uri: String) -> String? {
+        for name in credential {
+            guard var value = headers.first(name: name), !value.isEmpty else { continue }
+            if name == "authorization", value.lowercased().hasPrefix("bearer ") { value = String(value.dropFirst(7)) }
+            return value.trimmingWhitespace()
+        }
+        return queryValue(named: "key", in: uri)
+    }
+
+    /// The path and query with secret query parameters (`key`) redacted, for the wire.
+    static func redactedPath(_ path: String) -> String {
+        guard let question = path.firstIndex(of: "?") else { return path }
+        let query = path[path.index(after: question)...].split(separator: "&", omittingEmptySubsequences: false).map { pair -> String in
+            let name = pair.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
+            return name.lowercased() == "key" ? "\(name)=\(redactedValue)" : String(pair)
+        }
+        return path[...question] + query.joined(separator: "&")
+    }
+
+    private static func queryValue(named wanted: String, in uri: String) -> String? {
+        guard let question = uri.firstIndex(of: "?") else { return nil }
+        for pair in uri[uri.index(after: question)...].split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            if parts.count == 2, parts[0].lowercased() == wanted, !parts[1].isEmpty { return String(parts[1]) }
+        }
+        return nil
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var view = Substring(self)
+        while view.first?.isWhitespace == true { view.removeFirst() }
+        while view.last?.isWhitespace == true { view.removeLast() }
+        return String(view)
+    }
+}

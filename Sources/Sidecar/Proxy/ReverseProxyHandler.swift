@@ -1,0 +1,444 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import Wire
+
+/// What every connection's handler shares.
+struct ProxySettings: Sendable {
+    let target: UpstreamTarget
+    let tap: TapSettings
+    let tenantHasher: TenantHasher
+    /// The upstream may be silent this long (before its answer, or between two pieces of it).
+    let upstreamTimeout: TimeAmount
+    let maxHeaderBytes: Int
+    /// Parts of pipelined requests held while an exchange is under way; past it, reading pauses.
+    let maxPipelinedParts = 256
+}
+
+/// One client connection of the reverse listener: each request becomes an exchange forwarded to
+/// the upstream over a pooled connection, with bodies streamed both ways and copied onto the wire.
+///
+/// Back-pressure holds `read()` on whichever side is ahead: the client's while the upstream can't
+/// take more, the upstream's while the client can't. Requests pipelined behind the current one wait
+/// here, so the sidecar may answer early (an error while the body still arrives) without breaking order.
+final class ReverseProxyHandler: ChannelDuplexHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    fileprivate enum State {
+        case idle
+        case exchanging(Exchange)
+        case closed
+    }
+
+    private let settings: ProxySettings
+    private let pools: UpstreamPools
+    private let publisher: any RecordPublishing
+    private let counters: SidecarCounters
+    private let logger: Logger
+    private var state = State.idle
+    private var context: ChannelHandlerContext!
+    private var clientAddress = ""
+    private var clientIP: String?
+    private var pipelined: [HTTPServerRequestPart] = []
+    private var readPending = false
+    private var upstreamNeedsFlush = false
+    private var quiescing = false
+
+    init(settings: ProxySettings, pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger) {
+        self.settings = settings
+        self.pools = pools
+        self.publisher = publisher
+        self.counters = counters
+        self.logger = logger
+    }
+
+    // MARK: The client connection
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if let remote = context.channel.remoteAddress {
+            clientIP = remote.ipAddress
+            clientAddress = remote.ipAddress.map { "\($0):\(remote.port ?? 0)" } ?? "\(remote)"
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        counters.openConnections.add(1, ordering: .relaxed)
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        counters.openConnections.subtract(1, ordering: .relaxed)
+        if case .exchanging(let exchange) = state, !exchange.finished {
+            detachUpstream(exchange, reusable: false)
+            exchange.tap.finish(outcome: .clientAborted, error: "the client closed the connection before the response ended")
+            markFinished(exchange)
+        }
+        state = .closed
+        pipelined.removeAll()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        handle(unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if upstreamNeedsFlush, case .exchanging(let exchange) = state, case .attached(let upstream) = exchange.upstream {
+            upstream.handler.flush()
+        }
+        upstreamNeedsFlush = false
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if case .exchanging(let exchange) = state {
+            if exchange.requestEnded {
+                // Keep reading (so a client that goes away is noticed), but not without bound.
+                if pipelined.count >= settings.maxPipelinedParts {
+                    readPending = true
+                    return
+                }
+            } else {
+                switch exchange.upstream {
+                case .connecting:
+                    readPending = true
+                    return
+                case .attached(let upstream) where !upstream.channel.isWritable:
+                    readPending = true
+                    return
+                case .attached, .detached:
+                    break
+                }
+            }
+        }
+        context.read()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if case .exchanging(let exchange) = state, case .attached(let upstream) = exchange.upstream {
+            upstream.handler.holdReads(!context.channel.isWritable)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Graceful shutdown: finish the exchange under way, then close; close an idle connection now.
+            quiescing = true
+            if case .idle = state { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        guard let parserError = error as? HTTPParserError else {
+            // I/O errors: the connection is gone; channelInactive settles the exchange.
+            logger.debug("client connection error", metadata: ["client": "\(clientAddress)", "error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        let count = counters.malformedRequests.add(1, ordering: .relaxed).newValue
+        let response = parserError == .headerOverflow
+            ? ProxyErrorResponse.headersTooLarge(limit: settings.maxHeaderBytes)
+            : ProxyErrorResponse.badRequest("\(parserError)")
+        if count & (count - 1) == 0 {
+            logger.warning("refused a malformed request", metadata: [
+                "client": "\(clientAddress)", "status": "\(response.status.code)", "error": "\(parserError)", "count": "\(count)",
+            ])
+        }
+        switch state {
+        case .idle:
+            respondLocally(response, exchange: nil, outcome: .rejected, error: "\(parserError)", forceClose: true)
+        case .exchanging(let exchange) where !exchange.responseStarted && !exchange.finished:
+            // Whatever was already sent upstream is cut off unfinished, so the upstream never acts on it.
+            detachUpstream(exchange, reusable: false)
+            respondLocally(response, exchange: exchange, outcome: .rejected, error: "\(parserError)", forceClose: true)
+        case .exchanging, .closed:
+            context.close(promise: nil)
+        }
+        state = .closed
+    }
+
+    // MARK: Requests
+
+    private func handle(_ part: HTTPServerRequestPart) {
+        switch state {
+        case .closed:
+            return
+        case .idle:
+            // Parts after a request answered early, before its end arrived, belong to nothing.
+            guard case .head(let head) = part else { return }
+            begin(head)
+        case .exchanging(let exchange):
+            if exchange.requestEnded {
+                pipelined.append(part)
+                return
+            }
+            switch part {
+            case .head:
+                preconditionFailure("the HTTP decoder delivered a request head before the previous request's end")
+            case .body(let buffer):
+                exchange.tap.requestBody(buffer)
+                forward(.body(.byteBuffer(buffer)), exchange)
+            case .end(let trailers):
+                exchange.requestEnded = true
+                exchange.tap.requestEnded()
+                forward(.end(trailers), exchange)
+                if exchange.finished && !exchange.closeAfterResponse { exchangeDone() }
+            }
+        }
+    }
+
+    private func begin(_ head: HTTPRequestHead) {
+        counters.inFlight.add(1, ordering: .relaxed)
+        let upstreamHead = HeaderRules.upstreamRequest(from: head, target: settings.target, clientIP: clientIP)
+        let tenant = HeaderRules.credential(in: head.headers, uri: head.uri).map(settings.tenantHasher.tenant(for:)) ?? ""
+        let tap = ExchangeTap(
+            exchangeID: counters.makeExchangeID(), head: head, upstream: settings.target, path: upstreamHead.uri,
+            clientAddress: clientAddress, tenant: tenant, settings: settings.tap, publisher: publisher
+        )
+        let exchange = Exchange(tap: tap, clientKeepAlive: head.isKeepAlive, version: head.version)
+        exchange.upstream = .connecting(buffered: [.head(upstreamHead)])
+        state = .exchanging(exchange)
+
+        if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+        }
+        let pool = pools.pool(for: context.eventLoop)
+        pool.acquire().assumeIsolated().whenComplete { result in
+            self.connected(result, exchange: exchange, pool: pool)
+        }
+    }
+
+    private func connected(_ result: Result<UpstreamConnection, any Error>, exchange: Exchange, pool: UpstreamConnectionPool) {
+        guard case .connecting(let buffered) = exchange.upstream, !exchange.finished else {
+            // The exchange ended while connecting (the client left, or a malformed body): the
+            // connection was never used, so it can serve the next one.
+            if case .success(let connection) = result { pool.release(connection) }
+            return
+        }
+        switch result {
+        case .failure(let error):
+            exchange.upstream = .detached
+            fail(exchange, error: error)
+        case .success(let connection):
+            exchange.upstream = .attached(connection)
+            exchange.pool = pool
+            connection.handler.sink = self
+            connection.handler.holdReads(!context.channel.isWritable)
+            for part in buffered { connection.handler.send(part) }
+            connection.handler.flush()
+            exchange.lastUpstreamActivity = .now()
+            scheduleTimeoutCheck(exchange, at: exchange.lastUpstreamActivity + settings.upstreamTimeout)
+            if readPending && connection.channel.isWritable {
+                readPending = false
+                context.read()
+            }
+        }
+    }
+
+    private func forward(_ part: HTTPClientRequestPart, _ exchange: Exchange) {
+        switch exchange.upstream {
+        case .connecting(var buffered):
+            buffered.append(part)
+            exchange.upstream = .connecting(buffered: buffered)
+        case .attached(let upstream):
+            upstream.handler.send(part)
+            upstreamNeedsFlush = true
+            exchange.lastUpstreamActivity = .now()
+        case .detached:
+            break
+        }
+    }
+
+    private func resumeReading() {
+        if readPending {
+            readPending = false
+            context.read()
+        }
+    }
+
+    // MARK: Ending exchanges
+
+    private func markFinished(_ exchange: Exchange) {
+        guard !exchange.finished else { return }
+        exchange.finished = true
+        exchange.timeoutCheck?.cancel()
+        counters.inFlight.subtract(1, ordering: .relaxed)
+    }
+
+    private func detachUpstream(_ exchange: Exchange, reusable: Bool) {
+        if case .attached(let upstream) = exchange.upstream, let pool = exchange.pool {
+            if reusable { pool.release(upstream) } else { pool.discard(upstream) }
+        }
+        exchange.upstream = .detached
+    }
+
+    /// The exchange is over and the connection stays: start the next pipelined request, if any.
+    private func exchangeDone() {
+        state = .idle
+        while !pipelined.isEmpty {
+            if case .exchanging(let exchange) = state, exchange.requestEnded { break }
+            if case .closed = state { break }
+            handle(pipelined.removeFirst())
+        }
+        resumeReading()
+    }
+
+    private func fail(_ exchange: Exchange, error: any Error) {
+        detachUpstream(exchange, reusable: false)
+        let timedOut = error is UpstreamTimedOut
+        if !exchange.responseStarted {
+            let response = timedOut
+                ? ProxyErrorResponse.upstreamTimeout(settings.target, settings.upstreamTimeout)
+                : ProxyErrorResponse.upstreamUnreachable(settings.target, error)
+            logger.warning("upstream failed", metadata: [
+                "exchange_id": "\(exchange.tap.exchangeID)", "status": "\(response.status.code)", "error": "\(error)",
+            ])
+            respondLocally(response, exchange: exchange, outcome: timedOut ? .timeout : .upstreamError, error: "\(error)", forceClose: false)
+        } else {
+            // Mid-response: closing is the only honest answer; a client must never take a cut-short body for a whole one.
+            logger.warning("upstream failed mid-response; closing the client connection", metadata: [
+                "exchange_id": "\(exchange.tap.exchangeID)", "error": "\(error)",
+            ])
+            exchange.tap.finish(outcome: timedOut ? .timeout : .upstreamError, error: "\(error)")
+            markFinished(exchange)
+            state = .closed
+            context.close(promise: nil)
+        }
+    }
+
+    /// Answers in the provider's error shape, and settles the exchange if there is one.
+    private func respondLocally(_ response: ProxyErrorResponse, exchange: Exchange?, outcome: Outcome, error: String, forceClose: Bool) {
+        let close = forceClose || quiescing || exchange.map { !$0.requestEnded || !$0.clientKeepAlive } ?? true
+        let body = response.body
+        var headers = HTTPHeaders([("content-type", "application/json"), ("content-length", "\(body.readableBytes)")])
+        if let exchange { headers.add(name: "x-llmtap-exchange-id", value: exchange.tap.exchangeID) }
+        if close { headers.add(name: "connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: exchange?.version ?? .http1_1, status: response.status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if let exchange {
+            exchange.responseStarted = true
+            exchange.closeAfterResponse = close
+            exchange.tap.finish(outcome: outcome, status: UInt32(response.status.code), error: error)
+            markFinished(exchange)
+        }
+        if close {
+            state = .closed
+            let channel = context.channel
+            written.whenComplete { _ in channel.close(promise: nil) }
+        } else if exchange?.requestEnded == true {
+            exchangeDone()
+        }
+    }
+
+    private func scheduleTimeoutCheck(_ exchange: Exchange, at deadline: NIODeadline) {
+        exchange.timeoutCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            guard !exchange.finished else { return }
+            let due = exchange.lastUpstreamActivity + self.settings.upstreamTimeout
+            if NIODeadline.now() >= due {
+                self.fail(exchange, error: UpstreamTimedOut(timeout: self.settings.upstreamTimeout))
+            } else {
+                self.scheduleTimeoutCheck(exchange, at: due)
+            }
+        }
+    }
+
+    private var currentExchange: Exchange? {
+        if case .exchanging(let exchange) = state, !exchange.finished { return exchange }
+        return nil
+    }
+}
+
+// MARK: Responses from the upstream
+
+extension ReverseProxyHandler: UpstreamResponseSink {
+    func upstreamResponseHead(_ head: HTTPResponseHead) {
+        guard let exchange = currentExchange else { return }
+        exchange.lastUpstreamActivity = .now()
+        exchange.upstreamKeepAlive = head.isKeepAlive
+        exchange.tap.responseHead(head)
+        // A response that starts before the request ended can't leave the connection reusable.
+        exchange.closeAfterResponse = !exchange.clientKeepAlive || !exchange.requestEnded || quiescing
+        exchange.responseStarted = true
+        let clientHead = HeaderRules.clientResponse(
+            from: head, exchangeID: exchange.tap.exchangeID, close: exchange.closeAfterResponse, version: exchange.version
+        )
+        context.write(wrapOutboundOut(.head(clientHead)), promise: nil)
+    }
+
+    func upstreamResponseBody(_ buffer: ByteBuffer) {
+        guard let exchange = currentExchange else { return }
+        exchange.lastUpstreamActivity = .now()
+        exchange.tap.responseBody(buffer)
+        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        if !context.channel.isWritable, case .attached(let upstream) = exchange.upstream {
+            upstream.handler.holdReads(true)
+        }
+    }
+
+    func upstreamReadComplete() {
+        // Each read of the upstream leaves at once: a streamed event is never held back.
+        context.flush()
+    }
+
+    func upstreamResponseEnd() {
+        guard let exchange = currentExchange else { return }
+        detachUpstream(exchange, reusable: exchange.requestEnded && exchange.upstreamKeepAlive)
+        exchange.tap.finish(outcome: .completed)
+        markFinished(exchange)
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+        if exchange.closeAfterResponse || quiescing {
+            state = .closed
+            let channel = context.channel
+            written.whenComplete { _ in channel.close(promise: nil) }
+        } else if exchange.requestEnded {
+            exchangeDone()
+        }
+    }
+
+    func upstreamWritabilityChanged(isWritable: Bool) {
+        if isWritable { resumeReading() }
+    }
+
+    func upstreamFailed(_ error: any Error) {
+        guard let exchange = currentExchange else { return }
+        exchange.upstream = .detached
+        fail(exchange, error: error)
+    }
+}
+
+/// One request and its response.
+private final class Exchange {
+    enum Upstream {
+        /// Waiting for a connection; the request's parts so far wait here.
+        case connecting(buffered: [HTTPClientRequestPart])
+        case attached(UpstreamConnection)
+        /// No upstream any more: answered locally, failed, or done. Further request parts are dropped.
+        case detached
+    }
+
+    let tap: ExchangeTap
+    let clientKeepAlive: Bool
+    let version: HTTPVersion
+    var upstream = Upstream.detached
+    var pool: UpstreamConnectionPool?
+    var requestEnded = false
+    var responseStarted = false
+    var closeAfterResponse = false
+    var upstreamKeepAlive = true
+    var lastUpstreamActivity = NIODeadline.now()
+    var timeoutCheck: Scheduled<Void>?
+    var finished = false
+
+    init(tap: ExchangeTap, clientKeepAlive: Bool, version: HTTPVersion) {
+        self.tap = tap
+        self.clientKeepAlive = clientKeepAlive
+        self.version = version
+    }
+}

@@ -1,0 +1,220 @@
+import CZeroMQ
+import Foundation
+import Wire
+
+/// Frames received on a raw PULL socket, kept as the bytes that crossed the wire.
+public final class RawFrameCollector: @unchecked Sendable {
+    public let endpoint: String
+    private let lock = NSLock()
+    private var frames: [[UInt8]] = []
+    private var stopping = false
+    private let finished = DispatchSemaphore(value: 0)
+
+    public init() throws {
+        endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
+        let ready = DispatchSemaphore(value: 0)
+        let endpoint = self.endpoint
+        Thread { [self] in
+            defer { finished.signal() }
+            guard let context = try? ZMQContext(), let pull = try? ZMQSocket(context: context, kind: .pull) else {
+                ready.signal()
+                return
+            }
+            try? pull.set(.linger(milliseconds: 0))
+            try? pull.bind(endpoint)
+            ready.signal()
+            while !isStopping {
+                guard let message = try? pull.receiveMultipart(timeoutMilliseconds: 50) else { continue }
+                lock.lock()
+                frames.append(contentsOf: message)
+                lock.unlock()
+            }
+            pull.close()
+        }.start()
+        ready.wait()
+    }
+
+    private var isStopping: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return stopping
+    }
+
+    public var rawFrames: [[UInt8]] {
+        lock.lock()
+        defer { lock.unlock() }
+        return frames
+    }
+
+    /// Every frame decoded; a frame that does not decode fails the caller's expectations by its absence.
+    public var envelopes: [DecodedEnvelope] {
+        var decoder = EnvelopeDecoder()
+        return rawFrames.compactMap { frame in frame.withUnsafeBytes { try? decoder.decode($0).get() } }
+    }
+
+    /// The records of one exchange, in arrival order (heartbeats left out).
+    public func records(exchange id: String) -> [WireRecord] {
+        envelopes.map(\.record).filter { $0.exchangeID == id }
+    }
+
+    public func stop() {
+        lock.lock()
+        stopping = true
+        lock.unlock()
+        finished.wait()
+    }
+}
+
+extension WireRecord {
+    public var exchangeID: String? {
+        switch self {
+        case .request(let request): request.exchangeID
+        case .streamChunk(let chunk): chunk.exchangeID
+        case .responseDone(let done): done.exchangeID
+        case .heartbeat: nil
+        }
+    }
+}
+
+/// A mock upstream, a sidecar in front of it, and a raw collector behind it, all real processes
+/// and sockets on loopback.
+public final class ProxyHarness: @unchecked Sendable {
+    public let mock: RunningProcess
+    public let mockPort: Int
+    public let mockLogURL: URL
+    public let sidecar: RunningProcess
+    public let sidecarPort: Int
+    public let collector: RawFrameCollector
+
+    public var baseURL: String { "http://127.0.0.1:\(sidecarPort)" }
+    public var mockURL: String { "http://127.0.0.1:\(mockPort)" }
+
+    /// - Parameters:
+    ///   - upstream: overrides the upstream URL (for an unreachable one); by default the mock.
+    ///   - collectorEndpoint: overrides where the sidecar publishes (for a missing collector).
+    public init(sidecarArguments: [String] = [], mockArguments: [String] = [], upstream: String? = nil,
+                collectorEndpoint: String? = nil, environment: [String: String] = [:]) throws {
+        collector = try RawFrameCollector()
+        mockPort = try freeTCPPort()
+        mockLogURL = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-mock-\(UUID().uuidString).jsonl")
+        mock = try RunningProcess(product: "llmtap-mock-upstream", arguments: [
+            "--listen", "127.0.0.1:\(mockPort)", "--request-log", mockLogURL.path,
+        ] + mockArguments)
+        sidecarPort = try freeTCPPort()
+        let scheme = mockArguments.contains("--tls-cert") ? "https://localhost" : "http://127.0.0.1"
+        sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: [
+            "--listen", "127.0.0.1:\(sidecarPort)",
+            "--upstream", upstream ?? "\(scheme):\(mockPort)",
+            "--collector", collectorEndpoint ?? collector.endpoint,
+            "--sidecar-id", "test-sidecar", "--app", "test-app", "--threads", "2",
+        ] + sidecarArguments, environment: environment)
+        guard eventually({ mock.stdout.contains("listening on") }) else {
+            throw TestFailure("the mock upstream did not start: \(mock.stderr)")
+        }
+        guard eventually({ sidecar.stderr.contains("reverse listener ready") || !sidecar.process.isRunning }),
+              sidecar.process.isRunning else {
+            throw TestFailure("the sidecar did not start: \(sidecar.stderr)")
+        }
+    }
+
+    /// The mock's log: one object per finished request or sent event.
+    public func mockLog() -> [[String: Any]] {
+        guard let text = try? String(contentsOf: mockLogURL, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any]
+        }
+    }
+
+    /// Requests the mock received whole, by path.
+    public func mockRequests() -> [[String: Any]] {
+        mockLog().filter { $0["method"] != nil }
+    }
+
+    /// Stops the sidecar with SIGTERM and returns its exit status, then stops the rest.
+    @discardableResult
+    public func stop() -> Int32? {
+        sidecar.signal(SIGTERM)
+        let status = sidecar.waitForExit()
+        mock.signal(SIGTERM)
+        _ = mock.waitForExit()
+        collector.stop()
+        return status
+    }
+
+    deinit {
+        if sidecar.process.isRunning || mock.process.isRunning { stop() }
+    }
+}
+
+/// Runs curl, the reference client, and returns its exit code, body and response headers.
+public func curl(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (exitCode: Int32, body: Data, headers: String) {
+    let folder = FileManager.default.temporaryDirectory
+    let headersFile = folder.appendingPathComponent("curl-headers-\(UUID().uuidString)")
+    let bodyFile = folder.appendingPathComponent("curl-body-\(UUID().uuidString)")
+    defer {
+        try? FileManager.default.removeItem(at: headersFile)
+        try? FileManager.default.removeItem(at: bodyFile)
+    }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+    process.arguments = ["curl", "-sS", "--no-buffer", "-D", headersFile.path, "-o", bodyFile.path] + arguments
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    guard eventually(timeout: timeout, { !process.isRunning }) else {
+        process.terminate()
+        throw TestFailure("curl \(arguments.joined(separator: " ")) did not finish")
+    }
+    return (process.terminationStatus, (try? Data(contentsOf: bodyFile)) ?? Data(),
+            (try? String(contentsOf: headersFile, encoding: .utf8)) ?? "")
+}
+
+/// Sends raw bytes on a new TCP connection and reads until the server closes it (or the timeout).
+/// Returns what came back and whether the server closed the connection.
+public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (response: String, closed: Bool) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = in_port_t(UInt16(port).bigEndian)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let connected = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else { throw TestFailure("connect to \(port) failed: errno \(errno)") }
+    var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+    var received: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = recv(fd, &buffer, buffer.count, 0)
+        if count == 0 { return (String(decoding: received, as: UTF8.self), true) }
+        if count < 0 { return (String(decoding: received, as: UTF8.self), false) }
+        received += buffer[0..<count]
+    }
+}
+
+/// Runs a Python script with the test virtualenv's packages; returns its exit status and output.
+public func runPython(_ script: String, arguments: [String] = [], timeout: Duration = .seconds(60)) throws -> (status: Int32, stdout: String, stderr: String) {
+    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-py-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    let file = folder.appendingPathComponent("script.py")
+    try script.write(to: file, atomically: true, encoding: .utf8)
+    let stdout = folder.appendingPathComponent("stdout")
+    let stderr = folder.appendingPathComponent("stderr")
+    _ = FileManager.default.createFile(atPath: stdout.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: stderr.path, contents: nil)
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try testPython())
+    process.arguments = [file.path] + arguments
+    process.standardOutput = try FileHandle(forWritingTo: stdout)
+    process.standardError = try FileHandle(forWritingTo: stderr)
+    try process.run()
+    guard eventually(timeout: timeout, { !process.isRunning }) else {
+        process.terminate()
+        throw TestFailure("the Python script did not finish: \((try? String(contentsOf: stderr, encoding: .utf8)) ?? "")")
+    }
+    return (process.terminationStatus,
+            (try? String(contentsOf: stdout, encoding: .utf8)) ?? "",
+            (try? String(contentsOf: stderr, encoding: .utf8)) ?? "")
+}
