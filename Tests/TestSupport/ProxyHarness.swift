@@ -130,19 +130,24 @@ public final class ProxyHarness: @unchecked Sendable {
         mockLog().filter { $0["method"] != nil }
     }
 
+    private var stopped: Int32??
+
     /// Stops the sidecar with SIGTERM and returns its exit status, then stops the rest.
+    /// Calling it again returns the same status.
     @discardableResult
     public func stop() -> Int32? {
-        sidecar.signal(SIGTERM)
+        if let stopped { return stopped }
+        if sidecar.process.isRunning { sidecar.signal(SIGTERM) }
         let status = sidecar.waitForExit()
-        mock.signal(SIGTERM)
+        if mock.process.isRunning { mock.signal(SIGTERM) }
         _ = mock.waitForExit()
         collector.stop()
+        stopped = .some(status)
         return status
     }
 
     deinit {
-        if sidecar.process.isRunning || mock.process.isRunning { stop() }
+        stop()
     }
 }
 

@@ -123,7 +123,8 @@ public final class RunningProcess: @unchecked Sendable {
     public var stderr: String { (try? String(contentsOf: stderrURL, encoding: .utf8)) ?? "" }
 
     public func signal(_ signal: Int32) {
-        kill(process.processIdentifier, signal)
+        // Never signal a pid that may have been reused by now.
+        if process.isRunning { kill(process.processIdentifier, signal) }
     }
 
     /// Waits for the process to exit; returns its exit status, or nil if it is still running after `timeout`.
