@@ -52,7 +52,7 @@ struct MockUpstreamCommand: AsyncParsableCommand {
         if let tlsCert, let tlsKey {
             let configuration = TLSConfiguration.makeServerConfiguration(
                 certificateChain: try NIOSSLCertificate.fromPEMFile(tlsCert).map { .certificate($0) },
-                privateKey: .file(tlsKey)
+                privateKey: .privateKey(try NIOSSLPrivateKey(file: tlsKey, format: .pem))
             )
             sslContext = try NIOSSLContext(configuration: configuration)
         }

@@ -108,7 +108,7 @@ public final class ProxyHarness: @unchecked Sendable {
             "--collector", collectorEndpoint ?? collector.endpoint,
             "--sidecar-id", "test-sidecar", "--app", "test-app", "--threads", "2",
         ] + sidecarArguments, environment: environment)
-        guard eventually({ mock.stdout.contains("listening on") }) else {
+        guard eventually({ mock.stdout.contains("listening on") || !mock.process.isRunning }), mock.process.isRunning else {
             throw TestFailure("the mock upstream did not start: \(mock.stderr)")
         }
         guard eventually({ sidecar.stderr.contains("reverse listener ready") || !sidecar.process.isRunning }),
