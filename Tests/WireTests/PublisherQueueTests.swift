@@ -43,6 +43,25 @@ final class PublisherQueueTests: XCTestCase {
         XCTAssertEqual(queue.enqueue(record, cost: 1), .accepted(wakeConsumer: false))
     }
 
+    func testAWaitingConsumerIsWokenOnlyPastTheBatchThresholdOrOnClose() {
+        var queue = PublisherQueue(maxRecords: 100, maxBytes: 10_000, wakeRecords: 3, wakeBytes: 500)
+        guard case .idle = queue.take() else { return XCTFail() }
+        XCTAssertEqual(queue.enqueue(record, cost: 1), .accepted(wakeConsumer: false))
+        XCTAssertEqual(queue.enqueue(record, cost: 1), .accepted(wakeConsumer: false))
+        XCTAssertEqual(queue.enqueue(record, cost: 1), .accepted(wakeConsumer: true), "the third record crosses the threshold")
+        XCTAssertEqual(queue.enqueue(record, cost: 1), .accepted(wakeConsumer: false), "once woken, not again")
+        guard case .records = queue.take() else { return XCTFail() }
+        guard case .idle = queue.take() else { return XCTFail() }
+        XCTAssertEqual(queue.enqueue(record, cost: 600), .accepted(wakeConsumer: true), "bytes count too")
+        guard case .records = queue.take() else { return XCTFail() }
+        guard case .idle = queue.take() else { return XCTFail() }
+        XCTAssertTrue(queue.close(), "closing wakes a waiting consumer at once")
+        // Thresholds above half the limits are lowered, so a full queue always wakes the consumer.
+        let small = PublisherQueue(maxRecords: 4, maxBytes: 100, wakeRecords: 256, wakeBytes: 1 << 20)
+        XCTAssertEqual(small.wakeRecords, 2)
+        XCTAssertEqual(small.wakeBytes, 50)
+    }
+
     func testClosingRefusesNewRecordsAndFinishesOnceDrained() {
         var queue = PublisherQueue(maxRecords: 10, maxBytes: 1_000)
         XCTAssertEqual(queue.enqueue(record, cost: 1), .accepted(wakeConsumer: false))

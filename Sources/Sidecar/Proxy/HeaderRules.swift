@@ -1,3 +1,4 @@
+import Foundation
 import NIOHTTP1
 import Wire
 
@@ -20,10 +21,30 @@ enum HeaderRules {
     static let redactedValue = "[redacted]"
 
     /// Removes the hop-by-hop headers, and any header the `Connection` header names.
+    /// It runs twice per exchange, so it compares without allocating and removes only what it found.
     static func removeHopByHop(from headers: inout HTTPHeaders) {
-        let named = headers[canonicalForm: "connection"].map { $0.lowercased() }
-        for name in hopByHop.union(named) where headers.contains(name: name) {
-            headers.remove(name: name)
+        var found: [String] = []
+        for (name, value) in headers where isHopByHop(name) {
+            found.append(name)
+            if name.utf8.count == 10, equalsIgnoringASCIICase(name, "connection") {
+                for token in value.split(separator: ",") { found.append(token.trimmingCharacters(in: .whitespaces)) }
+            }
+        }
+        for name in found where !name.isEmpty { headers.remove(name: name) }
+    }
+
+    private static let hopByHopLengths = Set(hopByHop.map(\.utf8.count))
+
+    static func isHopByHop(_ name: String) -> Bool {
+        guard hopByHopLengths.contains(name.utf8.count) else { return false }
+        return hopByHop.contains { equalsIgnoringASCIICase(name, $0) }
+    }
+
+    /// `lowercased` is exact: header names are ASCII tokens, and `candidate` is lower-case.
+    static func equalsIgnoringASCIICase(_ name: String, _ candidate: String) -> Bool {
+        guard name.utf8.count == candidate.utf8.count else { return false }
+        return zip(name.utf8, candidate.utf8).allSatisfy { byte, expected in
+            (byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) == expected
         }
     }
 

@@ -45,6 +45,10 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private var readPending = false
     private var upstreamNeedsFlush = false
     private var quiescing = false
+    /// A keep-alive client sends the same credential again and again: its tenant is worked out once.
+    private var lastCredential: String?
+    private var lastTenant = ""
+    private var timeoutCheck: Scheduled<Void>?
 
     init(settings: ProxySettings, pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger) {
         self.settings = settings
@@ -71,6 +75,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         counters.openConnections.subtract(1, ordering: .relaxed)
+        timeoutCheck?.cancel()
+        timeoutCheck = nil
         if case .exchanging(let exchange) = state, !exchange.finished {
             detachUpstream(exchange, reusable: false)
             exchange.tap.finish(outcome: .clientAborted, error: "the client closed the connection before the response ended")
@@ -196,7 +202,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private func begin(_ head: HTTPRequestHead) {
         counters.inFlight.add(1, ordering: .relaxed)
         let upstreamHead = HeaderRules.upstreamRequest(from: head, target: settings.target, clientIP: clientIP)
-        let tenant = HeaderRules.credential(in: head.headers, uri: head.uri).map(settings.tenantHasher.tenant(for:)) ?? ""
+        let tenant = tenant(for: HeaderRules.credential(in: head.headers, uri: head.uri))
         let tap = ExchangeTap(
             exchangeID: counters.makeExchangeID(), head: head, upstream: settings.target, path: upstreamHead.uri,
             clientAddress: clientAddress, tenant: tenant, settings: settings.tap, publisher: publisher
@@ -209,9 +215,22 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
         }
         let pool = pools.pool(for: context.eventLoop)
-        pool.acquire().assumeIsolated().whenComplete { result in
-            self.connected(result, exchange: exchange, pool: pool)
+        if let connection = pool.idleConnection() {
+            connected(.success(connection), exchange: exchange, pool: pool)
+        } else {
+            pool.connect().assumeIsolated().whenComplete { result in
+                self.connected(result, exchange: exchange, pool: pool)
+            }
         }
+    }
+
+    private func tenant(for credential: String?) -> String {
+        guard let credential else { return "" }
+        if credential != lastCredential {
+            lastCredential = credential
+            lastTenant = settings.tenantHasher.tenant(for: credential)
+        }
+        return lastTenant
     }
 
     private func connected(_ result: Result<UpstreamConnection, any Error>, exchange: Exchange, pool: UpstreamConnectionPool) {
@@ -233,7 +252,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             for part in buffered { connection.handler.send(part) }
             connection.handler.flush()
             exchange.lastUpstreamActivity = .now()
-            scheduleTimeoutCheck(exchange, at: exchange.lastUpstreamActivity + settings.upstreamTimeout)
+            if timeoutCheck == nil { scheduleTimeoutCheck(at: exchange.lastUpstreamActivity + settings.upstreamTimeout) }
             if readPending && connection.channel.isWritable {
                 readPending = false
                 context.read()
@@ -267,7 +286,6 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private func markFinished(_ exchange: Exchange) {
         guard !exchange.finished else { return }
         exchange.finished = true
-        exchange.timeoutCheck?.cancel()
         counters.inFlight.subtract(1, ordering: .relaxed)
     }
 
@@ -337,14 +355,18 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    private func scheduleTimeoutCheck(_ exchange: Exchange, at deadline: NIODeadline) {
-        exchange.timeoutCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
-            guard !exchange.finished else { return }
+    /// One timer per connection, not per exchange: when it fires it looks at whichever exchange is
+    /// under way, and it is only set again while one is. Setting and cancelling a timer for every
+    /// request costs more than the request's own bookkeeping.
+    private func scheduleTimeoutCheck(at deadline: NIODeadline) {
+        timeoutCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.timeoutCheck = nil
+            guard let exchange = self.currentExchange, case .attached = exchange.upstream else { return }
             let due = exchange.lastUpstreamActivity + self.settings.upstreamTimeout
             if NIODeadline.now() >= due {
                 self.fail(exchange, error: UpstreamTimedOut(timeout: self.settings.upstreamTimeout))
             } else {
-                self.scheduleTimeoutCheck(exchange, at: due)
+                self.scheduleTimeoutCheck(at: due)
             }
         }
     }
@@ -433,7 +455,6 @@ private final class Exchange {
     var closeAfterResponse = false
     var upstreamKeepAlive = true
     var lastUpstreamActivity = NIODeadline.now()
-    var timeoutCheck: Scheduled<Void>?
     var finished = false
 
     init(tap: ExchangeTap, clientKeepAlive: Bool, version: HTTPVersion) {

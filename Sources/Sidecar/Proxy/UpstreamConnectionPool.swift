@@ -40,13 +40,18 @@ final class UpstreamConnectionPool {
         self.settings = settings
     }
 
-    /// An idle connection if one is still open, else a new one.
-    func acquire() -> EventLoopFuture<UpstreamConnection> {
+    /// An idle connection that is still open, if there is one: the common case, with no future.
+    func idleConnection() -> UpstreamConnection? {
         eventLoop.preconditionInEventLoop()
         while let connection = idle.popLast() {
-            if connection.channel.isActive { return eventLoop.makeSucceededFuture(connection) }
+            if connection.channel.isActive { return connection }
         }
-        return connect()
+        return nil
+    }
+
+    /// A new connection.
+    func connect() -> EventLoopFuture<UpstreamConnection> {
+        connectNew()
     }
 
     /// Takes back a connection whose last exchange ended cleanly, or closes it if there is no room.
@@ -77,7 +82,7 @@ final class UpstreamConnectionPool {
         idle.removeAll()
     }
 
-    private func connect() -> EventLoopFuture<UpstreamConnection> {
+    private func connectNew() -> EventLoopFuture<UpstreamConnection> {
         let settings = self.settings
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.connectTimeout)
@@ -88,7 +93,8 @@ final class UpstreamConnectionPool {
                         let tls = try NIOSSLClientHandler(context: sslContext, serverHostname: settings.target.serverName)
                         try channel.pipeline.syncOperations.addHandler(tls)
                     }
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    // Every header we forward came through llhttp's checks on the way in.
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
                     try channel.pipeline.syncOperations.addHandler(UpstreamHandler())
                 }
             }

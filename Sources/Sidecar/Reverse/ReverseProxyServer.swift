@@ -42,6 +42,8 @@ struct ReverseProxyServer: Service {
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
                             withPipeliningAssistance: false,
                             withErrorHandling: false,
+                            // Every header we send came through llhttp's checks, or is our own.
+                            withOutboundHeaderValidation: false,
                             withEncoderConfiguration: .init(),
                             withDecoderLimitConfiguration: limits
                         )

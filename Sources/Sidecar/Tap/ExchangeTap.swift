@@ -73,7 +73,9 @@ final class ExchangeTap {
         requestBytes += UInt64(buffer.readableBytes)
         let room = settings.maxCaptureBytes - requestCapture.count
         if room > 0 {
-            requestCapture.append(contentsOf: buffer.readableBytesView.prefix(room))
+            buffer.withUnsafeReadableBytes { bytes in
+                requestCapture.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes.prefix(room)))
+            }
         }
     }
 
@@ -95,12 +97,12 @@ final class ExchangeTap {
         responseBytes += UInt64(buffer.readableBytes)
         let room = settings.maxCaptureBytes - responseCaptured
         if room >= buffer.readableBytes {
-            publishChunk(Data(buffer.readableBytesView), offset: offset)
+            publishChunk(Self.data(buffer, upTo: buffer.readableBytes), offset: offset)
             responseCaptured += buffer.readableBytes
             return
         }
         if room > 0 {
-            publishChunk(Data(buffer.readableBytesView.prefix(room)), offset: offset)
+            publishChunk(Self.data(buffer, upTo: room), offset: offset)
             responseCaptured += room
         }
         responseTruncated = true
@@ -138,6 +140,11 @@ final class ExchangeTap {
         done.responseChunks = chunkIndex
         done.responseTruncated = responseTruncated
         publisher.publish(.responseDone(done))
+    }
+
+    /// The first `count` readable bytes, copied in one go (the generic sequence path copies byte by byte).
+    private static func data(_ buffer: ByteBuffer, upTo count: Int) -> Data {
+        buffer.withUnsafeReadableBytes { Data(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
     }
 
     private func publishRequest() {

@@ -29,7 +29,9 @@ public final class AnalysisPublisher: Sendable {
         self.logger = logger
         self.queue = Mutex(PublisherQueue(
             maxRecords: configuration.maxQueuedRecords,
-            maxBytes: configuration.maxQueuedBytes
+            maxBytes: configuration.maxQueuedBytes,
+            wakeRecords: configuration.wakeRecords,
+            wakeBytes: configuration.wakeBytes
         ))
         let encoder = try EnvelopeEncoder(sidecarID: configuration.sidecarID, bootID: configuration.bootID)
 
@@ -148,17 +150,22 @@ public final class AnalysisPublisher: Sendable {
         // Accounting goes back under the lock in slices, so the queue's depth stays truthful
         // while a large batch is being sent.
         let reportEvery = 256
+        let active = DispatchTimeInterval.nanoseconds(Int(configuration.drainInterval.inMilliseconds * 1_000_000))
+        let idle = DispatchTimeInterval.nanoseconds(Int(configuration.idleDrainInterval.inMilliseconds * 1_000_000))
+        var wasBusy = false
         while true {
             let batch: [PendingRecord]
             switch queue.withLock({ $0.take() }) {
             case .finished:
                 return
             case .idle:
-                // The timeout only bounds how long a lost wakeup could delay us; it is not polling.
-                _ = wakeup.wait(timeout: .now() + .milliseconds(250))
+                // Records come by on the drain interval; a burst or shutdown wakes us sooner.
+                _ = wakeup.wait(timeout: .now() + (wasBusy ? active : idle))
+                wasBusy = false
                 continue
             case .records(let records):
                 batch = records
+                wasBusy = true
             }
 
             var sent = (count: 0, cost: 0)

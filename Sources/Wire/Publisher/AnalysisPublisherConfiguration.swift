@@ -9,6 +9,13 @@ public struct AnalysisPublisherConfiguration: Sendable {
     /// The queue's limits: beyond either one, `publish` drops the record and counts it.
     public var maxQueuedRecords: Int = 65_536
     public var maxQueuedBytes: Int = 64 << 20
+    /// How long records may wait before the I/O thread sends them: while records flow, and when
+    /// the publisher has been idle. A burst of `wakeRecords` (or `wakeBytes`) wakes it at once.
+    /// Batching like this saves a thread switch per record, on both sides of the queue.
+    public var drainInterval: Duration = .milliseconds(2)
+    public var idleDrainInterval: Duration = .milliseconds(25)
+    public var wakeRecords: Int = 256
+    public var wakeBytes: Int = 1 << 20
     /// ZeroMQ's own send queue toward the collector (`ZMQ_SNDHWM`), in messages.
     public var sendHighWaterMark: Int32 = 10_000
     /// How long `shutdown` keeps trying to deliver what is queued.

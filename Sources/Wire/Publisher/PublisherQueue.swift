@@ -17,6 +17,11 @@ struct PendingRecord: Sendable {
 struct PublisherQueue: Sendable {
     let maxRecords: Int
     let maxBytes: Int
+    /// A waiting consumer is woken once this many records (or bytes) are pending; below it, it
+    /// comes by itself on its next drain interval. Waking it for every record costs a thread
+    /// switch per record, on both sides, and the collector does not need records sooner.
+    let wakeRecords: Int
+    let wakeBytes: Int
 
     private(set) var pending: [PendingRecord] = []
     private(set) var depth = 0
@@ -30,10 +35,13 @@ struct PublisherQueue: Sendable {
     /// Shutdown has begun: nothing more is accepted.
     private(set) var closed = false
 
-    init(maxRecords: Int, maxBytes: Int) {
+    init(maxRecords: Int, maxBytes: Int, wakeRecords: Int = 1, wakeBytes: Int = 1) {
         precondition(maxRecords > 0 && maxBytes > 0, "the publisher's queue limits must be positive")
         self.maxRecords = maxRecords
         self.maxBytes = maxBytes
+        // Never above the limits, or a full queue would not wake anyone.
+        self.wakeRecords = max(1, min(wakeRecords, maxRecords / 2))
+        self.wakeBytes = max(1, min(wakeBytes, maxBytes / 2))
     }
 
     enum EnqueueResult: Equatable {
@@ -56,8 +64,8 @@ struct PublisherQueue: Sendable {
         depth += 1
         bytes += cost
         accepted += 1
-        let wake = consumerWaiting
-        consumerWaiting = false
+        let wake = consumerWaiting && (pending.count >= wakeRecords || bytes >= wakeBytes)
+        if wake { consumerWaiting = false }
         return .accepted(wakeConsumer: wake)
     }
 

@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# The reverse proxy against its baselines, in one run, release build, on this machine:
+#   (a) direct to a static upstream (nginx returning a fixed chat completion),
+#   (b) nginx as a keep-alive reverse proxy in front of it,
+#   (c) llmtap-sidecar in front of it, publishing to a live llmtap-collector.
+# wrk drives each with 32 connections; rounds alternate a, b, c so drifting load hits all alike,
+# and the table reports medians. Then the sidecar's RSS idle and with 1,000 open streams.
+#
+#   benchmarks/proxy.sh                 # 3 rounds of 10 s each
+#   ROUNDS=5 DURATION=20 benchmarks/proxy.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/common.sh
+
+ensure_swift
+ensure_packages "${LLMTAP_BUILD_PACKAGES[@]}" nginx wrk python3
+rounds="${ROUNDS:-3}"
+duration="${DURATION:-10}"
+connections=32
+
+echo "==> swift build -c release" >&2
+for product in llmtap-sidecar llmtap-collector llmtap-mock-upstream; do
+    swift build -c release --product "$product" >&2
+done
+bin="$(swift build -c release --show-bin-path)"
+
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for conf in upstream proxy; do [ -f "$work/$conf.pid" ] && kill -QUIT "$(cat "$work/$conf.pid")" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+upstream_port=$(free_port); proxy_port=$(free_port); sidecar_port=$(free_port); analysis_port=$(free_port)
+mock_port=$(free_port); streams_sidecar_port=$(free_port)
+
+# The static upstream: a fixed chat completion, as OpenAI would answer it.
+body='{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21},"service_tier":"default","system_fingerprint":"fp_06737a9306"}'
+nginx_conf() {  # name, port, location block
+    mkdir -p "$work/$1"
+    cat > "$work/$1.conf" <<CONF
+worker_processes 2;
+pid $work/$1.pid;
+error_log $work/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/$1; proxy_temp_path $work/$1; fastcgi_temp_path $work/$1; uwsgi_temp_path $work/$1; scgi_temp_path $work/$1;
+    keepalive_requests 1000000;
+    upstream llm { server 127.0.0.1:$upstream_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$2;
+        location / { $3 }
+    }
+}
+CONF
+    nginx -c "$work/$1.conf" -p "$work/$1"
+}
+nginx_conf upstream "$upstream_port" "default_type application/json; return 200 '$body';"
+nginx_conf proxy "$proxy_port" "proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off;"
+
+"$bin/llmtap-collector" --listen-analysis "tcp://127.0.0.1:$analysis_port" --log-level info 2> "$work/collector.log" &
+pids+=($!)
+"$bin/llmtap-sidecar" --listen "127.0.0.1:$sidecar_port" --upstream "http://127.0.0.1:$upstream_port" \
+    --collector "tcp://127.0.0.1:$analysis_port" --log-level warning 2> "$work/sidecar.log" &
+sidecar_pid=$!
+pids+=($sidecar_pid)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$sidecar_port/" && break; sleep 0.1; done
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+idle_rss=$(rss_mb "$sidecar_pid")
+
+cat > "$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"
+LUA
+
+declare -A urls=([a]="http://127.0.0.1:$upstream_port/v1/chat/completions"
+                 [b]="http://127.0.0.1:$proxy_port/v1/chat/completions"
+                 [c]="http://127.0.0.1:$sidecar_port/v1/chat/completions")
+declare -A rps p50 p99
+# wrk prints latencies as 512.00us, 1.20ms or 2.00s: in milliseconds.
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+for target in a b c; do wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "${urls[$target]}" > /dev/null; done
+for round in $(seq "$rounds"); do
+    for target in a b c; do
+        out="$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" "${urls[$target]}")"
+        if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "($target) answered errors" >&2; exit 1; fi
+        rps[$target]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
+        p50[$target]+="$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')") "
+        p99[$target]+="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
+        echo "round $round ($target): $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s" >&2
+    done
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+loaded_rss=$(rss_mb "$sidecar_pid")
+
+# 1,000 concurrent open streams through a second sidecar, in front of the mock upstream (slow SSE).
+"$bin/llmtap-mock-upstream" --listen "127.0.0.1:$mock_port" --event-delay-ms 1000 --events 60 > /dev/null 2>&1 &
+pids+=($!)
+"$bin/llmtap-sidecar" --listen "127.0.0.1:$streams_sidecar_port" --upstream "http://127.0.0.1:$mock_port" \
+    --collector "tcp://127.0.0.1:$analysis_port" --log-level warning 2> "$work/sidecar-streams.log" &
+streams_pid=$!
+pids+=($streams_pid)
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$streams_sidecar_port/v1/models" && break; sleep 0.1; done
+streams_idle_rss=$(rss_mb "$streams_pid")
+python3 - "$streams_sidecar_port" "$streams_pid" > "$work/streams.out" <<'PY'
+import asyncio, sys
+port, pid = int(sys.argv[1]), sys.argv[2]
+async def stream(ready):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{"stream": true}')
+    await writer.drain()
+    while b"data: " not in await reader.readline():
+        pass
+    ready.append(1)
+    return writer
+async def main():
+    ready = []
+    writers = await asyncio.gather(*[stream(ready) for _ in range(1000)])
+    rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
+    print(len(ready), int(rss) / 1024)
+    for w in writers:
+        w.close()
+asyncio.run(main())
+PY
+read -r open_streams streams_rss < "$work/streams.out"
+
+kill -TERM "$sidecar_pid" "$streams_pid"
+wait "$sidecar_pid" "$streams_pid" 2>/dev/null || true
+sleep 1
+kill -TERM "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+received="$(grep -o 'received=[0-9]*' "$work/collector.log" | tail -1)"
+missing="$(grep -o 'missing=[0-9]*' "$work/collector.log" | tail -1)"
+
+a_rps=$(echo "${rps[a]}" | median); b_rps=$(echo "${rps[b]}" | median); c_rps=$(echo "${rps[c]}" | median)
+a_p99=$(echo "${p99[a]}" | median); c_p99=$(echo "${p99[c]}" | median)
+echo
+echo "wrk -t2 -c$connections -d${duration}s, $rounds rounds, medians; $(nproc) cores"
+echo
+echo "| target | req/s | p50 ms | p99 ms |"
+echo "|---|---:|---:|---:|"
+for target in a b c; do
+    name=$([ $target = a ] && echo "(a) direct to nginx" || ([ $target = b ] && echo "(b) nginx keep-alive proxy" || echo "(c) llmtap-sidecar + live collector"))
+    echo "| $name | $(echo "${rps[$target]}" | median) | $(echo "${p50[$target]}" | median) | $(echo "${p99[$target]}" | median) |"
+done
+echo
+awk -v c="$c_rps" -v b="$b_rps" -v a="$a_rps" -v cp="$c_p99" -v ap="$a_p99" 'BEGIN {
+    printf "sidecar / nginx proxy req/s: %.2f\n", c / b
+    printf "sidecar / direct req/s:      %.2f\n", c / a
+    printf "p99 added over direct:       %.3f ms\n", cp - ap }'
+echo "sidecar RSS: ${idle_rss} MB idle at start, ${loaded_rss} MB after the load"
+echo "streams sidecar RSS: ${streams_idle_rss} MB idle, ${streams_rss} MB with ${open_streams} concurrent open streams"
+echo "collector: ${received:-received=?} ${missing:-} (records from the load)"
