@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "llmtap-collector", targets: ["Collector"]),
         .executable(name: "llmtap-wire-bench", targets: ["WireBench"]),
         .executable(name: "llmtap-mock-upstream", targets: ["MockUpstream"]),
+        .executable(name: "llmtap-bench", targets: ["Bench"]),
         .library(name: "Wire", targets: ["Wire"]),
     ],
     dependencies: [
@@ -70,6 +71,17 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // A load generator for LLM endpoints: latency, TTFB, throughput, errors.
+        .executableTarget(
+            name: "Bench",
+            dependencies: [
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
             ]
         ),
         // Throughput of the wire against raw libzmq: benchmarks/wire.sh runs it in release.
