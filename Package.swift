@@ -1,6 +1,15 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// SwiftNIO's HTTP/1.1 and TLS, for every target that speaks HTTP.
+let nioHTTP: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+    .product(name: "NIOHTTP1", package: "swift-nio"),
+    .product(name: "NIOSSL", package: "swift-nio-ssl"),
+]
+let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
+
 let package = Package(
     name: "LLMTap",
     platforms: [.macOS(.v15)],
@@ -39,15 +48,11 @@ let package = Package(
         ),
         .executableTarget(
             name: "Sidecar",
-            dependencies: [
+            dependencies: nioHTTP + [
                 "Wire",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                argumentParser,
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
@@ -56,19 +61,13 @@ let package = Package(
         // Gemini wire formats, streaming included.
         .executableTarget(
             name: "MockUpstream",
-            dependencies: [
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ]
+            dependencies: nioHTTP + [argumentParser]
         ),
         .executableTarget(
             name: "Collector",
             dependencies: [
                 "Wire",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                argumentParser,
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -76,20 +75,14 @@ let package = Package(
         // A load generator for LLM endpoints: latency, TTFB, throughput, errors.
         .executableTarget(
             name: "Bench",
-            dependencies: [
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            ]
+            dependencies: nioHTTP + [argumentParser]
         ),
         // Throughput of the wire against raw libzmq: benchmarks/wire.sh runs it in release.
         .executableTarget(
             name: "WireBench",
             dependencies: [
                 "Wire", "CZeroMQ", "TestSupport",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                argumentParser,
             ]
         ),
         // Helpers the tests (and the benchmark's sample records) share: starting the real binaries,

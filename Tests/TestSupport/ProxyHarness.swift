@@ -173,11 +173,10 @@ public func curl(_ arguments: [String], timeout: Duration = .seconds(30)) throws
             (try? String(contentsOf: headersFile, encoding: .utf8)) ?? "")
 }
 
-/// Sends raw bytes on a new TCP connection and reads until the server closes it (or the timeout).
-/// Returns what came back and whether the server closed the connection.
-public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (response: String, closed: Bool) {
+/// A TCP connection to 127.0.0.1:port, as a file descriptor the caller closes.
+public func connectTCP(port: Int, receiveTimeout: Duration = .seconds(10)) throws -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
+    guard fd >= 0 else { throw TestFailure("socket() failed: errno \(errno)") }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_port = in_port_t(UInt16(port).bigEndian)
@@ -185,9 +184,20 @@ public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(
     let connected = withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
-    guard connected == 0 else { throw TestFailure("connect to \(port) failed: errno \(errno)") }
-    var tv = timeval(tv_sec: Int(timeout.components.seconds), tv_usec: 0)
+    guard connected == 0 else {
+        close(fd)
+        throw TestFailure("connect to 127.0.0.1:\(port) failed: errno \(errno)")
+    }
+    var tv = timeval(tv_sec: Int(receiveTimeout.components.seconds), tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    return fd
+}
+
+/// Sends raw bytes on a new TCP connection and reads until the server closes it (or the timeout).
+/// Returns what came back and whether the server closed the connection.
+public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (response: String, closed: Bool) {
+    let fd = try connectTCP(port: port, receiveTimeout: timeout)
+    defer { close(fd) }
     _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     var received: [UInt8] = []
     var buffer = [UInt8](repeating: 0, count: 65536)

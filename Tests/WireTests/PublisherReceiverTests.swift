@@ -171,15 +171,7 @@ final class PublisherReceiverTests: XCTestCase {
         let port = Int(receiver.boundEndpoint.split(separator: ":").last!)!
 
         // Plain HTTP at the analysis port, as a confused scraper would send.
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        XCTAssertEqual(connected, 0)
+        let fd = try connectTCP(port: port)
         let request = Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8) + [UInt8](repeating: 0xFF, count: 64)
         _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
 
