@@ -105,11 +105,14 @@ struct MockControl {
     var hang = false
     var hangAfter: Int?
     var resetAfter: Int?
+    /// Pad each streamed piece of text to this many bytes (for back-pressure tests).
+    var eventBytes: Int?
 
     init(_ headers: HTTPHeaders, defaults: MockSettings) {
         events = headers.first(name: "x-mock-events").flatMap(Int.init) ?? defaults.events
         eventDelayMs = headers.first(name: "x-mock-event-delay-ms").flatMap(Int.init) ?? defaults.eventDelayMs
         status = headers.first(name: "x-mock-status").flatMap(Int.init)
+        eventBytes = headers.first(name: "x-mock-event-bytes").flatMap(Int.init)
         let fail = headers.first(name: "x-mock-fail") ?? ""
         if fail == "hang" { hang = true }
         if fail.hasPrefix("hang-after:") { hangAfter = Int(fail.dropFirst("hang-after:".count)) }

@@ -51,7 +51,8 @@ enum MockRoutes {
         if method == .GET && path.hasSuffix("/models") { return OpenAIFormat.models() }
         if path.hasSuffix("/chat/completions") {
             let includeUsage = (request["stream_options"] as? [String: Any])?["include_usage"] as? Bool ?? false
-            return OpenAIFormat.chat(model: model ?? "gpt-4o-mini", stream: stream, includeUsage: includeUsage, inputTokens: inputTokens, events: control.events)
+            return OpenAIFormat.chat(model: model ?? "gpt-4o-mini", stream: stream, includeUsage: includeUsage, inputTokens: inputTokens,
+                                     events: control.events, padTo: control.eventBytes)
         }
         if path.hasSuffix("/completions") { return OpenAIFormat.completion(model: model ?? "gpt-3.5-turbo-instruct", inputTokens: inputTokens) }
         if path.hasSuffix("/embeddings") { return OpenAIFormat.embeddings(model: model ?? "text-embedding-3-small", inputTokens: inputTokens) }
@@ -73,10 +74,11 @@ enum MockRoutes {
 enum OpenAIFormat {
     static let created = 1_741_570_283
 
-    static func chat(model: String, stream: Bool, includeUsage: Bool, inputTokens: Int, events: Int) -> MockResponse {
+    static func chat(model: String, stream: Bool, includeUsage: Bool, inputTokens: Int, events: Int, padTo: Int? = nil) -> MockResponse {
         let id = "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"
         let served = model.contains("-20") ? model : "\(model)-2024-07-18"
-        let text = MockRoutes.pieces(events)
+        var text = MockRoutes.pieces(events)
+        if let padTo { text = text.map { $0 + String(repeating: " ", count: max(0, padTo - $0.utf8.count)) } }
         let usage: [String: Any] = [
             "prompt_tokens": inputTokens, "completion_tokens": events, "total_tokens": inputTokens + events,
             "prompt_tokens_details": ["cached_tokens": 0, "audio_tokens": 0],

@@ -169,3 +169,46 @@ struct TestPKI {
         return TestPKI(caCertificate: path("ca.pem"), serverCertificate: path("server.pem"), serverKey: path("server.key"))
     }
 }
+
+/// A slow client must slow the upstream read, not fill the sidecar's memory.
+final class BackPressureTests: XCTestCase {
+    func testAClientThatStopsReadingStopsTheSidecarReadingTheUpstream() throws {
+        let harness = try ProxyHarness(sidecarArguments: ["--max-capture-bytes", "65536"])
+        defer { harness.stop() }
+        let pid = harness.sidecar.process.processIdentifier
+        // 400 events of 64 KiB, sent by the mock as fast as it can: 25 MiB in all.
+        let fd = try connectTCP(port: harness.sidecarPort, receiveTimeout: .seconds(30))
+        defer { close(fd) }
+        let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 400\r\nx-mock-event-delay-ms: 0\r\nx-mock-event-bytes: 65536\r\nContent-Length: 16\r\n\r\n{\"stream\": true}".utf8)
+        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        var received = recv(fd, &buffer, 1024, 0)
+        XCTAssertGreaterThan(received, 0)
+        let before = try residentMegabytes(pid)
+        // The client reads nothing for a while; the mock has long sent everything by then. The
+        // kernel's socket buffers hold a few MiB of it; without back-pressure the sidecar would hold the rest.
+        usleep(1_500_000)
+        let during = try residentMegabytes(pid)
+        XCTAssertLessThan(during - before, 12, "the sidecar buffered the response instead of holding the upstream back (\(before) -> \(during) MB)")
+        // Then it reads it all: every byte arrives, and the stream ends properly.
+        var tail: [UInt8] = []
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            guard count > 0 else { break }
+            received += count
+            tail = Array((tail + buffer[0..<count]).suffix(32))
+            if String(decoding: tail, as: UTF8.self).hasSuffix("data: [DONE]\n\n\r\n0\r\n\r\n") { break }
+        }
+        XCTAssertGreaterThan(received, 400 * 65536, "the whole stream arrived")
+        XCTAssertTrue(String(decoding: tail, as: UTF8.self).hasSuffix("0\r\n\r\n"), "and ended with its last chunk")
+    }
+
+    private func residentMegabytes(_ pid: Int32) throws -> Double {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else {
+            throw TestFailure("no VmRSS for \(pid)")
+        }
+        return kilobytes / 1024
+    }
+}
