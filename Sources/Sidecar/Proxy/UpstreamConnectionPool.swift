@@ -49,10 +49,7 @@ final class UpstreamConnectionPool {
         return nil
     }
 
-    /// A new connection.
-    func connect() -> EventLoopFuture<UpstreamConnection> {
-        connectNew()
-    }
+
 
     /// Takes back a connection whose last exchange ended cleanly, or closes it if there is no room.
     func release(_ connection: UpstreamConnection) {
@@ -82,7 +79,8 @@ final class UpstreamConnectionPool {
         idle.removeAll()
     }
 
-    private func connectNew() -> EventLoopFuture<UpstreamConnection> {
+    /// A new connection: TLS (with SNI) when the upstream is https, then the HTTP client codec.
+    func connect() -> EventLoopFuture<UpstreamConnection> {
         let settings = self.settings
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.connectTimeout)
