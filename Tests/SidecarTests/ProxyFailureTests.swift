@@ -119,6 +119,25 @@ final class ProxyFailureTests: XCTestCase {
         XCTAssertEqual(echo["body"] as? String, "hello")
     }
 
+    func testPipelinedRequestsAreAnsweredInOrder() throws {
+        let harness = try ProxyHarness(mockArguments: ["--event-delay-ms", "5"])
+        defer { harness.stop() }
+        // Three requests in one write: a stream, a plain one, and one that asks to close.
+        let body = #"{"model":"gpt-4o-mini","stream":true}"#
+        let pipelined = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 2\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+            + "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+            + "GET /v1/echo?third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        let (response, closed) = try rawHTTP(port: harness.sidecarPort, Array(pipelined.utf8))
+        XCTAssertTrue(closed, "the third request asked to close")
+        let statuses = response.components(separatedBy: "HTTP/1.1 ").dropFirst().map { $0.prefix(3) }
+        XCTAssertEqual(statuses, ["200", "200", "200"], response)
+        let stream = try XCTUnwrap(response.range(of: "data: [DONE]"))
+        let models = try XCTUnwrap(response.range(of: "text-embedding-3-small"))
+        let echo = try XCTUnwrap(response.range(of: "echo?third"))
+        XCTAssertTrue(stream.lowerBound < models.lowerBound && models.lowerBound < echo.lowerBound, "answers in request order")
+        XCTAssertEqual(harness.mockRequests().compactMap { $0["path"] as? String }, ["/v1/chat/completions", "/v1/models", "/v1/echo?third"])
+    }
+
     // MARK: helpers
 
     private func outcomes(in harness: ProxyHarness) -> [Outcome] {

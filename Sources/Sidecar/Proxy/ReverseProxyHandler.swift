@@ -92,11 +92,16 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
+        flushUpstream()
+        context.fireChannelReadComplete()
+    }
+
+    /// Sends what was written upstream since the last flush: once per read of the client.
+    private func flushUpstream() {
         if upstreamNeedsFlush, case .exchanging(let exchange) = state, case .attached(let upstream) = exchange.upstream {
             upstream.handler.flush()
         }
         upstreamNeedsFlush = false
-        context.fireChannelReadComplete()
     }
 
     func read(context: ChannelHandlerContext) {
@@ -216,10 +221,12 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
         let pool = pools.pool(for: context.eventLoop)
         if let connection = pool.idleConnection() {
-            connected(.success(connection), exchange: exchange, pool: pool)
+            // Inside the read that brought the head: the rest of the request usually came with it,
+            // so the flush at the end of this read sends it all in one write.
+            connected(.success(connection), exchange: exchange, pool: pool, flushNow: false)
         } else {
             pool.connect().assumeIsolated().whenComplete { result in
-                self.connected(result, exchange: exchange, pool: pool)
+                self.connected(result, exchange: exchange, pool: pool, flushNow: true)
             }
         }
     }
@@ -233,7 +240,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         return lastTenant
     }
 
-    private func connected(_ result: Result<UpstreamConnection, any Error>, exchange: Exchange, pool: UpstreamConnectionPool) {
+    private func connected(_ result: Result<UpstreamConnection, any Error>, exchange: Exchange, pool: UpstreamConnectionPool, flushNow: Bool) {
         guard case .connecting(let buffered) = exchange.upstream, !exchange.finished else {
             // The exchange ended while connecting (the client left, or a malformed body): the
             // connection was never used, so it can serve the next one.
@@ -250,7 +257,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             connection.handler.sink = self
             connection.handler.holdReads(!context.channel.isWritable)
             for part in buffered { connection.handler.send(part) }
-            connection.handler.flush()
+            if flushNow { connection.handler.flush() } else { upstreamNeedsFlush = true }
             exchange.lastUpstreamActivity = .now()
             if timeoutCheck == nil { scheduleTimeoutCheck(at: exchange.lastUpstreamActivity + settings.upstreamTimeout) }
             if readPending && connection.channel.isWritable {
@@ -304,6 +311,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             if case .closed = state { break }
             handle(pipelined.removeFirst())
         }
+        // A replayed request was not read just now, so no end of a read will flush it.
+        flushUpstream()
         resumeReading()
     }
 
