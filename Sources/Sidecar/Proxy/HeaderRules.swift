@@ -5,15 +5,15 @@ import Wire
 /// What the proxy does to headers, both ways. Pure.
 enum HeaderRules {
     /// Hop-by-hop headers (RFC 9110, section 7.6.1): they describe one connection, so they are not forwarded.
-    static let hopByHop: Set<String> = [
+    static let hopByHop = HeaderNameSet([
         "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
         "proxy-authorization", "proxy-authenticate",
-    ]
+    ])
 
     /// Headers whose values never reach the wire.
-    static let secret: Set<String> = [
+    static let secret = HeaderNameSet([
         "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "set-cookie", "proxy-authorization",
-    ]
+    ])
 
     /// Headers that carry the client's credential, in the order they are looked at for the tenant.
     static let credential = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
@@ -24,20 +24,13 @@ enum HeaderRules {
     /// It runs twice per exchange, so it compares without allocating and removes only what it found.
     static func removeHopByHop(from headers: inout HTTPHeaders) {
         var found: [String] = []
-        for (name, value) in headers where isHopByHop(name) {
+        for (name, value) in headers where hopByHop.contains(name) {
             found.append(name)
             if name.utf8.count == 10, equalsIgnoringASCIICase(name, "connection") {
                 for token in value.split(separator: ",") { found.append(token.trimmingCharacters(in: .whitespaces)) }
             }
         }
         for name in found where !name.isEmpty { headers.remove(name: name) }
-    }
-
-    private static let hopByHopLengths = Set(hopByHop.map(\.utf8.count))
-
-    static func isHopByHop(_ name: String) -> Bool {
-        guard hopByHopLengths.contains(name.utf8.count) else { return false }
-        return hopByHop.contains { equalsIgnoringASCIICase(name, $0) }
     }
 
     /// `lowercased` is exact: header names are ASCII tokens, and `candidate` is lower-case.
@@ -100,7 +93,7 @@ enum HeaderRules {
         headers.map { name, value in
             var header = WireHeader()
             header.name = name
-            header.value = secret.contains(name.lowercased()) ? redactedValue : value
+            header.value = secret.contains(name) ? redactedValue : value
             return header
         }
     }
@@ -132,6 +125,26 @@ enum HeaderRules {
             if parts.count == 2, parts[0].lowercased() == wanted, !parts[1].isEmpty { return String(parts[1]) }
         }
         return nil
+    }
+}
+
+/// A set of header names matched without regard to ASCII case, and without allocating: the proxy
+/// asks it about every header of every request and response.
+struct HeaderNameSet: Sendable {
+    private let names: [String]
+    private let lengths: Set<Int>
+
+    /// - Parameter names: lower-case header names.
+    init(_ names: [String]) {
+        precondition(names.allSatisfy { $0 == $0.lowercased() }, "header names in a HeaderNameSet are given in lower case")
+        self.names = names
+        self.lengths = Set(names.map(\.utf8.count))
+    }
+
+    func contains(_ name: String) -> Bool {
+        // Most names are ruled out by their length alone.
+        guard lengths.contains(name.utf8.count) else { return false }
+        return names.contains { HeaderRules.equalsIgnoringASCIICase(name, $0) }
     }
 }
 
