@@ -348,18 +348,24 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         if close { headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: exchange?.version ?? .http1_1, status: response.status, headers: headers))), promise: nil)
         context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if let exchange {
             exchange.responseStarted = true
             exchange.closeAfterResponse = close
             exchange.tap.finish(outcome: outcome, status: UInt32(response.status.code), error: error)
             markFinished(exchange)
         }
+        endResponse(close: close, requestEnded: exchange?.requestEnded == true)
+    }
+
+    /// Writes the response's end, then closes once it is out, or moves on to the next request if
+    /// this one has been read whole.
+    private func endResponse(close: Bool, requestEnded: Bool) {
+        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
         if close {
             state = .closed
             let channel = context.channel
             written.whenComplete { _ in channel.close(promise: nil) }
-        } else if exchange?.requestEnded == true {
+        } else if requestEnded {
             exchangeDone()
         }
     }
@@ -423,14 +429,7 @@ extension ReverseProxyHandler: UpstreamResponseSink {
         detachUpstream(exchange, reusable: exchange.requestEnded && exchange.upstreamKeepAlive)
         exchange.tap.finish(outcome: .completed)
         markFinished(exchange)
-        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if exchange.closeAfterResponse || quiescing {
-            state = .closed
-            let channel = context.channel
-            written.whenComplete { _ in channel.close(promise: nil) }
-        } else if exchange.requestEnded {
-            exchangeDone()
-        }
+        endResponse(close: exchange.closeAfterResponse || quiescing, requestEnded: exchange.requestEnded)
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {
