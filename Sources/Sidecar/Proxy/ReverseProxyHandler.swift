@@ -156,7 +156,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         let response = parserError == .headerOverflow
             ? ProxyErrorResponse.headersTooLarge(limit: settings.maxHeaderBytes)
             : ProxyErrorResponse.badRequest("\(parserError)")
-        if count & (count - 1) == 0 {
+        if LogSampling.isWorthLogging(occurrence: count) {
             logger.warning("refused a malformed request", metadata: [
                 "client": "\(clientAddress)", "status": "\(response.status.code)", "error": "\(parserError)", "count": "\(count)",
             ])

@@ -241,8 +241,7 @@ extension AnalysisReceiver {
                 state.stats.rejected[error.rejection] = count
                 return count
             }
-            // The 1st, 2nd, 4th, 8th... of each kind: a flood of garbage can't flood the log.
-            if count & (count - 1) == 0 {
+            if LogSampling.isWorthLogging(occurrence: count) {
                 logger.warning("rejected a message on the analysis socket", metadata: [
                     "reason": "\(error.rejection)", "detail": "\(error.detail)", "count": "\(count)",
                 ])
