@@ -118,17 +118,14 @@ public final class AnalysisPublisher: Sendable {
             deadline = .now + linger
             return false
         }
+        if !alreadyClosing, queue.withLock({ $0.close() }) { wakeup.signal() }
+        finished.wait()
+        finished.signal()  // let any other caller through as well
         if !alreadyClosing {
-            if queue.withLock({ $0.close() }) { wakeup.signal() }
-            finished.wait()
-            finished.signal()  // let a concurrent second caller through too
             let stats = self.stats
             logger.debug("analysis publisher stopped", metadata: [
                 "published": "\(stats.published)", "dropped": "\(stats.dropped)",
             ])
-        } else {
-            finished.wait()
-            finished.signal()
         }
     }
 
