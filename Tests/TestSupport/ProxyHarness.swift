@@ -211,25 +211,12 @@ public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(
 
 /// Runs a Python script with the test virtualenv's packages; returns its exit status and output.
 public func runPython(_ script: String, arguments: [String] = [], timeout: Duration = .seconds(60)) throws -> (status: Int32, stdout: String, stderr: String) {
-    let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-py-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-    let file = folder.appendingPathComponent("script.py")
+    let file = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(UUID().uuidString).py")
     try script.write(to: file, atomically: true, encoding: .utf8)
-    let stdout = folder.appendingPathComponent("stdout")
-    let stderr = folder.appendingPathComponent("stderr")
-    _ = FileManager.default.createFile(atPath: stdout.path, contents: nil)
-    _ = FileManager.default.createFile(atPath: stderr.path, contents: nil)
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: try testPython())
-    process.arguments = [file.path] + arguments
-    process.standardOutput = try FileHandle(forWritingTo: stdout)
-    process.standardError = try FileHandle(forWritingTo: stderr)
-    try process.run()
-    guard eventually(timeout: timeout, { !process.isRunning }) else {
-        process.terminate()
-        throw TestFailure("the Python script did not finish: \((try? String(contentsOf: stderr, encoding: .utf8)) ?? "")")
+    let python = try RunningProcess(executable: URL(fileURLWithPath: try testPython()), arguments: [file.path] + arguments)
+    guard let status = python.waitForExit(timeout: timeout) else {
+        python.process.terminate()
+        throw TestFailure("the Python script did not finish: \(python.stderr)")
     }
-    return (process.terminationStatus,
-            (try? String(contentsOf: stdout, encoding: .utf8)) ?? "",
-            (try? String(contentsOf: stderr, encoding: .utf8)) ?? "")
+    return (status, python.stdout, python.stderr)
 }

@@ -99,12 +99,18 @@ public final class RunningProcess: @unchecked Sendable {
     public let stdoutURL: URL
     public let stderrURL: URL
 
-    public init(product: String, arguments: [String], environment: [String: String] = [:]) throws {
+    /// One of our products, from the build's products folder.
+    public convenience init(product: String, arguments: [String], environment: [String: String] = [:]) throws {
         let executable = productsDirectory.appendingPathComponent(product)
         guard FileManager.default.isExecutableFile(atPath: executable.path) else {
             throw TestFailure("\(executable.path) is not built: run `swift build` before the tests")
         }
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(product)-\(UUID().uuidString)")
+        try self.init(executable: executable, arguments: arguments, environment: environment)
+    }
+
+    /// Any program (the test Python, say), run in `directory` if given.
+    public init(executable: URL, arguments: [String], environment: [String: String] = [:], directory: URL? = nil) throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(executable.lastPathComponent)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         stdoutURL = folder.appendingPathComponent("stdout")
         stderrURL = folder.appendingPathComponent("stderr")
@@ -113,6 +119,7 @@ public final class RunningProcess: @unchecked Sendable {
         process.executableURL = executable
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        process.currentDirectoryURL = directory
         process.standardOutput = try FileHandle(forWritingTo: stdoutURL)
         process.standardError = try FileHandle(forWritingTo: stderrURL)
         process.standardInput = FileHandle.nullDevice

@@ -26,18 +26,7 @@ final class PythonConsumerTests: XCTestCase {
         for record in [SampleRecords.request, SampleRecords.streamChunk, SampleRecords.responseDone, SampleRecords.heartbeat] {
             publisher.publish(record)
         }
-        let consumer = Process()
-        consumer.executableURL = URL(fileURLWithPath: try testPython())
-        consumer.arguments = ["consume.py", endpoint]
-        consumer.currentDirectoryURL = folder
-        let stdout = folder.appendingPathComponent("stdout")
-        let stderr = folder.appendingPathComponent("stderr")
-        _ = FileManager.default.createFile(atPath: stdout.path, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderr.path, contents: nil)
-        consumer.standardOutput = try FileHandle(forWritingTo: stdout)
-        consumer.standardError = try FileHandle(forWritingTo: stderr)
-        try consumer.run()
-        defer { consumer.terminate(); consumer.waitUntilExit() }
+        let consumer = try RunningProcess(executable: URL(fileURLWithPath: try testPython()), arguments: ["consume.py", endpoint], directory: folder)
 
         let context = try ZMQContext()
         let raw = try ZMQSocket(context: context, kind: .push)
@@ -48,8 +37,8 @@ final class PythonConsumerTests: XCTestCase {
         wrongVersion[3] = 2
         try raw.send(wrongVersion)
 
-        func output() -> String { (try? String(contentsOf: stdout, encoding: .utf8)) ?? "" }
-        func errors() -> String { (try? String(contentsOf: stderr, encoding: .utf8)) ?? "" }
+        func output() -> String { consumer.stdout }
+        func errors() -> String { consumer.stderr }
         XCTAssertTrue(eventually { output().contains("py-sidecar 2 stream_chunk") }, "stdout: \(output())\nstderr: \(errors())")
         XCTAssertTrue(eventually { publisher.stats.queueDepth < 2 })
         XCTAssertTrue(publisher.publish(SampleRecords.heartbeat))  // seq 5, after the two drops
