@@ -52,15 +52,19 @@ final class HeaderRulesTests: XCTestCase {
         XCTAssertEqual(client.version, HTTPVersion.http1_0)
     }
 
-    func testCredentialsAreFoundAndNeverReachTheWire() {
+    func testCredentialsAreFoundAndNeverReachTheWire() throws {
         XCTAssertEqual(HeaderRules.credential(in: ["Authorization": "Bearer  sk-abc "], uri: "/"), "sk-abc")
         XCTAssertEqual(HeaderRules.credential(in: ["x-api-key": "sk-ant-1"], uri: "/"), "sk-ant-1")
         XCTAssertEqual(HeaderRules.credential(in: ["api-key": "azure-1"], uri: "/"), "azure-1")
         XCTAssertEqual(HeaderRules.credential(in: [:], uri: "/v1beta/models/g:generateContent?key=AIzaFAKE&alt=sse"), "AIzaFAKE")
         XCTAssertNil(HeaderRules.credential(in: [:], uri: "/v1/models"))
         XCTAssertEqual(HeaderRules.redactedPath("/v1beta/x?alt=sse&key=AIzaFAKE"), "/v1beta/x?alt=sse&key=[redacted]")
-        let wire = HeaderRules.wireHeaders(["Authorization": "Bearer sk", "Cookie": "s=1", "x-goog-api-key": "g", "content-type": "a"])
-        XCTAssertEqual(wire.map(\.value), ["[redacted]", "[redacted]", "[redacted]", "a"])
+        let headers: HTTPHeaders = ["Authorization": "Bearer sk", "Cookie": "s=1", "x-goog-api-key": "g", "content-type": "a"]
+        guard case .responseDone(let wire) = try EncodedRecord.responseDone(ResponseDoneFields(), headers: headers, isSecret: HeaderRules.secret.contains).decoded() else {
+            return XCTFail("not a ResponseDone")
+        }
+        XCTAssertEqual(wire.headers.map(\.name), ["Authorization", "Cookie", "x-goog-api-key", "content-type"])
+        XCTAssertEqual(wire.headers.map(\.value), ["[redacted]", "[redacted]", "[redacted]", "a"])
         let hasher = TenantHasher(key: "k")
         XCTAssertEqual(hasher.tenant(for: "sk-abc").count, 16)
         XCTAssertEqual(hasher.tenant(for: "sk-abc"), hasher.tenant(for: "sk-abc"))
@@ -78,8 +82,8 @@ enum TestHMAC {
 final class ExchangeTapTests: XCTestCase {
     private final class Collector: RecordPublishing, @unchecked Sendable {
         var records: [WireRecord] = []
-        func publish(_ record: WireRecord) -> Bool {
-            records.append(record)
+        func publish(_ record: EncodedRecord) -> Bool {
+            records.append(try! record.decoded())
             return true
         }
     }

@@ -18,7 +18,7 @@ enum HeaderRules {
     /// Headers that carry the client's credential, in the order they are looked at for the tenant.
     static let credential = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
 
-    static let redactedValue = "[redacted]"
+    static let redactedValue = EncodedRecord.redactedValue
 
     /// Removes the hop-by-hop headers, and any header the `Connection` header names.
     /// It runs twice per exchange, so it compares without allocating and removes only what it found.
@@ -86,16 +86,6 @@ enum HeaderRules {
             return "/"
         }
         return "/" + uri
-    }
-
-    /// Headers as the wire carries them: secret values replaced.
-    static func wireHeaders(_ headers: HTTPHeaders) -> [WireHeader] {
-        headers.map { name, value in
-            var header = WireHeader()
-            header.name = name
-            header.value = secret.contains(name) ? redactedValue : value
-            return header
-        }
     }
 
     /// The credential a request carries: a bearer token, an API key header, or Gemini's `key` query parameter.

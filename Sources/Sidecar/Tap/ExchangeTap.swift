@@ -6,7 +6,7 @@ import Wire
 /// Where records go: the `AnalysisPublisher`, or a test's collector.
 protocol RecordPublishing: Sendable {
     @discardableResult
-    func publish(_ record: WireRecord) -> Bool
+    func publish(_ record: EncodedRecord) -> Bool
 }
 
 extension AnalysisPublisher: RecordPublishing {}
@@ -24,13 +24,18 @@ struct TapSettings: Sendable {
 
 /// Copies one exchange onto the wire as it happens: one `Request`, the response body as
 /// `StreamChunk`s up to the capture cap (and its tail), then one `ResponseDone`.
-/// Lives on the client connection's event loop; publishing never waits.
+///
+/// Lives on the client connection's event loop; publishing never waits. Records are encoded here,
+/// straight from the exchange's own headers and buffers (`EncodedRecord`), so nothing is copied
+/// into intermediate messages and the publisher's thread only frames and sends.
 final class ExchangeTap {
     let exchangeID: String
     private let publisher: any RecordPublishing
     private let settings: TapSettings
-    private var request: WireRequest
-    private var requestCapture = Data()
+    private var request: RequestFields
+    private var requestHeaders: HTTPHeaders
+    /// The captured request body: the first buffer as it came (no copy), later ones appended.
+    private var requestCapture: ByteBuffer?
     private(set) var requestBytes: UInt64 = 0
     private var requestPublished = false
 
@@ -42,7 +47,7 @@ final class ExchangeTap {
     private var tail: [UInt8] = []
     private var tailOffset: UInt64 = 0
     private var status: UInt32 = 0
-    private var responseHeaders: [WireHeader] = []
+    private var responseHeaders = HTTPHeaders()
     private var firstByteNanos: Int64 = 0
     private var finished = false
 
@@ -53,7 +58,7 @@ final class ExchangeTap {
         self.exchangeID = exchangeID
         self.publisher = publisher
         self.settings = settings
-        var request = WireRequest()
+        var request = RequestFields()
         request.exchangeID = exchangeID
         request.ingress = settings.ingress
         request.method = head.method.rawValue
@@ -64,18 +69,21 @@ final class ExchangeTap {
         request.app = settings.app
         request.tenant = tenant
         request.startUnixNanos = WallClock.nowUnixNanos()
-        request.headers = HeaderRules.wireHeaders(head.headers)
-        request.httpVersion = "HTTP/\(head.version.major).\(head.version.minor)"
+        request.httpVersion = head.version == .http1_1 ? "HTTP/1.1" : "HTTP/\(head.version.major).\(head.version.minor)"
         self.request = request
+        self.requestHeaders = head.headers
     }
 
     func requestBody(_ buffer: ByteBuffer) {
         requestBytes += UInt64(buffer.readableBytes)
-        let room = settings.maxCaptureBytes - requestCapture.count
-        if room > 0 {
-            buffer.withUnsafeReadableBytes { bytes in
-                requestCapture.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes.prefix(room)))
-            }
+        let captured = requestCapture?.readableBytes ?? 0
+        let room = settings.maxCaptureBytes - captured
+        guard room > 0 else { return }
+        let take = min(room, buffer.readableBytes)
+        if requestCapture == nil {
+            requestCapture = buffer.getSlice(at: buffer.readerIndex, length: take)
+        } else {
+            requestCapture!.writeImmutableBuffer(buffer.getSlice(at: buffer.readerIndex, length: take)!)
         }
     }
 
@@ -88,7 +96,7 @@ final class ExchangeTap {
         // An upstream may answer before the body has ended; the request record still comes first.
         publishRequest()
         status = UInt32(head.status.code)
-        responseHeaders = HeaderRules.wireHeaders(head.headers)
+        responseHeaders = head.headers
         firstByteNanos = WallClock.nowUnixNanos()
     }
 
@@ -97,12 +105,12 @@ final class ExchangeTap {
         responseBytes += UInt64(buffer.readableBytes)
         let room = settings.maxCaptureBytes - responseCaptured
         if room >= buffer.readableBytes {
-            publishChunk(Self.data(buffer, upTo: buffer.readableBytes), offset: offset)
+            buffer.withUnsafeReadableBytes { publishChunk($0, offset: offset) }
             responseCaptured += buffer.readableBytes
             return
         }
         if room > 0 {
-            publishChunk(Self.data(buffer, upTo: room), offset: offset)
+            buffer.withUnsafeReadableBytes { publishChunk(UnsafeRawBufferPointer(rebasing: $0.prefix(room)), offset: offset) }
             responseCaptured += room
         }
         responseTruncated = true
@@ -124,13 +132,12 @@ final class ExchangeTap {
         publishRequest()
         if !tail.isEmpty {
             let keep = min(tail.count, settings.tailBytes)
-            publishChunk(Data(tail.suffix(keep)), offset: tailOffset + UInt64(tail.count - keep))
+            tail.withUnsafeBytes { publishChunk(UnsafeRawBufferPointer(rebasing: $0.suffix(keep)), offset: tailOffset + UInt64(tail.count - keep)) }
             tail = []
         }
-        var done = WireResponseDone()
+        var done = ResponseDoneFields()
         done.exchangeID = exchangeID
         done.status = overrideStatus ?? status
-        done.headers = responseHeaders
         done.upstreamFirstByteUnixNanos = firstByteNanos
         done.endUnixNanos = WallClock.nowUnixNanos()
         done.requestBytes = requestBytes
@@ -139,33 +146,32 @@ final class ExchangeTap {
         done.error = error
         done.responseChunks = chunkIndex
         done.responseTruncated = responseTruncated
-        publisher.publish(.responseDone(done))
-    }
-
-    /// The first `count` readable bytes, copied in one go (the generic sequence path copies byte by byte).
-    private static func data(_ buffer: ByteBuffer, upTo count: Int) -> Data {
-        buffer.withUnsafeReadableBytes { Data(UnsafeRawBufferPointer(rebasing: $0.prefix(count))) }
+        publisher.publish(EncodedRecord.responseDone(done, headers: responseHeaders, isSecret: HeaderRules.secret.contains))
     }
 
     private func publishRequest() {
         guard !requestPublished else { return }
         requestPublished = true
-        request.body = requestCapture
+        let captured = requestCapture?.readableBytes ?? 0
         request.bodySize = requestBytes
-        request.bodyTruncated = requestBytes > UInt64(requestCapture.count)
-        requestCapture = Data()
-        publisher.publish(.request(request))
+        request.bodyTruncated = requestBytes > UInt64(captured)
+        let record = Self.withBytes(of: requestCapture) { body in
+            EncodedRecord.request(request, headers: requestHeaders, isSecret: HeaderRules.secret.contains, body: body)
+        }
+        requestCapture = nil
+        publisher.publish(record)
     }
 
-    private func publishChunk(_ data: Data, offset: UInt64) {
-        var chunk = WireStreamChunk()
-        chunk.exchangeID = exchangeID
-        chunk.direction = .response
-        chunk.index = chunkIndex
-        chunk.data = data
-        chunk.unixNanos = WallClock.nowUnixNanos()
-        chunk.offset = offset
+    private func publishChunk(_ data: UnsafeRawBufferPointer, offset: UInt64) {
+        let record = EncodedRecord.streamChunk(
+            exchangeID: exchangeID, direction: .response, index: chunkIndex, unixNanos: WallClock.nowUnixNanos(), offset: offset, data: data
+        )
         chunkIndex += 1
-        publisher.publish(.streamChunk(chunk))
+        publisher.publish(record)
+    }
+
+    private static func withBytes<R>(of buffer: ByteBuffer?, _ body: (UnsafeRawBufferPointer) -> R) -> R {
+        guard let buffer else { return body(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        return buffer.withUnsafeReadableBytes(body)
     }
 }

@@ -34,7 +34,7 @@ public struct EnvelopeEncoder: Sendable {
     }
 
     public func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: WireRecord) throws -> OutboundFrame {
-        var frame: OutboundFrame
+        let frame: OutboundFrame
         let field: Int
         switch record {
         case .request(let request): (frame, field) = (try request.serializedBytes(), 10)
@@ -42,7 +42,25 @@ public struct EnvelopeEncoder: Sendable {
         case .responseDone(let done): (frame, field) = (try done.serializedBytes(), 12)
         case .heartbeat(let heartbeat): (frame, field) = (try heartbeat.serializedBytes(), 13)
         }
+        return frameRecord(frame, field: field, seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore)
+    }
 
+    /// Frames a record encoded already.
+    public func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: EncodedRecord) -> OutboundFrame {
+        let frame = record.bytes.withUnsafeBytes { OutboundFrame(copying: $0) }
+        return frameRecord(frame, field: record.kind.rawValue, seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore)
+    }
+
+    func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: PublishedRecord) throws -> OutboundFrame {
+        switch record {
+        case .message(let message): try encode(seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore, record: message)
+        case .encoded(let encoded): encode(seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore, record: encoded)
+        }
+    }
+
+    /// Puts the envelope's own fields, the record's key and length, and the marker in front of a record's bytes.
+    private func frameRecord(_ record: OutboundFrame, field: Int, seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64) -> OutboundFrame {
+        var frame = record
         // Fields 3, 4, 5 (omitted when zero, as proto3 does), then the record's tag and length.
         var header: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
         var length = 0

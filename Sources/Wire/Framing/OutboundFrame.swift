@@ -32,6 +32,17 @@ public struct OutboundFrame: SwiftProtobufContiguousBytes {
         self.end = Self.headroom + count
     }
 
+    /// A frame holding a copy of `bytes`.
+    public init(copying bytes: UnsafeRawBufferPointer) {
+        guard let block = malloc(Self.headroom + bytes.count) else {
+            fatalError("out of memory allocating a \(bytes.count)-byte analysis frame")
+        }
+        if let source = bytes.baseAddress { (block + Self.headroom).copyMemory(from: source, byteCount: bytes.count) }
+        self.block = block
+        self.start = Self.headroom
+        self.end = Self.headroom + bytes.count
+    }
+
     public init<S: Sequence>(_ sequence: S) where S.Element == UInt8 {
         let bytes = Array(sequence)
         self.init(repeating: 0, count: bytes.count)

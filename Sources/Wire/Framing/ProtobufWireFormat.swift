@@ -1,6 +1,8 @@
 /// The few pieces of the protobuf binary format the envelope codec writes and reads by hand.
 /// Records themselves are encoded and decoded by SwiftProtobuf.
+@usableFromInline
 enum ProtobufWireFormat {
+    @usableFromInline
     enum WireType: UInt64 {
         case varint = 0
         case fixed64 = 1
@@ -10,10 +12,12 @@ enum ProtobufWireFormat {
         case fixed32 = 5
     }
 
+    @inlinable
     static func tag(field: Int, _ wireType: WireType) -> UInt64 {
         UInt64(field) << 3 | wireType.rawValue
     }
 
+    @inlinable
     static func varintSize(_ value: UInt64) -> Int {
         // One byte per started group of 7 bits, and at least one byte.
         let bits = 64 - value.leadingZeroBitCount
@@ -21,6 +25,7 @@ enum ProtobufWireFormat {
     }
 
     /// Writes `value` at `pointer` and returns the bytes written.
+    @inlinable
     static func writeVarint(_ value: UInt64, at pointer: UnsafeMutableRawPointer) -> Int {
         var value = value
         var written = 0

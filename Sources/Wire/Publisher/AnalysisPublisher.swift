@@ -93,7 +93,17 @@ public final class AnalysisPublisher: Sendable {
     /// (queue full, or shutting down); the drop is counted either way.
     @discardableResult
     public func publish(_ record: WireRecord) -> Bool {
-        let cost = record.estimatedCost
+        enqueue(.message(record), cost: record.estimatedCost)
+    }
+
+    /// Queues a record encoded already (on the caller's thread): the data path's way, since the
+    /// I/O thread is then left with framing and sending only. Never blocks.
+    @discardableResult
+    public func publish(_ record: EncodedRecord) -> Bool {
+        enqueue(.encoded(record), cost: record.bytes.count + 16)
+    }
+
+    private func enqueue(_ record: PublishedRecord, cost: Int) -> Bool {
         let result = queue.withLock { $0.enqueue(record, cost: cost) }
         switch result {
         case .accepted(let wakeConsumer):

@@ -4,7 +4,7 @@ struct PendingRecord: Sendable {
     /// Records of this boot with a lower seq that were dropped: exact, because seq numbers and
     /// drops are both decided under the queue's lock.
     let droppedBefore: UInt64
-    let record: WireRecord
+    let record: PublishedRecord
     /// What the record counts against the byte limit.
     let cost: Int
 }
@@ -50,7 +50,7 @@ struct PublisherQueue: Sendable {
     }
 
     /// Every call uses up one sequence number, accepted or not, so a drop always shows as a gap.
-    mutating func enqueue(_ record: WireRecord, cost: Int) -> EnqueueResult {
+    mutating func enqueue(_ record: PublishedRecord, cost: Int) -> EnqueueResult {
         let seq = nextSeq
         nextSeq += 1
         // A record larger than the whole byte budget is still taken into an empty queue, so that
@@ -134,6 +134,20 @@ public struct PublisherStats: Sendable, Equatable {
     public var queueBytes: Int
     /// The last sequence number given out (accepted or dropped).
     public var lastSeq: UInt64
+}
+
+/// A record as it was handed to the publisher: a message for the I/O thread to encode, or bytes
+/// encoded already.
+enum PublishedRecord: Sendable {
+    case message(WireRecord)
+    case encoded(EncodedRecord)
+
+    var kindName: String {
+        switch self {
+        case .message(let record): record.kindName
+        case .encoded(let record): record.kindName
+        }
+    }
 }
 
 extension WireRecord {
