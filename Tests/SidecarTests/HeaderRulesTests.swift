@@ -29,27 +29,45 @@ final class HeaderRulesTests: XCTestCase {
         ])
         headers.add(name: "TE", value: "trailers")
         let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/chat/completions?x=1", headers: headers)
-        let upstream = HeaderRules.upstreamRequest(from: head, target: try! UpstreamTarget(url: "https://api.openai.com/base"), clientIP: "127.0.0.1")
-        XCTAssertEqual(upstream.uri, "/base/v1/chat/completions?x=1")
-        XCTAssertEqual(upstream.headers["host"], ["api.openai.com"])
-        XCTAssertEqual(upstream.headers["x-forwarded-for"], ["10.0.0.1, 127.0.0.1"])
-        XCTAssertEqual(upstream.headers["x-forwarded-host"], ["localhost:3000"])
-        XCTAssertEqual(upstream.headers["authorization"], ["Bearer sk-x"], "credentials pass untouched")
-        XCTAssertEqual(upstream.headers["transfer-encoding"], ["chunked"], "the body keeps its framing")
+        var bytes = ByteBuffer()
+        HeaderRules.writeUpstreamRequestHead(
+            head, uri: "/base/v1/chat/completions?x=1", target: try! UpstreamTarget(url: "https://api.openai.com/base"),
+            clientIP: "127.0.0.1", chunked: true, into: &bytes
+        )
+        let text = String(buffer: bytes)
+        XCTAssertTrue(text.hasSuffix("\r\n\r\n"))
+        var lines = text.components(separatedBy: "\r\n").dropLast(2)
+        XCTAssertEqual(lines.removeFirst(), "POST /base/v1/chat/completions?x=1 HTTP/1.1")
+        let upstream = HTTPHeaders(lines.map { line in
+            let colon = line.firstIndex(of: ":")!
+            return (String(line[..<colon]), String(line[line.index(colon, offsetBy: 2)...]))
+        })
+        XCTAssertEqual(upstream["host"], ["api.openai.com"])
+        XCTAssertEqual(upstream["x-forwarded-for"], ["10.0.0.1, 127.0.0.1"])
+        XCTAssertEqual(upstream["x-forwarded-host"], ["localhost:3000"])
+        XCTAssertEqual(upstream["x-forwarded-proto"], ["http"])
+        XCTAssertEqual(upstream["authorization"], ["Bearer sk-x"], "credentials pass untouched")
+        XCTAssertEqual(upstream["transfer-encoding"], ["chunked"], "the body keeps its framing")
         for gone in ["connection", "x-private", "keep-alive", "te", "expect"] {
-            XCTAssertFalse(upstream.headers.contains(name: gone), gone)
+            XCTAssertFalse(upstream.contains(name: gone), gone)
         }
         XCTAssertEqual(HeaderRules.originForm("http://api.openai.com/v1/models?x"), "/v1/models?x")
         XCTAssertEqual(HeaderRules.originForm("http://api.openai.com"), "/")
     }
 
-    func testTheClientResponseGetsTheExchangeIDAndLosesHopByHopHeaders() {
-        let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: HTTPHeaders([("Transfer-Encoding", "chunked"), ("Connection", "keep-alive"), ("content-type", "text/event-stream")]))
-        let client = HeaderRules.clientResponse(from: head, exchangeID: "abc-1", close: true, version: .http1_0)
-        XCTAssertEqual(client.headers["x-llmtap-exchange-id"], ["abc-1"])
-        XCTAssertEqual(client.headers["connection"], ["close"])
-        XCTAssertFalse(client.headers.contains(name: "transfer-encoding"))
-        XCTAssertEqual(client.version, HTTPVersion.http1_0)
+    func testTheClientResponseGetsTheExchangeIDAndLosesHopByHopHeaders() throws {
+        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\ncontent-type: text/event-stream\r\n\r\n"
+        let head = try UpstreamResponseParser.parseHead(ByteBuffer(string: raw), toHEAD: false)
+        XCTAssertEqual(head.framing, .chunked)
+        for (version, framing, expected) in [
+            (HTTPVersion.http1_0, HeaderRules.ClientFraming.untilClose, "HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\nx-llmtap-exchange-id: abc-1\r\nconnection: close\r\n\r\n"),
+            (.http1_1, .chunked, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-llmtap-exchange-id: abc-1\r\n\r\n"),
+        ] {
+            XCTAssertEqual(HeaderRules.clientFraming(for: head.framing, clientVersion: version), framing)
+            var bytes = ByteBuffer()
+            HeaderRules.writeClientResponseHead(head, exchangeID: "abc-1", framing: framing, close: version == .http1_0, version: version, into: &bytes)
+            XCTAssertEqual(String(buffer: bytes), expected)
+        }
     }
 
     func testCredentialsAreFoundAndNeverReachTheWire() throws {
@@ -101,7 +119,7 @@ final class ExchangeTapTests: XCTestCase {
         let tap = tap(cap: 10, tail: 4, into: collector)
         tap.requestBody(ByteBuffer(string: "0123456789abcdef"))
         tap.requestEnded()
-        tap.responseHead(HTTPResponseHead(version: .http1_1, status: .ok))
+        tap.responseHead(status: .ok, headers: [:])
         for piece in ["aaaaaa", "bbbbbb", "cccccc", "dddddd"] { tap.responseBody(ByteBuffer(string: piece)) }
         tap.finish(outcome: .completed)
 
@@ -127,7 +145,7 @@ final class ExchangeTapTests: XCTestCase {
         let collector = Collector()
         let tap = tap(cap: 100, tail: 4, into: collector)
         tap.requestBody(ByteBuffer(string: "part"))
-        tap.responseHead(HTTPResponseHead(version: .http1_1, status: .payloadTooLarge))
+        tap.responseHead(status: .payloadTooLarge, headers: [:])
         tap.requestEnded()
         tap.finish(outcome: .completed)
         tap.finish(outcome: .clientAborted)

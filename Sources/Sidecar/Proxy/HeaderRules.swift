@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import NIOHTTP1
 import Wire
 
@@ -20,17 +21,22 @@ enum HeaderRules {
 
     static let redactedValue = EncodedRecord.redactedValue
 
-    /// Removes the hop-by-hop headers, and any header the `Connection` header names.
-    /// It runs twice per exchange, so it compares without allocating and removes only what it found.
-    static func removeHopByHop(from headers: inout HTTPHeaders) {
-        var found: [String] = []
-        for (name, value) in headers where hopByHop.contains(name) {
-            found.append(name)
-            if name.utf8.count == 10, equalsIgnoringASCIICase(name, "connection") {
-                for token in value.split(separator: ",") { found.append(token.trimmingCharacters(in: .whitespaces)) }
+    /// The header names a `Connection` header lists: hop-by-hop for this message only (RFC 9110, section 7.6.1).
+    /// Empty, with no allocation, in the usual case of no such header or only `keep-alive`/`close`.
+    static func connectionNamed(in headers: HTTPHeaders) -> [Substring] {
+        var named: [Substring] = []
+        for (name, value) in headers where name.utf8.count == 10 && equalsIgnoringASCIICase(name, "connection") {
+            for token in value.split(separator: ",") {
+                let token = token.trimmingASCIIWhitespace()
+                if !token.isEmpty && !hopByHop.contains(String(token)) { named.append(token) }
             }
         }
-        for name in found where !name.isEmpty { headers.remove(name: name) }
+        return named
+    }
+
+    /// Whether a header stays off the next hop: hop-by-hop, or named by this message's `Connection`.
+    static func isHopByHop(_ name: String, connectionNamed: [Substring]) -> Bool {
+        hopByHop.contains(name) || (!connectionNamed.isEmpty && connectionNamed.contains { equalsIgnoringASCIICase(name, $0.lowercased()) })
     }
 
     /// `lowercased` is exact: header names are ASCII tokens, and `candidate` is lower-case.
@@ -45,33 +51,120 @@ enum HeaderRules {
         headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
     }
 
-    /// The request as it goes upstream: the upstream's path and `Host`, hop-by-hop headers gone,
-    /// `X-Forwarded-*` added, the body framed as the client framed it.
-    static func upstreamRequest(from head: HTTPRequestHead, target: UpstreamTarget, clientIP: String?) -> HTTPRequestHead {
-        var headers = head.headers
-        let chunked = isChunked(headers)
-        let originalHost = headers.first(name: "host")
-        removeHopByHop(from: &headers)
-        // The sidecar answers 100-continue itself, so the upstream gets the whole request at once.
-        headers.remove(name: "expect")
-        headers.replaceOrAdd(name: "host", value: target.authority)
-        if let clientIP {
-            let forwarded = headers[canonicalForm: "x-forwarded-for"].joined(separator: ", ")
-            headers.replaceOrAdd(name: "x-forwarded-for", value: forwarded.isEmpty ? clientIP : "\(forwarded), \(clientIP)")
+    /// Writes the request head as it goes upstream: the upstream's path and `Host`, hop-by-hop
+    /// headers gone, `X-Forwarded-*` added, the body framed as the client framed it. Straight into
+    /// the bytes sent: no second set of headers is built.
+    static func writeUpstreamRequestHead(
+        _ head: HTTPRequestHead, uri: String, target: UpstreamTarget, clientIP: String?, chunked: Bool, into out: inout ByteBuffer
+    ) {
+        let named = connectionNamed(in: head.headers)
+        out.writeString(head.method.rawValue)
+        out.writeStaticString(" ")
+        out.writeString(uri)
+        out.writeStaticString(" HTTP/1.1\r\nhost: ")
+        out.writeString(target.authority)
+        out.writeStaticString("\r\n")
+        var originalHost: String?
+        var forwardedFor: [String] = []
+        var hasForwardedProto = false
+        var hasForwardedHost = false
+        for (name, value) in head.headers {
+            if isHopByHop(name, connectionNamed: named) { continue }
+            switch name.utf8.count {
+            case 4 where equalsIgnoringASCIICase(name, "host"):
+                if originalHost == nil { originalHost = value }
+                continue
+            case 6 where equalsIgnoringASCIICase(name, "expect"):
+                // The sidecar answers 100-continue itself, so the upstream gets the whole request at once.
+                continue
+            case 15 where equalsIgnoringASCIICase(name, "x-forwarded-for"):
+                forwardedFor.append(value)
+                continue
+            case 16 where equalsIgnoringASCIICase(name, "x-forwarded-host"):
+                hasForwardedHost = true
+            case 17 where equalsIgnoringASCIICase(name, "x-forwarded-proto"):
+                hasForwardedProto = true
+            default:
+                break
+            }
+            writeField(name, value, into: &out)
         }
-        if !headers.contains(name: "x-forwarded-proto") { headers.add(name: "x-forwarded-proto", value: "http") }
-        if let originalHost, !headers.contains(name: "x-forwarded-host") { headers.add(name: "x-forwarded-host", value: originalHost) }
-        if chunked { headers.add(name: "transfer-encoding", value: "chunked") }
-        return HTTPRequestHead(version: .http1_1, method: head.method, uri: target.basePath + originForm(head.uri), headers: headers)
+        if let clientIP { forwardedFor.append(clientIP) }
+        if !forwardedFor.isEmpty { writeField("x-forwarded-for", forwardedFor.joined(separator: ", "), into: &out) }
+        if !hasForwardedProto { out.writeStaticString("x-forwarded-proto: http\r\n") }
+        if let originalHost, !hasForwardedHost { writeField("x-forwarded-host", originalHost, into: &out) }
+        if chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        out.writeStaticString("\r\n")
     }
 
-    /// The response as it goes to the client: hop-by-hop headers gone, the exchange id added.
-    static func clientResponse(from head: HTTPResponseHead, exchangeID: String, close: Bool, version: HTTPVersion) -> HTTPResponseHead {
-        var headers = head.headers
-        removeHopByHop(from: &headers)
-        headers.add(name: "x-llmtap-exchange-id", value: exchangeID)
-        if close { headers.add(name: "connection", value: "close") }
-        return HTTPResponseHead(version: version, status: head.status, headers: headers)
+    /// How the response body reaches the client.
+    enum ClientFraming {
+        /// As the upstream framed it: by its `Content-Length`, or no body at all.
+        case asIs
+        /// Re-chunked: the upstream chunked it or ran it until close, and the client speaks HTTP/1.1.
+        case chunked
+        /// Until the connection closes: an HTTP/1.0 client and a body of unknown length.
+        case untilClose
+    }
+
+    static func clientFraming(for upstream: UpstreamResponseHead.Framing, clientVersion: HTTPVersion) -> ClientFraming {
+        switch upstream {
+        case .contentLength, .none: .asIs
+        case .chunked, .untilClose: clientVersion.minor >= 1 ? .chunked : .untilClose
+        }
+    }
+
+    /// Writes the response head as it goes to the client: hop-by-hop headers gone, the framing the
+    /// proxy chose, the exchange id added.
+    static func writeClientResponseHead(
+        _ head: UpstreamResponseHead, exchangeID: String, framing: ClientFraming, close: Bool, version: HTTPVersion, into out: inout ByteBuffer
+    ) {
+        writeStatusLine(version: version, code: head.status.code, reason: head.reason, into: &out)
+        let named = connectionNamed(in: head.headers)
+        for (name, value) in head.headers where !isHopByHop(name, connectionNamed: named) {
+            if framing != .asIs, name.utf8.count == 14, equalsIgnoringASCIICase(name, "content-length") { continue }
+            writeField(name, value, into: &out)
+        }
+        if framing == .chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        writeEnding(exchangeID: exchangeID, close: close, version: version, into: &out)
+    }
+
+    /// A whole response of the sidecar's own, with a body of `contentType`.
+    static func writeLocalResponse(
+        status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer
+    ) {
+        writeStatusLine(version: version, code: status.code, reason: status.reasonPhrase, into: &out)
+        writeField("content-type", contentType, into: &out)
+        out.writeStaticString("content-length: ")
+        out.writeString(String(body.readableBytes))
+        out.writeStaticString("\r\n")
+        writeEnding(exchangeID: exchangeID, close: close, version: version, into: &out)
+        out.writeImmutableBuffer(body)
+    }
+
+    private static func writeStatusLine(version: HTTPVersion, code: UInt, reason: String, into out: inout ByteBuffer) {
+        out.writeStaticString(version.minor >= 1 ? "HTTP/1.1 " : "HTTP/1.0 ")
+        out.writeString(String(code))
+        out.writeStaticString(" ")
+        out.writeString(reason)
+        out.writeStaticString("\r\n")
+    }
+
+    private static func writeEnding(exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer) {
+        if let exchangeID { writeField("x-llmtap-exchange-id", exchangeID, into: &out) }
+        if close {
+            out.writeStaticString("connection: close\r\n")
+        } else if version.minor == 0 {
+            out.writeStaticString("connection: keep-alive\r\n")
+        }
+        out.writeStaticString("\r\n")
+    }
+
+    private static func writeField(_ name: String, _ value: String, into out: inout ByteBuffer) {
+        out.writeString(name)
+        out.writeStaticString(": ")
+        out.writeString(value)
+        out.writeStaticString("\r\n")
     }
 
     /// The path and query of a request target, whatever form it came in.

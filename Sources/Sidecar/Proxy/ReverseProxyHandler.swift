@@ -23,8 +23,10 @@ struct ProxySettings: Sendable {
 /// here, so the sidecar may answer early (an error while the body still arrives) without breaking order.
 final class ReverseProxyHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundIn = HTTPServerResponsePart
-    typealias OutboundOut = HTTPServerResponsePart
+    /// Responses are written as bytes: the upstream's head re-written by `HeaderRules`, its body
+    /// slices as they were read. No HTTP encoder sits in the pipeline.
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     fileprivate enum State {
         case idle
@@ -194,11 +196,12 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                 preconditionFailure("the HTTP decoder delivered a request head before the previous request's end")
             case .body(let buffer):
                 exchange.tap.requestBody(buffer)
-                forward(.body(.byteBuffer(buffer)), exchange)
-            case .end(let trailers):
+                forward(.body(buffer), exchange)
+            case .end:
+                // Request trailers are not forwarded: they are rare, and no LLM API reads them.
                 exchange.requestEnded = true
                 exchange.tap.requestEnded()
-                forward(.end(trailers), exchange)
+                forward(.end, exchange)
                 if exchange.finished && !exchange.closeAfterResponse { exchangeDone() }
             }
         }
@@ -206,18 +209,24 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
 
     private func begin(_ head: HTTPRequestHead) {
         counters.inFlight.add(1, ordering: .relaxed)
-        let upstreamHead = HeaderRules.upstreamRequest(from: head, target: settings.target, clientIP: clientIP)
+        let uri = settings.target.basePath + HeaderRules.originForm(head.uri)
+        let chunked = HeaderRules.isChunked(head.headers)
+        var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
+        HeaderRules.writeUpstreamRequestHead(head, uri: uri, target: settings.target, clientIP: clientIP, chunked: chunked, into: &upstreamHead)
         let tenant = tenant(for: HeaderRules.credential(in: head.headers, uri: head.uri))
         let tap = ExchangeTap(
-            exchangeID: counters.makeExchangeID(), head: head, upstream: settings.target, path: upstreamHead.uri,
+            exchangeID: counters.makeExchangeID(), head: head, upstream: settings.target, path: uri,
             clientAddress: clientAddress, tenant: tenant, settings: settings.tap, publisher: publisher
         )
         let exchange = Exchange(tap: tap, clientKeepAlive: head.isKeepAlive, version: head.version)
-        exchange.upstream = .connecting(buffered: [.head(upstreamHead)])
+        exchange.upstream = .connecting(buffered: [.head(upstreamHead, chunked: chunked, isHEAD: head.method == .HEAD)])
         state = .exchanging(exchange)
 
         if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
-            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .continue))), promise: nil)
+            let status: StaticString = head.version.minor >= 1 ? "HTTP/1.1 100 Continue\r\n\r\n" : "HTTP/1.0 100 Continue\r\n\r\n"
+            var interim = context.channel.allocator.buffer(capacity: 32)
+            interim.writeStaticString(status)
+            context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
         }
         let pool = pools.pool(for: context.eventLoop)
         if let connection = pool.idleConnection() {
@@ -267,7 +276,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    private func forward(_ part: HTTPClientRequestPart, _ exchange: Exchange) {
+    private func forward(_ part: UpstreamRequestPart, _ exchange: Exchange) {
         switch exchange.upstream {
         case .connecting(var buffered):
             buffered.append(part)
@@ -342,25 +351,25 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     /// Answers in the provider's error shape, and settles the exchange if there is one.
     private func respondLocally(_ response: ProxyErrorResponse, exchange: Exchange?, outcome: Outcome, error: String, forceClose: Bool) {
         let close = forceClose || quiescing || exchange.map { !$0.requestEnded || !$0.clientKeepAlive } ?? true
-        let body = response.body
-        var headers = HTTPHeaders([("content-type", "application/json"), ("content-length", "\(body.readableBytes)")])
-        if let exchange { headers.add(name: "x-llmtap-exchange-id", value: exchange.tap.exchangeID) }
-        if close { headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: exchange?.version ?? .http1_1, status: response.status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+        var bytes = context.channel.allocator.buffer(capacity: 512)
+        HeaderRules.writeLocalResponse(
+            status: response.status, contentType: "application/json", body: response.body, exchangeID: exchange?.tap.exchangeID,
+            close: close, version: exchange?.version ?? .http1_1, into: &bytes
+        )
+        context.write(wrapOutboundOut(bytes), promise: nil)
         if let exchange {
             exchange.responseStarted = true
             exchange.closeAfterResponse = close
             exchange.tap.finish(outcome: outcome, status: UInt32(response.status.code), error: error)
             markFinished(exchange)
         }
-        endResponse(close: close, requestEnded: exchange?.requestEnded == true)
+        endResponse(close: close, requestEnded: exchange?.requestEnded == true, terminator: nil)
     }
 
-    /// Writes the response's end, then closes once it is out, or moves on to the next request if
-    /// this one has been read whole.
-    private func endResponse(close: Bool, requestEnded: Bool) {
-        let written = context.writeAndFlush(wrapOutboundOut(.end(nil)))
+    /// Writes the response's end (the last chunk, when chunked), then closes once it is out, or
+    /// moves on to the next request if this one has been read whole.
+    private func endResponse(close: Bool, requestEnded: Bool, terminator: ByteBuffer?) {
+        let written = context.writeAndFlush(wrapOutboundOut(terminator ?? Self.noBytes))
         if close {
             state = .closed
             let channel = context.channel
@@ -386,6 +395,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
     }
 
+    private static let noBytes = ByteBuffer()
+
     private var currentExchange: Exchange? {
         if case .exchanging(let exchange) = state, !exchange.finished { return exchange }
         return nil
@@ -395,25 +406,35 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
 // MARK: Responses from the upstream
 
 extension ReverseProxyHandler: UpstreamResponseSink {
-    func upstreamResponseHead(_ head: HTTPResponseHead) {
+    func upstreamResponseHead(_ head: UpstreamResponseHead) {
         guard let exchange = currentExchange else { return }
         exchange.lastUpstreamActivity = .now()
-        exchange.upstreamKeepAlive = head.isKeepAlive
-        exchange.tap.responseHead(head)
-        // A response that starts before the request ended can't leave the connection reusable.
-        exchange.closeAfterResponse = !exchange.clientKeepAlive || !exchange.requestEnded || quiescing
+        exchange.upstreamKeepAlive = head.keepAlive
+        exchange.tap.responseHead(status: head.status, headers: head.headers)
+        exchange.framing = HeaderRules.clientFraming(for: head.framing, clientVersion: exchange.version)
+        // A response that starts before the request ended can't leave the connection reusable,
+        // nor can a body that only its close delimits.
+        exchange.closeAfterResponse = !exchange.clientKeepAlive || !exchange.requestEnded || quiescing || exchange.framing == .untilClose
         exchange.responseStarted = true
-        let clientHead = HeaderRules.clientResponse(
-            from: head, exchangeID: exchange.tap.exchangeID, close: exchange.closeAfterResponse, version: exchange.version
+        var bytes = context.channel.allocator.buffer(capacity: 1024)
+        HeaderRules.writeClientResponseHead(
+            head, exchangeID: exchange.tap.exchangeID, framing: exchange.framing, close: exchange.closeAfterResponse,
+            version: exchange.version, into: &bytes
         )
-        context.write(wrapOutboundOut(.head(clientHead)), promise: nil)
+        context.write(wrapOutboundOut(bytes), promise: nil)
     }
 
     func upstreamResponseBody(_ buffer: ByteBuffer) {
-        guard let exchange = currentExchange else { return }
+        guard let exchange = currentExchange, buffer.readableBytes > 0 else { return }
         exchange.lastUpstreamActivity = .now()
         exchange.tap.responseBody(buffer)
-        context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        if exchange.framing == .chunked {
+            context.write(wrapOutboundOut(ChunkedFraming.sizeLine(buffer.readableBytes, allocator: context.channel.allocator)), promise: nil)
+            context.write(wrapOutboundOut(buffer), promise: nil)
+            context.write(wrapOutboundOut(ChunkedFraming.crlf), promise: nil)
+        } else {
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        }
         if !context.channel.isWritable, case .attached(let upstream) = exchange.upstream {
             upstream.handler.holdReads(true)
         }
@@ -429,7 +450,10 @@ extension ReverseProxyHandler: UpstreamResponseSink {
         detachUpstream(exchange, reusable: exchange.requestEnded && exchange.upstreamKeepAlive)
         exchange.tap.finish(outcome: .completed)
         markFinished(exchange)
-        endResponse(close: exchange.closeAfterResponse || quiescing, requestEnded: exchange.requestEnded)
+        endResponse(
+            close: exchange.closeAfterResponse || quiescing, requestEnded: exchange.requestEnded,
+            terminator: exchange.framing == .chunked ? ChunkedFraming.lastChunk : nil
+        )
     }
 
     func upstreamWritabilityChanged(isWritable: Bool) {
@@ -447,7 +471,7 @@ extension ReverseProxyHandler: UpstreamResponseSink {
 private final class Exchange {
     enum Upstream {
         /// Waiting for a connection; the request's parts so far wait here.
-        case connecting(buffered: [HTTPClientRequestPart])
+        case connecting(buffered: [UpstreamRequestPart])
         case attached(UpstreamConnection)
         /// No upstream any more: answered locally, failed, or done. Further request parts are dropped.
         case detached
@@ -462,6 +486,7 @@ private final class Exchange {
     var responseStarted = false
     var closeAfterResponse = false
     var upstreamKeepAlive = true
+    var framing = HeaderRules.ClientFraming.asIs
     var lastUpstreamActivity = NIODeadline.now()
     var finished = false
 

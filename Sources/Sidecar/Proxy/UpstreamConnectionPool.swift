@@ -1,5 +1,4 @@
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
@@ -28,6 +27,9 @@ final class UpstreamConnectionPool {
         /// An idle connection unused this long is closed.
         let idleTimeout: TimeAmount
     }
+
+    /// An upstream's response head larger than this is refused (a 502), rather than held without bound.
+    static let maxResponseHeadBytes = 256 * 1024
 
     let eventLoop: any EventLoop
     private let settings: Settings
@@ -91,9 +93,7 @@ final class UpstreamConnectionPool {
                         let tls = try NIOSSLClientHandler(context: sslContext, serverHostname: settings.target.serverName)
                         try channel.pipeline.syncOperations.addHandler(tls)
                     }
-                    // Every header we forward came through llhttp's checks on the way in.
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(enableOutboundHeaderValidation: false)
-                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler())
+                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler(maxHeadBytes: Self.maxResponseHeadBytes))
                 }
             }
             .connect(host: settings.target.host, port: settings.target.port)

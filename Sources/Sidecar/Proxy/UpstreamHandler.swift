@@ -3,7 +3,7 @@ import NIOHTTP1
 
 /// The exchange an upstream connection currently serves.
 protocol UpstreamResponseSink: AnyObject {
-    func upstreamResponseHead(_ head: HTTPResponseHead)
+    func upstreamResponseHead(_ head: UpstreamResponseHead)
     func upstreamResponseBody(_ buffer: ByteBuffer)
     func upstreamResponseEnd()
     func upstreamReadComplete()
@@ -12,17 +12,32 @@ protocol UpstreamResponseSink: AnyObject {
     func upstreamFailed(_ error: any Error)
 }
 
-/// The last handler of an upstream connection: hands the response to the exchange it serves and
-/// takes its request parts. Its reads are held while the client can't take more (back-pressure).
+/// A piece of a request on its way upstream.
+enum UpstreamRequestPart {
+    /// The head, written already (`HeaderRules.writeUpstreamRequestHead`), and how its body is framed.
+    case head(ByteBuffer, chunked: Bool, isHEAD: Bool)
+    case body(ByteBuffer)
+    case end
+}
+
+/// The only handler of an upstream connection (after TLS, for https): it writes request parts as
+/// bytes, reads the response with `UpstreamResponseParser`, and hands it to the exchange it serves.
+/// Its reads are held while the client can't take more (back-pressure).
 final class UpstreamHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundIn = HTTPClientRequestPart
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     weak var sink: (any UpstreamResponseSink)?
     private var context: ChannelHandlerContext?
+    private var parser: UpstreamResponseParser
+    private var requestChunked = false
     private var readsHeld = false
     private var readPending = false
+
+    init(maxHeadBytes: Int) {
+        self.parser = UpstreamResponseParser(maxHeadBytes: maxHeadBytes)
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -34,8 +49,25 @@ final class UpstreamHandler: ChannelDuplexHandler {
 
     // MARK: Toward the upstream
 
-    func send(_ part: HTTPClientRequestPart) {
-        context?.write(wrapOutboundOut(part), promise: nil)
+    func send(_ part: UpstreamRequestPart) {
+        guard let context else { return }
+        switch part {
+        case .head(let head, let chunked, let isHEAD):
+            requestChunked = chunked
+            parser.expectResponse(toHEAD: isHEAD)
+            context.write(wrapOutboundOut(head), promise: nil)
+        case .body(let buffer):
+            guard buffer.readableBytes > 0 else { return }
+            if requestChunked {
+                context.write(wrapOutboundOut(ChunkedFraming.sizeLine(buffer.readableBytes, allocator: context.channel.allocator)), promise: nil)
+                context.write(wrapOutboundOut(buffer), promise: nil)
+                context.write(wrapOutboundOut(ChunkedFraming.crlf), promise: nil)
+            } else {
+                context.write(wrapOutboundOut(buffer), promise: nil)
+            }
+        case .end:
+            if requestChunked { context.write(wrapOutboundOut(ChunkedFraming.lastChunk), promise: nil) }
+        }
     }
 
     func flush() {
@@ -62,15 +94,29 @@ final class UpstreamHandler: ChannelDuplexHandler {
     // MARK: From the upstream
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let sink else {
+        guard sink != nil else {
             // Nothing is expected on an idle connection: it can't be trusted with another request.
             context.close(promise: nil)
             return
         }
-        switch unwrapInboundIn(data) {
-        case .head(let head): sink.upstreamResponseHead(head)
-        case .body(let buffer): sink.upstreamResponseBody(buffer)
-        case .end: sink.upstreamResponseEnd()
+        parser.receive(unwrapInboundIn(data))
+        do {
+            // One event at a time: the sink may end the exchange and start the next on this very
+            // connection (its request is sent from inside `upstreamResponseEnd`).
+            while let event = try parser.next() {
+                guard let sink = self.sink else {
+                    // The exchange let go of the connection mid-response; what follows can't be used.
+                    context.close(promise: nil)
+                    return
+                }
+                switch event {
+                case .head(let head): sink.upstreamResponseHead(head)
+                case .body(let buffer): sink.upstreamResponseBody(buffer)
+                case .end: sink.upstreamResponseEnd()
+                }
+            }
+        } catch {
+            fail(context: context, error: UpstreamProtocolError(detail: error.description))
         }
     }
 
@@ -83,18 +129,51 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        fail(context: context, error: error)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        let sink = self.sink
+        do {
+            // A body that runs until the upstream closes ends here.
+            if case .end = try parser.endOfInput() { sink?.upstreamResponseEnd() }
+            if !parser.isBusy, self.sink != nil {
+                // Closed between a request and its response.
+                self.sink = nil
+                sink?.upstreamFailed(UpstreamClosed())
+            }
+        } catch {
+            self.sink = nil
+            sink?.upstreamFailed(UpstreamClosed())
+        }
+        context.fireChannelInactive()
+    }
+
+    private func fail(context: ChannelHandlerContext, error: any Error) {
         let sink = self.sink
         self.sink = nil
         context.close(promise: nil)
         sink?.upstreamFailed(error)
     }
+}
 
-    func channelInactive(context: ChannelHandlerContext) {
-        let sink = self.sink
-        self.sink = nil
-        sink?.upstreamFailed(UpstreamClosed())
-        context.fireChannelInactive()
+/// The framing bytes of chunked transfer coding (RFC 9112, section 7.1).
+enum ChunkedFraming {
+    static let crlf = ByteBuffer(string: "\r\n")
+    static let lastChunk = ByteBuffer(string: "0\r\n\r\n")
+
+    static func sizeLine(_ size: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+        var line = allocator.buffer(capacity: 18)
+        line.writeString(String(size, radix: 16))
+        line.writeStaticString("\r\n")
+        return line
     }
+}
+
+/// The upstream broke HTTP/1.1: its response can't be relayed or its connection reused.
+struct UpstreamProtocolError: Error, CustomStringConvertible {
+    let detail: String
+    var description: String { "the upstream's response is not valid HTTP/1.1: \(detail)" }
 }
 
 /// The upstream closed the connection before the response ended.

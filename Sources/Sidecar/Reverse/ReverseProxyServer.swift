@@ -39,13 +39,9 @@ struct ReverseProxyServer: Service {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { [limits] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                            withPipeliningAssistance: false,
-                            withErrorHandling: false,
-                            // Every header we send came through llhttp's checks, or is our own.
-                            withOutboundHeaderValidation: false,
-                            withEncoderConfiguration: .init(),
-                            withDecoderLimitConfiguration: limits
+                        // llhttp reads and checks requests; responses go out as bytes the proxy writes itself.
+                        try channel.pipeline.syncOperations.addHandler(
+                            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits))
                         )
                         try channel.pipeline.syncOperations.addHandler(ReverseProxyHandler(
                             settings: settings, pools: pools, publisher: publisher, counters: counters, logger: logger

@@ -92,11 +92,11 @@ final class ExchangeTap {
         publishRequest()
     }
 
-    func responseHead(_ head: HTTPResponseHead) {
+    func responseHead(status: HTTPResponseStatus, headers: HTTPHeaders) {
         // An upstream may answer before the body has ended; the request record still comes first.
         publishRequest()
-        status = UInt32(head.status.code)
-        responseHeaders = head.headers
+        self.status = UInt32(status.code)
+        responseHeaders = headers
         firstByteNanos = WallClock.nowUnixNanos()
     }
 

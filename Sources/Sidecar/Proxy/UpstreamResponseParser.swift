@@ -1,0 +1,375 @@
+import NIOCore
+import NIOHTTP1
+
+/// A response head as the upstream sent it.
+struct UpstreamResponseHead {
+    enum Framing: Equatable {
+        case contentLength(Int)
+        case chunked
+        /// Neither: the body runs until the upstream closes (RFC 9112, section 6.3, rule 8).
+        case untilClose
+        /// 204, 304, or the answer to a HEAD: no body, whatever the headers say.
+        case none
+    }
+
+    var version: HTTPVersion
+    var status: HTTPResponseStatus
+    /// The reason phrase as sent ("OK"), forwarded as is.
+    var reason: String
+    var headers: HTTPHeaders
+    var framing: Framing
+    /// Whether the upstream lets the connection carry another request after this one.
+    var keepAlive: Bool
+}
+
+/// Reads HTTP/1.1 responses from an upstream connection's bytes as they arrive, whatever the
+/// boundaries between reads: the head whole, then the body as slices of the bytes read (never
+/// copied), de-chunked, then the end. Strict where a mistake would desynchronise the connection
+/// (framing, chunk sizes, line endings); anything it can't trust is an error, and the connection is
+/// not reused.
+///
+/// Replaces NIO's `HTTPResponseDecoder` on this path: it builds no intermediate parts, and the proxy
+/// writes the head it produces straight to the client.
+struct UpstreamResponseParser {
+    enum Event {
+        case head(UpstreamResponseHead)
+        case body(ByteBuffer)
+        case end
+    }
+
+    struct Malformed: Error, CustomStringConvertible, Equatable {
+        let description: String
+    }
+
+    private enum State {
+        /// Waiting for a response's head.
+        case head
+        case fixedBody(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers
+        case untilClose
+        /// The body is complete; `.end` is the next event.
+        case ending
+        /// The response ended; nothing may arrive before the next request is sent.
+        case idle
+        case failed
+    }
+
+    let maxHeadBytes: Int
+    private var state = State.idle
+    /// Bytes received and not yet parsed: a head, chunk-size line or trailer waiting for its line's
+    /// end, or whatever followed the last event returned.
+    private var pending = ByteBuffer()
+    private var headIsForHEADRequest = false
+
+    init(maxHeadBytes: Int) {
+        self.maxHeadBytes = maxHeadBytes
+    }
+
+    /// A request has been sent: its response comes next.
+    mutating func expectResponse(toHEAD: Bool) {
+        headIsForHEADRequest = toHEAD
+        state = .head
+    }
+
+    /// True while a response is wanted or under way.
+    var isBusy: Bool {
+        switch state {
+        case .idle, .failed: false
+        default: true
+        }
+    }
+
+    /// Takes bytes read from the upstream; `next()` then returns what they complete.
+    mutating func receive(_ input: ByteBuffer) {
+        if pending.readableBytes == 0 {
+            pending = input
+        } else {
+            pending.writeImmutableBuffer(input)
+        }
+    }
+
+    /// The next event the bytes received so far complete, or nil when more are needed.
+    ///
+    /// Events are pulled one at a time, so a caller may act on each (even send the next request on
+    /// this connection, after `.end`) without the parser being in the middle of anything.
+    mutating func next() throws(Malformed) -> Event? {
+        do {
+            while true {
+                switch try step() {
+                case .event(let event): return event
+                case .needMore: return nil
+                case .again: continue
+                }
+            }
+        } catch {
+            state = .failed
+            pending = ByteBuffer()
+            throw error
+        }
+    }
+
+    /// The upstream closed its side: the end of a body that runs until then, or an error.
+    mutating func endOfInput() throws(Malformed) -> Event? {
+        switch state {
+        case .untilClose:
+            state = .idle
+            return .end
+        case .idle:
+            return nil
+        default:
+            state = .failed
+            throw Malformed(description: "the upstream closed the connection before the response ended")
+        }
+    }
+
+    private enum Step {
+        case event(Event)
+        case needMore
+        /// Something was consumed without an event (a 1xx head, a chunk's size line): go on.
+        case again
+    }
+
+    private mutating func step() throws(Malformed) -> Step {
+        switch state {
+        case .ending:
+            state = .idle
+            return .event(.end)
+        case .failed:
+            throw Malformed(description: "the connection already failed")
+        case .idle:
+            guard pending.readableBytes == 0 else {
+                throw Malformed(description: "the upstream sent \(pending.readableBytes) bytes with no request outstanding")
+            }
+            return .needMore
+        case .head:
+            guard let headBytes = takeHead() else {
+                guard pending.readableBytes <= maxHeadBytes else {
+                    throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
+                }
+                return .needMore
+            }
+            let head = try Self.parseHead(headBytes, toHEAD: headIsForHEADRequest)
+            if head.status.code / 100 == 1 {
+                // 1xx interim responses (103 Early Hints, a stray 100) are not forwarded; the final one follows.
+                guard head.status != .switchingProtocols else {
+                    throw Malformed(description: "the upstream switched protocols, which the proxy never asks for")
+                }
+                return .again
+            }
+            switch head.framing {
+            case .none, .contentLength(0): state = .ending
+            case .contentLength(let length): state = .fixedBody(remaining: length)
+            case .chunked: state = .chunkSize
+            case .untilClose: state = .untilClose
+            }
+            return .event(.head(head))
+        case .fixedBody(let remaining):
+            guard pending.readableBytes > 0 else { return .needMore }
+            let take = min(remaining, pending.readableBytes)
+            state = take == remaining ? .ending : .fixedBody(remaining: remaining - take)
+            return .event(.body(pending.readSlice(length: take)!))
+        case .untilClose:
+            guard pending.readableBytes > 0 else { return .needMore }
+            return .event(.body(pending.readSlice(length: pending.readableBytes)!))
+        case .chunkSize:
+            guard let line = try takeLine(what: "chunk size") else { return .needMore }
+            let size = try Self.parseChunkSize(line)
+            state = size == 0 ? .trailers : .chunkData(remaining: size)
+            return .again
+        case .chunkData(let remaining):
+            guard pending.readableBytes > 0 else { return .needMore }
+            let take = min(remaining, pending.readableBytes)
+            state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
+            return .event(.body(pending.readSlice(length: take)!))
+        case .chunkDataEnd:
+            guard let line = try takeLine(what: "chunk end") else { return .needMore }
+            guard line.readableBytes == 0 else { throw Malformed(description: "a chunk is longer than its size") }
+            state = .chunkSize
+            return .again
+        case .trailers:
+            // Trailer fields are read and dropped: they are rare, and hop-by-hop to a proxy that re-frames.
+            guard let line = try takeLine(what: "trailer") else { return .needMore }
+            guard line.readableBytes == 0 else { return .again }
+            state = .idle
+            return .event(.end)
+        }
+    }
+
+    /// The head up to and including its empty line, if it has all arrived.
+    private mutating func takeHead() -> ByteBuffer? {
+        let found: Int? = pending.withUnsafeReadableBytes { bytes in
+            // The end is the first LF followed by CRLF or LF.
+            var index = 0
+            while let lf = bytes[index...].firstIndex(of: 0x0A) {
+                if lf + 1 < bytes.count, bytes[lf + 1] == 0x0A { return lf + 2 }
+                if lf + 2 < bytes.count, bytes[lf + 1] == 0x0D, bytes[lf + 2] == 0x0A { return lf + 3 }
+                index = lf + 1
+            }
+            return nil
+        }
+        guard let found else { return nil }
+        return pending.readSlice(length: found)
+    }
+
+    /// A line without its CRLF, once whole; nil (with the bytes kept) until then.
+    private mutating func takeLine(what: String) throws(Malformed) -> ByteBuffer? {
+        guard let line = Self.readLine(&pending) else {
+            guard pending.readableBytes <= 4096 else { throw Malformed(description: "a \(what) line is over 4096 bytes") }
+            return nil
+        }
+        return line
+    }
+
+    static func parseChunkSize(_ line: ByteBuffer) throws(Malformed) -> Int {
+        var size = 0
+        var digits = 0
+        for byte in line.readableBytesView {
+            let value: Int
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
+            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
+                // Chunk extensions (and the whitespace some servers put before them) carry nothing we use.
+                guard digits > 0 else { throw Malformed(description: "a chunk size line has no size") }
+                return size
+            default:
+                throw Malformed(description: "a chunk size line holds byte 0x\(String(byte, radix: 16))")
+            }
+            digits += 1
+            guard digits <= 15 else { throw Malformed(description: "a chunk size is too large") }
+            size = size << 4 | value
+        }
+        guard digits > 0 else { throw Malformed(description: "a chunk size line is empty") }
+        return size
+    }
+
+    static func parseHead(_ bytes: ByteBuffer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
+        var lines = bytes
+        guard let statusLine = readLine(&lines) else { throw Malformed(description: "the response head has no status line") }
+        let status = statusLine.readableBytesView
+        // "HTTP/1.1 200 OK": the version, a space, three digits, then a space and a reason, or nothing.
+        guard status.count >= 12, status.starts(with: "HTTP/1.".utf8), status[status.startIndex + 8] == UInt8(ascii: " ") else {
+            throw Malformed(description: "the status line is not HTTP/1.x")
+        }
+        let minor = status[status.startIndex + 7]
+        guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else {
+            throw Malformed(description: "the status line is not HTTP/1.0 or HTTP/1.1")
+        }
+        var code = 0
+        for byte in status[(status.startIndex + 9)..<(status.startIndex + 12)] {
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { throw Malformed(description: "the status code is not three digits") }
+            code = code * 10 + Int(byte - UInt8(ascii: "0"))
+        }
+        guard code >= 100 else { throw Malformed(description: "status code \(code)") }
+        var reason = ""
+        if status.count > 12 {
+            guard status[status.startIndex + 12] == UInt8(ascii: " ") else { throw Malformed(description: "the status code is not three digits") }
+            reason = String(decoding: status[(status.startIndex + 13)...], as: UTF8.self)
+        }
+        let version = HTTPVersion(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0)
+
+        var headers = HTTPHeaders()
+        headers.reserveCapacity(16)
+        var contentLength: Int?
+        var chunked = false
+        var transferEncoded = false
+        var connectionClose = false
+        var connectionKeepAlive = false
+        while let line = readLine(&lines), line.readableBytes > 0 {
+            let (name, value) = try parseField(line)
+            headers.add(name: name, value: value)
+            if HeaderRules.equalsIgnoringASCIICase(name, "content-length") {
+                guard let length = Int(value), length >= 0, value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
+                    throw Malformed(description: "Content-Length \"\(value)\" is not a number")
+                }
+                if let contentLength, contentLength != length { throw Malformed(description: "two different Content-Length values") }
+                contentLength = length
+            } else if HeaderRules.equalsIgnoringASCIICase(name, "transfer-encoding") {
+                transferEncoded = true
+                // Only the final coding decides the framing (RFC 9112, section 6.3).
+                let last = value.split(separator: ",").last.map { $0.trimmingASCIIWhitespace() } ?? ""
+                chunked = HeaderRules.equalsIgnoringASCIICase(String(last), "chunked")
+            } else if HeaderRules.equalsIgnoringASCIICase(name, "connection") {
+                for token in value.split(separator: ",") {
+                    let token = String(token.trimmingASCIIWhitespace())
+                    if HeaderRules.equalsIgnoringASCIICase(token, "close") { connectionClose = true }
+                    if HeaderRules.equalsIgnoringASCIICase(token, "keep-alive") { connectionKeepAlive = true }
+                }
+            }
+        }
+
+        let framing: UpstreamResponseHead.Framing
+        if toHEAD || code == 204 || code == 304 || code / 100 == 1 {
+            framing = .none
+        } else if transferEncoded {
+            // Transfer-Encoding overrides Content-Length; a coding other than chunked last runs until close.
+            framing = chunked ? .chunked : .untilClose
+        } else if let contentLength {
+            framing = .contentLength(contentLength)
+        } else {
+            framing = .untilClose
+        }
+        let keepAlive = framing != .untilClose && !connectionClose && (version.minor == 1 || connectionKeepAlive)
+        return UpstreamResponseHead(
+            version: version, status: HTTPResponseStatus(statusCode: code), reason: reason, headers: headers,
+            framing: framing, keepAlive: keepAlive
+        )
+    }
+
+    private static func readLine(_ buffer: inout ByteBuffer) -> ByteBuffer? {
+        guard let lf = buffer.readableBytesView.firstIndex(of: 0x0A) else { return nil }
+        var line = buffer.readSlice(length: lf - buffer.readerIndex + 1)!
+        line.moveWriterIndex(to: line.writerIndex - 1)
+        if line.readableBytesView.last == 0x0D { line.moveWriterIndex(to: line.writerIndex - 1) }
+        return line
+    }
+
+    /// `name: value`, with the name a token and the value's surrounding whitespace dropped.
+    private static func parseField(_ line: ByteBuffer) throws(Malformed) -> (String, String) {
+        let bytes = line.readableBytesView
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), colon > bytes.startIndex else {
+            if let first = bytes.first, first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") {
+                throw Malformed(description: "a folded header line (obsolete line folding)")
+            }
+            throw Malformed(description: "a header line without a name and colon")
+        }
+        let name = bytes[bytes.startIndex..<colon]
+        guard name.allSatisfy(isTokenByte) else { throw Malformed(description: "a header name holds a byte a token can't") }
+        var valueStart = colon + 1
+        var valueEnd = bytes.endIndex
+        while valueStart < valueEnd, bytes[valueStart] == 0x20 || bytes[valueStart] == 0x09 { valueStart += 1 }
+        while valueEnd > valueStart, bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09 { valueEnd -= 1 }
+        let value = bytes[valueStart..<valueEnd]
+        guard !value.contains(where: { $0 == 0x00 || $0 == 0x0D || $0 == 0x0A }) else {
+            throw Malformed(description: "a header value holds CR, LF or NUL")
+        }
+        return (String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
+    }
+
+    /// RFC 9110 `tchar`.
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
+            true
+        default:
+            false
+        }
+    }
+}
+
+extension Substring {
+    func trimmingASCIIWhitespace() -> Substring {
+        var view = self
+        while let first = view.first, first == " " || first == "\t" { view.removeFirst() }
+        while let last = view.last, last == " " || last == "\t" { view.removeLast() }
+        return view
+    }
+}
