@@ -5,15 +5,11 @@ struct UpstreamTarget: Sendable, Equatable, CustomStringConvertible {
     let host: String
     let port: Int
     let basePath: String
+    /// What the upstream expects in `Host`: the port only when it isn't the scheme's default.
+    /// Worked out once: every request uses it.
+    let authority: String
 
     var isTLS: Bool { scheme == "https" }
-
-    /// What the upstream expects in `Host`: the port only when it isn't the scheme's default.
-    var authority: String {
-        let defaultPort = isTLS ? 443 : 80
-        let bracketed = host.contains(":") ? "[\(host)]" : host
-        return port == defaultPort ? bracketed : "\(bracketed):\(port)"
-    }
 
     /// The name to send in TLS SNI and to verify the certificate against; nil for an IP address,
     /// which SNI does not allow.
@@ -66,6 +62,8 @@ struct UpstreamTarget: Sendable, Equatable, CustomStringConvertible {
         self.host = host
         self.port = port
         self.basePath = path
+        let bracketed = host.contains(":") ? "[\(host)]" : host
+        self.authority = port == (scheme == "https" ? 443 : 80) ? bracketed : "\(bracketed):\(port)"
     }
 }
 

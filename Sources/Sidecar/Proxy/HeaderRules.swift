@@ -26,6 +26,8 @@ enum HeaderRules {
     static func connectionNamed(in headers: HTTPHeaders) -> [Substring] {
         var named: [Substring] = []
         for (name, value) in headers where name.utf8.count == 10 && equalsIgnoringASCIICase(name, "connection") {
+            // The common values name nothing beyond the hop-by-hop set: answered without splitting.
+            if value.utf8.count <= 10, equalsIgnoringASCIICase(value, "keep-alive") || equalsIgnoringASCIICase(value, "close") { continue }
             for token in value.split(separator: ",") {
                 let token = token.trimmingASCIIWhitespace()
                 if !token.isEmpty && !hopByHop.contains(String(token)) { named.append(token) }
@@ -193,7 +195,7 @@ enum HeaderRules {
 
     /// The path and query with secret query parameters (`key`) redacted, for the wire.
     static func redactedPath(_ path: String) -> String {
-        guard let question = path.firstIndex(of: "?") else { return path }
+        guard path.utf8.contains(UInt8(ascii: "?")), let question = path.firstIndex(of: "?") else { return path }
         let query = path[path.index(after: question)...].split(separator: "&", omittingEmptySubsequences: false).map { pair -> String in
             let name = pair.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
             return name.lowercased() == "key" ? "\(name)=\(redactedValue)" : String(pair)
@@ -215,18 +217,21 @@ enum HeaderRules {
 /// asks it about every header of every request and response.
 struct HeaderNameSet: Sendable {
     private let names: [String]
-    private let lengths: Set<Int>
+    /// Bit n is set when some name is n bytes long (names are under 64 bytes).
+    private let lengths: UInt64
 
     /// - Parameter names: lower-case header names.
     init(_ names: [String]) {
         precondition(names.allSatisfy { $0 == $0.lowercased() }, "header names in a HeaderNameSet are given in lower case")
+        precondition(names.allSatisfy { $0.utf8.count < 64 }, "header names in a HeaderNameSet are under 64 bytes")
         self.names = names
-        self.lengths = Set(names.map(\.utf8.count))
+        self.lengths = names.reduce(0) { $0 | 1 << UInt64($1.utf8.count) }
     }
 
     func contains(_ name: String) -> Bool {
         // Most names are ruled out by their length alone.
-        guard lengths.contains(name.utf8.count) else { return false }
+        let length = name.utf8.count
+        guard length < 64, lengths & (1 << UInt64(length)) != 0 else { return false }
         return names.contains { HeaderRules.equalsIgnoringASCIICase(name, $0) }
     }
 }

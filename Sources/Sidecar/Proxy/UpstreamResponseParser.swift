@@ -248,27 +248,41 @@ struct UpstreamResponseParser {
     }
 
     static func parseHead(_ bytes: ByteBuffer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
-        var lines = bytes
-        guard let statusLine = readLine(&lines) else { throw Malformed(description: "the response head has no status line") }
-        let status = statusLine.readableBytesView
+        try bytes.withUnsafeReadableBytes { raw in
+            Result { () throws(Malformed) -> UpstreamResponseHead in try parseHead(raw, toHEAD: toHEAD) }
+        }.get()
+    }
+
+    /// Parses a whole head over its raw bytes: one pass, no reference counting, strings made only
+    /// for the header names and values themselves.
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
+        var position = 0
+        /// The next line without its LF or CRLF.
+        func nextLine() -> Range<Int>? {
+            guard position < raw.count, let lf = raw[position...].firstIndex(of: 0x0A) else { return nil }
+            let start = position
+            position = lf + 1
+            return start..<(lf > start && raw[lf - 1] == 0x0D ? lf - 1 : lf)
+        }
+        func string(_ range: Range<Int>) -> String {
+            String(decoding: UnsafeRawBufferPointer(rebasing: raw[range]), as: UTF8.self)
+        }
+
         // "HTTP/1.1 200 OK": the version, a space, three digits, then a space and a reason, or nothing.
-        guard status.count >= 12, status.starts(with: "HTTP/1.".utf8), status[status.startIndex + 8] == UInt8(ascii: " ") else {
+        guard let status = nextLine() else { throw Malformed(description: "the response head has no status line") }
+        let s = status.lowerBound
+        guard status.count >= 12, matches(raw, s..<s + 7, "HTTP/1."), raw[s + 8] == UInt8(ascii: " ") else {
             throw Malformed(description: "the status line is not HTTP/1.x")
         }
-        let minor = status[status.startIndex + 7]
+        let minor = raw[s + 7]
         guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else {
             throw Malformed(description: "the status line is not HTTP/1.0 or HTTP/1.1")
         }
-        var code = 0
-        for byte in status[(status.startIndex + 9)..<(status.startIndex + 12)] {
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { throw Malformed(description: "the status code is not three digits") }
-            code = code * 10 + Int(byte - UInt8(ascii: "0"))
-        }
-        guard code >= 100 else { throw Malformed(description: "status code \(code)") }
+        guard let code = decimal(raw, s + 9..<s + 12), code >= 100 else { throw Malformed(description: "the status code is not three digits") }
         var reason = ""
         if status.count > 12 {
-            guard status[status.startIndex + 12] == UInt8(ascii: " ") else { throw Malformed(description: "the status code is not three digits") }
-            reason = String(decoding: status[(status.startIndex + 13)...], as: UTF8.self)
+            guard raw[s + 12] == UInt8(ascii: " ") else { throw Malformed(description: "the status code is not three digits") }
+            reason = string(s + 13..<status.upperBound)
         }
         let version = HTTPVersion(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0)
 
@@ -279,26 +293,45 @@ struct UpstreamResponseParser {
         var transferEncoded = false
         var connectionClose = false
         var connectionKeepAlive = false
-        while let line = readLine(&lines), line.readableBytes > 0 {
-            let (name, value) = try parseField(line)
-            headers.add(name: name, value: value)
-            if HeaderRules.equalsIgnoringASCIICase(name, "content-length") {
-                guard let length = Int(value), length >= 0, value.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
-                    throw Malformed(description: "Content-Length \"\(value)\" is not a number")
+        while let line = nextLine(), !line.isEmpty {
+            guard let colon = raw[line].firstIndex(of: UInt8(ascii: ":")), colon > line.lowerBound else {
+                if raw[line.lowerBound] == UInt8(ascii: " ") || raw[line.lowerBound] == UInt8(ascii: "\t") {
+                    throw Malformed(description: "a folded header line (obsolete line folding)")
+                }
+                throw Malformed(description: "a header line without a name and colon")
+            }
+            let name = line.lowerBound..<colon
+            guard raw[name].allSatisfy(isTokenByte) else { throw Malformed(description: "a header name holds a byte a token can't") }
+            var valueStart = colon + 1
+            var valueEnd = line.upperBound
+            while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
+            while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
+            let value = valueStart..<valueEnd
+            guard !raw[value].contains(where: { $0 == 0x00 || $0 == 0x0D }) else {
+                throw Malformed(description: "a header value holds CR or NUL")
+            }
+            headers.add(name: string(name), value: string(value))
+
+            switch name.count {
+            case 14 where matchesIgnoringCase(raw, name, "content-length"):
+                guard let length = decimal(raw, value) else {
+                    throw Malformed(description: "Content-Length \"\(string(value))\" is not a number")
                 }
                 if let contentLength, contentLength != length { throw Malformed(description: "two different Content-Length values") }
                 contentLength = length
-            } else if HeaderRules.equalsIgnoringASCIICase(name, "transfer-encoding") {
+            case 17 where matchesIgnoringCase(raw, name, "transfer-encoding"):
                 transferEncoded = true
                 // Only the final coding decides the framing (RFC 9112, section 6.3).
-                let last = value.split(separator: ",").last.map { $0.trimmingASCIIWhitespace() } ?? ""
-                chunked = HeaderRules.equalsIgnoringASCIICase(String(last), "chunked")
-            } else if HeaderRules.equalsIgnoringASCIICase(name, "connection") {
-                for token in value.split(separator: ",") {
-                    let token = String(token.trimmingASCIIWhitespace())
-                    if HeaderRules.equalsIgnoringASCIICase(token, "close") { connectionClose = true }
-                    if HeaderRules.equalsIgnoringASCIICase(token, "keep-alive") { connectionKeepAlive = true }
+                var last = 0..<0
+                forEachToken(raw, value) { last = $0 }
+                chunked = matchesIgnoringCase(raw, last, "chunked")
+            case 10 where matchesIgnoringCase(raw, name, "connection"):
+                forEachToken(raw, value) { token in
+                    if matchesIgnoringCase(raw, token, "close") { connectionClose = true }
+                    if matchesIgnoringCase(raw, token, "keep-alive") { connectionKeepAlive = true }
                 }
+            default:
+                break
             }
         }
 
@@ -328,26 +361,42 @@ struct UpstreamResponseParser {
         return line
     }
 
-    /// `name: value`, with the name a token and the value's surrounding whitespace dropped.
-    private static func parseField(_ line: ByteBuffer) throws(Malformed) -> (String, String) {
-        let bytes = line.readableBytesView
-        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), colon > bytes.startIndex else {
-            if let first = bytes.first, first == UInt8(ascii: " ") || first == UInt8(ascii: "\t") {
-                throw Malformed(description: "a folded header line (obsolete line folding)")
-            }
-            throw Malformed(description: "a header line without a name and colon")
+    /// A non-negative decimal number of at most 18 digits, or nil.
+    private static func decimal(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
+        guard !range.isEmpty, range.count <= 18 else { return nil }
+        var value = 0
+        for byte in raw[range] {
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + Int(byte - UInt8(ascii: "0"))
         }
-        let name = bytes[bytes.startIndex..<colon]
-        guard name.allSatisfy(isTokenByte) else { throw Malformed(description: "a header name holds a byte a token can't") }
-        var valueStart = colon + 1
-        var valueEnd = bytes.endIndex
-        while valueStart < valueEnd, bytes[valueStart] == 0x20 || bytes[valueStart] == 0x09 { valueStart += 1 }
-        while valueEnd > valueStart, bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-        let value = bytes[valueStart..<valueEnd]
-        guard !value.contains(where: { $0 == 0x00 || $0 == 0x0D || $0 == 0x0A }) else {
-            throw Malformed(description: "a header value holds CR, LF or NUL")
+        return value
+    }
+
+    private static func matches(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>, _ literal: StaticString) -> Bool {
+        guard range.count == literal.utf8CodeUnitCount else { return false }
+        return literal.withUTF8Buffer { raw[range].elementsEqual($0) }
+    }
+
+    /// Compares with a lower-case literal, ignoring ASCII case.
+    private static func matchesIgnoringCase(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>, _ literal: StaticString) -> Bool {
+        guard range.count == literal.utf8CodeUnitCount else { return false }
+        return literal.withUTF8Buffer { expected in
+            zip(raw[range], expected).allSatisfy { byte, want in (byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) == want }
         }
-        return (String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
+    }
+
+    /// The comma-separated tokens of a header value, their surrounding whitespace dropped.
+    private static func forEachToken(_ raw: UnsafeRawBufferPointer, _ value: Range<Int>, _ body: (Range<Int>) -> Void) {
+        var start = value.lowerBound
+        while start <= value.upperBound {
+            let comma = raw[start..<value.upperBound].firstIndex(of: UInt8(ascii: ",")) ?? value.upperBound
+            var tokenStart = start
+            var tokenEnd = comma
+            while tokenStart < tokenEnd, raw[tokenStart] == 0x20 || raw[tokenStart] == 0x09 { tokenStart += 1 }
+            while tokenEnd > tokenStart, raw[tokenEnd - 1] == 0x20 || raw[tokenEnd - 1] == 0x09 { tokenEnd -= 1 }
+            if tokenStart < tokenEnd { body(tokenStart..<tokenEnd) }
+            start = comma + 1
+        }
     }
 
     /// RFC 9110 `tchar`.
