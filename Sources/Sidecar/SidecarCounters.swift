@@ -8,6 +8,7 @@ final class SidecarCounters: Sendable {
     let malformedRequests = Atomic<UInt64>(0)
     private let nextExchange = Atomic<UInt64>(0)
     private let exchangePrefix: String
+    private static let hexDigits = Array("0123456789abcdef".utf8)
 
     init(bootID: String) {
         exchangePrefix = String(bootID.prefix(8))
@@ -16,7 +17,21 @@ final class SidecarCounters: Sendable {
     /// Unique within this boot, and across boots by the boot id's prefix: `3f2a9c0d-00000000001a`.
     func makeExchangeID() -> String {
         let number = nextExchange.add(1, ordering: .relaxed).newValue
-        let hex = String(number, radix: 16)
-        return exchangePrefix + "-" + String(repeating: "0", count: max(0, 12 - hex.count)) + hex
+        // Written into one string of known size: this runs for every request.
+        let digits = max(12, (64 - number.leadingZeroBitCount + 3) / 4)
+        let prefix = exchangePrefix.utf8
+        return String(unsafeUninitializedCapacity: prefix.count + 1 + digits) { out in
+            var index = 0
+            for byte in prefix {
+                out[index] = byte
+                index += 1
+            }
+            out[index] = UInt8(ascii: "-")
+            for shift in stride(from: (digits - 1) * 4, through: 0, by: -4) {
+                index += 1
+                out[index] = Self.hexDigits[Int((number >> UInt64(shift)) & 0xF)]
+            }
+            return index + 1
+        }
     }
 }

@@ -90,3 +90,13 @@ final class UpstreamResponseParserTests: XCTestCase {
         XCTAssertThrowsError(try parser.next())
     }
 }
+
+final class SidecarCountersTests: XCTestCase {
+    func testExchangeIDsAreTheBootPrefixAndTwelveHexDigitsOrMore() {
+        let counters = SidecarCounters(bootID: "3f2a9c0d-5b1e-4c3a-9d7e-000000000000")
+        XCTAssertEqual(counters.makeExchangeID(), "3f2a9c0d-000000000001")
+        for _ in 2..<27 { _ = counters.makeExchangeID() }
+        XCTAssertEqual(counters.makeExchangeID(), "3f2a9c0d-00000000001b")
+        XCTAssertEqual(SidecarCounters(bootID: "ab").makeExchangeID(), "ab-000000000001")
+    }
+}

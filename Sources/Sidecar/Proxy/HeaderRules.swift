@@ -44,9 +44,20 @@ enum HeaderRules {
     /// `lowercased` is exact: header names are ASCII tokens, and `candidate` is lower-case.
     static func equalsIgnoringASCIICase(_ name: String, _ candidate: String) -> Bool {
         guard name.utf8.count == candidate.utf8.count else { return false }
-        return zip(name.utf8, candidate.utf8).allSatisfy { byte, expected in
-            (byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) == expected
+        // Native strings compare over their bytes in place; others (bridged) through their views.
+        let fast = name.utf8.withContiguousStorageIfAvailable { left in
+            candidate.utf8.withContiguousStorageIfAvailable { right in
+                for index in 0..<left.count where Self.lowered(left[index]) != right[index] { return false }
+                return true
+            }
         }
+        if let fast, let result = fast { return result }
+        return zip(name.utf8, candidate.utf8).allSatisfy { byte, expected in lowered(byte) == expected }
+    }
+
+    @inline(__always)
+    private static func lowered(_ byte: UInt8) -> UInt8 {
+        byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
     }
 
     static func isChunked(_ headers: HTTPHeaders) -> Bool {
@@ -237,10 +248,12 @@ struct HeaderNameSet: Sendable {
 }
 
 extension String {
+    /// Without leading and trailing spaces and tabs (the whitespace HTTP allows around a value).
     func trimmingWhitespace() -> String {
-        var view = Substring(self)
-        while view.first?.isWhitespace == true { view.removeFirst() }
-        while view.last?.isWhitespace == true { view.removeLast() }
-        return String(view)
+        let bytes = utf8
+        guard let first = bytes.firstIndex(where: { $0 != 0x20 && $0 != 0x09 }) else { return "" }
+        let last = bytes.lastIndex(where: { $0 != 0x20 && $0 != 0x09 })!
+        if first == bytes.startIndex && bytes.index(after: last) == bytes.endIndex { return self }
+        return String(self[first...last])
     }
 }
