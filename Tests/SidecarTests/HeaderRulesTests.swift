@@ -22,17 +22,18 @@ final class HeaderRulesTests: XCTestCase {
         XCTAssertThrowsError(try ListenAddress("3000"))
     }
 
-    func testTheUpstreamRequestDropsHopByHopHeadersAndSaysWhoAsked() {
-        var headers = HTTPHeaders([
-            ("Host", "localhost:3000"), ("Connection", "keep-alive, X-Private"), ("X-Private", "1"), ("Keep-Alive", "timeout=5"),
-            ("Transfer-Encoding", "chunked"), ("Expect", "100-continue"), ("Authorization", "Bearer sk-x"), ("X-Forwarded-For", "10.0.0.1"),
-        ])
-        headers.add(name: "TE", value: "trailers")
-        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/chat/completions?x=1", headers: headers)
+    func testTheUpstreamRequestDropsHopByHopHeadersAndSaysWhoAsked() throws {
+        let head = try requestHead(
+            "POST /v1/chat/completions?x=1 HTTP/1.1", "Host: localhost:3000", "Connection: keep-alive, X-Private", "X-Private: 1",
+            "Keep-Alive: timeout=5", "Transfer-Encoding: chunked", "Expect: 100-continue", "Authorization: Bearer sk-x",
+            "X-Forwarded-For: 10.0.0.1", "TE: trailers"
+        )
+        XCTAssertTrue(head.chunked)
+        XCTAssertTrue(head.expectsContinue)
         var bytes = ByteBuffer()
         HeaderRules.writeUpstreamRequestHead(
-            head, uri: "/base/v1/chat/completions?x=1", target: try! UpstreamTarget(url: "https://api.openai.com/base"),
-            clientIP: "127.0.0.1", chunked: true, into: &bytes
+            head, uri: "/base/v1/chat/completions?x=1", target: try UpstreamTarget(url: "https://api.openai.com/base"),
+            clientIP: "127.0.0.1", into: &bytes
         )
         let text = String(buffer: bytes)
         XCTAssertTrue(text.hasSuffix("\r\n\r\n"))
@@ -71,18 +72,23 @@ final class HeaderRulesTests: XCTestCase {
     }
 
     func testCredentialsAreFoundAndNeverReachTheWire() throws {
-        XCTAssertEqual(HeaderRules.credential(in: ["Authorization": "Bearer  sk-abc "], uri: "/"), "sk-abc")
-        XCTAssertEqual(HeaderRules.credential(in: ["x-api-key": "sk-ant-1"], uri: "/"), "sk-ant-1")
-        XCTAssertEqual(HeaderRules.credential(in: ["api-key": "azure-1"], uri: "/"), "azure-1")
-        XCTAssertEqual(HeaderRules.credential(in: [:], uri: "/v1beta/models/g:generateContent?key=AIzaFAKE&alt=sse"), "AIzaFAKE")
-        XCTAssertNil(HeaderRules.credential(in: [:], uri: "/v1/models"))
+        func credential(_ lines: String..., uri: String = "/") throws -> String? {
+            HeaderRules.credential(in: try requestHead(["GET \(uri) HTTP/1.1", "Host: a"] + lines).headers, uri: uri)
+        }
+        XCTAssertEqual(try credential("Authorization: Bearer  sk-abc "), "sk-abc")
+        XCTAssertEqual(try credential("authorization: bearer sk-lower"), "sk-lower")
+        XCTAssertEqual(try credential("x-api-key: sk-ant-1"), "sk-ant-1")
+        XCTAssertEqual(try credential("api-key: azure-1"), "azure-1")
+        XCTAssertEqual(try credential("x-goog-api-key: g-1", "Authorization: Bearer sk-first"), "sk-first", "Authorization is preferred")
+        XCTAssertEqual(try credential(uri: "/v1beta/models/g:generateContent?key=AIzaFAKE&alt=sse"), "AIzaFAKE")
+        XCTAssertNil(try credential(uri: "/v1/models"))
         XCTAssertEqual(HeaderRules.redactedPath("/v1beta/x?alt=sse&key=AIzaFAKE"), "/v1beta/x?alt=sse&key=[redacted]")
-        let headers: HTTPHeaders = ["Authorization": "Bearer sk", "Cookie": "s=1", "x-goog-api-key": "g", "content-type": "a"]
-        guard case .responseDone(let wire) = try EncodedRecord.responseDone(ResponseDoneFields(), headers: headers, isSecret: HeaderRules.secret.contains).decoded() else {
+        let headers = try requestHead("GET / HTTP/1.1", "Host: a", "Authorization: Bearer sk", "Cookie: s=1", "x-goog-api-key: g", "content-type: a").headers
+        guard case .responseDone(let wire) = try EncodedRecord.responseDone(ResponseDoneFields(), headers: headers, isSecret: { HeaderRules.secret.contains($0) }).decoded() else {
             return XCTFail("not a ResponseDone")
         }
-        XCTAssertEqual(wire.headers.map(\.name), ["Authorization", "Cookie", "x-goog-api-key", "content-type"])
-        XCTAssertEqual(wire.headers.map(\.value), ["[redacted]", "[redacted]", "[redacted]", "a"])
+        XCTAssertEqual(wire.headers.map(\.name), ["Host", "Authorization", "Cookie", "x-goog-api-key", "content-type"])
+        XCTAssertEqual(wire.headers.map(\.value), ["a", "[redacted]", "[redacted]", "[redacted]", "a"])
         let hasher = TenantHasher(key: "k")
         XCTAssertEqual(hasher.tenant(for: "sk-abc").count, 16)
         XCTAssertEqual(hasher.tenant(for: "sk-abc"), hasher.tenant(for: "sk-abc"))
@@ -108,7 +114,7 @@ final class ExchangeTapTests: XCTestCase {
 
     private func tap(cap: Int, tail: Int, into collector: Collector) -> ExchangeTap {
         ExchangeTap(
-            exchangeID: "ex-1", head: HTTPRequestHead(version: .http1_1, method: .POST, uri: "/v1/x?key=AIzaSECRET", headers: ["authorization": "Bearer s"]),
+            exchangeID: "ex-1", head: try! requestHead("POST /v1/x?key=AIzaSECRET HTTP/1.1", "Host: a", "authorization: Bearer s"),
             upstream: try! UpstreamTarget(url: "https://api.openai.com"), path: "/v1/x?key=AIzaSECRET", clientAddress: "1.2.3.4:5",
             tenant: "t", settings: TapSettings(app: "a", ingress: .reverse, maxCaptureBytes: cap, tailBytes: tail), publisher: collector
         )
@@ -119,7 +125,7 @@ final class ExchangeTapTests: XCTestCase {
         let tap = tap(cap: 10, tail: 4, into: collector)
         tap.requestBody(ByteBuffer(string: "0123456789abcdef"))
         tap.requestEnded()
-        tap.responseHead(status: .ok, headers: [:])
+        tap.responseHead(status: .ok, headers: RawHeaderFields())
         for piece in ["aaaaaa", "bbbbbb", "cccccc", "dddddd"] { tap.responseBody(ByteBuffer(string: piece)) }
         tap.finish(outcome: .completed)
 
@@ -145,10 +151,19 @@ final class ExchangeTapTests: XCTestCase {
         let collector = Collector()
         let tap = tap(cap: 100, tail: 4, into: collector)
         tap.requestBody(ByteBuffer(string: "part"))
-        tap.responseHead(status: .payloadTooLarge, headers: [:])
+        tap.responseHead(status: .payloadTooLarge, headers: RawHeaderFields())
         tap.requestEnded()
         tap.finish(outcome: .completed)
         tap.finish(outcome: .clientAborted)
         XCTAssertEqual(collector.records.map(\.kindName), ["request", "response_done"])
     }
+}
+
+/// A request head as the proxy reads it, from its lines.
+func requestHead(_ lines: String...) throws -> ClientRequestHead {
+    try requestHead(lines)
+}
+
+func requestHead(_ lines: [String]) throws -> ClientRequestHead {
+    try ClientRequestParser.parseHead(ByteBuffer(string: lines.joined(separator: "\r\n") + "\r\n\r\n"))
 }

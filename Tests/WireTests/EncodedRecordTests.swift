@@ -12,6 +12,7 @@ final class EncodedRecordTests: XCTestCase {
         ("x-ünïcode", "välue ✓"), ("x-long", String(repeating: "v", count: 300)),
     ]
     private func isSecret(_ name: String) -> Bool { name.lowercased() == "authorization" }
+    private func isSecret(_ name: UnsafeRawBufferPointer) -> Bool { isSecret(String(decoding: name, as: UTF8.self)) }
 
     private func wireHeaders() -> [WireHeader] {
         headers.map { name, value in
@@ -42,7 +43,7 @@ final class EncodedRecordTests: XCTestCase {
             let withHeaders = !fields.exchangeID.isEmpty
             if withHeaders { expected.headers = wireHeaders() }
             let record = body.withUnsafeBytes {
-                EncodedRecord.request(fields, headers: withHeaders ? headers : [], isSecret: isSecret, body: $0)
+                EncodedRecord.request(fields, headers: StringHeaderFields(withHeaders ? headers : []), isSecret: isSecret, body: $0)
             }
             XCTAssertEqual(record.kind, .request)
             XCTAssertEqual(record.bytes, try expected.serializedBytes() as [UInt8])
@@ -95,7 +96,7 @@ final class EncodedRecordTests: XCTestCase {
             expected.error = fields.error
             expected.responseChunks = fields.responseChunks
             expected.responseTruncated = fields.responseTruncated
-            let record = EncodedRecord.responseDone(fields, headers: withHeaders ? headers : [], isSecret: isSecret)
+            let record = EncodedRecord.responseDone(fields, headers: StringHeaderFields(withHeaders ? headers : []), isSecret: isSecret)
             XCTAssertEqual(record.bytes, try expected.serializedBytes() as [UInt8])
             XCTAssertEqual(try record.decoded(), .responseDone(expected))
         }
@@ -106,7 +107,7 @@ final class EncodedRecordTests: XCTestCase {
     func testFramingAnEncodedRecordGivesTheSameFrame() throws {
         let encoder = try EnvelopeEncoder(sidecarID: "sidecar-a", bootID: "boot-1")
         let body = Array("{\"model\":\"gpt-4o-mini\"}".utf8)
-        let encoded = body.withUnsafeBytes { EncodedRecord.request(fullRequest(), headers: headers, isSecret: isSecret, body: $0) }
+        let encoded = body.withUnsafeBytes { EncodedRecord.request(fullRequest(), headers: StringHeaderFields(headers), isSecret: isSecret, body: $0) }
         let fromBytes = encoder.encode(seq: 300, sentUnixNanos: 42, droppedBefore: 2, record: encoded)
         let fromMessage = try encoder.encode(seq: 300, sentUnixNanos: 42, droppedBefore: 2, record: try encoded.decoded())
         defer { fromBytes.release(); fromMessage.release() }

@@ -3,7 +3,8 @@ import NIOCore
 import NIOHTTP1
 import Wire
 
-/// What the proxy does to headers, both ways. Pure.
+/// What the proxy does to headers, both ways. Pure. Heads are read as raw fields
+/// (`RawHeaderFields`) and written straight into the outgoing bytes: no header becomes a string.
 enum HeaderRules {
     /// Hop-by-hop headers (RFC 9110, section 7.6.1): they describe one connection, so they are not forwarded.
     static let hopByHop = HeaderNameSet([
@@ -16,97 +17,83 @@ enum HeaderRules {
         "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "set-cookie", "proxy-authorization",
     ])
 
-    /// Headers that carry the client's credential, in the order they are looked at for the tenant.
-    static let credential = ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
-
     static let redactedValue = EncodedRecord.redactedValue
 
-    /// The header names a `Connection` header lists: hop-by-hop for this message only (RFC 9110, section 7.6.1).
-    /// Empty, with no allocation, in the usual case of no such header or only `keep-alive`/`close`.
-    static func connectionNamed(in headers: HTTPHeaders) -> [Substring] {
-        var named: [Substring] = []
-        for (name, value) in headers where name.utf8.count == 10 && equalsIgnoringASCIICase(name, "connection") {
-            // The common values name nothing beyond the hop-by-hop set: answered without splitting.
-            if value.utf8.count <= 10, equalsIgnoringASCIICase(value, "keep-alive") || equalsIgnoringASCIICase(value, "close") { continue }
-            for token in value.split(separator: ",") {
-                let token = token.trimmingASCIIWhitespace()
-                if !token.isEmpty && !hopByHop.contains(String(token)) { named.append(token) }
+    /// Visits the fields that go to the next hop: not hop-by-hop, and not named by the message's own
+    /// `Connection` header (RFC 9110, section 7.6.1).
+    static func forEachEndToEndField(_ headers: RawHeaderFields, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void) {
+        // The header names a Connection header lists beyond the usual keep-alive and close: rare.
+        var named: [[UInt8]] = []
+        headers.forEachField { name, value in
+            guard RawHeaderFields.equalsIgnoringCase(name, "connection") else { return }
+            HeaderLineScanner.forEachToken(value, 0..<value.count) { token in
+                if !hopByHop.contains(token) { named.append(token.map(RawHeaderFields.lowered)) }
             }
         }
-        return named
-    }
-
-    /// Whether a header stays off the next hop: hop-by-hop, or named by this message's `Connection`.
-    static func isHopByHop(_ name: String, connectionNamed: [Substring]) -> Bool {
-        hopByHop.contains(name) || (!connectionNamed.isEmpty && connectionNamed.contains { equalsIgnoringASCIICase(name, $0.lowercased()) })
-    }
-
-    /// `lowercased` is exact: header names are ASCII tokens, and `candidate` is lower-case.
-    static func equalsIgnoringASCIICase(_ name: String, _ candidate: String) -> Bool {
-        guard name.utf8.count == candidate.utf8.count else { return false }
-        // Native strings compare over their bytes in place; others (bridged) through their views.
-        let fast = name.utf8.withContiguousStorageIfAvailable { left in
-            candidate.utf8.withContiguousStorageIfAvailable { right in
-                for index in 0..<left.count where Self.lowered(left[index]) != right[index] { return false }
-                return true
+        headers.forEachField { name, value in
+            if hopByHop.contains(name) { return }
+            if !named.isEmpty, named.contains(where: { $0.count == name.count && zip($0, name).allSatisfy { $0 == RawHeaderFields.lowered($1) } }) {
+                return
             }
+            body(name, value)
         }
-        if let fast, let result = fast { return result }
-        return zip(name.utf8, candidate.utf8).allSatisfy { byte, expected in lowered(byte) == expected }
-    }
-
-    @inline(__always)
-    private static func lowered(_ byte: UInt8) -> UInt8 {
-        byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte
-    }
-
-    static func isChunked(_ headers: HTTPHeaders) -> Bool {
-        headers[canonicalForm: "transfer-encoding"].contains { $0.lowercased() == "chunked" }
     }
 
     /// Writes the request head as it goes upstream: the upstream's path and `Host`, hop-by-hop
-    /// headers gone, `X-Forwarded-*` added, the body framed as the client framed it. Straight into
-    /// the bytes sent: no second set of headers is built.
+    /// headers gone, `X-Forwarded-*` added, the body framed as the client framed it.
     static func writeUpstreamRequestHead(
-        _ head: HTTPRequestHead, uri: String, target: UpstreamTarget, clientIP: String?, chunked: Bool, into out: inout ByteBuffer
+        _ head: ClientRequestHead, uri: String, target: UpstreamTarget, clientIP: String?, into out: inout ByteBuffer
     ) {
-        let named = connectionNamed(in: head.headers)
         out.writeString(head.method.rawValue)
         out.writeStaticString(" ")
         out.writeString(uri)
         out.writeStaticString(" HTTP/1.1\r\nhost: ")
         out.writeString(target.authority)
         out.writeStaticString("\r\n")
-        var originalHost: String?
-        var forwardedFor: [String] = []
+        var originalHost: UnsafeRawBufferPointer?
+        var forwardedFor: [UnsafeRawBufferPointer] = []
         var hasForwardedProto = false
         var hasForwardedHost = false
-        for (name, value) in head.headers {
-            if isHopByHop(name, connectionNamed: named) { continue }
-            switch name.utf8.count {
-            case 4 where equalsIgnoringASCIICase(name, "host"):
+        // The pointers stay valid: the head's bytes are held by `head` for the whole call.
+        forEachEndToEndField(head.headers) { name, value in
+            switch name.count {
+            case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
                 if originalHost == nil { originalHost = value }
-                continue
-            case 6 where equalsIgnoringASCIICase(name, "expect"):
+                return
+            case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
                 // The sidecar answers 100-continue itself, so the upstream gets the whole request at once.
-                continue
-            case 15 where equalsIgnoringASCIICase(name, "x-forwarded-for"):
+                return
+            case 15 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-for"):
                 forwardedFor.append(value)
-                continue
-            case 16 where equalsIgnoringASCIICase(name, "x-forwarded-host"):
+                return
+            case 16 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-host"):
                 hasForwardedHost = true
-            case 17 where equalsIgnoringASCIICase(name, "x-forwarded-proto"):
+            case 17 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-proto"):
                 hasForwardedProto = true
             default:
                 break
             }
             writeField(name, value, into: &out)
         }
-        if let clientIP { forwardedFor.append(clientIP) }
-        if !forwardedFor.isEmpty { writeField("x-forwarded-for", forwardedFor.joined(separator: ", "), into: &out) }
+        if !forwardedFor.isEmpty || clientIP != nil {
+            out.writeStaticString("x-forwarded-for: ")
+            for (index, value) in forwardedFor.enumerated() {
+                if index > 0 { out.writeStaticString(", ") }
+                out.writeBytes(value)
+            }
+            if let clientIP {
+                if !forwardedFor.isEmpty { out.writeStaticString(", ") }
+                out.writeString(clientIP)
+            }
+            out.writeStaticString("\r\n")
+        }
         if !hasForwardedProto { out.writeStaticString("x-forwarded-proto: http\r\n") }
-        if let originalHost, !hasForwardedHost { writeField("x-forwarded-host", originalHost, into: &out) }
-        if chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        if let originalHost, !hasForwardedHost {
+            out.writeStaticString("x-forwarded-host: ")
+            out.writeBytes(originalHost)
+            out.writeStaticString("\r\n")
+        }
+        if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
         out.writeStaticString("\r\n")
     }
 
@@ -133,9 +120,8 @@ enum HeaderRules {
         _ head: UpstreamResponseHead, exchangeID: String, framing: ClientFraming, close: Bool, version: HTTPVersion, into out: inout ByteBuffer
     ) {
         writeStatusLine(version: version, code: head.status.code, reason: head.reason, into: &out)
-        let named = connectionNamed(in: head.headers)
-        for (name, value) in head.headers where !isHopByHop(name, connectionNamed: named) {
-            if framing != .asIs, name.utf8.count == 14, equalsIgnoringASCIICase(name, "content-length") { continue }
+        forEachEndToEndField(head.headers) { name, value in
+            if framing != .asIs, RawHeaderFields.equalsIgnoringCase(name, "content-length") { return }
             writeField(name, value, into: &out)
         }
         if framing == .chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
@@ -147,8 +133,9 @@ enum HeaderRules {
         status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer
     ) {
         writeStatusLine(version: version, code: status.code, reason: status.reasonPhrase, into: &out)
-        writeField("content-type", contentType, into: &out)
-        out.writeStaticString("content-length: ")
+        out.writeStaticString("content-type: ")
+        out.writeString(contentType)
+        out.writeStaticString("\r\ncontent-length: ")
         out.writeString(String(body.readableBytes))
         out.writeStaticString("\r\n")
         writeEnding(exchangeID: exchangeID, close: close, version: version, into: &out)
@@ -164,7 +151,11 @@ enum HeaderRules {
     }
 
     private static func writeEnding(exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer) {
-        if let exchangeID { writeField("x-llmtap-exchange-id", exchangeID, into: &out) }
+        if let exchangeID {
+            out.writeStaticString("x-llmtap-exchange-id: ")
+            out.writeString(exchangeID)
+            out.writeStaticString("\r\n")
+        }
         if close {
             out.writeStaticString("connection: close\r\n")
         } else if version.minor == 0 {
@@ -173,10 +164,10 @@ enum HeaderRules {
         out.writeStaticString("\r\n")
     }
 
-    private static func writeField(_ name: String, _ value: String, into out: inout ByteBuffer) {
-        out.writeString(name)
+    private static func writeField(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        out.writeBytes(name)
         out.writeStaticString(": ")
-        out.writeString(value)
+        out.writeBytes(value)
         out.writeStaticString("\r\n")
     }
 
@@ -194,14 +185,29 @@ enum HeaderRules {
         return "/" + uri
     }
 
-    /// The credential a request carries: a bearer token, an API key header, or Gemini's `key` query parameter.
-    static func credential(in headers: HTTPHeaders, uri: String) -> String? {
-        for name in credential {
-            guard var value = headers.first(name: name), !value.isEmpty else { continue }
-            if name == "authorization", value.lowercased().hasPrefix("bearer ") { value = String(value.dropFirst(7)) }
-            return value.trimmingWhitespace()
+    /// The credential a request carries: a bearer token, an API key header (in that order of
+    /// preference), or Gemini's `key` query parameter. Only the credential becomes a string.
+    static func credential(in headers: RawHeaderFields, uri: String) -> String? {
+        var best: (rank: Int, value: String)?
+        headers.forEachField { name, value in
+            let rank: Int
+            switch name.count {
+            case 13 where RawHeaderFields.equalsIgnoringCase(name, "authorization"): rank = 0
+            case 9 where RawHeaderFields.equalsIgnoringCase(name, "x-api-key"): rank = 1
+            case 7 where RawHeaderFields.equalsIgnoringCase(name, "api-key"): rank = 2
+            case 14 where RawHeaderFields.equalsIgnoringCase(name, "x-goog-api-key"): rank = 3
+            default: return
+            }
+            guard best.map({ rank < $0.rank }) ?? true else { return }
+            var token = value
+            if rank == 0, token.count > 7, RawHeaderFields.equalsIgnoringCase(UnsafeRawBufferPointer(rebasing: token[0..<7]), "bearer ") {
+                token = UnsafeRawBufferPointer(rebasing: token[7...])
+            }
+            while let first = token.first, first == 0x20 || first == 0x09 { token = UnsafeRawBufferPointer(rebasing: token.dropFirst()) }
+            guard !token.isEmpty else { return }
+            best = (rank, String(decoding: token, as: UTF8.self))
         }
-        return queryValue(named: "key", in: uri)
+        return best?.value ?? queryValue(named: "key", in: uri)
     }
 
     /// The path and query with secret query parameters (`key`) redacted, for the wire.
@@ -227,7 +233,7 @@ enum HeaderRules {
 /// A set of header names matched without regard to ASCII case, and without allocating: the proxy
 /// asks it about every header of every request and response.
 struct HeaderNameSet: Sendable {
-    private let names: [String]
+    private let names: [[UInt8]]
     /// Bit n is set when some name is n bytes long (names are under 64 bytes).
     private let lengths: UInt64
 
@@ -235,25 +241,24 @@ struct HeaderNameSet: Sendable {
     init(_ names: [String]) {
         precondition(names.allSatisfy { $0 == $0.lowercased() }, "header names in a HeaderNameSet are given in lower case")
         precondition(names.allSatisfy { $0.utf8.count < 64 }, "header names in a HeaderNameSet are under 64 bytes")
-        self.names = names
+        self.names = names.map { Array($0.utf8) }
         self.lengths = names.reduce(0) { $0 | 1 << UInt64($1.utf8.count) }
     }
 
-    func contains(_ name: String) -> Bool {
+    func contains(_ name: UnsafeRawBufferPointer) -> Bool {
         // Most names are ruled out by their length alone.
-        let length = name.utf8.count
+        let length = name.count
         guard length < 64, lengths & (1 << UInt64(length)) != 0 else { return false }
-        return names.contains { HeaderRules.equalsIgnoringASCIICase(name, $0) }
+        return names.contains { candidate in
+            candidate.count == length && candidate.withUnsafeBufferPointer { expected in
+                for index in 0..<length where RawHeaderFields.lowered(name[index]) != expected[index] { return false }
+                return true
+            }
+        }
     }
-}
 
-extension String {
-    /// Without leading and trailing spaces and tabs (the whitespace HTTP allows around a value).
-    func trimmingWhitespace() -> String {
-        let bytes = utf8
-        guard let first = bytes.firstIndex(where: { $0 != 0x20 && $0 != 0x09 }) else { return "" }
-        let last = bytes.lastIndex(where: { $0 != 0x20 && $0 != 0x09 })!
-        if first == bytes.startIndex && bytes.index(after: last) == bytes.endIndex { return self }
-        return String(self[first...last])
+    func contains(_ name: String) -> Bool {
+        var name = name
+        return name.withUTF8 { contains(UnsafeRawBufferPointer($0)) }
     }
 }

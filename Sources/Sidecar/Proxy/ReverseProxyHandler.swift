@@ -11,8 +11,8 @@ struct ProxySettings: Sendable {
     /// The upstream may be silent this long (before its answer, or between two pieces of it).
     let upstreamTimeout: TimeAmount
     let maxHeaderBytes: Int
-    /// Parts of pipelined requests held while an exchange is under way; past it, reading pauses.
-    let maxPipelinedParts = 256
+    /// Bytes of pipelined requests held while an exchange is under way; past it, reading pauses.
+    let maxPipelinedBytes = 1 << 20
 }
 
 /// One client connection of the reverse listener: each request becomes an exchange forwarded to
@@ -22,7 +22,8 @@ struct ProxySettings: Sendable {
 /// take more, the upstream's while the client can't. Requests pipelined behind the current one wait
 /// here, so the sidecar may answer early (an error while the body still arrives) without breaking order.
 final class ReverseProxyHandler: ChannelDuplexHandler {
-    typealias InboundIn = HTTPServerRequestPart
+    /// The client's bytes, read by `ClientRequestParser`: the only other handler is the socket.
+    typealias InboundIn = ByteBuffer
     /// Responses are written as bytes: the upstream's head re-written by `HeaderRules`, its body
     /// slices as they were read. No HTTP encoder sits in the pipeline.
     typealias OutboundIn = ByteBuffer
@@ -43,7 +44,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext!
     private var clientAddress = ""
     private var clientIP: String?
-    private var pipelined: [HTTPServerRequestPart] = []
+    private var parser: ClientRequestParser
     private var readPending = false
     private var upstreamNeedsFlush = false
     private var quiescing = false
@@ -58,6 +59,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         self.publisher = publisher
         self.counters = counters
         self.logger = logger
+        self.parser = ClientRequestParser(maxHeadBytes: settings.maxHeaderBytes)
     }
 
     // MARK: The client connection
@@ -85,12 +87,33 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             markFinished(exchange)
         }
         state = .closed
-        pipelined.removeAll()
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        handle(unwrapInboundIn(data))
+        parser.receive(unwrapInboundIn(data))
+        processRequests()
+    }
+
+    /// Acts on what the client sent, as far as it can be acted on now: a request behind one whose
+    /// exchange is still under way (pipelining) stays in the parser until that exchange is done.
+    private func processRequests() {
+        while true {
+            switch state {
+            case .closed: return
+            case .exchanging(let exchange) where exchange.requestEnded: return
+            case .idle, .exchanging: break
+            }
+            let event: ClientRequestParser.Event?
+            do {
+                event = try parser.next()
+            } catch {
+                refuseMalformed(error)
+                return
+            }
+            guard let event else { return }
+            handle(event)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -110,7 +133,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         if case .exchanging(let exchange) = state {
             if exchange.requestEnded {
                 // Keep reading (so a client that goes away is noticed), but not without bound.
-                if pipelined.count >= settings.maxPipelinedParts {
+                if parser.bufferedBytes >= settings.maxPipelinedBytes {
                     readPending = true
                     return
                 }
@@ -148,28 +171,30 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        guard let parserError = error as? HTTPParserError else {
-            // I/O errors: the connection is gone; channelInactive settles the exchange.
-            logger.debug("client connection error", metadata: ["client": "\(clientAddress)", "error": "\(error)"])
-            context.close(promise: nil)
-            return
-        }
+        // I/O errors: the connection is gone; channelInactive settles the exchange.
+        logger.debug("client connection error", metadata: ["client": "\(clientAddress)", "error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// A request that can't be trusted: answered with 400 (or 431), never forwarded, and the
+    /// connection closed, since where the next request would start is unknown.
+    private func refuseMalformed(_ error: ClientRequestParser.Malformed) {
         let count = counters.malformedRequests.add(1, ordering: .relaxed).newValue
-        let response = parserError == .headerOverflow
+        let response = error.status == .requestHeaderFieldsTooLarge
             ? ProxyErrorResponse.headersTooLarge(limit: settings.maxHeaderBytes)
-            : ProxyErrorResponse.badRequest("\(parserError)")
+            : ProxyErrorResponse.badRequest(error.description)
         if LogSampling.isWorthLogging(occurrence: count) {
             logger.warning("refused a malformed request", metadata: [
-                "client": "\(clientAddress)", "status": "\(response.status.code)", "error": "\(parserError)", "count": "\(count)",
+                "client": "\(clientAddress)", "status": "\(response.status.code)", "error": "\(error)", "count": "\(count)",
             ])
         }
         switch state {
         case .idle:
-            respondLocally(response, exchange: nil, outcome: .rejected, error: "\(parserError)", forceClose: true)
+            respondLocally(response, exchange: nil, outcome: .rejected, error: error.description, forceClose: true)
         case .exchanging(let exchange) where !exchange.responseStarted && !exchange.finished:
             // Whatever was already sent upstream is cut off unfinished, so the upstream never acts on it.
             detachUpstream(exchange, reusable: false)
-            respondLocally(response, exchange: exchange, outcome: .rejected, error: "\(parserError)", forceClose: true)
+            respondLocally(response, exchange: exchange, outcome: .rejected, error: error.description, forceClose: true)
         case .exchanging, .closed:
             context.close(promise: nil)
         }
@@ -178,22 +203,18 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
 
     // MARK: Requests
 
-    private func handle(_ part: HTTPServerRequestPart) {
+    private func handle(_ event: ClientRequestParser.Event) {
         switch state {
         case .closed:
             return
         case .idle:
             // Parts after a request answered early, before its end arrived, belong to nothing.
-            guard case .head(let head) = part else { return }
+            guard case .head(let head) = event else { return }
             begin(head)
         case .exchanging(let exchange):
-            if exchange.requestEnded {
-                pipelined.append(part)
-                return
-            }
-            switch part {
+            switch event {
             case .head:
-                preconditionFailure("the HTTP decoder delivered a request head before the previous request's end")
+                preconditionFailure("the request parser delivered a head before the previous request's end")
             case .body(let buffer):
                 exchange.tap.requestBody(buffer)
                 forward(.body(buffer), exchange)
@@ -207,22 +228,21 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
     }
 
-    private func begin(_ head: HTTPRequestHead) {
+    private func begin(_ head: ClientRequestHead) {
         counters.inFlight.add(1, ordering: .relaxed)
         let uri = settings.target.basePath + HeaderRules.originForm(head.uri)
-        let chunked = HeaderRules.isChunked(head.headers)
         var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
-        HeaderRules.writeUpstreamRequestHead(head, uri: uri, target: settings.target, clientIP: clientIP, chunked: chunked, into: &upstreamHead)
+        HeaderRules.writeUpstreamRequestHead(head, uri: uri, target: settings.target, clientIP: clientIP, into: &upstreamHead)
         let tenant = tenant(for: HeaderRules.credential(in: head.headers, uri: head.uri))
         let tap = ExchangeTap(
             exchangeID: counters.makeExchangeID(), head: head, upstream: settings.target, path: uri,
             clientAddress: clientAddress, tenant: tenant, settings: settings.tap, publisher: publisher
         )
-        let exchange = Exchange(tap: tap, clientKeepAlive: head.isKeepAlive, version: head.version)
-        exchange.upstream = .connecting(buffered: [.head(upstreamHead, chunked: chunked, isHEAD: head.method == .HEAD)])
+        let exchange = Exchange(tap: tap, clientKeepAlive: head.keepAlive, version: head.version)
+        exchange.upstream = .connecting(buffered: [.head(upstreamHead, chunked: head.chunked, isHEAD: head.method == .HEAD)])
         state = .exchanging(exchange)
 
-        if head.headers[canonicalForm: "expect"].contains(where: { $0.lowercased() == "100-continue" }) {
+        if head.expectsContinue {
             let status: StaticString = head.version.minor >= 1 ? "HTTP/1.1 100 Continue\r\n\r\n" : "HTTP/1.0 100 Continue\r\n\r\n"
             var interim = context.channel.allocator.buffer(capacity: 32)
             interim.writeStaticString(status)
@@ -315,11 +335,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     /// The exchange is over and the connection stays: start the next pipelined request, if any.
     private func exchangeDone() {
         state = .idle
-        while !pipelined.isEmpty {
-            if case .exchanging(let exchange) = state, exchange.requestEnded { break }
-            if case .closed = state { break }
-            handle(pipelined.removeFirst())
-        }
+        processRequests()
         // A replayed request was not read just now, so no end of a read will flush it.
         flushUpstream()
         resumeReading()

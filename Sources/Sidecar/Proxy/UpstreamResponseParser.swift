@@ -16,7 +16,7 @@ struct UpstreamResponseHead {
     var status: HTTPResponseStatus
     /// The reason phrase as sent ("OK"), forwarded as is.
     var reason: String
-    var headers: HTTPHeaders
+    var headers: RawHeaderFields
     var framing: Framing
     /// Whether the upstream lets the connection carry another request after this one.
     var keepAlive: Bool
@@ -200,18 +200,8 @@ struct UpstreamResponseParser {
 
     /// The head up to and including its empty line, if it has all arrived.
     private mutating func takeHead() -> ByteBuffer? {
-        let found: Int? = pending.withUnsafeReadableBytes { bytes in
-            // The end is the first LF followed by CRLF or LF.
-            var index = 0
-            while let lf = bytes[index...].firstIndex(of: 0x0A) {
-                if lf + 1 < bytes.count, bytes[lf + 1] == 0x0A { return lf + 2 }
-                if lf + 2 < bytes.count, bytes[lf + 1] == 0x0D, bytes[lf + 2] == 0x0A { return lf + 3 }
-                index = lf + 1
-            }
-            return nil
-        }
-        guard let found else { return nil }
-        return pending.readSlice(length: found)
+        guard let end = pending.withUnsafeReadableBytes({ HeaderLineScanner.headEnd($0) }) else { return nil }
+        return pending.readSlice(length: end)
     }
 
     /// A line without its CRLF, once whole; nil (with the bytes kept) until then.
@@ -249,90 +239,65 @@ struct UpstreamResponseParser {
 
     static func parseHead(_ bytes: ByteBuffer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
         try bytes.withUnsafeReadableBytes { raw in
-            Result { () throws(Malformed) -> UpstreamResponseHead in try parseHead(raw, toHEAD: toHEAD) }
+            Result { () throws(Malformed) -> UpstreamResponseHead in try parseHead(raw, bytes: bytes, toHEAD: toHEAD) }
         }.get()
     }
 
-    /// Parses a whole head over its raw bytes: one pass, no reference counting, strings made only
-    /// for the header names and values themselves.
-    private static func parseHead(_ raw: UnsafeRawBufferPointer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
+    /// Parses a whole head over its raw bytes: one pass, no reference counting, no string per header.
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
         var position = 0
-        /// The next line without its LF or CRLF.
-        func nextLine() -> Range<Int>? {
-            guard position < raw.count, let lf = raw[position...].firstIndex(of: 0x0A) else { return nil }
-            let start = position
-            position = lf + 1
-            return start..<(lf > start && raw[lf - 1] == 0x0D ? lf - 1 : lf)
-        }
-        func string(_ range: Range<Int>) -> String {
-            String(decoding: UnsafeRawBufferPointer(rebasing: raw[range]), as: UTF8.self)
-        }
-
         // "HTTP/1.1 200 OK": the version, a space, three digits, then a space and a reason, or nothing.
-        guard let status = nextLine() else { throw Malformed(description: "the response head has no status line") }
+        guard let status = HeaderLineScanner.nextLine(raw, &position) else { throw Malformed(description: "the response head has no status line") }
         let s = status.lowerBound
-        guard status.count >= 12, matches(raw, s..<s + 7, "HTTP/1."), raw[s + 8] == UInt8(ascii: " ") else {
+        guard status.count >= 12, raw[s..<s + 7].elementsEqual("HTTP/1.".utf8), raw[s + 8] == UInt8(ascii: " ") else {
             throw Malformed(description: "the status line is not HTTP/1.x")
         }
         let minor = raw[s + 7]
         guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else {
             throw Malformed(description: "the status line is not HTTP/1.0 or HTTP/1.1")
         }
-        guard let code = decimal(raw, s + 9..<s + 12), code >= 100 else { throw Malformed(description: "the status code is not three digits") }
+        guard let code = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[s + 9..<s + 12])), code >= 100 else {
+            throw Malformed(description: "the status code is not three digits")
+        }
         var reason = ""
         if status.count > 12 {
             guard raw[s + 12] == UInt8(ascii: " ") else { throw Malformed(description: "the status code is not three digits") }
-            reason = string(s + 13..<status.upperBound)
+            reason = String(decoding: UnsafeRawBufferPointer(rebasing: raw[s + 13..<status.upperBound]), as: UTF8.self)
         }
         let version = HTTPVersion(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0)
 
-        var headers = HTTPHeaders()
-        headers.reserveCapacity(16)
         var contentLength: Int?
         var chunked = false
         var transferEncoded = false
         var connectionClose = false
         var connectionKeepAlive = false
-        while let line = nextLine(), !line.isEmpty {
-            guard let colon = raw[line].firstIndex(of: UInt8(ascii: ":")), colon > line.lowerBound else {
-                if raw[line.lowerBound] == UInt8(ascii: " ") || raw[line.lowerBound] == UInt8(ascii: "\t") {
-                    throw Malformed(description: "a folded header line (obsolete line folding)")
+        let fields: [RawHeaderFields.Field]
+        do {
+            fields = try HeaderLineScanner.fields(raw, from: &position) { (name, value) throws(HeaderLineScanner.Malformed) in
+                switch name.count {
+                case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
+                    guard let length = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[value])) else {
+                        throw HeaderLineScanner.Malformed(description: "Content-Length is not a number")
+                    }
+                    if let contentLength, contentLength != length {
+                        throw HeaderLineScanner.Malformed(description: "two different Content-Length values")
+                    }
+                    contentLength = length
+                case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
+                    transferEncoded = true
+                    // Only the final coding decides the framing (RFC 9112, section 6.3).
+                    HeaderLineScanner.forEachToken(raw, value) { chunked = RawHeaderFields.equalsIgnoringCase($0, "chunked") }
+                case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
+                    HeaderLineScanner.forEachToken(raw, value) { token in
+                        if RawHeaderFields.equalsIgnoringCase(token, "close") { connectionClose = true }
+                        if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { connectionKeepAlive = true }
+                    }
+                default:
+                    break
                 }
-                throw Malformed(description: "a header line without a name and colon")
             }
-            let name = line.lowerBound..<colon
-            guard raw[name].allSatisfy(isTokenByte) else { throw Malformed(description: "a header name holds a byte a token can't") }
-            var valueStart = colon + 1
-            var valueEnd = line.upperBound
-            while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
-            while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-            let value = valueStart..<valueEnd
-            guard !raw[value].contains(where: { $0 == 0x00 || $0 == 0x0D }) else {
-                throw Malformed(description: "a header value holds CR or NUL")
-            }
-            headers.add(name: string(name), value: string(value))
-
-            switch name.count {
-            case 14 where matchesIgnoringCase(raw, name, "content-length"):
-                guard let length = decimal(raw, value) else {
-                    throw Malformed(description: "Content-Length \"\(string(value))\" is not a number")
-                }
-                if let contentLength, contentLength != length { throw Malformed(description: "two different Content-Length values") }
-                contentLength = length
-            case 17 where matchesIgnoringCase(raw, name, "transfer-encoding"):
-                transferEncoded = true
-                // Only the final coding decides the framing (RFC 9112, section 6.3).
-                var last = 0..<0
-                forEachToken(raw, value) { last = $0 }
-                chunked = matchesIgnoringCase(raw, last, "chunked")
-            case 10 where matchesIgnoringCase(raw, name, "connection"):
-                forEachToken(raw, value) { token in
-                    if matchesIgnoringCase(raw, token, "close") { connectionClose = true }
-                    if matchesIgnoringCase(raw, token, "keep-alive") { connectionKeepAlive = true }
-                }
-            default:
-                break
-            }
+        } catch {
+            throw Malformed(description: error.description)
         }
 
         let framing: UpstreamResponseHead.Framing
@@ -348,8 +313,8 @@ struct UpstreamResponseParser {
         }
         let keepAlive = framing != .untilClose && !connectionClose && (version.minor == 1 || connectionKeepAlive)
         return UpstreamResponseHead(
-            version: version, status: HTTPResponseStatus(statusCode: code), reason: reason, headers: headers,
-            framing: framing, keepAlive: keepAlive
+            version: version, status: HTTPResponseStatus(statusCode: code), reason: reason,
+            headers: RawHeaderFields(bytes: bytes, fields: fields), framing: framing, keepAlive: keepAlive
         )
     }
 
@@ -359,66 +324,5 @@ struct UpstreamResponseParser {
         line.moveWriterIndex(to: line.writerIndex - 1)
         if line.readableBytesView.last == 0x0D { line.moveWriterIndex(to: line.writerIndex - 1) }
         return line
-    }
-
-    /// A non-negative decimal number of at most 18 digits, or nil.
-    private static func decimal(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
-        guard !range.isEmpty, range.count <= 18 else { return nil }
-        var value = 0
-        for byte in raw[range] {
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-            value = value * 10 + Int(byte - UInt8(ascii: "0"))
-        }
-        return value
-    }
-
-    private static func matches(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>, _ literal: StaticString) -> Bool {
-        guard range.count == literal.utf8CodeUnitCount else { return false }
-        return literal.withUTF8Buffer { raw[range].elementsEqual($0) }
-    }
-
-    /// Compares with a lower-case literal, ignoring ASCII case.
-    private static func matchesIgnoringCase(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>, _ literal: StaticString) -> Bool {
-        guard range.count == literal.utf8CodeUnitCount else { return false }
-        return literal.withUTF8Buffer { expected in
-            zip(raw[range], expected).allSatisfy { byte, want in (byte >= 0x41 && byte <= 0x5A ? byte | 0x20 : byte) == want }
-        }
-    }
-
-    /// The comma-separated tokens of a header value, their surrounding whitespace dropped.
-    private static func forEachToken(_ raw: UnsafeRawBufferPointer, _ value: Range<Int>, _ body: (Range<Int>) -> Void) {
-        var start = value.lowerBound
-        while start <= value.upperBound {
-            let comma = raw[start..<value.upperBound].firstIndex(of: UInt8(ascii: ",")) ?? value.upperBound
-            var tokenStart = start
-            var tokenEnd = comma
-            while tokenStart < tokenEnd, raw[tokenStart] == 0x20 || raw[tokenStart] == 0x09 { tokenStart += 1 }
-            while tokenEnd > tokenStart, raw[tokenEnd - 1] == 0x20 || raw[tokenEnd - 1] == 0x09 { tokenEnd -= 1 }
-            if tokenStart < tokenEnd { body(tokenStart..<tokenEnd) }
-            start = comma + 1
-        }
-    }
-
-    /// RFC 9110 `tchar`.
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
-            UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
-            true
-        default:
-            false
-        }
-    }
-}
-
-extension Substring {
-    func trimmingASCIIWhitespace() -> Substring {
-        var view = self
-        while let first = view.first, first == " " || first == "\t" { view.removeFirst() }
-        while let last = view.last, last == " " || last == "\t" { view.removeLast() }
-        return view
     }
 }

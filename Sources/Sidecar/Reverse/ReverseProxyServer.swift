@@ -22,9 +22,6 @@ struct ReverseProxyServer: Service {
     func run() async throws {
         let quiesce = ServerQuiescingHelper(group: group)
         let (settings, pools, publisher, counters, logger) = (self.settings, self.pools, self.publisher, self.counters, self.logger)
-        var limits = NIOHTTPDecoderLimitConfiguration()
-        limits.maxHeaderListSize = settings.maxHeaderBytes
-        limits.maxHeaderFieldSize = settings.maxHeaderBytes
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: group)
@@ -37,12 +34,8 @@ struct ReverseProxyServer: Service {
                 }
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.maxMessagesPerRead, value: 16)
-                .childChannelInitializer { [limits] channel in
+                .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        // llhttp reads and checks requests; responses go out as bytes the proxy writes itself.
-                        try channel.pipeline.syncOperations.addHandler(
-                            ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits))
-                        )
                         try channel.pipeline.syncOperations.addHandler(ReverseProxyHandler(
                             settings: settings, pools: pools, publisher: publisher, counters: counters, logger: logger
                         ))

@@ -33,7 +33,7 @@ final class ExchangeTap {
     private let publisher: any RecordPublishing
     private let settings: TapSettings
     private var request: RequestFields
-    private var requestHeaders: HTTPHeaders
+    private var requestHeaders: RawHeaderFields
     /// The captured request body: the first buffer as it came (no copy), later ones appended.
     private var requestCapture: ByteBuffer?
     private(set) var requestBytes: UInt64 = 0
@@ -47,12 +47,12 @@ final class ExchangeTap {
     private var tail: [UInt8] = []
     private var tailOffset: UInt64 = 0
     private var status: UInt32 = 0
-    private var responseHeaders = HTTPHeaders()
+    private var responseHeaders = RawHeaderFields()
     private var firstByteNanos: Int64 = 0
     private var finished = false
 
     init(
-        exchangeID: String, head: HTTPRequestHead, upstream: UpstreamTarget, path: String,
+        exchangeID: String, head: ClientRequestHead, upstream: UpstreamTarget, path: String,
         clientAddress: String, tenant: String, settings: TapSettings, publisher: any RecordPublishing
     ) {
         self.exchangeID = exchangeID
@@ -92,7 +92,7 @@ final class ExchangeTap {
         publishRequest()
     }
 
-    func responseHead(status: HTTPResponseStatus, headers: HTTPHeaders) {
+    func responseHead(status: HTTPResponseStatus, headers: RawHeaderFields) {
         // An upstream may answer before the body has ended; the request record still comes first.
         publishRequest()
         self.status = UInt32(status.code)
@@ -146,7 +146,7 @@ final class ExchangeTap {
         done.error = error
         done.responseChunks = chunkIndex
         done.responseTruncated = responseTruncated
-        publisher.publish(EncodedRecord.responseDone(done, headers: responseHeaders, isSecret: HeaderRules.secret.contains))
+        publisher.publish(EncodedRecord.responseDone(done, headers: responseHeaders, isSecret: Self.isSecret))
     }
 
     private func publishRequest() {
@@ -156,7 +156,7 @@ final class ExchangeTap {
         request.bodySize = requestBytes
         request.bodyTruncated = requestBytes > UInt64(captured)
         let record = Self.withBytes(of: requestCapture) { body in
-            EncodedRecord.request(request, headers: requestHeaders, isSecret: HeaderRules.secret.contains, body: body)
+            EncodedRecord.request(request, headers: requestHeaders, isSecret: Self.isSecret, body: body)
         }
         requestCapture = nil
         publisher.publish(record)
@@ -168,6 +168,10 @@ final class ExchangeTap {
         )
         chunkIndex += 1
         publisher.publish(record)
+    }
+
+    private static func isSecret(_ name: UnsafeRawBufferPointer) -> Bool {
+        HeaderRules.secret.contains(name)
     }
 
     private static func withBytes<R>(of buffer: ByteBuffer?, _ body: (UnsafeRawBufferPointer) -> R) -> R {

@@ -46,6 +46,29 @@ public struct EncodedRecord: Sendable {
     }
 }
 
+/// Header fields as a record takes them: name and value bytes, in order. The sidecar's come
+/// straight from the bytes it read; `StringHeaderFields` serves everything else.
+public protocol RecordHeaderFields {
+    func forEachField(_ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void)
+}
+
+/// Header fields held as strings.
+public struct StringHeaderFields: RecordHeaderFields, Sendable {
+    public var pairs: [(name: String, value: String)]
+
+    public init(_ pairs: [(name: String, value: String)]) {
+        self.pairs = pairs
+    }
+
+    public func forEachField(_ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void) {
+        for (name, value) in pairs {
+            var name = name
+            var value = value
+            name.withUTF8 { nameBytes in value.withUTF8 { body(UnsafeRawBufferPointer(nameBytes), UnsafeRawBufferPointer($0)) } }
+        }
+    }
+}
+
 /// What a `Request` record says, apart from its headers and body.
 public struct RequestFields: Sendable {
     public var exchangeID = ""
@@ -84,12 +107,13 @@ public struct ResponseDoneFields: Sendable {
 extension EncodedRecord {
     /// The value every secret header carries on the wire instead of its own.
     public static let redactedValue = "[redacted]"
+    @usableFromInline static let redactedValueBytes = Array(redactedValue.utf8)
 
     /// A `Request`. Headers `isSecret` names go out with `redactedValue`.
     @inlinable
-    public static func request<Headers: Sequence>(
-        _ request: RequestFields, headers: Headers, isSecret: (String) -> Bool, body: UnsafeRawBufferPointer
-    ) -> EncodedRecord where Headers.Element == (name: String, value: String) {
+    public static func request<Headers: RecordHeaderFields>(
+        _ request: RequestFields, headers: Headers, isSecret: (UnsafeRawBufferPointer) -> Bool, body: UnsafeRawBufferPointer
+    ) -> EncodedRecord {
         make(.request) { out in
             out.string(1, request.exchangeID)
             out.varint(2, UInt64(request.ingress.rawValue))
@@ -125,9 +149,9 @@ extension EncodedRecord {
 
     /// A `ResponseDone`. Headers `isSecret` names go out with `redactedValue`.
     @inlinable
-    public static func responseDone<Headers: Sequence>(
-        _ done: ResponseDoneFields, headers: Headers, isSecret: (String) -> Bool
-    ) -> EncodedRecord where Headers.Element == (name: String, value: String) {
+    public static func responseDone<Headers: RecordHeaderFields>(
+        _ done: ResponseDoneFields, headers: Headers, isSecret: (UnsafeRawBufferPointer) -> Bool
+    ) -> EncodedRecord {
         make(.responseDone) { out in
             out.string(1, done.exchangeID)
             out.varint(2, UInt64(done.status))
@@ -204,20 +228,26 @@ struct ProtobufFieldWriter {
 
     /// Repeated `Header` messages: each is a length-delimited message of name (1) and value (2).
     @inlinable
-    mutating func headers<Headers: Sequence>(_ field: Int, _ headers: Headers, isSecret: (String) -> Bool)
-    where Headers.Element == (name: String, value: String) {
-        for (name, value) in headers {
-            let shown = isSecret(name) ? EncodedRecord.redactedValue : value
-            let nameBytes = name.utf8.count
-            let valueBytes = shown.utf8.count
-            var size = 0
-            if nameBytes > 0 { size += 1 + ProtobufWireFormat.varintSize(UInt64(nameBytes)) + nameBytes }
-            if valueBytes > 0 { size += 1 + ProtobufWireFormat.varintSize(UInt64(valueBytes)) + valueBytes }
-            key(field, .lengthDelimited)
-            rawVarint(UInt64(size))
-            string(1, name)
-            string(2, shown)
+    mutating func headers<Headers: RecordHeaderFields>(_ field: Int, _ headers: Headers, isSecret: (UnsafeRawBufferPointer) -> Bool) {
+        headers.forEachField { name, value in
+            if isSecret(name) {
+                EncodedRecord.redactedValueBytes.withUnsafeBytes { header(field, name: name, value: $0) }
+            } else {
+                header(field, name: name, value: value)
+            }
         }
+    }
+
+    /// One `Header` message: name (1) and value (2).
+    @inlinable
+    mutating func header(_ field: Int, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        var size = 0
+        if !name.isEmpty { size += 1 + ProtobufWireFormat.varintSize(UInt64(name.count)) + name.count }
+        if !value.isEmpty { size += 1 + ProtobufWireFormat.varintSize(UInt64(value.count)) + value.count }
+        key(field, .lengthDelimited)
+        rawVarint(UInt64(size))
+        bytes(1, name)
+        bytes(2, value)
     }
 
     @inlinable

@@ -1,0 +1,268 @@
+import NIOCore
+import NIOHTTP1
+
+/// A request head as the client sent it, with what the proxy needs from it worked out once.
+struct ClientRequestHead {
+    var method: HTTPMethod
+    /// The request target as sent: origin form (`/v1/x?y`), or absolute form.
+    var uri: String
+    var version: HTTPVersion
+    var headers: RawHeaderFields
+    var keepAlive: Bool
+    var chunked: Bool
+    var contentLength: Int?
+    var expectsContinue: Bool
+}
+
+/// Reads HTTP/1.1 requests from a client connection's bytes as they arrive, whatever the
+/// boundaries between reads: heads whole, bodies as slices of the bytes read (never copied),
+/// de-chunked. Pipelined requests simply follow each other.
+///
+/// It refuses, before anything is forwarded, whatever could make the proxy and the upstream
+/// disagree about where a request ends (RFC 9112, section 6.3, and section 11.2 on smuggling):
+/// a bad request line, a header that breaks the field syntax, two Content-Length fields,
+/// Content-Length with Transfer-Encoding, a transfer coding other than chunked, a bad chunk size.
+/// A head larger than the limit is refused with 431.
+struct ClientRequestParser {
+    enum Event {
+        case head(ClientRequestHead)
+        case body(ByteBuffer)
+        case end
+    }
+
+    struct Malformed: Error, CustomStringConvertible, Equatable {
+        /// 400, or 431 for a head over the limit.
+        let status: HTTPResponseStatus
+        let description: String
+
+        init(_ description: String, status: HTTPResponseStatus = .badRequest) {
+            self.status = status
+            self.description = description
+        }
+    }
+
+    private enum State {
+        case head
+        case fixedBody(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers
+        case ending
+        case failed
+    }
+
+    let maxHeadBytes: Int
+    private var state = State.head
+    private var pending = ByteBuffer()
+
+    init(maxHeadBytes: Int) {
+        self.maxHeadBytes = maxHeadBytes
+    }
+
+    /// Bytes received and not yet turned into events.
+    var bufferedBytes: Int { pending.readableBytes }
+
+    mutating func receive(_ input: ByteBuffer) {
+        if pending.readableBytes == 0 {
+            pending = input
+        } else {
+            pending.writeImmutableBuffer(input)
+        }
+    }
+
+    /// The next event the bytes received so far complete, or nil when more are needed.
+    mutating func next() throws(Malformed) -> Event? {
+        do {
+            while true {
+                switch try step() {
+                case .event(let event): return event
+                case .needMore: return nil
+                case .again: continue
+                }
+            }
+        } catch {
+            state = .failed
+            pending = ByteBuffer()
+            throw error
+        }
+    }
+
+    /// The client closed its side: fine between requests, an error inside one.
+    func endOfInput() -> Malformed? {
+        switch state {
+        case .head where pending.readableBytes == 0:
+            return nil
+        case .failed:
+            return nil
+        default:
+            return Malformed("the connection closed in the middle of a request")
+        }
+    }
+
+    private enum Step {
+        case event(Event)
+        case needMore
+        case again
+    }
+
+    private mutating func step() throws(Malformed) -> Step {
+        switch state {
+        case .failed:
+            throw Malformed("the connection already failed")
+        case .ending:
+            state = .head
+            return .event(.end)
+        case .head:
+            // Empty lines before a request line are ignored (RFC 9112, section 2.2).
+            while let first = pending.readableBytesView.first, first == 0x0D || first == 0x0A { pending.moveReaderIndex(forwardBy: 1) }
+            guard pending.readableBytes > 0 else { return .needMore }
+            let end = pending.withUnsafeReadableBytes { HeaderLineScanner.headEnd($0) }
+            guard let end else {
+                guard pending.readableBytes <= maxHeadBytes else {
+                    throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
+                }
+                return .needMore
+            }
+            guard end <= maxHeadBytes else {
+                throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
+            }
+            let head = try Self.parseHead(pending.readSlice(length: end)!)
+            if head.chunked {
+                state = .chunkSize
+            } else if let length = head.contentLength, length > 0 {
+                state = .fixedBody(remaining: length)
+            } else {
+                state = .ending
+            }
+            return .event(.head(head))
+        case .fixedBody(let remaining):
+            guard pending.readableBytes > 0 else { return .needMore }
+            let take = min(remaining, pending.readableBytes)
+            state = take == remaining ? .ending : .fixedBody(remaining: remaining - take)
+            return .event(.body(pending.readSlice(length: take)!))
+        case .chunkSize:
+            guard let line = try takeLine(what: "chunk size") else { return .needMore }
+            let size = try Self.parseChunkSize(line)
+            state = size == 0 ? .trailers : .chunkData(remaining: size)
+            return .again
+        case .chunkData(let remaining):
+            guard pending.readableBytes > 0 else { return .needMore }
+            let take = min(remaining, pending.readableBytes)
+            state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
+            return .event(.body(pending.readSlice(length: take)!))
+        case .chunkDataEnd:
+            guard let line = try takeLine(what: "chunk end") else { return .needMore }
+            guard line.readableBytes == 0 else { throw Malformed("a chunk is longer than its size") }
+            state = .chunkSize
+            return .again
+        case .trailers:
+            // Trailer fields are read and dropped: no LLM API reads them.
+            guard let line = try takeLine(what: "trailer") else { return .needMore }
+            guard line.readableBytes == 0 else { return .again }
+            state = .head
+            return .event(.end)
+        }
+    }
+
+    private mutating func takeLine(what: String) throws(Malformed) -> ByteBuffer? {
+        guard let lf = pending.readableBytesView.firstIndex(of: 0x0A) else {
+            guard pending.readableBytes <= 4096 else { throw Malformed("a \(what) line is over 4096 bytes") }
+            return nil
+        }
+        var line = pending.readSlice(length: lf - pending.readerIndex + 1)!
+        line.moveWriterIndex(to: line.writerIndex - 1)
+        if line.readableBytesView.last == 0x0D { line.moveWriterIndex(to: line.writerIndex - 1) }
+        return line
+    }
+
+    static func parseChunkSize(_ line: ByteBuffer) throws(Malformed) -> Int {
+        do {
+            return try UpstreamResponseParser.parseChunkSize(line)
+        } catch {
+            throw Malformed(error.description)
+        }
+    }
+
+    static func parseHead(_ bytes: ByteBuffer) throws(Malformed) -> ClientRequestHead {
+        try bytes.withUnsafeReadableBytes { raw in
+            Result { () throws(Malformed) -> ClientRequestHead in try parseHead(raw, bytes: bytes) }
+        }.get()
+    }
+
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer) throws(Malformed) -> ClientRequestHead {
+        var position = 0
+        // "METHOD SP request-target SP HTTP/1.x"
+        guard let line = HeaderLineScanner.nextLine(raw, &position) else { throw Malformed("no request line") }
+        guard let firstSpace = raw[line].firstIndex(of: 0x20), firstSpace > line.lowerBound,
+              let secondSpace = raw[(firstSpace + 1)..<line.upperBound].firstIndex(of: 0x20), secondSpace > firstSpace + 1
+        else { throw Malformed("the request line is not \"METHOD target HTTP/1.1\"") }
+        let methodBytes = raw[line.lowerBound..<firstSpace]
+        guard methodBytes.allSatisfy(HeaderLineScanner.isTokenByte) else { throw Malformed("the method is not a token") }
+        let target = raw[(firstSpace + 1)..<secondSpace]
+        // Visible ASCII only: no whitespace, controls or raw non-ASCII bytes in a request target.
+        guard target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { throw Malformed("the request target holds a byte it can't") }
+        let versionBytes = raw[(secondSpace + 1)..<line.upperBound]
+        guard versionBytes.count == 8, versionBytes.starts(with: "HTTP/1.".utf8) else { throw Malformed("the request line's version is not HTTP/1.x") }
+        let minor = versionBytes.last!
+        guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else { throw Malformed("HTTP/1.\(minor - 0x30) is not HTTP/1.0 or HTTP/1.1") }
+        let version = HTTPVersion(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0)
+
+        var contentLength: Int?
+        var transferEncoded = false
+        var chunked = false
+        var close = false
+        var keepAlive = false
+        var expectsContinue = false
+        var hosts = 0
+        let fields: [RawHeaderFields.Field]
+        do {
+            fields = try HeaderLineScanner.fields(raw, from: &position) { (name, value) throws(HeaderLineScanner.Malformed) in
+            let valueBytes = UnsafeRawBufferPointer(rebasing: raw[value])
+            switch name.count {
+            case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
+                hosts += 1
+            case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
+                expectsContinue = RawHeaderFields.equalsIgnoringCase(valueBytes, "100-continue")
+            case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
+                HeaderLineScanner.forEachToken(raw, value) { token in
+                    if RawHeaderFields.equalsIgnoringCase(token, "close") { close = true }
+                    if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { keepAlive = true }
+                }
+            case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
+                guard contentLength == nil else { throw HeaderLineScanner.Malformed(description: "two Content-Length fields") }
+                guard let length = HeaderLineScanner.decimal(valueBytes) else {
+                    throw HeaderLineScanner.Malformed(description: "Content-Length is not a number")
+                }
+                contentLength = length
+            case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
+                guard !transferEncoded else { throw HeaderLineScanner.Malformed(description: "two Transfer-Encoding fields") }
+                transferEncoded = true
+                var codings = 0
+                HeaderLineScanner.forEachToken(raw, value) { token in
+                    codings += 1
+                    chunked = RawHeaderFields.equalsIgnoringCase(token, "chunked")
+                }
+                // A request body must end where both sides agree: only "chunked", alone.
+                guard codings == 1, chunked else {
+                    throw HeaderLineScanner.Malformed(description: "Transfer-Encoding other than chunked")
+                }
+            default:
+                break
+            }
+            }
+        } catch {
+            throw Malformed(error.description)
+        }
+        if transferEncoded, contentLength != nil { throw Malformed("Content-Length together with Transfer-Encoding") }
+        if version.minor == 1, hosts != 1 { throw Malformed(hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host field") }
+
+        let method = HTTPMethod(rawValue: String(decoding: methodBytes, as: UTF8.self))
+        return ClientRequestHead(
+            method: method, uri: String(decoding: target, as: UTF8.self), version: version,
+            headers: RawHeaderFields(bytes: bytes, fields: fields),
+            keepAlive: !close && (version.minor == 1 || keepAlive), chunked: chunked, contentLength: contentLength,
+            expectsContinue: expectsContinue
+        )
+    }
+}
