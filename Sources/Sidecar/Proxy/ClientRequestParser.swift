@@ -198,7 +198,7 @@ struct ClientRequestParser {
               let secondSpace = raw[(firstSpace + 1)..<line.upperBound].firstIndex(of: 0x20), secondSpace > firstSpace + 1
         else { throw Malformed("the request line is not \"METHOD target HTTP/1.1\"") }
         let methodBytes = raw[line.lowerBound..<firstSpace]
-        guard methodBytes.allSatisfy(HeaderLineScanner.isTokenByte) else { throw Malformed("the method is not a token") }
+        guard HeaderLineScanner.allTokenBytes(raw, line.lowerBound..<firstSpace) else { throw Malformed("the method is not a token") }
         let target = raw[(firstSpace + 1)..<secondSpace]
         // Visible ASCII only: no whitespace, controls or raw non-ASCII bytes in a request target.
         guard target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { throw Malformed("the request target holds a byte it can't") }
@@ -257,7 +257,14 @@ struct ClientRequestParser {
         if transferEncoded, contentLength != nil { throw Malformed("Content-Length together with Transfer-Encoding") }
         if version.minor == 1, hosts != 1 { throw Malformed(hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host field") }
 
-        let method = HTTPMethod(rawValue: String(decoding: methodBytes, as: UTF8.self))
+        let method: HTTPMethod
+        if methodBytes.elementsEqual("POST".utf8) {
+            method = .POST
+        } else if methodBytes.elementsEqual("GET".utf8) {
+            method = .GET
+        } else {
+            method = HTTPMethod(rawValue: String(decoding: methodBytes, as: UTF8.self))
+        }
         return ClientRequestHead(
             method: method, uri: String(decoding: target, as: UTF8.self), version: version,
             headers: RawHeaderFields(bytes: bytes, fields: fields),

@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import NIOCore
 import Wire
 
@@ -81,7 +86,7 @@ enum HeaderLineScanner {
 
     /// Where the lines of `raw` are, from `start`: the next line's range without its LF or CRLF.
     static func nextLine(_ raw: UnsafeRawBufferPointer, _ position: inout Int) -> Range<Int>? {
-        guard position < raw.count, let lf = raw[position...].firstIndex(of: 0x0A) else { return nil }
+        guard position < raw.count, let lf = find(0x0A, in: raw, position..<raw.count) else { return nil }
         let start = position
         position = lf + 1
         return start..<(lf > start && raw[lf - 1] == 0x0D ? lf - 1 : lf)
@@ -98,20 +103,21 @@ enum HeaderLineScanner {
             guard let line = nextLine(raw, &position) else { throw Malformed(description: "the head has no empty line at its end") }
             if line.isEmpty { return fields }
             // A line must end in CRLF or LF; a CR elsewhere is refused by the value check below.
-            guard let colon = raw[line].firstIndex(of: UInt8(ascii: ":")), colon > line.lowerBound else {
+            guard let colon = find(UInt8(ascii: ":"), in: raw, line), colon > line.lowerBound else {
                 if raw[line.lowerBound] == UInt8(ascii: " ") || raw[line.lowerBound] == UInt8(ascii: "\t") {
                     throw Malformed(description: "a folded header line (obsolete line folding)")
                 }
                 throw Malformed(description: "a header line without a name and colon")
             }
             let name = line.lowerBound..<colon
-            guard raw[name].allSatisfy(isTokenByte) else { throw Malformed(description: "a header name holds a byte a token can't") }
+            guard allTokenBytes(raw, name) else { throw Malformed(description: "a header name holds a byte a token can't") }
             var valueStart = colon + 1
             var valueEnd = line.upperBound
             while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
             while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-            guard !raw[valueStart..<valueEnd].contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) else {
-                throw Malformed(description: "a header value holds a control character")
+            for index in valueStart..<valueEnd {
+                let byte = raw[index]
+                if (byte < 0x20 && byte != 0x09) || byte == 0x7F { throw Malformed(description: "a header value holds a control character") }
             }
             try inspect(UnsafeRawBufferPointer(rebasing: raw[name]), valueStart..<valueEnd)
             fields.append(RawHeaderFields.Field(
@@ -124,7 +130,7 @@ enum HeaderLineScanner {
     static func forEachToken(_ raw: UnsafeRawBufferPointer, _ value: Range<Int>, _ body: (UnsafeRawBufferPointer) -> Void) {
         var start = value.lowerBound
         while start <= value.upperBound {
-            let comma = raw[start..<value.upperBound].firstIndex(of: UInt8(ascii: ",")) ?? value.upperBound
+            let comma = find(UInt8(ascii: ","), in: raw, start..<value.upperBound) ?? value.upperBound
             var tokenStart = start
             var tokenEnd = comma
             while tokenStart < tokenEnd, raw[tokenStart] == 0x20 || raw[tokenStart] == 0x09 { tokenStart += 1 }
@@ -148,13 +154,30 @@ enum HeaderLineScanner {
     /// The end of a head in `raw` (just past its empty line), if it has all arrived.
     static func headEnd(_ raw: UnsafeRawBufferPointer) -> Int? {
         var index = 0
-        while let lf = raw[index...].firstIndex(of: 0x0A) {
+        while let lf = find(0x0A, in: raw, index..<raw.count) {
             if lf + 1 < raw.count, raw[lf + 1] == 0x0A { return lf + 2 }
             if lf + 2 < raw.count, raw[lf + 1] == 0x0D, raw[lf + 2] == 0x0A { return lf + 3 }
             index = lf + 1
         }
         return nil
     }
+
+    /// The first `byte` in `range` of `raw` (memchr: these scans run over every head).
+    @inline(__always)
+    static func find(_ byte: UInt8, in raw: UnsafeRawBufferPointer, _ range: Range<Int>) -> Int? {
+        guard !range.isEmpty, let base = raw.baseAddress else { return nil }
+        guard let found = memchr(base + range.lowerBound, Int32(byte), range.count) else { return nil }
+        return UnsafeRawPointer(found) - base
+    }
+
+    static func allTokenBytes(_ raw: UnsafeRawBufferPointer, _ range: Range<Int>) -> Bool {
+        tokenTable.withUnsafeBufferPointer { table in
+            for index in range where !table[Int(raw[index])] { return false }
+            return true
+        }
+    }
+
+    private static let tokenTable: [Bool] = (0..<256).map { isTokenByte(UInt8($0)) }
 
     /// RFC 9110 `tchar`.
     static func isTokenByte(_ byte: UInt8) -> Bool {
