@@ -6,7 +6,10 @@
 # wrk drives each with 32 connections; rounds alternate a, b, c so drifting load hits all alike,
 # and the table reports medians. Then the sidecar's RSS idle and with 1,000 open streams.
 #
-#   benchmarks/proxy.sh                 # 3 rounds of 10 s each
+# This machine's speed drifts by up to 2x within minutes (shared cores), so the ratio reported is
+# the median of each round's own c/b: the two runs of a round are seconds apart.
+#
+#   benchmarks/proxy.sh                 # 5 rounds of 10 s each
 #   ROUNDS=5 DURATION=20 benchmarks/proxy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +17,7 @@ source scripts/lib/common.sh
 
 ensure_swift
 ensure_packages "${LLMTAP_BUILD_PACKAGES[@]}" nginx wrk python3
-rounds="${ROUNDS:-3}"
+rounds="${ROUNDS:-5}"
 duration="${DURATION:-10}"
 connections=32
 
@@ -84,6 +87,7 @@ declare -A urls=([a]="http://127.0.0.1:$upstream_port/v1/chat/completions"
                  [b]="http://127.0.0.1:$proxy_port/v1/chat/completions"
                  [c]="http://127.0.0.1:$sidecar_port/v1/chat/completions")
 declare -A rps p50 p99
+round_ratios=""
 # wrk prints latencies as 512.00us, 1.20ms or 2.00s: in milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 for target in a b c; do wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "${urls[$target]}" > /dev/null; done
@@ -96,6 +100,8 @@ for round in $(seq "$rounds"); do
         p99[$target]+="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
         echo "round $round ($target): $(echo "$out" | awk '/Requests\/sec/ {print $2}') req/s" >&2
     done
+    last_b=$(echo "${rps[b]}" | awk '{ print $NF }'); last_c=$(echo "${rps[c]}" | awk '{ print $NF }')
+    round_ratios+="$(awk -v c="$last_c" -v b="$last_b" 'BEGIN { printf "%.3f", c / b }') "
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 loaded_rss=$(rss_mb "$sidecar_pid")
@@ -151,9 +157,10 @@ for target in a b c; do
 done
 echo
 awk -v c="$c_rps" -v b="$b_rps" -v a="$a_rps" -v cp="$c_p99" -v ap="$a_p99" 'BEGIN {
-    printf "sidecar / nginx proxy req/s: %.2f\n", c / b
+    printf "sidecar / nginx proxy req/s: %.2f (of the medians)\n", c / b
     printf "sidecar / direct req/s:      %.2f\n", c / a
     printf "p99 added over direct:       %.3f ms\n", cp - ap }'
+echo "sidecar / nginx proxy req/s, median of the rounds' own ratios: $(echo "$round_ratios" | median) (rounds: ${round_ratios% })"
 echo "sidecar RSS: ${idle_rss} MB idle at start, ${loaded_rss} MB after the load"
 echo "streams sidecar RSS: ${streams_idle_rss} MB idle, ${streams_rss} MB with ${open_streams} concurrent open streams"
 echo "collector: ${received:-received=?} ${missing:-} (records from the load)"

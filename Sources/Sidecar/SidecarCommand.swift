@@ -92,7 +92,7 @@ struct SidecarCommand: AsyncParsableCommand {
         guard heartbeatInterval > 0 else { throw ValidationError("--heartbeat-interval must be more than 0 seconds") }
         guard maxQueuedRecords > 0, maxQueuedBytes > 0 else { throw ValidationError("the queue limits must be positive") }
         guard maxCaptureBytes >= 0 else { throw ValidationError("--max-capture-bytes must not be negative") }
-        guard maxHeaderBytes >= 1024 else { throw ValidationError("--max-header-bytes must be at least 1024") }
+        guard (1024...(16 << 20)).contains(maxHeaderBytes) else { throw ValidationError("--max-header-bytes must be between 1024 and 16777216") }
         guard upstreamTimeout > 0, connectTimeout > 0, drainTimeout >= 0 else { throw ValidationError("timeouts must be positive") }
         guard threads > 0 else { throw ValidationError("--threads must be at least 1") }
         do {
