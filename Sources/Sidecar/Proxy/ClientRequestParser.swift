@@ -24,11 +24,7 @@ struct ClientRequestHead {
 /// Content-Length with Transfer-Encoding, a transfer coding other than chunked, a bad chunk size.
 /// A head larger than the limit is refused with 431.
 struct ClientRequestParser {
-    enum Event {
-        case head(ClientRequestHead)
-        case body(ByteBuffer)
-        case end
-    }
+    typealias Event = HTTPMessagePart<ClientRequestHead>
 
     struct Malformed: Error, CustomStringConvertible, Equatable {
         /// 400, or 431 for a head over the limit.
@@ -43,12 +39,7 @@ struct ClientRequestParser {
 
     private enum State {
         case head
-        case fixedBody(remaining: Int)
-        case chunkSize
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
-        case ending
+        case body(BodyReader)
         case failed
     }
 
@@ -64,23 +55,13 @@ struct ClientRequestParser {
     var bufferedBytes: Int { pending.readableBytes }
 
     mutating func receive(_ input: ByteBuffer) {
-        if pending.readableBytes == 0 {
-            pending = input
-        } else {
-            pending.writeImmutableBuffer(input)
-        }
+        pending.appendReceived(input)
     }
 
     /// The next event the bytes received so far complete, or nil when more are needed.
     mutating func next() throws(Malformed) -> Event? {
         do {
-            while true {
-                switch try step() {
-                case .event(let event): return event
-                case .needMore: return nil
-                case .again: continue
-                }
-            }
+            return try step()
         } catch {
             state = .failed
             pending = ByteBuffer()
@@ -88,99 +69,35 @@ struct ClientRequestParser {
         }
     }
 
-    /// The client closed its side: fine between requests, an error inside one.
-    func endOfInput() -> Malformed? {
-        switch state {
-        case .head where pending.readableBytes == 0:
-            return nil
-        case .failed:
-            return nil
-        default:
-            return Malformed("the connection closed in the middle of a request")
-        }
-    }
-
-    private enum Step {
-        case event(Event)
-        case needMore
-        case again
-    }
-
-    private mutating func step() throws(Malformed) -> Step {
+    private mutating func step() throws(Malformed) -> Event? {
         switch state {
         case .failed:
             throw Malformed("the connection already failed")
-        case .ending:
-            state = .head
-            return .event(.end)
+        case .body(var reader):
+            do {
+                let (part, ended): (Event?, Bool) = try reader.nextPart(from: &pending)
+                state = ended ? .head : .body(reader)
+                return part
+            } catch {
+                throw Malformed(error.description)
+            }
         case .head:
             // Empty lines before a request line are ignored (RFC 9112, section 2.2).
             while let first = pending.readableBytesView.first, first == 0x0D || first == 0x0A { pending.moveReaderIndex(forwardBy: 1) }
-            guard pending.readableBytes > 0 else { return .needMore }
+            guard pending.readableBytes > 0 else { return nil }
             let end = pending.withUnsafeReadableBytes { HeaderLineScanner.headEnd($0) }
             guard let end else {
                 guard pending.readableBytes <= maxHeadBytes else {
                     throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
                 }
-                return .needMore
+                return nil
             }
             guard end <= maxHeadBytes else {
                 throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
             }
             let head = try Self.parseHead(pending.readSlice(length: end)!)
-            if head.chunked {
-                state = .chunkSize
-            } else if let length = head.contentLength, length > 0 {
-                state = .fixedBody(remaining: length)
-            } else {
-                state = .ending
-            }
-            return .event(.head(head))
-        case .fixedBody(let remaining):
-            guard pending.readableBytes > 0 else { return .needMore }
-            let take = min(remaining, pending.readableBytes)
-            state = take == remaining ? .ending : .fixedBody(remaining: remaining - take)
-            return .event(.body(pending.readSlice(length: take)!))
-        case .chunkSize:
-            guard let line = try takeLine(what: "chunk size") else { return .needMore }
-            let size = try Self.parseChunkSize(line)
-            state = size == 0 ? .trailers : .chunkData(remaining: size)
-            return .again
-        case .chunkData(let remaining):
-            guard pending.readableBytes > 0 else { return .needMore }
-            let take = min(remaining, pending.readableBytes)
-            state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
-            return .event(.body(pending.readSlice(length: take)!))
-        case .chunkDataEnd:
-            guard let line = try takeLine(what: "chunk end") else { return .needMore }
-            guard line.readableBytes == 0 else { throw Malformed("a chunk is longer than its size") }
-            state = .chunkSize
-            return .again
-        case .trailers:
-            // Trailer fields are read and dropped: no LLM API reads them.
-            guard let line = try takeLine(what: "trailer") else { return .needMore }
-            guard line.readableBytes == 0 else { return .again }
-            state = .head
-            return .event(.end)
-        }
-    }
-
-    private mutating func takeLine(what: String) throws(Malformed) -> ByteBuffer? {
-        guard let lf = pending.readableBytesView.firstIndex(of: 0x0A) else {
-            guard pending.readableBytes <= 4096 else { throw Malformed("a \(what) line is over 4096 bytes") }
-            return nil
-        }
-        var line = pending.readSlice(length: lf - pending.readerIndex + 1)!
-        line.moveWriterIndex(to: line.writerIndex - 1)
-        if line.readableBytesView.last == 0x0D { line.moveWriterIndex(to: line.writerIndex - 1) }
-        return line
-    }
-
-    static func parseChunkSize(_ line: ByteBuffer) throws(Malformed) -> Int {
-        do {
-            return try UpstreamResponseParser.parseChunkSize(line)
-        } catch {
-            throw Malformed(error.description)
+            state = .body(BodyReader(head.chunked ? .chunked : .length(head.contentLength ?? 0)))
+            return .head(head)
         }
     }
 

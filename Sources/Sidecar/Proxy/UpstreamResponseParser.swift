@@ -31,11 +31,7 @@ struct UpstreamResponseHead {
 /// Replaces NIO's `HTTPResponseDecoder` on this path: it builds no intermediate parts, and the proxy
 /// writes the head it produces straight to the client.
 struct UpstreamResponseParser {
-    enum Event {
-        case head(UpstreamResponseHead)
-        case body(ByteBuffer)
-        case end
-    }
+    typealias Event = HTTPMessagePart<UpstreamResponseHead>
 
     struct Malformed: Error, CustomStringConvertible, Equatable {
         let description: String
@@ -44,14 +40,7 @@ struct UpstreamResponseParser {
     private enum State {
         /// Waiting for a response's head.
         case head
-        case fixedBody(remaining: Int)
-        case chunkSize
-        case chunkData(remaining: Int)
-        case chunkDataEnd
-        case trailers
-        case untilClose
-        /// The body is complete; `.end` is the next event.
-        case ending
+        case body(BodyReader)
         /// The response ended; nothing may arrive before the next request is sent.
         case idle
         case failed
@@ -59,8 +48,7 @@ struct UpstreamResponseParser {
 
     let maxHeadBytes: Int
     private var state = State.idle
-    /// Bytes received and not yet parsed: a head, chunk-size line or trailer waiting for its line's
-    /// end, or whatever followed the last event returned.
+    /// Bytes received and not yet parsed.
     private var pending = ByteBuffer()
     private var headIsForHEADRequest = false
 
@@ -78,17 +66,13 @@ struct UpstreamResponseParser {
     var isBusy: Bool {
         switch state {
         case .idle, .failed: false
-        default: true
+        case .head, .body: true
         }
     }
 
     /// Takes bytes read from the upstream; `next()` then returns what they complete.
     mutating func receive(_ input: ByteBuffer) {
-        if pending.readableBytes == 0 {
-            pending = input
-        } else {
-            pending.writeImmutableBuffer(input)
-        }
+        pending.appendReceived(input)
     }
 
     /// The next event the bytes received so far complete, or nil when more are needed.
@@ -97,13 +81,7 @@ struct UpstreamResponseParser {
     /// this connection, after `.end`) without the parser being in the middle of anything.
     mutating func next() throws(Malformed) -> Event? {
         do {
-            while true {
-                switch try step() {
-                case .event(let event): return event
-                case .needMore: return nil
-                case .again: continue
-                }
-            }
+            return try step()
         } catch {
             state = .failed
             pending = ByteBuffer()
@@ -114,7 +92,7 @@ struct UpstreamResponseParser {
     /// The upstream closed its side: the end of a body that runs until then, or an error.
     mutating func endOfInput() throws(Malformed) -> Event? {
         switch state {
-        case .untilClose:
+        case .body(let reader) where reader.endsAtClose:
             state = .idle
             return .end
         case .idle:
@@ -125,116 +103,48 @@ struct UpstreamResponseParser {
         }
     }
 
-    private enum Step {
-        case event(Event)
-        case needMore
-        /// Something was consumed without an event (a 1xx head, a chunk's size line): go on.
-        case again
-    }
-
-    private mutating func step() throws(Malformed) -> Step {
-        switch state {
-        case .ending:
-            state = .idle
-            return .event(.end)
-        case .failed:
-            throw Malformed(description: "the connection already failed")
-        case .idle:
-            guard pending.readableBytes == 0 else {
-                throw Malformed(description: "the upstream sent \(pending.readableBytes) bytes with no request outstanding")
-            }
-            return .needMore
-        case .head:
-            guard let headBytes = takeHead() else {
-                guard pending.readableBytes <= maxHeadBytes else {
-                    throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
+    private mutating func step() throws(Malformed) -> Event? {
+        while true {
+            switch state {
+            case .failed:
+                throw Malformed(description: "the connection already failed")
+            case .idle:
+                guard pending.readableBytes == 0 else {
+                    throw Malformed(description: "the upstream sent \(pending.readableBytes) bytes with no request outstanding")
                 }
-                return .needMore
-            }
-            let head = try Self.parseHead(headBytes, toHEAD: headIsForHEADRequest)
-            if head.status.code / 100 == 1 {
-                // 1xx interim responses (103 Early Hints, a stray 100) are not forwarded; the final one follows.
-                guard head.status != .switchingProtocols else {
-                    throw Malformed(description: "the upstream switched protocols, which the proxy never asks for")
+                return nil
+            case .body(var reader):
+                do {
+                    let (part, ended): (Event?, Bool) = try reader.nextPart(from: &pending)
+                    state = ended ? .idle : .body(reader)
+                    return part
+                } catch {
+                    throw Malformed(description: error.description)
                 }
-                return .again
+            case .head:
+                guard let end = pending.withUnsafeReadableBytes({ HeaderLineScanner.headEnd($0) }) else {
+                    guard pending.readableBytes <= maxHeadBytes else {
+                        throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
+                    }
+                    return nil
+                }
+                let head = try Self.parseHead(pending.readSlice(length: end)!, toHEAD: headIsForHEADRequest)
+                if head.status.code / 100 == 1 {
+                    // 1xx interim responses (103 Early Hints, a stray 100) are not forwarded; the final one follows.
+                    guard head.status != .switchingProtocols else {
+                        throw Malformed(description: "the upstream switched protocols, which the proxy never asks for")
+                    }
+                    continue
+                }
+                switch head.framing {
+                case .none: state = .body(BodyReader(.length(0)))
+                case .contentLength(let length): state = .body(BodyReader(.length(length)))
+                case .chunked: state = .body(BodyReader(.chunked))
+                case .untilClose: state = .body(BodyReader(.untilClose))
+                }
+                return .head(head)
             }
-            switch head.framing {
-            case .none, .contentLength(0): state = .ending
-            case .contentLength(let length): state = .fixedBody(remaining: length)
-            case .chunked: state = .chunkSize
-            case .untilClose: state = .untilClose
-            }
-            return .event(.head(head))
-        case .fixedBody(let remaining):
-            guard pending.readableBytes > 0 else { return .needMore }
-            let take = min(remaining, pending.readableBytes)
-            state = take == remaining ? .ending : .fixedBody(remaining: remaining - take)
-            return .event(.body(pending.readSlice(length: take)!))
-        case .untilClose:
-            guard pending.readableBytes > 0 else { return .needMore }
-            return .event(.body(pending.readSlice(length: pending.readableBytes)!))
-        case .chunkSize:
-            guard let line = try takeLine(what: "chunk size") else { return .needMore }
-            let size = try Self.parseChunkSize(line)
-            state = size == 0 ? .trailers : .chunkData(remaining: size)
-            return .again
-        case .chunkData(let remaining):
-            guard pending.readableBytes > 0 else { return .needMore }
-            let take = min(remaining, pending.readableBytes)
-            state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
-            return .event(.body(pending.readSlice(length: take)!))
-        case .chunkDataEnd:
-            guard let line = try takeLine(what: "chunk end") else { return .needMore }
-            guard line.readableBytes == 0 else { throw Malformed(description: "a chunk is longer than its size") }
-            state = .chunkSize
-            return .again
-        case .trailers:
-            // Trailer fields are read and dropped: they are rare, and hop-by-hop to a proxy that re-frames.
-            guard let line = try takeLine(what: "trailer") else { return .needMore }
-            guard line.readableBytes == 0 else { return .again }
-            state = .idle
-            return .event(.end)
         }
-    }
-
-    /// The head up to and including its empty line, if it has all arrived.
-    private mutating func takeHead() -> ByteBuffer? {
-        guard let end = pending.withUnsafeReadableBytes({ HeaderLineScanner.headEnd($0) }) else { return nil }
-        return pending.readSlice(length: end)
-    }
-
-    /// A line without its CRLF, once whole; nil (with the bytes kept) until then.
-    private mutating func takeLine(what: String) throws(Malformed) -> ByteBuffer? {
-        guard let line = Self.readLine(&pending) else {
-            guard pending.readableBytes <= 4096 else { throw Malformed(description: "a \(what) line is over 4096 bytes") }
-            return nil
-        }
-        return line
-    }
-
-    static func parseChunkSize(_ line: ByteBuffer) throws(Malformed) -> Int {
-        var size = 0
-        var digits = 0
-        for byte in line.readableBytesView {
-            let value: Int
-            switch byte {
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
-            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
-            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
-            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
-                // Chunk extensions (and the whitespace some servers put before them) carry nothing we use.
-                guard digits > 0 else { throw Malformed(description: "a chunk size line has no size") }
-                return size
-            default:
-                throw Malformed(description: "a chunk size line holds byte 0x\(String(byte, radix: 16))")
-            }
-            digits += 1
-            guard digits <= 15 else { throw Malformed(description: "a chunk size is too large") }
-            size = size << 4 | value
-        }
-        guard digits > 0 else { throw Malformed(description: "a chunk size line is empty") }
-        return size
     }
 
     static func parseHead(_ bytes: ByteBuffer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
@@ -316,13 +226,5 @@ struct UpstreamResponseParser {
             version: version, status: HTTPResponseStatus(statusCode: code), reason: reason,
             headers: RawHeaderFields(bytes: bytes, fields: fields), framing: framing, keepAlive: keepAlive
         )
-    }
-
-    private static func readLine(_ buffer: inout ByteBuffer) -> ByteBuffer? {
-        guard let lf = buffer.readableBytesView.firstIndex(of: 0x0A) else { return nil }
-        var line = buffer.readSlice(length: lf - buffer.readerIndex + 1)!
-        line.moveWriterIndex(to: line.writerIndex - 1)
-        if line.readableBytesView.last == 0x0D { line.moveWriterIndex(to: line.writerIndex - 1) }
-        return line
     }
 }

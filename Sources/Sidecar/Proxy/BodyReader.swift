@@ -1,0 +1,161 @@
+import NIOCore
+
+/// What a parser reads off a connection, in order: a head, its body in pieces, the end.
+enum HTTPMessagePart<Head> {
+    case head(Head)
+    case body(ByteBuffer)
+    case end
+}
+
+extension ByteBuffer {
+    /// Adds bytes just read to those a parser holds: without a copy when it held none.
+    mutating func appendReceived(_ input: ByteBuffer) {
+        if readableBytes == 0 {
+            self = input
+        } else {
+            writeImmutableBuffer(input)
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 message body, in the framing its head chose, from the bytes a parser holds
+/// (RFC 9112, sections 6 and 7.1). Bodies come out as slices of those bytes, never copied, and
+/// de-chunked; anything that breaks the framing is an error, since after it nobody can say where
+/// the next message starts.
+///
+/// Both `ClientRequestParser` and `UpstreamResponseParser` read their bodies with it.
+struct BodyReader {
+    enum Framing: Equatable {
+        case length(Int)
+        case chunked
+        /// Until the connection closes (responses only).
+        case untilClose
+    }
+
+    enum Step {
+        case body(ByteBuffer)
+        case end
+        case needMore
+    }
+
+    struct Malformed: Error, CustomStringConvertible, Equatable {
+        let description: String
+    }
+
+    private enum State {
+        case fixed(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case chunkDataEnd
+        case trailers
+        case untilClose
+        case ended
+    }
+
+    /// A chunk-size or trailer line longer than this is refused.
+    static let maxLineBytes = 4096
+
+    private var state: State
+
+    init(_ framing: Framing) {
+        switch framing {
+        case .length(let length): state = .fixed(remaining: length)
+        case .chunked: state = .chunkSize
+        case .untilClose: state = .untilClose
+        }
+    }
+
+    /// True for a body that only the connection's close can end.
+    var endsAtClose: Bool {
+        if case .untilClose = state { true } else { false }
+    }
+
+    /// The next piece of the body in `pending`, its end, or a wish for more bytes.
+    mutating func next(from pending: inout ByteBuffer) throws(Malformed) -> Step {
+        while true {
+            switch state {
+            case .ended:
+                return .end
+            case .fixed(let remaining):
+                guard remaining > 0 else {
+                    state = .ended
+                    return .end
+                }
+                guard pending.readableBytes > 0 else { return .needMore }
+                let take = min(remaining, pending.readableBytes)
+                state = .fixed(remaining: remaining - take)
+                return .body(pending.readSlice(length: take)!)
+            case .untilClose:
+                guard pending.readableBytes > 0 else { return .needMore }
+                return .body(pending.readSlice(length: pending.readableBytes)!)
+            case .chunkSize:
+                guard let line = try Self.takeLine(&pending, what: "chunk size") else { return .needMore }
+                let size = try Self.parseChunkSize(line)
+                state = size == 0 ? .trailers : .chunkData(remaining: size)
+            case .chunkData(let remaining):
+                guard pending.readableBytes > 0 else { return .needMore }
+                let take = min(remaining, pending.readableBytes)
+                state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
+                return .body(pending.readSlice(length: take)!)
+            case .chunkDataEnd:
+                guard let line = try Self.takeLine(&pending, what: "chunk end") else { return .needMore }
+                guard line.readableBytes == 0 else { throw Malformed(description: "a chunk is longer than its size") }
+                state = .chunkSize
+            case .trailers:
+                // Trailer fields are read and dropped: they are rare, no LLM API uses them, and the
+                // proxy re-frames every body it forwards.
+                guard let line = try Self.takeLine(&pending, what: "trailer") else { return .needMore }
+                if line.readableBytes == 0 {
+                    state = .ended
+                    return .end
+                }
+            }
+        }
+    }
+
+    /// The next part of the message for a parser in its body state; `ended` once the body is over.
+    mutating func nextPart<Head>(from pending: inout ByteBuffer) throws(Malformed) -> (part: HTTPMessagePart<Head>?, ended: Bool) {
+        switch try next(from: &pending) {
+        case .body(let buffer): (.body(buffer), false)
+        case .end: (.end, true)
+        case .needMore: (nil, false)
+        }
+    }
+
+    /// A line without its LF or CRLF, once whole; nil (the bytes left in place) until then.
+    static func takeLine(_ pending: inout ByteBuffer, what: String) throws(Malformed) -> ByteBuffer? {
+        guard let lf = pending.readableBytesView.firstIndex(of: 0x0A) else {
+            guard pending.readableBytes <= maxLineBytes else { throw Malformed(description: "a \(what) line is over \(maxLineBytes) bytes") }
+            return nil
+        }
+        var line = pending.readSlice(length: lf - pending.readerIndex + 1)!
+        line.moveWriterIndex(to: line.writerIndex - 1)
+        if line.readableBytesView.last == 0x0D { line.moveWriterIndex(to: line.writerIndex - 1) }
+        return line
+    }
+
+    /// The size on a chunk-size line, in hex, before any chunk extension.
+    static func parseChunkSize(_ line: ByteBuffer) throws(Malformed) -> Int {
+        var size = 0
+        var digits = 0
+        for byte in line.readableBytesView {
+            let value: Int
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
+            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
+                // Chunk extensions (and the whitespace some servers put before them) carry nothing we use.
+                guard digits > 0 else { throw Malformed(description: "a chunk size line has no size") }
+                return size
+            default:
+                throw Malformed(description: "a chunk size line holds byte 0x\(String(byte, radix: 16))")
+            }
+            digits += 1
+            guard digits <= 15 else { throw Malformed(description: "a chunk size is too large") }
+            size = size << 4 | value
+        }
+        guard digits > 0 else { throw Malformed(description: "a chunk size line is empty") }
+        return size
+    }
+}
