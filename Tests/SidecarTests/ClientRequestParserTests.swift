@@ -37,14 +37,16 @@ final class ClientRequestParserTests: XCTestCase {
 
     func testPipelinedRequestsOfEveryFramingAtEveryCut() throws {
         let input = "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
-            + "POST /v1/x?y=1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;ext\r\nabc\r\n2\r\nde\r\n0\r\nTrailer-Field: 1\r\n\r\n"
-            + "\r\nGET /v1/models HTTP/1.0\r\n\r\n"
-            + "GET http://api.openai.com/v1/models HTTP/1.1\nHost: a\nConnection: close\n\n"
+            + "POST /v1/x?y=1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;ext\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            + "\r\nGET /v1/models HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+            + "GET http://api.openai.com/v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+            + "GET /after-close HTTP/1.1\r\nHost: a\r\n\r\n"
         let expected: [Seen] = [
             .head("POST", "/v1/chat/completions", chunked: false, keepAlive: true), .body("{}"), .end,
             .head("POST", "/v1/x?y=1", chunked: true, keepAlive: true), .body("abcde"), .end,
-            .head("GET", "/v1/models", chunked: false, keepAlive: false), .end,
+            .head("GET", "/v1/models", chunked: false, keepAlive: true), .end,
             .head("GET", "http://api.openai.com/v1/models", chunked: false, keepAlive: false), .end,
+            // Nothing after a request that closes the connection.
         ]
         for cut in 0...input.utf8.count {
             XCTAssertEqual(try parse(input, cuts: [cut]), expected, "cut at \(cut)")
@@ -69,6 +71,10 @@ final class ClientRequestParserTests: XCTestCase {
             ("a bad chunk size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n"),
             ("a chunk longer than its size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{}\r\n0\r\n\r\n"),
             ("no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n"),
+            ("a bare LF ending a head line", "GET / HTTP/1.1\nHost: a\r\n\r\n"),
+            ("a bare LF ending a chunk line", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n"),
+            ("whitespace before a chunk extension", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2 ;a=b\r\nok\r\n0\r\n\r\n"),
+            ("a trailer field", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nContent-Length: 5\r\n\r\n"),
             ("two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
         ]
         for (what, input) in bad {

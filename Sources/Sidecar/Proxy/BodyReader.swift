@@ -56,8 +56,11 @@ struct BodyReader {
     static let maxLineBytes = 4096
 
     private var state: State
+    /// Chunk lines must end in CRLF (requests; see `HeaderLineScanner.headEnd`).
+    private let strictLineEndings: Bool
 
-    init(_ framing: Framing) {
+    init(_ framing: Framing, strictLineEndings: Bool) {
+        self.strictLineEndings = strictLineEndings
         switch framing {
         case .length(let length): state = .fixed(remaining: length)
         case .chunked: state = .chunkSize
@@ -89,8 +92,8 @@ struct BodyReader {
                 guard pending.readableBytes > 0 else { return .needMore }
                 return .body(pending.readSlice(length: pending.readableBytes)!)
             case .chunkSize:
-                guard let line = try Self.takeLine(&pending, what: "chunk size") else { return .needMore }
-                let size = try Self.parseChunkSize(line)
+                guard let line = try takeLine(&pending, what: "chunk size") else { return .needMore }
+                let size = try Self.parseChunkSize(line, strict: strictLineEndings)
                 state = size == 0 ? .trailers : .chunkData(remaining: size)
             case .chunkData(let remaining):
                 guard pending.readableBytes > 0 else { return .needMore }
@@ -98,17 +101,20 @@ struct BodyReader {
                 state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
                 return .body(pending.readSlice(length: take)!)
             case .chunkDataEnd:
-                guard let line = try Self.takeLine(&pending, what: "chunk end") else { return .needMore }
+                guard let line = try takeLine(&pending, what: "chunk end") else { return .needMore }
                 guard line.readableBytes == 0 else { throw Malformed(description: "a chunk is longer than its size") }
                 state = .chunkSize
             case .trailers:
                 // Trailer fields are read and dropped: they are rare, no LLM API uses them, and the
                 // proxy re-frames every body it forwards.
-                guard let line = try Self.takeLine(&pending, what: "trailer") else { return .needMore }
+                guard let line = try takeLine(&pending, what: "trailer") else { return .needMore }
                 if line.readableBytes == 0 {
                     state = .ended
                     return .end
                 }
+                // Strict readers (requests) take no trailer fields: a field there could be read as
+                // framing by one side and not by the other, and no LLM API uses them.
+                if strictLineEndings { throw Malformed(description: "trailer fields are not accepted in requests") }
             }
         }
     }
@@ -123,19 +129,24 @@ struct BodyReader {
     }
 
     /// A line without its LF or CRLF, once whole; nil (the bytes left in place) until then.
-    static func takeLine(_ pending: inout ByteBuffer, what: String) throws(Malformed) -> ByteBuffer? {
+    private func takeLine(_ pending: inout ByteBuffer, what: String) throws(Malformed) -> ByteBuffer? {
         guard let lf = pending.readableBytesView.firstIndex(of: 0x0A) else {
-            guard pending.readableBytes <= maxLineBytes else { throw Malformed(description: "a \(what) line is over \(maxLineBytes) bytes") }
+            guard pending.readableBytes <= Self.maxLineBytes else { throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes") }
             return nil
         }
         var line = pending.readSlice(length: lf - pending.readerIndex + 1)!
         line.moveWriterIndex(to: line.writerIndex - 1)
-        if line.readableBytesView.last == 0x0D { line.moveWriterIndex(to: line.writerIndex - 1) }
+        if line.readableBytesView.last == 0x0D {
+            line.moveWriterIndex(to: line.writerIndex - 1)
+        } else if strictLineEndings {
+            throw Malformed(description: "a \(what) line ends in a bare LF, not CRLF")
+        }
         return line
     }
 
     /// The size on a chunk-size line, in hex, before any chunk extension.
-    static func parseChunkSize(_ line: ByteBuffer) throws(Malformed) -> Int {
+    /// `strict` (requests) takes no whitespace before a chunk extension, as llhttp.
+    static func parseChunkSize(_ line: ByteBuffer, strict: Bool) throws(Malformed) -> Int {
         var size = 0
         var digits = 0
         for byte in line.readableBytesView {
@@ -144,9 +155,12 @@ struct BodyReader {
             case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
             case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
             case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
-            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
+            case UInt8(ascii: ";"), UInt8(ascii: " ") where !strict, UInt8(ascii: "\t") where !strict:
                 // Chunk extensions (and the whitespace some servers put before them) carry nothing we use.
                 guard digits > 0 else { throw Malformed(description: "a chunk size line has no size") }
+                if strict, line.readableBytesView.contains(where: { $0 < 0x21 || $0 == 0x7F }) {
+                    throw Malformed(description: "a chunk extension holds whitespace or a control character")
+                }
                 return size
             default:
                 throw Malformed(description: "a chunk size line holds byte 0x\(String(byte, radix: 16))")

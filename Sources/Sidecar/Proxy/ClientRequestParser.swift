@@ -39,7 +39,9 @@ struct ClientRequestParser {
 
     private enum State {
         case head
-        case body(BodyReader)
+        case body(BodyReader, keepAlive: Bool)
+        /// A request without keep-alive has ended: nothing after it is read, as the connection closes.
+        case closed
         case failed
     }
 
@@ -73,10 +75,12 @@ struct ClientRequestParser {
         switch state {
         case .failed:
             throw Malformed("the connection already failed")
-        case .body(var reader):
+        case .closed:
+            return nil
+        case .body(var reader, let keepAlive):
             do {
                 let (part, ended): (Event?, Bool) = try reader.nextPart(from: &pending)
-                state = ended ? .head : .body(reader)
+                state = ended ? (keepAlive ? .head : .closed) : .body(reader, keepAlive: keepAlive)
                 return part
             } catch {
                 throw Malformed(error.description)
@@ -85,7 +89,15 @@ struct ClientRequestParser {
             // Empty lines before a request line are ignored (RFC 9112, section 2.2).
             while let first = pending.readableBytesView.first, first == 0x0D || first == 0x0A { pending.moveReaderIndex(forwardBy: 1) }
             guard pending.readableBytes > 0 else { return nil }
-            let end = pending.withUnsafeReadableBytes { HeaderLineScanner.headEnd($0) }
+            let scanned = pending.withUnsafeReadableBytes { raw in
+                Result { () throws(HeaderLineScanner.Malformed) -> Int? in try HeaderLineScanner.headEnd(raw, strict: true) }
+            }
+            let end: Int?
+            do {
+                end = try scanned.get()
+            } catch {
+                throw Malformed(error.description)
+            }
             guard let end else {
                 guard pending.readableBytes <= maxHeadBytes else {
                     throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
@@ -96,7 +108,7 @@ struct ClientRequestParser {
                 throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
             }
             let head = try Self.parseHead(pending.readSlice(length: end)!)
-            state = .body(BodyReader(head.chunked ? .chunked : .length(head.contentLength ?? 0)))
+            state = .body(BodyReader(head.chunked ? .chunked : .length(head.contentLength ?? 0), strictLineEndings: true), keepAlive: head.keepAlive)
             return .head(head)
         }
     }
@@ -122,7 +134,7 @@ struct ClientRequestParser {
         let versionBytes = raw[(secondSpace + 1)..<line.upperBound]
         guard versionBytes.count == 8, versionBytes.starts(with: "HTTP/1.".utf8) else { throw Malformed("the request line's version is not HTTP/1.x") }
         let minor = versionBytes.last!
-        guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else { throw Malformed("HTTP/1.\(minor - 0x30) is not HTTP/1.0 or HTTP/1.1") }
+        guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else { throw Malformed("the request line's version is not HTTP/1.0 or HTTP/1.1") }
         let version = HTTPVersion(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0)
 
         var contentLength: Int?

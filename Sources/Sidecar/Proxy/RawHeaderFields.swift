@@ -152,11 +152,20 @@ enum HeaderLineScanner {
     }
 
     /// The end of a head in `raw` (just past its empty line), if it has all arrived.
-    static func headEnd(_ raw: UnsafeRawBufferPointer) -> Int? {
+    ///
+    /// `strict` (requests) takes only CRLF line ends and refuses a bare LF at once, as llhttp does:
+    /// a recipient that reads bare LFs as line ends can be told a different story than one that
+    /// doesn't. Responses from the upstream may use bare LFs (RFC 9112, section 2.2).
+    static func headEnd(_ raw: UnsafeRawBufferPointer, strict: Bool) throws(Malformed) -> Int? {
         var index = 0
         while let lf = find(0x0A, in: raw, index..<raw.count) {
-            if lf + 1 < raw.count, raw[lf + 1] == 0x0A { return lf + 2 }
-            if lf + 2 < raw.count, raw[lf + 1] == 0x0D, raw[lf + 2] == 0x0A { return lf + 3 }
+            if strict {
+                guard lf > 0, raw[lf - 1] == 0x0D else { throw Malformed(description: "a line of the head ends in a bare LF, not CRLF") }
+                if lf + 2 < raw.count, raw[lf + 1] == 0x0D, raw[lf + 2] == 0x0A { return lf + 3 }
+            } else {
+                if lf + 1 < raw.count, raw[lf + 1] == 0x0A { return lf + 2 }
+                if lf + 2 < raw.count, raw[lf + 1] == 0x0D, raw[lf + 2] == 0x0A { return lf + 3 }
+            }
             index = lf + 1
         }
         return nil

@@ -122,7 +122,8 @@ struct UpstreamResponseParser {
                     throw Malformed(description: error.description)
                 }
             case .head:
-                guard let end = pending.withUnsafeReadableBytes({ HeaderLineScanner.headEnd($0) }) else {
+                // Non-strict: headEnd then can't throw.
+                guard let end = pending.withUnsafeReadableBytes({ try? HeaderLineScanner.headEnd($0, strict: false) }) ?? nil else {
                     guard pending.readableBytes <= maxHeadBytes else {
                         throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
                     }
@@ -137,10 +138,10 @@ struct UpstreamResponseParser {
                     continue
                 }
                 switch head.framing {
-                case .none: state = .body(BodyReader(.length(0)))
-                case .contentLength(let length): state = .body(BodyReader(.length(length)))
-                case .chunked: state = .body(BodyReader(.chunked))
-                case .untilClose: state = .body(BodyReader(.untilClose))
+                case .none: state = .body(BodyReader(.length(0), strictLineEndings: false))
+                case .contentLength(let length): state = .body(BodyReader(.length(length), strictLineEndings: false))
+                case .chunked: state = .body(BodyReader(.chunked, strictLineEndings: false))
+                case .untilClose: state = .body(BodyReader(.untilClose, strictLineEndings: false))
                 }
                 return .head(head)
             }
