@@ -103,6 +103,6 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
-        .testTarget(name: "CollectorTests", dependencies: ["Wire", "TestSupport"]),
+        .testTarget(name: "CollectorTests", dependencies: ["Wire", "TestSupport", "Collector"], exclude: ["Fixtures"]),
     ]
 )

@@ -1,0 +1,60 @@
+/// Token counts as every provider's are normalised: the four kinds of token are disjoint, so they
+/// add up to `total` and each can be priced on its own.
+///
+/// - `input`: prompt tokens read fresh (OpenAI's prompt tokens less cached ones; Anthropic's
+///   `input_tokens`; Gemini's prompt count less cached content).
+/// - `cachedInput`: prompt tokens read from the provider's cache.
+/// - `cacheCreation`: prompt tokens written to the cache (Anthropic).
+/// - `output`: generated tokens, reasoning included (Gemini's thoughts are added to its candidates).
+/// - `reasoning`: the part of `output` spent on reasoning; not added again to `total`.
+struct TokenUsage: Equatable, Sendable {
+    var input = 0
+    var output = 0
+    var cachedInput = 0
+    var cacheCreation = 0
+    var reasoning = 0
+
+    var total: Int { input + cachedInput + cacheCreation + output }
+}
+
+/// Where an exchange's token counts come from.
+enum UsageSource: String, Sendable {
+    /// The provider said so in the response.
+    case reported
+    /// The response carried no usage (a stream without `include_usage`, an error, a cut capture).
+    case missing
+}
+
+/// The API an exchange spoke, known from its host and path.
+enum Provider: String, Sendable, CaseIterable {
+    case openai
+    case anthropic
+    case gemini
+    case unknown
+}
+
+enum Endpoint: String, Sendable {
+    case chatCompletions = "chat.completions"
+    case completions
+    case embeddings
+    case responses
+    case messages
+    case generateContent
+    case streamGenerateContent
+    case other
+}
+
+/// What the collector learns of one exchange from its request and response bodies.
+struct ParsedExchange: Equatable, Sendable {
+    var provider = Provider.unknown
+    var endpoint = Endpoint.other
+    var modelRequested = ""
+    var modelServed = ""
+    var stream = false
+    var usage = TokenUsage()
+    var usageSource = UsageSource.missing
+    /// The provider's error type, for 4xx and 5xx answers ("rate_limit_error", "RESOURCE_EXHAUSTED").
+    var errorType = ""
+    /// Why a body could not be read (invalid JSON, a broken stream), empty when it could.
+    var parseError = ""
+}
