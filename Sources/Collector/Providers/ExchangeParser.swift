@@ -3,12 +3,22 @@ import Foundation
 /// Puts together what an exchange's request and response said: provider, endpoint, models, the
 /// stream flag, usage and errors. Pure: the assembler feeds it bytes.
 struct ExchangeParser {
-    let route: ProviderRoute
+    private(set) var route: ProviderRoute
+    let maxJSONBytes: Int
     private var request: RequestDocument?
     private var requestParseError = ""
     private var response: ResponseBodyReader
+    private var responseStarted = false
 
     init(host: String, path: String, maxJSONBytes: Int = 8 << 20) {
+        self.maxJSONBytes = maxJSONBytes
+        route = ProviderRoute.detect(host: host, path: path)
+        response = ResponseBodyReader(route: route, maxJSONBytes: maxJSONBytes)
+    }
+
+    /// Names the upstream once the request is known; too late once the response has begun.
+    mutating func route(host: String, path: String) {
+        guard !responseStarted else { return }
         route = ProviderRoute.detect(host: host, path: path)
         response = ResponseBodyReader(route: route, maxJSONBytes: maxJSONBytes)
     }
@@ -32,6 +42,7 @@ struct ExchangeParser {
     }
 
     mutating func responseBody<Bytes: Collection>(_ bytes: Bytes, afterHole: Bool) where Bytes.Element == UInt8 {
+        responseStarted = true
         response.append(bytes, afterHole: afterHole)
     }
 
