@@ -1,30 +1,80 @@
 import ArgumentParser
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import ServiceLifecycle
+import Synchronization
 import Wire
 
 @main
 struct CollectorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llmtap-collector",
-        abstract: "Receives what LLMTap sidecars see and turns it into usage, cost and metrics.",
+        abstract: "Receives what LLMTap sidecars see and turns it into usage, cost, metrics and stored exchanges.",
         discussion: """
             Every option can also be set by the environment variable named in its help; the flag wins.
-            The collector stops on SIGTERM or SIGINT.
+            It serves /metrics (Prometheus), /healthz, /readyz, /api/exchanges and /api/usage on --http.
+            The collector stops on SIGTERM or SIGINT, storing what it holds.
             """,
         version: LLMTapVersion.current
     )
 
+    private static let environment = ProcessInfo.processInfo.environment
+
     @Option(help: "Where sidecars send analysis records (a ZeroMQ PULL socket the collector binds). Env: LLMTAP_LISTEN_ANALYSIS.")
-    var listenAnalysis = ProcessInfo.processInfo.environment["LLMTAP_LISTEN_ANALYSIS"] ?? "tcp://*:7101"
+    var listenAnalysis = environment["LLMTAP_LISTEN_ANALYSIS"] ?? "tcp://*:7101"
+
+    @Option(help: "host:port of the HTTP server: /metrics, /healthz, /readyz and /api. Env: LLMTAP_HTTP.")
+    var http = environment["LLMTAP_HTTP"] ?? "0.0.0.0:9464"
+
+    @Option(help: "The SQLite database (WAL); its directory is created if missing. Env: LLMTAP_DB.")
+    var db = environment["LLMTAP_DB"] ?? "./llmtap-data/llmtap.sqlite"
+
+    @Option(help: "Seconds an exchange may wait for its end before it is stored as incomplete. Env: LLMTAP_EXCHANGE_TIMEOUT.")
+    var exchangeTimeout = Int(environment["LLMTAP_EXCHANGE_TIMEOUT"] ?? "") ?? 600
+
+    @Option(help: "A price table (JSON, the format of the shipped Resources/prices.json) to use instead of the shipped one. Env: LLMTAP_PRICES.")
+    var prices: String? = environment["LLMTAP_PRICES"]
+
+    @Flag(help: "Store request and response bodies with each exchange, capped by --max-stored-body-bytes. Env: LLMTAP_STORE_BODIES=1.")
+    var storeBodies = environment["LLMTAP_STORE_BODIES"] == "1"
+
+    @Option(help: "Bytes of each body kept with --store-bodies. Env: LLMTAP_MAX_STORED_BODY_BYTES.")
+    var maxStoredBodyBytes = Int(environment["LLMTAP_MAX_STORED_BODY_BYTES"] ?? "") ?? 64 << 10
+
+    @Option(help: "Delete stored exchanges older than this many days (checked hourly); keep everything when unset. Env: LLMTAP_RETENTION_DAYS.")
+    var retentionDays: Int? = Int(environment["LLMTAP_RETENTION_DAYS"] ?? "")
+
+    @Option(help: "Also append every stored exchange to this JSON Lines file (seed 003's format). Env: LLMTAP_JSONL.")
+    var jsonl: String? = environment["LLMTAP_JSONL"]
+
+    @Option(help: "Models that get their own metrics label; later ones are labelled \"other\" (SQLite keeps them all). Env: LLMTAP_MAX_MODEL_LABELS.")
+    var maxModelLabels = Int(environment["LLMTAP_MAX_MODEL_LABELS"] ?? "") ?? 20
+
+    @Option(help: "Body bytes held per exchange while it is read; past it the exchange is marked truncated. Env: LLMTAP_MAX_EXCHANGE_BYTES.")
+    var maxExchangeBytes = Int(environment["LLMTAP_MAX_EXCHANGE_BYTES"] ?? "") ?? 8 << 20
+
+    @Option(help: "Body bytes held by all open exchanges together. Env: LLMTAP_MAX_HELD_BYTES.")
+    var maxHeldBytes = Int(environment["LLMTAP_MAX_HELD_BYTES"] ?? "") ?? 512 << 20
 
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: LOG_LEVEL.")
-    var logLevel = ProcessInfo.processInfo.environment["LOG_LEVEL"] ?? "info"
+    var logLevel = environment["LOG_LEVEL"] ?? "info"
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        guard exchangeTimeout > 0 else { throw ValidationError("--exchange-timeout must be positive") }
+        guard maxModelLabels > 0 else { throw ValidationError("--max-model-labels must be at least 1") }
+        guard maxExchangeBytes >= 64 << 10, maxHeldBytes >= maxExchangeBytes else {
+            throw ValidationError("--max-exchange-bytes must be at least 65536, and --max-held-bytes at least as large")
+        }
+        guard maxStoredBodyBytes >= 0, (retentionDays ?? 1) > 0 else { throw ValidationError("--max-stored-body-bytes and --retention-days must be positive") }
+        do {
+            _ = try ListenAddress(http)
+        } catch {
+            throw ValidationError("--http: \(error)")
         }
     }
 
@@ -37,31 +87,116 @@ struct CollectorCommand: AsyncParsableCommand {
         }
         let logger = Logger(label: "llmtap.collector")
 
+        let priceTable: PriceTable
+        do {
+            priceTable = try prices.map { try PriceTable.load(path: $0) } ?? PriceTable.shipped()
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        let database: AppDatabase
+        do {
+            database = try AppDatabase.open(path: db)
+        } catch {
+            throw ValidationError("cannot open the database --db \(db): \(error)")
+        }
+        let jsonlWriter: JSONLWriter?
+        do {
+            jsonlWriter = try jsonl.map { try JSONLWriter(path: $0) }
+        } catch {
+            throw ValidationError("cannot open --jsonl \(jsonl ?? ""): \(error)")
+        }
+
+        let metrics = CollectorMetrics(maxModelLabels: maxModelLabels)
+        let writer = ExchangeWriter(
+            database: database, jsonl: jsonlWriter,
+            settings: ExchangeWriter.Settings(retentionDays: retentionDays), logger: logger
+        )
+        var limits = ExchangeAssembler.Limits()
+        limits.exchangeTimeoutNanos = Int64(exchangeTimeout) * 1_000_000_000
+        limits.maxExchangeBytes = maxExchangeBytes
+        limits.maxTotalBytes = maxHeldBytes
+        limits.storedBodyBytes = storeBodies ? maxStoredBodyBytes : 0
+
         let links = SidecarLinks(logger: logger)
+        let receiverBox = ReceiverBox()
+        let pipeline = IngestPipeline(
+            settings: IngestPipeline.Settings(limits: limits), prices: priceTable, metrics: metrics, writer: writer, links: links, logger: logger,
+            onCycle: { [receiverBox] in
+                if let stats = receiverBox.receiver?.stats { metrics.sync(receiver: stats) }
+                metrics.storage(writer.health)
+            }
+        )
         let receiver: AnalysisReceiver
         do {
             receiver = try AnalysisReceiver(
                 configuration: AnalysisReceiverConfiguration(endpoint: listenAnalysis),
                 logger: logger,
-                handler: { links.observe($0) }
+                handler: { pipeline.receive($0) }
             )
         } catch {
+            pipeline.shutdown()
+            writer.shutdown()
             throw ValidationError("cannot listen on --listen-analysis \(listenAnalysis): \(error)")
         }
+        receiverBox.receiver = receiver
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let address = try ListenAddress(http)
+        let api = APIContext(metrics: metrics, database: database, writer: writer, isReceiving: { receiverBox.receiver != nil })
+        let httpChannel: any Channel
+        do {
+            httpChannel = try await CollectorHTTPServer.bind(host: address.host, port: address.port, group: group, api: api, logger: logger)
+        } catch {
+            receiver.shutdown()
+            pipeline.shutdown()
+            writer.shutdown()
+            try? await group.shutdownGracefully()
+            throw ValidationError("cannot listen on --http \(http): \(error)")
+        }
         logger.info("llmtap-collector started", metadata: [
-            "analysis": "\(receiver.boundEndpoint)", "version": "\(LLMTapVersion.current)",
+            "analysis": "\(receiver.boundEndpoint)", "http": "\(httpChannel.localAddress.map { "\($0)" } ?? http)",
+            "db": "\(db)", "prices": "\(prices ?? "shipped, as of \(priceTable.asOf)")", "version": "\(LLMTapVersion.current)",
         ])
 
-        let group = ServiceGroup(configuration: .init(
-            services: [ReceiverService(receiver: receiver)],
+        let services = ServiceGroup(configuration: .init(
+            services: [ReceiverService(receiver: receiver), BoundHTTPServer(channel: httpChannel)],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
-        try await group.run()
+        try await services.run()
+        // The receiver has stopped: what it delivered is assembled, open exchanges are stored as
+        // incomplete, and the storage queue is written out.
+        await Self.offThread {
+            pipeline.shutdown()
+            writer.shutdown()
+        }
+        try? await group.shutdownGracefully()
         let stats = receiver.stats
+        let health = writer.health
         logger.info("llmtap-collector stopped", metadata: [
             "received": "\(stats.received)", "rejected": "\(stats.totalRejected)", "missing": "\(stats.totalMissing)",
+            "stored": "\(health.written)", "unstored": "\(health.pending)",
         ])
+    }
+
+    /// Runs blocking work on a thread of its own, not on the cooperative pool.
+    static func offThread(_ work: @escaping @Sendable () -> Void) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                work()
+                continuation.resume()
+            }
+        }
+    }
+}
+
+/// The receiver, once it exists: the pipeline's refresh reads its stats.
+final class ReceiverBox: Sendable {
+    private let stored = Mutex<AnalysisReceiver?>(nil)
+
+    var receiver: AnalysisReceiver? {
+        get { stored.withLock { $0 } }
+        set { stored.withLock { $0 = newValue } }
     }
 }
 
@@ -71,11 +206,6 @@ struct ReceiverService: Service {
 
     func run() async throws {
         try? await gracefulShutdown()
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            Thread.detachNewThread {
-                receiver.shutdown()
-                continuation.resume()
-            }
-        }
+        await CollectorCommand.offThread { receiver.shutdown() }
     }
 }

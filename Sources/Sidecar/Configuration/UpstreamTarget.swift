@@ -67,25 +67,6 @@ struct UpstreamTarget: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// host:port for a listener.
-struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
-    let host: String
-    let port: Int
-
-    var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-
-    init(_ text: String) throws(ConfigurationError) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
-            throw ConfigurationError("a listen address is host:port, such as 0.0.0.0:3000, not \(text)")
-        }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { throw ConfigurationError("a listen address needs a host, such as 0.0.0.0:\(port)") }
-        self.host = host
-        self.port = port
-    }
-}
-
 struct ConfigurationError: Error, CustomStringConvertible {
     let description: String
     init(_ description: String) { self.description = description }

@@ -4,6 +4,7 @@ import NIOExtras
 import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
+import Wire
 
 /// The reverse listener (`--listen`): the app's `base_url` points here.
 ///

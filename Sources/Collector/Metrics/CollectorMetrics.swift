@@ -1,0 +1,183 @@
+import Foundation
+import Prometheus
+import Synchronization
+import Wire
+
+/// Every metric the collector serves on `/metrics`, registered here and nowhere else (a name
+/// registered twice with different labels would crash swift-prometheus). Prefix `llmtap_`.
+///
+/// Labels come from bounded sets: app, sidecar and model are folded past their limits into
+/// "other"; provider, status class, outcome, stream and token type are closed sets. The tenant is
+/// never a label: per-key detail lives in SQLite.
+final class CollectorMetrics: Sendable {
+    let registry = PrometheusCollectorRegistry()
+    let models: LabelBounds
+    let apps: LabelBounds
+    let sidecars: LabelBounds
+    private let links = Mutex<[String: LinkState]>([:])
+    /// The receiver's refusal counts as last turned into counter increments.
+    private let receiverSeen = Mutex<[String: UInt64]>([:])
+    static let handshakeFailed = "handshake_failed"
+
+    static let durationBuckets: [Double] = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
+    static let ttfbBuckets: [Double] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+
+    private struct LinkState {
+        var lastHeartbeatUnix: Double = 0
+        var intervalSeconds: Double = 5
+        /// `dropped` of each boot's last heartbeat: the counter grows by the difference.
+        var droppedByBoot: [String: UInt64] = [:]
+    }
+
+    init(maxModelLabels: Int, maxAppLabels: Int = 100, maxSidecarLabels: Int = 1_000) {
+        models = LabelBounds(limit: maxModelLabels)
+        apps = LabelBounds(limit: maxAppLabels)
+        sidecars = LabelBounds(limit: maxSidecarLabels)
+        // Metrics without labels exist from the start, so a scrape shows them at zero.
+        _ = inFlight
+        for reason in FrameRejection.allCases { _ = decodeErrors(reason.rawValue) }
+        _ = decodeErrors(Self.handshakeFailed)
+    }
+
+    private func descriptor(_ name: String, _ unit: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(namespace: "llmtap", metricName: name, unitName: unit, helpText: help)
+    }
+
+    // MARK: Traffic
+
+    /// Counts one exchange everywhere it belongs.
+    func record(_ row: ExchangeRecord) {
+        let app = apps.label(row.app)
+        let sidecar = sidecars.label(row.sidecarID)
+        let model = models.label(row.model)
+        let provider = row.provider
+        registry.makeCounter(descriptor: descriptor("requests", "total", "Exchanges seen, by app, sidecar, provider, model, status class, outcome and stream."), labels: [
+            ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model),
+            ("status_class", row.statusClass), ("outcome", row.outcome), ("stream", row.stream ? "true" : "false"),
+        ]).increment()
+        if row.usageSource == UsageSource.reported.rawValue {
+            for (type, count) in [("input", row.inputTokens), ("output", row.outputTokens), ("cached_input", row.cachedInputTokens),
+                                  ("cache_creation", row.cacheCreationTokens), ("reasoning", row.reasoningTokens)] where count > 0 {
+                registry.makeCounter(descriptor: descriptor("tokens", "total", "Tokens reported by the providers. input, cached_input, cache_creation and output are disjoint; reasoning is part of output."), labels: [
+                    ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model), ("type", type),
+                ]).increment(by: Int64(count))
+            }
+        }
+        if let cost = row.costUSD, cost > 0 {
+            registry.makeCounter(descriptor: descriptor("cost_usd", "total", "Cost in USD from the price table, of exchanges with reported usage."), labels: [
+                ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model),
+            ]).increment(by: cost)
+        }
+        if !row.priced && !row.model.isEmpty {
+            registry.makeCounter(descriptor: descriptor("unpriced_exchanges", "total", "Exchanges whose model is not in the price table (they cost nothing here)."), labels: [
+                ("provider", provider), ("model", model),
+            ]).increment()
+        }
+        if !row.parseError.isEmpty {
+            registry.makeCounter(descriptor: descriptor("parse_errors", "total", "Exchanges whose bodies could not be read (invalid JSON, broken streams)."), labels: [
+                ("provider", provider),
+            ]).increment()
+        }
+        if let duration = row.durationMs {
+            registry.makeValueHistogram(descriptor: descriptor("request_duration", "seconds", "From the request's arrival at the sidecar to the response's end."), labels: [
+                ("app", app), ("provider", provider), ("model", model),
+            ], buckets: Self.durationBuckets).record(duration / 1000)
+        }
+        if let ttfb = row.ttfbMs {
+            registry.makeValueHistogram(descriptor: descriptor("time_to_first_byte", "seconds", "From the request's arrival at the sidecar to the upstream's first response byte."), labels: [
+                ("app", app), ("provider", provider), ("model", model),
+            ], buckets: Self.ttfbBuckets).record(ttfb / 1000)
+        }
+    }
+
+    var inFlight: Gauge {
+        registry.makeGauge(descriptor: descriptor("in_flight_exchanges", "", "Exchanges begun and not yet ended, as the collector sees them."))
+    }
+
+    func anomaly(_ kind: ExchangeAssembler.Anomaly, sidecar: String) {
+        registry.makeCounter(descriptor: descriptor("assembly_anomalies", "total", "Records that fit no exchange: for an unknown exchange, or repeated."), labels: [
+            ("sidecar", sidecars.label(sidecar)), ("kind", kind.rawValue),
+        ]).increment()
+    }
+
+    // MARK: Link health
+
+    func recordsReceived(sidecar: String, count: Int = 1) {
+        registry.makeCounter(descriptor: descriptor("records_received", "total", "Wire records received and decoded, per sidecar."), labels: [
+            ("sidecar", sidecars.label(sidecar)),
+        ]).increment(by: Int64(count))
+    }
+
+    /// A sequence gap: records lost between the sockets.
+    func recordsLost(sidecar: String, count: UInt64) {
+        guard count > 0 else { return }
+        registry.makeCounter(descriptor: descriptor("records_lost", "total", "Wire records missing from a sidecar's sequence and not dropped by the sidecar itself."), labels: [
+            ("sidecar", sidecars.label(sidecar)),
+        ]).increment(by: Int64(count))
+    }
+
+    /// Brings `decode_errors_total` up to the receiver's own counts (refused frames by reason, and
+    /// peers that failed the ZeroMQ handshake: garbage on the port).
+    func sync(receiver stats: ReceiverStats) {
+        var current = Dictionary(uniqueKeysWithValues: stats.rejected.map { ($0.key.rawValue, $0.value) })
+        current[Self.handshakeFailed] = stats.handshakeFailures
+        let increases = receiverSeen.withLock { seen -> [(String, UInt64)] in
+            defer { seen = current }
+            return current.compactMap { reason, count in count > (seen[reason] ?? 0) ? (reason, count - (seen[reason] ?? 0)) : nil }
+        }
+        for (reason, increase) in increases { decodeErrors(reason).increment(by: Int64(increase)) }
+    }
+
+    func decodeErrors(_ reason: String) -> Counter {
+        registry.makeCounter(descriptor: descriptor("decode_errors", "total", "Frames refused on the analysis socket, by reason."), labels: [("reason", reason)])
+    }
+
+    func heartbeat(sidecar: String, bootID: String, beat: WireHeartbeat, nowUnix: Double) {
+        let label = sidecars.label(sidecar)
+        let increase = links.withLock { links -> UInt64 in
+            var link = links[label] ?? LinkState()
+            link.lastHeartbeatUnix = nowUnix
+            link.intervalSeconds = beat.intervalMs > 0 ? Double(beat.intervalMs) / 1000 : 5
+            let before = link.droppedByBoot[bootID] ?? 0
+            link.droppedByBoot[bootID] = max(before, beat.dropped)
+            if link.droppedByBoot.count > 16 { link.droppedByBoot = [bootID: max(before, beat.dropped)] }
+            links[label] = link
+            return beat.dropped > before ? beat.dropped - before : 0
+        }
+        registry.makeGauge(descriptor: descriptor("last_heartbeat_timestamp", "seconds", "When each sidecar's last heartbeat arrived, Unix seconds."), labels: [
+            ("sidecar", label),
+        ]).set(to: nowUnix)
+        let dropped = registry.makeCounter(descriptor: descriptor("records_dropped_by_sidecar", "total", "Wire records each sidecar dropped itself (queue full, collector away), from its heartbeats."), labels: [
+            ("sidecar", label),
+        ])
+        if increase > 0 { dropped.increment(by: Int64(increase)) }
+        updateSidecarUp(nowUnix: nowUnix)
+    }
+
+    /// `sidecar_up` is 1 while heartbeats arrive within three intervals.
+    func updateSidecarUp(nowUnix: Double) {
+        let states = links.withLock { $0 }
+        for (sidecar, link) in states {
+            let up = nowUnix - link.lastHeartbeatUnix <= 3 * link.intervalSeconds
+            registry.makeGauge(descriptor: descriptor("sidecar_up", "", "1 while a sidecar's heartbeats arrive on time, else 0."), labels: [
+                ("sidecar", sidecar),
+            ]).set(to: up ? 1 : 0)
+        }
+    }
+
+    // MARK: Storage
+
+    func storage(_ health: ExchangeWriter.Health) {
+        registry.makeGauge(descriptor: descriptor("storage_queue_depth", "", "Exchange rows waiting to be written to SQLite.")).set(to: Double(health.pending))
+        registry.makeGauge(descriptor: descriptor("storage_rows_written", "", "Exchange rows written to SQLite since start.")).set(to: Double(health.written))
+        registry.makeGauge(descriptor: descriptor("storage_rows_dropped", "", "Exchange rows dropped because the storage queue was full.")).set(to: Double(health.dropped))
+        registry.makeGauge(descriptor: descriptor("storage_write_failures", "", "Failed database writes since start.")).set(to: Double(health.failures))
+        registry.makeGauge(descriptor: descriptor("storage_healthy", "", "1 when the last database write succeeded.")).set(to: health.healthy ? 1 : 0)
+    }
+
+    func emit() -> [UInt8] {
+        updateSidecarUp(nowUnix: Date().timeIntervalSince1970)
+        return registry.emitToBuffer()
+    }
+}
+

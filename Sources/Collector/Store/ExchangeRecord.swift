@@ -1,0 +1,119 @@
+import Foundation
+import GRDB
+
+/// One exchange as it is stored, served by `/api/exchanges` and counted in the metrics: one row of
+/// the `exchange` table. Credentials never reach it: the sidecar sends only the tenant hash.
+struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "exchange"
+
+    var sidecarID: String
+    var exchangeID: String
+    var bootID: String
+    var app: String
+    var tenant: String
+    var provider: String
+    var endpoint: String
+    var method: String
+    var host: String
+    var path: String
+    var modelRequested: String
+    var modelServed: String
+    var stream: Bool
+    /// The status the client received; 0 when none.
+    var status: Int
+    var outcome: String
+    var errorType: String
+    var parseError: String
+    var startedAtMs: Int64
+    var endedAtMs: Int64?
+    var ttfbMs: Double?
+    var durationMs: Double?
+    var requestBytes: Int64
+    var responseBytes: Int64
+    var inputTokens: Int
+    var outputTokens: Int
+    var cachedInputTokens: Int
+    var cacheCreationTokens: Int
+    var reasoningTokens: Int
+    var totalTokens: Int
+    var usageSource: String
+    /// USD; nil when the usage is missing or the model is not in the price table.
+    var costUSD: Double?
+    var priced: Bool
+    var captureComplete: Bool
+    var truncated: Bool
+    var requestBody: Data?
+    var responseBody: Data?
+
+    enum CodingKeys: String, CodingKey {
+        case sidecarID = "sidecar_id", exchangeID = "exchange_id", bootID = "boot_id", app, tenant, provider, endpoint, method, host, path
+        case modelRequested = "model_requested", modelServed = "model_served", stream, status, outcome
+        case errorType = "error_type", parseError = "parse_error", startedAtMs = "started_at_ms", endedAtMs = "ended_at_ms"
+        case ttfbMs = "ttfb_ms", durationMs = "duration_ms", requestBytes = "request_bytes", responseBytes = "response_bytes"
+        case inputTokens = "input_tokens", outputTokens = "output_tokens", cachedInputTokens = "cached_input_tokens"
+        case cacheCreationTokens = "cache_creation_tokens", reasoningTokens = "reasoning_tokens", totalTokens = "total_tokens"
+        case usageSource = "usage_source", costUSD = "cost_usd", priced, captureComplete = "capture_complete", truncated
+        case requestBody = "request_body", responseBody = "response_body"
+    }
+
+    /// "2xx", "4xx", ...; "none" when the client received no status.
+    var statusClass: String {
+        status >= 100 && status < 600 ? "\(status / 100)xx" : "none"
+    }
+
+    /// The model the exchange is priced and labelled by: the one that answered, else the one asked for.
+    var model: String {
+        modelServed.isEmpty ? modelRequested : modelServed
+    }
+}
+
+extension ExchangeRecord {
+    /// The row for an assembled exchange, priced by `prices`.
+    init(_ exchange: AssembledExchange, prices: PriceTable) {
+        let request = exchange.request
+        let done = exchange.done
+        let parsed = exchange.parsed
+        let start = request?.startUnixNanos ?? exchange.firstChunkUnixNanos
+        sidecarID = exchange.sidecarID
+        exchangeID = exchange.exchangeID
+        bootID = exchange.bootID
+        app = request?.app ?? ""
+        tenant = request?.tenant ?? ""
+        provider = parsed.provider.rawValue
+        endpoint = parsed.endpoint.rawValue
+        method = request?.method ?? ""
+        host = request?.host ?? ""
+        path = request?.path ?? ""
+        modelRequested = parsed.modelRequested
+        modelServed = parsed.modelServed
+        stream = parsed.stream
+        status = Int(done?.status ?? 0)
+        outcome = exchange.outcome
+        errorType = parsed.errorType
+        parseError = parsed.parseError
+        startedAtMs = start / 1_000_000
+        endedAtMs = done.map { $0.endUnixNanos / 1_000_000 }
+        if let done, start > 0, done.upstreamFirstByteUnixNanos >= start {
+            ttfbMs = Double(done.upstreamFirstByteUnixNanos - start) / 1e6
+        }
+        if let done, start > 0, done.endUnixNanos >= start {
+            durationMs = Double(done.endUnixNanos - start) / 1e6
+        }
+        requestBytes = Int64(done?.requestBytes ?? request?.bodySize ?? 0)
+        responseBytes = Int64(done?.responseBytes ?? exchange.responseBytesSeen)
+        inputTokens = parsed.usage.input
+        outputTokens = parsed.usage.output
+        cachedInputTokens = parsed.usage.cachedInput
+        cacheCreationTokens = parsed.usage.cacheCreation
+        reasoningTokens = parsed.usage.reasoning
+        totalTokens = parsed.usage.total
+        usageSource = parsed.usageSource.rawValue
+        let price = prices.price(for: parsed.modelServed) ?? prices.price(for: parsed.modelRequested)
+        priced = price != nil
+        costUSD = parsed.usageSource == .reported ? price?.cost(of: parsed.usage) : nil
+        captureComplete = exchange.captureComplete
+        truncated = exchange.truncated
+        requestBody = exchange.requestBody.map { Data($0) }
+        responseBody = exchange.responseBody.map { Data($0) }
+    }
+}
