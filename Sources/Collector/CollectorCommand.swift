@@ -107,6 +107,11 @@ struct CollectorCommand: AsyncParsableCommand {
         }
 
         let metrics = CollectorMetrics(maxModelLabels: maxModelLabels)
+        let checkpoints = (try? database.loadCheckpoints()) ?? []
+        metrics.resume(heartbeatDropped: Dictionary(
+            checkpoints.map { (CollectorMetrics.BootKey(sidecarID: $0.sidecarID, bootID: $0.bootID), UInt64($0.heartbeatDropped)) },
+            uniquingKeysWith: max
+        ))
         let writer = ExchangeWriter(
             database: database, jsonl: jsonlWriter,
             settings: ExchangeWriter.Settings(retentionDays: retentionDays), logger: logger
@@ -119,17 +124,29 @@ struct CollectorCommand: AsyncParsableCommand {
 
         let links = SidecarLinks(logger: logger)
         let receiverBox = ReceiverBox()
+        let lastCheckpoint = Atomic<Int64>(0)
         let pipeline = IngestPipeline(
             settings: IngestPipeline.Settings(limits: limits), prices: priceTable, metrics: metrics, writer: writer, links: links, logger: logger,
-            onCycle: { [receiverBox] in
-                if let stats = receiverBox.receiver?.stats { metrics.sync(receiver: stats) }
+            onCycle: { [receiverBox, lastCheckpoint] in
+                if let stats = receiverBox.receiver?.stats {
+                    metrics.sync(receiver: stats)
+                    let now = WallClock.nowUnixNanos()
+                    if now - lastCheckpoint.load(ordering: .relaxed) >= 5_000_000_000 {
+                        lastCheckpoint.store(now, ordering: .relaxed)
+                        writer.checkpoint(Self.checkpoints(stats, metrics))
+                    }
+                }
                 metrics.storage(writer.health)
             }
         )
         let receiver: AnalysisReceiver
         do {
+            var configuration = AnalysisReceiverConfiguration(endpoint: listenAnalysis)
+            configuration.resumeFrom = checkpoints.map {
+                SequenceResumePoint(sidecarID: $0.sidecarID, bootID: $0.bootID, lastSeq: UInt64($0.lastSeq), lastDroppedBefore: UInt64($0.lastDroppedBefore))
+            }
             receiver = try AnalysisReceiver(
-                configuration: AnalysisReceiverConfiguration(endpoint: listenAnalysis),
+                configuration: configuration,
                 logger: logger,
                 handler: { pipeline.receive($0) }
             )
@@ -168,6 +185,7 @@ struct CollectorCommand: AsyncParsableCommand {
         // incomplete, and the storage queue is written out.
         await Self.offThread {
             pipeline.shutdown()
+            writer.checkpoint(Self.checkpoints(receiver.stats, metrics))
             writer.shutdown()
         }
         try? await group.shutdownGracefully()
@@ -177,6 +195,21 @@ struct CollectorCommand: AsyncParsableCommand {
             "received": "\(stats.received)", "rejected": "\(stats.totalRejected)", "missing": "\(stats.totalMissing)",
             "stored": "\(health.written)", "unstored": "\(health.pending)",
         ])
+    }
+
+    /// Where every stream stands now, for the next run.
+    static func checkpoints(_ stats: ReceiverStats, _ metrics: CollectorMetrics) -> [StreamCheckpoint] {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let dropped = metrics.heartbeatDropped
+        // Only boots heard from in this run: the others keep the time they were last heard of.
+        return stats.streams.filter { $0.received > 0 }.map { stream in
+            StreamCheckpoint(
+                sidecarID: stream.sidecarID, bootID: stream.bootID, lastSeq: Int64(stream.lastSeq),
+                lastDroppedBefore: Int64(stream.lastDroppedBefore),
+                heartbeatDropped: Int64(dropped[CollectorMetrics.BootKey(sidecarID: stream.sidecarID, bootID: stream.bootID)] ?? 0),
+                updatedAtMs: now
+            )
+        }
     }
 
     /// Runs blocking work on a thread of its own, not on the cooperative pool.

@@ -5,17 +5,24 @@ import XCTest
 
 /// llmtap-collector started as a user starts it, fed by a real publisher.
 final class CollectorProcessTests: XCTestCase {
+    /// Its HTTP port and database, away from the defaults (another collector may be running).
+    private func isolated() throws -> [String] {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-collector-\(UUID().uuidString)")
+        return ["--http", "127.0.0.1:\(try freeTCPPort())", "--db", folder.appendingPathComponent("llmtap.sqlite").path]
+    }
+
     func testHelpExplainsEveryOption() throws {
         let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--help"])
         XCTAssertEqual(collector.waitForExit(), 0)
-        for option in ["--listen-analysis", "--log-level", "LLMTAP_LISTEN_ANALYSIS"] {
+        for option in ["--listen-analysis", "--http", "--db", "--exchange-timeout", "--prices", "--store-bodies", "--retention-days",
+                       "--jsonl", "--max-model-labels", "--log-level", "LLMTAP_LISTEN_ANALYSIS", "LLMTAP_HTTP", "LLMTAP_DB"] {
             XCTAssertTrue(collector.stdout.contains(option), "--help does not mention \(option)")
         }
     }
 
     func testItReceivesASidecarAndStopsCleanlyOnSIGTERM() throws {
         let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
-        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--log-level", "debug"],
+        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--log-level", "debug"] + isolated(),
                                            environment: ["LLMTAP_LISTEN_ANALYSIS": endpoint])
         XCTAssertTrue(eventually { collector.stderr.contains("llmtap-collector started") }, collector.stderr)
 
@@ -38,7 +45,7 @@ final class CollectorProcessTests: XCTestCase {
 
     func testGarbageOnTheAnalysisPortIsLoggedAndCounted() throws {
         let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
-        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint])
+        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
         XCTAssertTrue(eventually { collector.stderr.contains("llmtap-collector started") }, collector.stderr)
         let context = try ZMQContext()
         let push = try ZMQSocket(context: context, kind: .push)
@@ -56,15 +63,15 @@ final class CollectorProcessTests: XCTestCase {
 
     func testAPortInUseOrAMalformedEndpointIsRefusedWithAReason() throws {
         let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
-        let first = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint])
+        let first = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
         XCTAssertTrue(eventually { first.stderr.contains("llmtap-collector started") }, first.stderr)
-        let second = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint])
+        let second = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
         XCTAssertNotEqual(second.waitForExit(), 0)
         XCTAssertTrue(second.stderr.contains("Address already in use"), second.stderr)
         first.signal(SIGTERM)
         XCTAssertEqual(first.waitForExit(), 0)
 
-        let malformed = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", "7101"])
+        let malformed = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", "7101"] + isolated())
         XCTAssertNotEqual(malformed.waitForExit(), 0)
         XCTAssertTrue(malformed.stderr.contains("cannot listen on --listen-analysis 7101"), malformed.stderr)
     }

@@ -153,6 +153,12 @@ public final class ProxyHarness: @unchecked Sendable {
 
 /// Runs curl, the reference client, and returns its exit code, body and response headers.
 public func curl(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (exitCode: Int32, body: Data, headers: String) {
+    let result = try curlWithStatus(arguments, timeout: timeout)
+    return (result.exitCode, result.body, result.headers)
+}
+
+/// curl, with the HTTP status of the last response (0 when there was none).
+public func curlWithStatus(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (exitCode: Int32, status: Int, body: Data, headers: String) {
     let folder = FileManager.default.temporaryDirectory
     let headersFile = folder.appendingPathComponent("curl-headers-\(UUID().uuidString)")
     let bodyFile = folder.appendingPathComponent("curl-body-\(UUID().uuidString)")
@@ -169,8 +175,11 @@ public func curl(_ arguments: [String], timeout: Duration = .seconds(30)) throws
         process.terminate()
         throw TestFailure("curl \(arguments.joined(separator: " ")) did not finish")
     }
-    return (process.terminationStatus, (try? Data(contentsOf: bodyFile)) ?? Data(),
-            (try? String(contentsOf: headersFile, encoding: .utf8)) ?? "")
+    let headers = (try? String(contentsOf: headersFile, encoding: .utf8)) ?? ""
+    // The last status line wins: "HTTP/1.1 100 Continue" may come first.
+    let status = headers.components(separatedBy: "\r\n").last { $0.hasPrefix("HTTP/") }
+        .flatMap { $0.split(separator: " ").dropFirst().first.flatMap { Int($0) } } ?? 0
+    return (process.terminationStatus, status, (try? Data(contentsOf: bodyFile)) ?? Data(), headers)
 }
 
 /// A TCP connection to 127.0.0.1:port, as a file descriptor the caller closes.

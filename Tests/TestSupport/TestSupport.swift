@@ -109,7 +109,7 @@ public final class RunningProcess: @unchecked Sendable {
     }
 
     /// Any program (the test Python, say), run in `directory` if given.
-    public init(executable: URL, arguments: [String], environment: [String: String] = [:], directory: URL? = nil) throws {
+    public init(executable: URL, arguments: [String], environment: [String: String] = [:], directory: URL? = nil, stdinText: String? = nil) throws {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(executable.lastPathComponent)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         stdoutURL = folder.appendingPathComponent("stdout")
@@ -122,7 +122,13 @@ public final class RunningProcess: @unchecked Sendable {
         process.currentDirectoryURL = directory
         process.standardOutput = try FileHandle(forWritingTo: stdoutURL)
         process.standardError = try FileHandle(forWritingTo: stderrURL)
-        process.standardInput = FileHandle.nullDevice
+        if let stdinText {
+            let stdinURL = folder.appendingPathComponent("stdin")
+            try Data(stdinText.utf8).write(to: stdinURL)
+            process.standardInput = try FileHandle(forReadingFrom: stdinURL)
+        } else {
+            process.standardInput = FileHandle.nullDevice
+        }
         try process.run()
     }
 

@@ -74,3 +74,19 @@ final class SequenceTrackerTests: XCTestCase {
         XCTAssertEqual(tracker.observe(sidecarID: "a", bootID: "4", seq: 2, droppedBefore: 0), .inOrder)
     }
 }
+
+final class SequenceTrackerResumeTests: XCTestCase {
+    func testAResumedStreamCountsOnlyWhatWasMissedSinceTheEarlierRun() {
+        var tracker = SequenceTracker()
+        tracker.resume(SequenceResumePoint(sidecarID: "s", bootID: "b", lastSeq: 100, lastDroppedBefore: 5))
+        // 101...109 went missing while no receiver ran: 3 of them dropped by the sidecar.
+        XCTAssertEqual(
+            tracker.observe(sidecarID: "s", bootID: "b", seq: 110, droppedBefore: 8),
+            .gap(SequenceGap(sidecarID: "s", bootID: "b", firstMissing: 101, lastMissing: 109, droppedBySender: 3))
+        )
+        XCTAssertEqual(tracker.observe(sidecarID: "s", bootID: "b", seq: 111, droppedBefore: 8), .inOrder)
+        let stats = tracker.stream(sidecarID: "s", bootID: "b")
+        XCTAssertEqual([stats?.received, stats?.missing, stats?.lostInTransit, stats?.droppedBySender], [2, 9, 6, 3])
+        XCTAssertEqual(stats?.resumePoint, SequenceResumePoint(sidecarID: "s", bootID: "b", lastSeq: 111, lastDroppedBefore: 8))
+    }
+}

@@ -25,9 +25,15 @@ final class CollectorMetrics: Sendable {
     private struct LinkState {
         var lastHeartbeatUnix: Double = 0
         var intervalSeconds: Double = 5
-        /// `dropped` of each boot's last heartbeat: the counter grows by the difference.
-        var droppedByBoot: [String: UInt64] = [:]
     }
+
+    struct BootKey: Hashable, Sendable {
+        let sidecarID: String
+        let bootID: String
+    }
+
+    /// `dropped` of each boot's last heartbeat: `records_dropped_by_sidecar_total` grows by the difference.
+    private let droppedByBoot = Mutex<[BootKey: UInt64]>([:])
 
     init(maxModelLabels: Int, maxAppLabels: Int = 100, maxSidecarLabels: Int = 1_000) {
         models = LabelBounds(limit: maxModelLabels)
@@ -134,14 +140,16 @@ final class CollectorMetrics: Sendable {
 
     func heartbeat(sidecar: String, bootID: String, beat: WireHeartbeat, nowUnix: Double) {
         let label = sidecars.label(sidecar)
-        let increase = links.withLock { links -> UInt64 in
+        links.withLock { links in
             var link = links[label] ?? LinkState()
             link.lastHeartbeatUnix = nowUnix
             link.intervalSeconds = beat.intervalMs > 0 ? Double(beat.intervalMs) / 1000 : 5
-            let before = link.droppedByBoot[bootID] ?? 0
-            link.droppedByBoot[bootID] = max(before, beat.dropped)
-            if link.droppedByBoot.count > 16 { link.droppedByBoot = [bootID: max(before, beat.dropped)] }
             links[label] = link
+        }
+        let increase = droppedByBoot.withLock { dropped -> UInt64 in
+            let key = BootKey(sidecarID: sidecar, bootID: bootID)
+            let before = dropped[key] ?? 0
+            dropped[key] = max(before, beat.dropped)
             return beat.dropped > before ? beat.dropped - before : 0
         }
         registry.makeGauge(descriptor: descriptor("last_heartbeat_timestamp", "seconds", "When each sidecar's last heartbeat arrived, Unix seconds."), labels: [
@@ -152,6 +160,15 @@ final class CollectorMetrics: Sendable {
         ])
         if increase > 0 { dropped.increment(by: Int64(increase)) }
         updateSidecarUp(nowUnix: nowUnix)
+    }
+
+    /// Continues from the heartbeat counts a previous run saved, so its drops are not counted again.
+    func resume(heartbeatDropped: [BootKey: UInt64]) {
+        droppedByBoot.withLock { $0.merge(heartbeatDropped) { max($0, $1) } }
+    }
+
+    var heartbeatDropped: [BootKey: UInt64] {
+        droppedByBoot.withLock { $0 }
     }
 
     /// `sidecar_up` is 1 while heartbeats arrive within three intervals.

@@ -72,7 +72,34 @@ struct AppDatabase: Sendable {
             try db.create(index: "exchange_app_started", on: ExchangeRecord.databaseTableName, columns: ["app", "started_at_ms"])
             try db.create(index: "exchange_model_started", on: ExchangeRecord.databaseTableName, columns: ["model_served", "started_at_ms"])
         }
+        migrator.registerMigration("v2: sequence streams") { db in
+            // Where each sidecar boot's sequence stood, so that a restarted collector counts what it
+            // missed as lost, and neither recounts what it received before nor a sidecar's drops.
+            try db.create(table: "sequence_stream") { t in
+                t.column("sidecar_id", .text).notNull()
+                t.column("boot_id", .text).notNull()
+                t.primaryKey(["sidecar_id", "boot_id"], onConflict: .replace)
+                t.column("last_seq", .integer).notNull()
+                t.column("last_dropped_before", .integer).notNull()
+                t.column("heartbeat_dropped", .integer).notNull()
+                t.column("updated_at_ms", .integer).notNull()
+            }
+        }
         return migrator
+    }
+
+    /// Saves where streams stand (see `StreamCheckpoint`).
+    func save(_ checkpoints: [StreamCheckpoint]) throws {
+        try writer.write { db in
+            for checkpoint in checkpoints { try checkpoint.insert(db) }
+            // Boots not heard from in a week are over.
+            let weekAgo = Int64(Date().timeIntervalSince1970 * 1000) - 7 * 86_400_000
+            try StreamCheckpoint.filter(Column("updated_at_ms") < weekAgo).deleteAll(db)
+        }
+    }
+
+    func loadCheckpoints() throws -> [StreamCheckpoint] {
+        try writer.read { db in try StreamCheckpoint.fetchAll(db) }
     }
 
     /// Writes rows in one transaction.
@@ -155,8 +182,22 @@ struct AppDatabase: Sendable {
         }
     }
 
-    /// Whether a write goes through now (for /readyz).
-    func canWrite() -> Bool {
-        (try? writer.write { db in try db.execute(sql: "CREATE TEMP TABLE IF NOT EXISTS readyz_probe(x); DELETE FROM readyz_probe") }) != nil
+}
+
+/// Where one sidecar boot's sequence stood when last saved.
+struct StreamCheckpoint: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+    static let databaseTableName = "sequence_stream"
+
+    var sidecarID: String
+    var bootID: String
+    var lastSeq: Int64
+    var lastDroppedBefore: Int64
+    /// The `dropped` of the boot's last heartbeat: `records_dropped_by_sidecar_total` grows from there.
+    var heartbeatDropped: Int64
+    var updatedAtMs: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case sidecarID = "sidecar_id", bootID = "boot_id", lastSeq = "last_seq", lastDroppedBefore = "last_dropped_before"
+        case heartbeatDropped = "heartbeat_dropped", updatedAtMs = "updated_at_ms"
     }
 }

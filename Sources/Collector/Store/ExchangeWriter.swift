@@ -32,6 +32,8 @@ final class ExchangeWriter: Sendable {
         var queue: [ExchangeRecord] = []
         /// Rows taken by the thread for the write under way.
         var writing = 0
+        /// The latest stream checkpoint not yet saved; a newer one replaces it.
+        var checkpoints: [StreamCheckpoint]?
         var health = Health()
         var closing = false
     }
@@ -89,6 +91,11 @@ final class ExchangeWriter: Sendable {
         if wake { wakeup.signal() }
     }
 
+    /// Saves stream checkpoints on the storage thread, after the rows queued before them.
+    func checkpoint(_ checkpoints: [StreamCheckpoint]) {
+        state.withLock { $0.checkpoints = checkpoints }
+    }
+
     /// Writes what is queued (trying for at most `linger`), then stops the thread.
     func shutdown(linger: Duration = .seconds(5)) {
         state.withLock { $0.closing = true }
@@ -111,6 +118,7 @@ final class ExchangeWriter: Sendable {
                 return (batch, state.closing)
             }
             if batch.isEmpty {
+                saveCheckpoints()
                 if closing { return }
                 applyRetention(&lastRetention)
                 _ = wakeup.wait(timeout: .now() + .milliseconds(Int(settings.flushInterval.inMilliseconds)))
@@ -155,6 +163,16 @@ final class ExchangeWriter: Sendable {
                 _ = wakeup.wait(timeout: .now() + .milliseconds(Int(pause.inMilliseconds)))
                 pause = min(pause * 2, .seconds(5))
             }
+        }
+    }
+
+    private func saveCheckpoints() {
+        guard let checkpoints = state.withLock({ state in defer { state.checkpoints = nil }; return state.checkpoints }) else { return }
+        do {
+            try database.save(checkpoints)
+        } catch {
+            // The next checkpoint will try again; a stale one only over-counts losses after a crash.
+            logger.warning("cannot save the sequence checkpoints", metadata: ["error": "\(error)"])
         }
     }
 

@@ -19,6 +19,9 @@ public struct AnalysisReceiverConfiguration: Sendable {
     public var maxMessageSize: Int64 = 64 << 20
     /// Sidecar boots whose sequence numbers are tracked at once.
     public var maxTrackedStreams: Int = 10_000
+    /// Where an earlier run left each stream (a collector saves them and resumes): records missed
+    /// in between then count as missing, and those the earlier run received don't.
+    public var resumeFrom: [SequenceResumePoint] = []
 
     public init(endpoint: String) {
         self.endpoint = endpoint
@@ -62,6 +65,9 @@ public final class AnalysisReceiver: Sendable {
     ) throws {
         self.configuration = configuration
         let core = Core(logger: logger, handler: handler, maxStreams: configuration.maxTrackedStreams)
+        core.state.withLock { state in
+            for point in configuration.resumeFrom { state.tracker.resume(point) }
+        }
         self.core = core
 
         let started = Mutex<Result<String, ZMQError>?>(nil)

@@ -16,6 +16,27 @@ public struct SequenceGap: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// Where a stream stood: enough for a later receiver to continue its gap detection.
+public struct SequenceResumePoint: Sendable, Equatable {
+    public let sidecarID: String
+    public let bootID: String
+    public let lastSeq: UInt64
+    public let lastDroppedBefore: UInt64
+
+    public init(sidecarID: String, bootID: String, lastSeq: UInt64, lastDroppedBefore: UInt64) {
+        self.sidecarID = sidecarID
+        self.bootID = bootID
+        self.lastSeq = lastSeq
+        self.lastDroppedBefore = lastDroppedBefore
+    }
+}
+
+extension SequenceStreamStats {
+    public var resumePoint: SequenceResumePoint {
+        SequenceResumePoint(sidecarID: sidecarID, bootID: bootID, lastSeq: lastSeq, lastDroppedBefore: lastDroppedBefore)
+    }
+}
+
 /// Sequence accounting for one (sidecar id, boot id).
 public struct SequenceStreamStats: Sendable, Equatable {
     public let sidecarID: String
@@ -71,6 +92,15 @@ public struct SequenceTracker: Sendable {
         let slot = slotFor(sidecarID: sidecarID, bootID: bootID)
         lastSlot = slot
         return slots[slot].observe(seq: seq, droppedBefore: droppedBefore, clock: clock)
+    }
+
+    /// Continues a stream where an earlier receiver (a previous run of this process) left it, so
+    /// that records missed between the two runs count as missing, and records the earlier run
+    /// received do not.
+    public mutating func resume(_ point: SequenceResumePoint) {
+        let slot = slotFor(sidecarID: point.sidecarID, bootID: point.bootID)
+        slots[slot].lastSeq = max(slots[slot].lastSeq, point.lastSeq)
+        slots[slot].lastDroppedBefore = max(slots[slot].lastDroppedBefore, point.lastDroppedBefore)
     }
 
     public var allStreams: [SequenceStreamStats] {
