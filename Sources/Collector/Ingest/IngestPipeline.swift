@@ -28,7 +28,8 @@ final class IngestPipeline: Sendable {
     private let queue = Mutex(Queue())
     private let wakeup = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
-    private let anomalies = Atomic<UInt64>(0)
+    /// Kinds of trouble already logged: each is logged the first time, then only counted.
+    private let logged = Mutex<Set<String>>([])
     private let onCycle: @Sendable () -> Void
 
     /// - Parameter onCycle: run on the assembly thread every quarter second (metric refreshes).
@@ -112,6 +113,10 @@ final class IngestPipeline: Sendable {
         }
     }
 
+    private func firstTime(_ kind: String) -> Bool {
+        logged.withLock { logged in logged.count < 1_000 && logged.insert(kind).inserted }
+    }
+
     private func handle(_ outputs: [ExchangeAssembler.Output]) {
         for output in outputs {
             switch output {
@@ -119,16 +124,17 @@ final class IngestPipeline: Sendable {
                 let row = ExchangeRecord(exchange, prices: prices)
                 metrics.record(row)
                 writer.enqueue(row)
-                if !row.parseError.isEmpty {
-                    logger.debug("an exchange's body could not be read", metadata: [
-                        "sidecar": "\(row.sidecarID)", "exchange_id": "\(row.exchangeID)", "error": "\(row.parseError)",
+                if !row.parseError.isEmpty, firstTime("parse/\(row.provider)/\(row.parseError.prefix(24))") {
+                    logger.warning("an exchange's body could not be read; it is stored with the reason (logged once per kind)", metadata: [
+                        "sidecar": "\(row.sidecarID)", "exchange_id": "\(row.exchangeID)", "provider": "\(row.provider)", "error": "\(row.parseError)",
                     ])
                 }
             case .anomaly(let kind, let sidecar):
                 metrics.anomaly(kind, sidecar: sidecar)
-                let count = anomalies.add(1, ordering: .relaxed).newValue
-                if LogSampling.isWorthLogging(occurrence: count) {
-                    logger.warning("a record fits no exchange", metadata: ["sidecar": "\(sidecar)", "kind": "\(kind.rawValue)", "count": "\(count)"])
+                if firstTime("anomaly/\(kind.rawValue)") {
+                    logger.warning("a record fits no exchange; counted in llmtap_assembly_anomalies_total (logged once per kind)", metadata: [
+                        "sidecar": "\(sidecar)", "kind": "\(kind.rawValue)",
+                    ])
                 }
             }
         }
