@@ -17,6 +17,7 @@ let package = Package(
         .executable(name: "llmtap-sidecar", targets: ["Sidecar"]),
         .executable(name: "llmtap-collector", targets: ["Collector"]),
         .executable(name: "llmtap-wire-bench", targets: ["WireBench"]),
+        .executable(name: "llmtap-collector-bench", targets: ["CollectorBench"]),
         .executable(name: "llmtap-mock-upstream", targets: ["MockUpstream"]),
         .executable(name: "llmtap-bench", targets: ["Bench"]),
         .library(name: "Wire", targets: ["Wire"]),
@@ -93,6 +94,11 @@ let package = Package(
                 "Wire", "CZeroMQ", "TestSupport",
                 argumentParser,
             ]
+        ),
+        // Load for the collector: synthetic exchanges over the wire, and /metrics delay probes.
+        .executableTarget(
+            name: "CollectorBench",
+            dependencies: ["Wire", argumentParser, .product(name: "Logging", package: "swift-log")]
         ),
         // Helpers the tests (and the benchmark's sample records) share: starting the real binaries,
         // free ports, waiting for a condition.

@@ -142,6 +142,9 @@ struct CollectorCommand: AsyncParsableCommand {
         let receiver: AnalysisReceiver
         do {
             var configuration = AnalysisReceiverConfiguration(endpoint: listenAnalysis)
+            // Per sidecar: past it, records wait in the sidecar's own (bounded, counted) queue
+            // instead of here, which keeps this process's memory bounded with many sidecars.
+            configuration.receiveHighWaterMark = 10_000
             configuration.resumeFrom = checkpoints.map {
                 SequenceResumePoint(sidecarID: $0.sidecarID, bootID: $0.bootID, lastSeq: UInt64($0.lastSeq), lastDroppedBefore: UInt64($0.lastDroppedBefore))
             }

@@ -175,3 +175,54 @@ final class CollectorRobustnessTests: XCTestCase {
         XCTAssertEqual(check, "ok")
     }
 }
+
+final class CollectorStorageOptionTests: XCTestCase {
+    func testBodiesAreStoredOnlyWhenAskedAndCappedAndOldRowsExpire() throws {
+        // A database that already holds a row from three days ago.
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-retention-\(UUID().uuidString)")
+        let path = folder.appendingPathComponent("data/llmtap.sqlite").path
+        let database = try AppDatabase.open(path: path)
+        var old = ExchangeRecord(
+            AssembledExchange(sidecarID: "s", bootID: "b", exchangeID: "old", request: nil, done: nil, parsed: ParsedExchange(), outcome: "incomplete",
+                              captureComplete: false, truncated: false, responseBytesSeen: 0, firstChunkUnixNanos: 0, requestBody: nil, responseBody: nil),
+            prices: try PriceTable.shipped()
+        )
+        old.startedAtMs = Int64(Date().timeIntervalSince1970 * 1000) - 3 * 86_400_000
+        try database.insert([old])
+
+        let collector = try RunningProcess(product: "llmtap-collector", arguments: [
+            "--listen-analysis", "tcp://127.0.0.1:\(try freeTCPPort())", "--http", "127.0.0.1:\(try freeTCPPort())", "--db", path,
+            "--store-bodies", "--max-stored-body-bytes", "16", "--retention-days", "1",
+        ])
+        defer { collector.signal(SIGTERM); _ = collector.waitForExit() }
+        XCTAssertTrue(eventually { collector.stderr.contains("llmtap-collector started") }, collector.stderr)
+        let endpoint = try XCTUnwrap(collector.stderr.range(of: "analysis=").map { String(collector.stderr[$0.upperBound...].prefix { $0 != " " }) })
+        let publisher = try AnalysisPublisher(configuration: AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "s"), logger: testLogger())
+        var request = WireRequest()
+        request.exchangeID = "new"
+        request.body = Data(#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"a long prompt"}]}"#.utf8)
+        request.startUnixNanos = WallClock.nowUnixNanos()
+        var chunk = WireStreamChunk()
+        chunk.exchangeID = "new"
+        chunk.data = Data(#"{"model":"gpt-4o-mini","usage":{"prompt_tokens":1,"completion_tokens":2}}"#.utf8)
+        var done = WireResponseDone()
+        done.exchangeID = "new"
+        done.responseChunks = 1
+        publisher.publish(.request(request))
+        publisher.publish(.streamChunk(chunk))
+        publisher.publish(.responseDone(done))
+        publisher.shutdown()
+
+        XCTAssertTrue(try eventually { try database.writer.read { db in try ExchangeRecord.fetchAll(db) }.map(\.exchangeID) == ["new"] },
+                      "the three-day-old row is deleted, the new one kept")
+        let row = try XCTUnwrap(try database.writer.read { db in try ExchangeRecord.fetchOne(db) })
+        XCTAssertEqual(row.requestBody, Data(request.body.prefix(16)))
+        XCTAssertEqual(row.responseBody, Data(chunk.data.prefix(16)))
+        XCTAssertEqual(row.totalTokens, 3)
+    }
+
+    func testModelLabelsPastTheLimitFoldIntoOther() {
+        let bounds = LabelBounds(limit: 2)
+        XCTAssertEqual(["a", "b", "c", "a", "", "d"].map(bounds.label), ["a", "b", "other", "a", "other", "other"])
+    }
+}

@@ -11,7 +11,7 @@ final class IngestPipeline: Sendable {
         var limits = ExchangeAssembler.Limits()
         /// Records waiting for the assembly thread; past it the receiver waits (and ZeroMQ's own
         /// queue then holds the rest, and the sidecars drop and count what does not fit).
-        var maxQueued = 200_000
+        var maxQueued = 10_000
     }
 
     private struct Queue {
