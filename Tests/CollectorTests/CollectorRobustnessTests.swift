@@ -8,37 +8,16 @@ import XCTest
 
 /// Bad input and bad days: each is counted, logged, and costs nothing else.
 final class CollectorRobustnessTests: XCTestCase {
-    private func request(_ id: String, path: String = "/v1/chat/completions") -> WireRecord {
-        var request = WireRequest()
-        request.exchangeID = id
-        request.method = "POST"
-        request.host = "api.openai.com"
-        request.path = path
-        request.app = "robust"
-        request.startUnixNanos = WallClock.nowUnixNanos()
-        request.body = Data(#"{"model":"gpt-4o-mini","stream":true}"#.utf8)
-        return .request(request)
+    private func request(_ id: String) -> WireRecord {
+        ExchangeRecords.request(id, app: "robust")
     }
 
     private func chunk(_ id: String, _ index: UInt64, offset: UInt64, _ data: Data) -> WireRecord {
-        var chunk = WireStreamChunk()
-        chunk.exchangeID = id
-        chunk.direction = .response
-        chunk.index = index
-        chunk.offset = offset
-        chunk.data = data
-        return .streamChunk(chunk)
+        ExchangeRecords.chunk(id, index: index, offset: offset, data)
     }
 
     private func done(_ id: String, chunks: UInt64, bytes: UInt64 = 0) -> WireRecord {
-        var done = WireResponseDone()
-        done.exchangeID = id
-        done.status = 200
-        done.outcome = .completed
-        done.responseChunks = chunks
-        done.responseBytes = bytes
-        done.endUnixNanos = WallClock.nowUnixNanos()
-        return .responseDone(done)
+        ExchangeRecords.done(id, chunks: Int(chunks), responseBytes: bytes)
     }
 
     private func publisher(_ collector: CollectorHarness, sidecar: String = "robust-sidecar") throws -> AnalysisPublisher {

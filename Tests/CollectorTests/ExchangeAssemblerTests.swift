@@ -9,41 +9,15 @@ final class ExchangeAssemblerTests: XCTestCase {
     private let second: Int64 = 1_000_000_000
 
     private func request(_ id: String, body: String = #"{"model":"gpt-4o-mini","stream":true}"#) -> WireRecord {
-        var request = WireRequest()
-        request.exchangeID = id
-        request.method = "POST"
-        request.scheme = "https"
-        request.host = "api.openai.com"
-        request.path = "/v1/chat/completions"
-        request.app = "billing"
-        request.tenant = "04773a73fa4db9f1"
-        request.startUnixNanos = 1_000
-        request.body = Data(body.utf8)
-        request.bodySize = UInt64(body.utf8.count)
-        return .request(request)
+        ExchangeRecords.request(id, app: "billing", body: body)
     }
 
     private func chunks(_ id: String, _ body: [UInt8], size: Int) -> [WireRecord] {
-        stride(from: 0, to: body.count, by: size).enumerated().map { index, start in
-            var chunk = WireStreamChunk()
-            chunk.exchangeID = id
-            chunk.direction = .response
-            chunk.index = UInt64(index)
-            chunk.offset = UInt64(start)
-            chunk.data = Data(body[start..<min(start + size, body.count)])
-            chunk.unixNanos = 2_000 + Int64(index)
-            return .streamChunk(chunk)
-        }
+        ExchangeRecords.chunks(id, body, size: size)
     }
 
-    private func done(_ id: String, chunks: Int, status: UInt32 = 200, outcome: Outcome = .completed) -> WireRecord {
-        var done = WireResponseDone()
-        done.exchangeID = id
-        done.status = status
-        done.outcome = outcome
-        done.responseChunks = UInt64(chunks)
-        done.endUnixNanos = 9_000
-        return .responseDone(done)
+    private func done(_ id: String, chunks: Int) -> WireRecord {
+        ExchangeRecords.done(id, chunks: chunks)
     }
 
     private func stream() throws -> [UInt8] {
