@@ -16,10 +16,13 @@ struct SidecarCommand: AsyncParsableCommand {
             Point the app's base URL at the sidecar (base_url=http://localhost:3000/v1) and it forwards
             every request to the upstream, streaming included, while a copy goes to the collector.
             Every option can also be set by the environment variable named in its help; the flag wins.
+            In MITM mode the app sets HTTPS_PROXY=http://sidecar:8080 and trusts LLMTap's CA (see
+            `llmtap-sidecar ca export`); only allowlisted hosts are decrypted, others pass through untouched.
             SIGTERM or SIGINT stops accepting, lets exchanges under way finish within --drain-timeout,
             delivers what is queued for the collector, and exits 0.
             """,
-        version: LLMTapVersion.current
+        version: LLMTapVersion.current,
+        subcommands: [CACommand.self]
     )
 
     enum Mode: String, ExpressibleByArgument, CaseIterable {
@@ -28,8 +31,22 @@ struct SidecarCommand: AsyncParsableCommand {
 
     private static let environment = ProcessInfo.processInfo.environment
 
-    @Option(help: "reverse (the app's base URL points here); mitm and both come with the HTTPS-proxy mode. Env: LLMTAP_MODE.")
+    @Option(help: "reverse (the app's base URL points here), mitm (the app's HTTPS_PROXY points here), or both. Env: LLMTAP_MODE.")
     var mode = Mode(rawValue: environment["LLMTAP_MODE"] ?? "") ?? .reverse
+
+    @Option(help: "host:port of the MITM (HTTPS proxy) listener. Env: MITM_LISTEN_ADDR.")
+    var mitmListen = environment["MITM_LISTEN_ADDR"] ?? "0.0.0.0:8080"
+
+    @Option(help: "Hosts MITM mode decrypts and analyses: names and *.suffix patterns, comma-separated. Env: LLMTAP_ALLOWLIST.")
+    var allowlist = environment["LLMTAP_ALLOWLIST"] ?? Allowlist.defaultHosts
+
+    @Flag(help: "Refuse (403) hosts not on the allowlist instead of tunnelling them untouched. Env: LLMTAP_DENY_UNLISTED=1.")
+    var denyUnlisted = environment["LLMTAP_DENY_UNLISTED"] == "1"
+
+    @Option(help: "Ports MITM clients may CONNECT to, comma-separated. Env: LLMTAP_MITM_PORTS.")
+    var mitmPorts = environment["LLMTAP_MITM_PORTS"] ?? "443"
+
+    @OptionGroup var ca: CACommand.Options
 
     @Option(help: "host:port of the reverse listener. Env: LISTEN_ADDR.")
     var listen = environment["LISTEN_ADDR"] ?? "0.0.0.0:3000"
@@ -86,9 +103,6 @@ struct SidecarCommand: AsyncParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard mode == .reverse else {
-            throw ValidationError("--mode \(mode.rawValue) is not available yet: this build runs the reverse listener only")
-        }
         guard heartbeatInterval > 0 else { throw ValidationError("--heartbeat-interval must be more than 0 seconds") }
         guard maxQueuedRecords > 0, maxQueuedBytes > 0 else { throw ValidationError("the queue limits must be positive") }
         guard maxCaptureBytes >= 0 else { throw ValidationError("--max-capture-bytes must not be negative") }
@@ -98,6 +112,9 @@ struct SidecarCommand: AsyncParsableCommand {
         do {
             _ = try UpstreamTarget(url: upstream)
             _ = try ListenAddress(listen)
+            _ = try ListenAddress(mitmListen)
+            _ = try Allowlist(allowlist)
+            _ = try Self.ports(mitmPorts)
         } catch {
             throw ValidationError("\(error)")
         }
@@ -114,12 +131,22 @@ struct SidecarCommand: AsyncParsableCommand {
         let target = try UpstreamTarget(url: upstream)
         let listenAddress = try ListenAddress(listen)
 
-        var sslContext: NIOSSLContext?
-        if target.isTLS {
+        // https upstreams (reverse mode's, and every MITM host) are verified against the system
+        // roots plus --upstream-ca-file.
+        let sslContext: NIOSSLContext
+        do {
+            sslContext = try Self.makeUpstreamTLS(caFile: upstreamCaFile ?? Self.environment["UPSTREAM_CA_FILE"])
+        } catch {
+            throw ValidationError("cannot set up TLS to the upstream: \(error)")
+        }
+        var authority: CertificateAuthority?
+        if mode != .reverse {
             do {
-                sslContext = try Self.makeUpstreamTLS(caFile: upstreamCaFile ?? Self.environment["UPSTREAM_CA_FILE"])
+                let (loaded, created) = try CertificateAuthority.loadOrCreate(directory: ca.caDir)
+                authority = loaded
+                logger.info(created ? "created the LLMTap CA; clients must trust it" : "loaded the LLMTap CA", metadata: ["certificate": "\(loaded.certificatePath)"])
             } catch {
-                throw ValidationError("cannot set up TLS to the upstream: \(error)")
+                throw ValidationError("\(error)")
             }
         }
 
@@ -136,12 +163,11 @@ struct SidecarCommand: AsyncParsableCommand {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let counters = SidecarCounters(bootID: publisherConfiguration.bootID)
         let pools = try await UpstreamPools.make(group: group, settings: .init(
-            target: target, sslContext: sslContext, connectTimeout: .seconds(Self.seconds(connectTimeout)),
+            sslContext: sslContext, connectTimeout: .seconds(Self.seconds(connectTimeout)),
             maxIdle: 64, idleTimeout: .seconds(30)
         ))
         let settings = ProxySettings(
-            target: target,
-            tap: TapSettings(app: app, ingress: .reverse, maxCaptureBytes: maxCaptureBytes, tailBytes: 16 << 10),
+            tap: TapSettings(app: app, maxCaptureBytes: maxCaptureBytes, tailBytes: 16 << 10),
             tenantHasher: TenantHasher(key: tenantKey),
             upstreamTimeout: .milliseconds(Int64(upstreamTimeout * 1000)),
             maxHeaderBytes: maxHeaderBytes
@@ -154,20 +180,34 @@ struct SidecarCommand: AsyncParsableCommand {
             logger.notice("tenant ids use the built-in key; set LLMTAP_TENANT_KEY to keep them private")
         }
 
-        let server = ReverseProxyServer(
-            listen: listenAddress, group: group, settings: settings, pools: pools, publisher: publisher,
-            counters: counters, drainTimeout: .milliseconds(Int64(drainTimeout * 1000)), logger: logger
-        )
+        var listeners: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        let drain = TimeAmount.milliseconds(Int64(drainTimeout * 1000))
+        if mode != .mitm {
+            listeners.append(.init(service: ReverseProxyServer(
+                listen: listenAddress, group: group, target: target, settings: settings, pools: pools, publisher: publisher,
+                counters: counters, drainTimeout: drain, logger: logger
+            ), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
+        let mintingPool = NIOThreadPool(numberOfThreads: 1)
+        mintingPool.start()
+        if mode != .reverse, let authority {
+            let mitm = MITMSettings(
+                proxy: settings, allowlist: try Allowlist(allowlist), ports: try Self.ports(mitmPorts), denyUnlisted: denyUnlisted,
+                connectTimeout: .seconds(Self.seconds(connectTimeout))
+            )
+            listeners.append(.init(service: MITMProxyServer(
+                listen: try ListenAddress(mitmListen), group: group, settings: mitm, pools: pools,
+                leaves: LeafContextCache(authority: authority, pool: mintingPool, logger: logger),
+                publisher: publisher, counters: counters, drainTimeout: drain, logger: logger
+            ), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
         let heartbeat = HeartbeatService(
             publisher: publisher, counters: counters,
             interval: .milliseconds(Int64(heartbeatInterval * 1000)), app: app, mode: mode.rawValue
         )
         let services = ServiceGroup(configuration: .init(
-            services: [
-                .init(service: heartbeat),
-                // The sidecar is no use without its listener: if it stops, everything stops.
-                .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
-            ],
+            // The sidecar is no use without its listeners: if one stops, everything stops.
+            services: [.init(service: heartbeat)] + listeners,
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
@@ -178,7 +218,9 @@ struct SidecarCommand: AsyncParsableCommand {
             failure = error
         }
         // Closing what is left settles its exchanges (their records go out) before the publisher's flush.
+        await pools.closeAll()
         try? await group.shutdownGracefully()
+        try? await mintingPool.shutdownGracefully()
         await publisher.shutdownGracefully()
         let stats = publisher.stats
         logger.info("llmtap-sidecar stopped", metadata: ["published": "\(stats.published)", "dropped": "\(stats.dropped)"])
@@ -186,6 +228,18 @@ struct SidecarCommand: AsyncParsableCommand {
     }
 
     static func seconds(_ value: Double) -> Int64 { Int64(value.rounded(.up)) }
+
+    static func ports(_ list: String) throws(ConfigurationError) -> Set<Int> {
+        var ports: Set<Int> = []
+        for entry in list.split(separator: ",") {
+            guard let port = Int(entry.trimmingCharacters(in: .whitespaces)), (1...65535).contains(port) else {
+                throw ConfigurationError("--mitm-ports takes port numbers, comma-separated, not \(list)")
+            }
+            ports.insert(port)
+        }
+        guard !ports.isEmpty else { throw ConfigurationError("--mitm-ports needs at least one port") }
+        return ports
+    }
 
     /// System trust roots, plus the extra ones; built once, off any event loop.
     static func makeUpstreamTLS(caFile: String?) throws -> NIOSSLContext {

@@ -116,7 +116,7 @@ final class ExchangeTapTests: XCTestCase {
         ExchangeTap(
             exchangeID: "ex-1", head: try! requestHead("POST /v1/x?key=AIzaSECRET HTTP/1.1", "Host: a", "authorization: Bearer s"),
             upstream: try! UpstreamTarget(url: "https://api.openai.com"), path: "/v1/x?key=AIzaSECRET", clientAddress: "1.2.3.4:5",
-            tenant: "t", settings: TapSettings(app: "a", ingress: .reverse, maxCaptureBytes: cap, tailBytes: tail), publisher: collector
+            tenant: "t", settings: TapSettings(app: "a", maxCaptureBytes: cap, tailBytes: tail), publisher: collector
         )
     }
 

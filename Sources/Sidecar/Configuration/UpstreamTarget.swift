@@ -1,6 +1,6 @@
 /// Where the reverse listener forwards to: `UPSTREAM`, such as `https://api.openai.com` or
 /// `http://127.0.0.1:8081/openai`. A path in it is put in front of every request's path.
-struct UpstreamTarget: Sendable, Equatable, CustomStringConvertible {
+struct UpstreamTarget: Sendable, Hashable, CustomStringConvertible {
     let scheme: String
     let host: String
     let port: Int

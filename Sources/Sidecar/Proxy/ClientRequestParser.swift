@@ -56,6 +56,13 @@ struct ClientRequestParser {
     /// Bytes received and not yet turned into events.
     var bufferedBytes: Int { pending.readableBytes }
 
+    /// Everything received past the last event, handed over (after a CONNECT head, those bytes
+    /// belong to the tunnel, not to HTTP).
+    mutating func takeBuffered() -> ByteBuffer {
+        defer { pending = ByteBuffer() }
+        return pending
+    }
+
     mutating func receive(_ input: ByteBuffer) {
         pending.appendReceived(input)
     }

@@ -15,6 +15,14 @@ struct ProxyErrorResponse {
                            message: "llmtap-sidecar could not parse the request: \(detail)")
     }
 
+    static func forbidden(_ detail: String) -> ProxyErrorResponse {
+        ProxyErrorResponse(status: .forbidden, type: "llmtap_proxy_error", code: "forbidden", message: detail)
+    }
+
+    static func misdirected(_ detail: String) -> ProxyErrorResponse {
+        ProxyErrorResponse(status: .misdirectedRequest, type: "llmtap_proxy_error", code: "misdirected_request", message: detail)
+    }
+
     static func headersTooLarge(limit: Int) -> ProxyErrorResponse {
         ProxyErrorResponse(status: .requestHeaderFieldsTooLarge, type: "invalid_request_error", code: "request_headers_too_large",
                            message: "the request headers are larger than the sidecar accepts (\(limit) bytes)")

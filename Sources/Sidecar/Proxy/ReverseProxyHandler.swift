@@ -5,7 +5,6 @@ import Wire
 
 /// What every connection's handler shares.
 struct ProxySettings: Sendable {
-    let target: UpstreamTarget
     let tap: TapSettings
     let tenantHasher: TenantHasher
     /// The upstream may be silent this long (before its answer, or between two pieces of it).
@@ -36,6 +35,13 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     private let settings: ProxySettings
+    /// Where this connection's requests go: the reverse listener's upstream, or the host a MITM
+    /// client reached.
+    private let target: UpstreamTarget
+    private let ingress: IngressMode
+    /// For a MITM connection carrying absolute-form requests: the host they must all name.
+    private let requiredHost: String?
+    private var counted = false
     private let pools: UpstreamPools
     private let publisher: any RecordPublishing
     private let counters: SidecarCounters
@@ -53,8 +59,12 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private var lastTenant = ""
     private var timeoutCheck: Scheduled<Void>?
 
-    init(settings: ProxySettings, pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger) {
+    init(settings: ProxySettings, target: UpstreamTarget, ingress: IngressMode = .reverse, requiredHost: String? = nil,
+         pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger) {
         self.settings = settings
+        self.target = target
+        self.ingress = ingress
+        self.requiredHost = requiredHost
         self.pools = pools
         self.publisher = publisher
         self.counters = counters
@@ -66,6 +76,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        if context.channel.isActive { countConnection() }
         if let remote = context.channel.remoteAddress {
             clientIP = remote.ipAddress
             clientAddress = remote.ipAddress.map { "\($0):\(remote.port ?? 0)" } ?? "\(remote)"
@@ -73,12 +84,20 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        counters.openConnections.add(1, ordering: .relaxed)
+        countConnection()
         context.fireChannelActive()
     }
 
+    /// Once per connection, whether it was active before this handler came (MITM) or after.
+    private func countConnection() {
+        guard !counted else { return }
+        counted = true
+        counters.openConnections.add(1, ordering: .relaxed)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        counters.openConnections.subtract(1, ordering: .relaxed)
+        if counted { counters.openConnections.subtract(1, ordering: .relaxed) }
+        counted = false
         timeoutCheck?.cancel()
         timeoutCheck = nil
         if case .exchanging(let exchange) = state, !exchange.finished {
@@ -229,14 +248,21 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     private func begin(_ head: ClientRequestHead) {
+        if let requiredHost, let (_, host, _) = MITMFrontHandler.absoluteURL(head.uri), host != requiredHost {
+            // One proxy connection, one host: this one was set up for another.
+            respondLocally(.misdirected("this proxy connection serves \(requiredHost); open another for \(host)"),
+                           exchange: nil, outcome: .rejected, error: "misdirected", forceClose: true)
+            state = .closed
+            return
+        }
         counters.inFlight.add(1, ordering: .relaxed)
-        let uri = settings.target.basePath + HeaderRules.originForm(head.uri)
+        let uri = target.basePath + HeaderRules.originForm(head.uri)
         var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
-        HeaderRules.writeUpstreamRequestHead(head, uri: uri, target: settings.target, clientIP: clientIP, into: &upstreamHead)
+        HeaderRules.writeUpstreamRequestHead(head, uri: uri, target: target, clientIP: clientIP, into: &upstreamHead)
         let tenant = tenant(for: HeaderRules.credential(in: head.headers, uri: head.uri))
         let tap = ExchangeTap(
-            exchangeID: counters.makeExchangeID(), head: head, upstream: settings.target, path: uri,
-            clientAddress: clientAddress, tenant: tenant, settings: settings.tap, publisher: publisher
+            exchangeID: counters.makeExchangeID(), head: head, upstream: target, path: uri,
+            clientAddress: clientAddress, tenant: tenant, settings: settings.tap, ingress: ingress, publisher: publisher
         )
         let exchange = Exchange(tap: tap, clientKeepAlive: head.keepAlive, version: head.version)
         exchange.upstream = .connecting(buffered: [.head(upstreamHead, chunked: head.chunked, isHEAD: head.method == .HEAD)])
@@ -248,7 +274,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             interim.writeStaticString(status)
             context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
         }
-        let pool = pools.pool(for: context.eventLoop)
+        let pool = pools.pool(for: context.eventLoop, target: target)
         if let connection = pool.idleConnection() {
             // Inside the read that brought the head: the rest of the request usually came with it,
             // so the flush at the end of this read sends it all in one write.
@@ -346,8 +372,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         let timedOut = error is UpstreamTimedOut
         if !exchange.responseStarted {
             let response = timedOut
-                ? ProxyErrorResponse.upstreamTimeout(settings.target, settings.upstreamTimeout)
-                : ProxyErrorResponse.upstreamUnreachable(settings.target, error)
+                ? ProxyErrorResponse.upstreamTimeout(target, settings.upstreamTimeout)
+                : ProxyErrorResponse.upstreamUnreachable(target, error)
             logger.warning("upstream failed", metadata: [
                 "exchange_id": "\(exchange.tap.exchangeID)", "status": "\(response.status.code)", "error": "\(error)",
             ])

@@ -18,11 +18,12 @@ final class UpstreamConnection: @unchecked Sendable {
 /// Keep-alive connections to the upstream, for one event loop. It is only ever used on that loop,
 /// so it needs no lock; each loop has its own, so a request never hops threads.
 final class UpstreamConnectionPool {
+    /// What every pool shares; each pool adds its target.
     struct Settings: Sendable {
-        let target: UpstreamTarget
+        /// For https targets: system roots plus `--upstream-ca-file`.
         let sslContext: NIOSSLContext?
         let connectTimeout: TimeAmount
-        /// Idle connections kept per loop; more are closed when they come back.
+        /// Idle connections kept per loop and target; more are closed when they come back.
         let maxIdle: Int
         /// An idle connection unused this long is closed.
         let idleTimeout: TimeAmount
@@ -32,13 +33,15 @@ final class UpstreamConnectionPool {
     static let maxResponseHeadBytes = 256 * 1024
 
     let eventLoop: any EventLoop
+    let target: UpstreamTarget
     private let settings: Settings
     private var idle: [UpstreamConnection] = []
     private var sweeper: RepeatedTask?
     private var closed = false
 
-    init(eventLoop: any EventLoop, settings: Settings) {
+    init(eventLoop: any EventLoop, target: UpstreamTarget, settings: Settings) {
         self.eventLoop = eventLoop
+        self.target = target
         self.settings = settings
     }
 
@@ -84,19 +87,21 @@ final class UpstreamConnectionPool {
     /// A new connection: TLS (with SNI) when the upstream is https, then the HTTP client codec.
     func connect() -> EventLoopFuture<UpstreamConnection> {
         let settings = self.settings
+        let target = self.target
         return ClientBootstrap(group: eventLoop)
             .connectTimeout(settings.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    if let sslContext = settings.sslContext {
-                        let tls = try NIOSSLClientHandler(context: sslContext, serverHostname: settings.target.serverName)
+                    if target.isTLS {
+                        guard let sslContext = settings.sslContext else { throw UpstreamTLSUnavailable() }
+                        let tls = try NIOSSLClientHandler(context: sslContext, serverHostname: target.serverName)
                         try channel.pipeline.syncOperations.addHandler(tls)
                     }
                     try channel.pipeline.syncOperations.addHandler(UpstreamHandler(maxHeadBytes: Self.maxResponseHeadBytes))
                 }
             }
-            .connect(host: settings.target.host, port: settings.target.port)
+            .connect(host: target.host, port: target.port)
             .flatMapThrowing { channel in
                 UpstreamConnection(channel: channel, handler: try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self))
             }
@@ -118,35 +123,67 @@ final class UpstreamConnectionPool {
     }
 }
 
-/// One pool per event loop of the group, made up front; each is touched only on its own loop.
-final class UpstreamPools: Sendable {
-    private let pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>]
+/// The pools of one event loop, one per upstream target (reverse mode has one; MITM mode one per
+/// host reached). Touched only on its loop.
+final class LoopPools {
+    let eventLoop: any EventLoop
+    private let settings: UpstreamConnectionPool.Settings
+    private var pools: [UpstreamTarget: UpstreamConnectionPool] = [:]
+    private var closed = false
 
-    private init(pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>]) {
-        self.pools = pools
+    init(eventLoop: any EventLoop, settings: UpstreamConnectionPool.Settings) {
+        self.eventLoop = eventLoop
+        self.settings = settings
+    }
+
+    func pool(for target: UpstreamTarget) -> UpstreamConnectionPool {
+        if let pool = pools[target] { return pool }
+        let pool = UpstreamConnectionPool(eventLoop: eventLoop, target: target, settings: settings)
+        if closed { pool.closeAll() }
+        pools[target] = pool
+        return pool
+    }
+
+    func closeAll() {
+        closed = true
+        for pool in pools.values { pool.closeAll() }
+    }
+}
+
+/// The upstream pools of every event loop of the group, made up front; each is touched only on its own loop.
+final class UpstreamPools: Sendable {
+    private let loops: [ObjectIdentifier: NIOLoopBound<LoopPools>]
+
+    private init(loops: [ObjectIdentifier: NIOLoopBound<LoopPools>]) {
+        self.loops = loops
     }
 
     static func make(group: MultiThreadedEventLoopGroup, settings: UpstreamConnectionPool.Settings) async throws -> UpstreamPools {
-        var pools: [ObjectIdentifier: NIOLoopBound<UpstreamConnectionPool>] = [:]
+        var loops: [ObjectIdentifier: NIOLoopBound<LoopPools>] = [:]
         for loop in group.makeIterator() {
-            pools[ObjectIdentifier(loop)] = try await loop.submit {
-                NIOLoopBound(UpstreamConnectionPool(eventLoop: loop, settings: settings), eventLoop: loop)
+            loops[ObjectIdentifier(loop)] = try await loop.submit {
+                NIOLoopBound(LoopPools(eventLoop: loop, settings: settings), eventLoop: loop)
             }.get()
         }
-        return UpstreamPools(pools: pools)
+        return UpstreamPools(loops: loops)
     }
 
-    /// The pool of the loop the caller runs on.
-    func pool(for eventLoop: any EventLoop) -> UpstreamConnectionPool {
-        guard let pool = pools[ObjectIdentifier(eventLoop)] else {
-            preconditionFailure("no upstream pool for event loop \(eventLoop): channels must use the proxy's own group")
+    /// The pool for `target` on the loop the caller runs on.
+    func pool(for eventLoop: any EventLoop, target: UpstreamTarget) -> UpstreamConnectionPool {
+        guard let loop = loops[ObjectIdentifier(eventLoop)] else {
+            preconditionFailure("no upstream pools for event loop \(eventLoop): channels must use the proxy's own group")
         }
-        return pool.value
+        return loop.value.pool(for: target)
     }
 
     func closeAll() async {
-        for pool in pools.values {
-            try? await pool.eventLoop.submit { pool.value.closeAll() }.get()
+        for loop in loops.values {
+            try? await loop.eventLoop.submit { loop.value.closeAll() }.get()
         }
     }
+}
+
+/// An https upstream with no TLS set up: a configuration mistake, said plainly.
+struct UpstreamTLSUnavailable: Error, CustomStringConvertible {
+    var description: String { "TLS to the upstream is not set up" }
 }

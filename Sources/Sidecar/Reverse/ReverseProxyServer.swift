@@ -13,6 +13,7 @@ import Wire
 struct ReverseProxyServer: Service {
     let listen: ListenAddress
     let group: MultiThreadedEventLoopGroup
+    let target: UpstreamTarget
     let settings: ProxySettings
     let pools: UpstreamPools
     let publisher: any RecordPublishing
@@ -22,7 +23,7 @@ struct ReverseProxyServer: Service {
 
     func run() async throws {
         let quiesce = ServerQuiescingHelper(group: group)
-        let (settings, pools, publisher, counters, logger) = (self.settings, self.pools, self.publisher, self.counters, self.logger)
+        let (settings, target, pools, publisher, counters, logger) = (self.settings, self.target, self.pools, self.publisher, self.counters, self.logger)
         let channel: any Channel
         do {
             channel = try await ServerBootstrap(group: group)
@@ -38,7 +39,7 @@ struct ReverseProxyServer: Service {
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ReverseProxyHandler(
-                            settings: settings, pools: pools, publisher: publisher, counters: counters, logger: logger
+                            settings: settings, target: target, pools: pools, publisher: publisher, counters: counters, logger: logger
                         ))
                     }
                 }
@@ -47,7 +48,7 @@ struct ReverseProxyServer: Service {
             throw ConfigurationError("cannot listen on --listen \(listen): \(error)")
         }
         logger.info("reverse listener ready", metadata: [
-            "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")", "upstream": "\(settings.target)",
+            "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")", "upstream": "\(target)",
         ])
 
         try? await gracefulShutdown()

@@ -14,7 +14,6 @@ extension AnalysisPublisher: RecordPublishing {}
 /// What every exchange's tap needs to know.
 struct TapSettings: Sendable {
     let app: String
-    let ingress: IngressMode
     /// Body bytes captured per direction and exchange. Forwarding is never capped.
     let maxCaptureBytes: Int
     /// Past the cap, this much of the response's end is still sent when it ends: streamed
@@ -53,14 +52,14 @@ final class ExchangeTap {
 
     init(
         exchangeID: String, head: ClientRequestHead, upstream: UpstreamTarget, path: String,
-        clientAddress: String, tenant: String, settings: TapSettings, publisher: any RecordPublishing
+        clientAddress: String, tenant: String, settings: TapSettings, ingress: IngressMode = .reverse, publisher: any RecordPublishing
     ) {
         self.exchangeID = exchangeID
         self.publisher = publisher
         self.settings = settings
         var request = RequestFields()
         request.exchangeID = exchangeID
-        request.ingress = settings.ingress
+        request.ingress = ingress
         request.method = head.method.rawValue
         request.scheme = upstream.scheme
         request.host = upstream.authority

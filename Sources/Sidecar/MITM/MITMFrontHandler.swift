@@ -1,0 +1,297 @@
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import NIOTLS
+import Wire
+
+/// What the MITM listener's connections share.
+struct MITMSettings: Sendable {
+    let proxy: ProxySettings
+    let allowlist: Allowlist
+    let ports: Set<Int>
+    let denyUnlisted: Bool
+    let connectTimeout: TimeAmount
+}
+
+/// The first handler of a connection to the MITM listener (an app's `HTTPS_PROXY`). It reads the
+/// first request and turns the connection into what it asks for:
+/// - `CONNECT` to an allowlisted host: 200, then TLS with a leaf minted for that host, then the
+///   same proxy path as reverse mode (`ReverseProxyHandler`), ingress `mitm`;
+/// - `CONNECT` to any other host: 200, then a blind tunnel (or 403 with `--deny-unlisted`);
+/// - an absolute-form `http://` request: to an allowlisted host, forwarded over https; to any
+///   other, as plain HTTP without analysis (or 403).
+/// It then takes itself out of the pipeline.
+final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private enum State {
+        case reading
+        /// Deciding, connecting or minting: bytes that come meanwhile wait in `held`.
+        case switching
+        case done
+    }
+
+    private let settings: MITMSettings
+    private let pools: UpstreamPools
+    private let leaves: LeafContextCache
+    private let publisher: any RecordPublishing
+    private let counters: SidecarCounters
+    private let logger: Logger
+    private var state = State.reading
+    private var parser: ClientRequestParser
+    /// Every byte read so far, for a plain request that is handed whole to the proxy handler.
+    private var received = ByteBuffer()
+    private var held = ByteBuffer()
+
+    init(settings: MITMSettings, pools: UpstreamPools, leaves: LeafContextCache, publisher: any RecordPublishing,
+         counters: SidecarCounters, logger: Logger) {
+        self.settings = settings
+        self.pools = pools
+        self.leaves = leaves
+        self.publisher = publisher
+        self.counters = counters
+        self.logger = logger
+        self.parser = ClientRequestParser(maxHeadBytes: settings.proxy.maxHeaderBytes)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = unwrapInboundIn(data)
+        switch state {
+        case .done:
+            context.fireChannelRead(data)
+        case .switching:
+            held.writeImmutableBuffer(buffer)
+        case .reading:
+            received.writeImmutableBuffer(buffer)
+            parser.receive(buffer)
+            do {
+                guard case .head(let head) = try parser.next() else { return }
+                state = .switching
+                route(head, context: context)
+            } catch {
+                refuse(context, error.status == .requestHeaderFieldsTooLarge ? .headersTooLarge(limit: settings.proxy.maxHeaderBytes) : .badRequest(error.description),
+                       why: error.description)
+            }
+        }
+    }
+
+    private func route(_ head: ClientRequestHead, context: ChannelHandlerContext) {
+        if head.method == .CONNECT {
+            guard let (host, port) = Self.authority(head.uri) else {
+                return refuse(context, .badRequest("CONNECT needs host:port, not \(head.uri)"), why: "CONNECT without a port: \(head.uri)")
+            }
+            guard settings.ports.contains(port) else {
+                return refuse(context, .forbidden("CONNECT to port \(port) is not allowed (--mitm-ports)"), why: "CONNECT to \(host):\(port), outside --mitm-ports")
+            }
+            let tunnelBytes = parser.takeBuffered()
+            held.writeImmutableBuffer(tunnelBytes)
+            if settings.allowlist.contains(host) {
+                intercept(host: host, port: port, context: context)
+            } else if settings.denyUnlisted {
+                refuse(context, .forbidden("\(host) is not on the allowlist"), why: "CONNECT to \(host), not allowlisted (--deny-unlisted)")
+            } else {
+                tunnel(host: host, port: port, context: context)
+            }
+            return
+        }
+        guard let (scheme, host, port) = Self.absoluteURL(head.uri) else {
+            return refuse(context, .badRequest("this is an HTTP proxy: send CONNECT host:port, or an absolute http:// URL"), why: "a request in origin form: \(head.uri)")
+        }
+        guard scheme == "http" else {
+            return refuse(context, .badRequest("\(scheme):// requests go through CONNECT"), why: "absolute-form \(scheme):// request")
+        }
+        let allowlisted = settings.allowlist.contains(host)
+        if !allowlisted && settings.denyUnlisted {
+            return refuse(context, .forbidden("\(host) is not on the allowlist"), why: "a request for \(host), not allowlisted (--deny-unlisted)")
+        }
+        // Allowlisted hosts are reached over https, as the app meant to; others as asked, unanalysed.
+        let target = (try? UpstreamTarget(url: allowlisted ? "https://\(Self.bracketed(host))" : "http://\(Self.bracketed(host)):\(port)"))
+        guard let target else { return refuse(context, .badRequest("cannot forward to \(host)"), why: "unusable host \(host)") }
+        let handler = ReverseProxyHandler(
+            settings: settings.proxy, target: target, ingress: .mitm, requiredHost: host, pools: pools,
+            publisher: allowlisted ? publisher : NoRecords(), counters: counters, logger: logger
+        )
+        // The proxy handler reads the request again, from its first byte.
+        hand(over: handler, replaying: received, context: context)
+    }
+
+    // MARK: CONNECT
+
+    private func intercept(host: String, port: Int, context: ChannelHandlerContext) {
+        respond200(context)
+        let channel = context.channel
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        leaves.context(for: host, on: context.eventLoop).whenComplete { [settings, pools, publisher, counters, logger] result in
+            let (handler, context) = loopBound.value
+            switch result {
+            case .failure(let error):
+                logger.error("closing a MITM connection: no certificate for its host", metadata: ["host": "\(host)", "error": "\(error)"])
+                channel.close(promise: nil)
+            case .success(let tlsContext):
+                guard let target = try? UpstreamTarget(url: "https://\(Self.bracketed(host))\(port == 443 ? "" : ":\(port)")") else {
+                    channel.close(promise: nil)
+                    return
+                }
+                do {
+                    let operations = channel.pipeline.syncOperations
+                    try operations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .after(handler))
+                    let tls = try operations.handler(type: NIOSSLServerHandler.self)
+                    try operations.addHandler(TLSFailureLogger(host: host, logger: logger), position: .after(tls))
+                    let logging = try operations.handler(type: TLSFailureLogger.self)
+                    try operations.addHandler(ReverseProxyHandler(
+                        settings: settings.proxy, target: target, ingress: .mitm, pools: pools,
+                        publisher: publisher, counters: counters, logger: logger
+                    ), position: .after(logging))
+                } catch {
+                    logger.error("closing a MITM connection: cannot set up TLS", metadata: ["host": "\(host)", "error": "\(error)"])
+                    channel.close(promise: nil)
+                    return
+                }
+                handler.finishSwitch(context: context)
+            }
+        }
+    }
+
+    private func tunnel(host: String, port: Int, context: ChannelHandlerContext) {
+        let channel = context.channel
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let started = NIODeadline.now()
+        let logger = self.logger
+        let (inside, outside) = TunnelHandler.matchedPair { bytes in
+            logger.debug("tunnel closed", metadata: ["host": "\(host)", "port": "\(port)", "bytes": "\(bytes)",
+                                                     "ms": "\((NIODeadline.now() - started).nanoseconds / 1_000_000)"])
+        }
+        ClientBootstrap(group: context.eventLoop)
+            .connectTimeout(settings.connectTimeout)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { upstream in
+                upstream.eventLoop.makeCompletedFuture { try upstream.pipeline.syncOperations.addHandler(outside) }
+            }
+            .connect(host: host, port: port)
+            .whenComplete { result in
+                let (handler, context) = loopBound.value
+                switch result {
+                case .failure(let error):
+                    handler.refuse(context, .upstreamUnreachable(try! UpstreamTarget(url: "http://\(Self.bracketed(host)):\(port)"), error),
+                                   why: "cannot open a tunnel to \(host):\(port): \(error)")
+                case .success:
+                    handler.respond200(context)
+                    _ = channel.setOption(.allowRemoteHalfClosure, value: true)
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(inside, position: .after(handler))
+                    } catch {
+                        channel.close(promise: nil)
+                        return
+                    }
+                    handler.finishSwitch(context: context)
+                }
+            }
+    }
+
+    // MARK: Switching
+
+    private func hand(over next: any ChannelHandler, replaying bytes: ByteBuffer, context: ChannelHandlerContext) {
+        do {
+            try context.pipeline.syncOperations.addHandler(next, position: .after(self))
+        } catch {
+            context.close(promise: nil)
+            return
+        }
+        held = bytes
+        finishSwitch(context: context)
+    }
+
+    /// The handlers after this one are in place: they get what was held, and this one leaves.
+    private func finishSwitch(context: ChannelHandlerContext) {
+        state = .done
+        let bytes = held
+        held = ByteBuffer()
+        received = ByteBuffer()
+        if bytes.readableBytes > 0 {
+            context.fireChannelRead(wrapInboundOut(bytes))
+            context.fireChannelReadComplete()
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        context.read()
+    }
+
+    private func respond200(_ context: ChannelHandlerContext) {
+        var bytes = context.channel.allocator.buffer(capacity: 64)
+        bytes.writeStaticString("HTTP/1.1 200 Connection Established\r\n\r\n")
+        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+    }
+
+    private func refuse(_ context: ChannelHandlerContext, _ response: ProxyErrorResponse, why: String) {
+        state = .done
+        logger.warning("refused a proxy request", metadata: [
+            "client": "\(context.channel.remoteAddress.map { "\($0)" } ?? "")", "status": "\(response.status.code)", "reason": "\(why)",
+        ])
+        var bytes = context.channel.allocator.buffer(capacity: 256)
+        HeaderRules.writeLocalResponse(status: response.status, contentType: "application/json", body: response.body,
+                                       exchangeID: nil, close: true, version: .http1_1, into: &bytes)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    // MARK: Parsing targets
+
+    /// `host:port` (IPv6 in brackets); nil without a port.
+    static func authority(_ text: String) -> (String, Int)? {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty, !host.contains("/"), !host.contains("@") else { return nil }
+        return (host.lowercased(), port)
+    }
+
+    /// scheme, host and port of an absolute-form target.
+    static func absoluteURL(_ uri: String) -> (String, String, Int)? {
+        guard let schemeEnd = uri.range(of: "://") else { return nil }
+        let scheme = uri[..<schemeEnd.lowerBound].lowercased()
+        let rest = uri[schemeEnd.upperBound...]
+        let authority = rest.prefix { $0 != "/" && $0 != "?" }
+        if let (host, port) = self.authority(String(authority)) { return (scheme, host, port) }
+        guard !authority.isEmpty, !authority.contains("@") else { return nil }
+        return (scheme, authority.lowercased(), scheme == "https" ? 443 : 80)
+    }
+
+    static func bracketed(_ host: String) -> String {
+        host.contains(":") ? "[\(host)]" : host
+    }
+}
+
+/// Logs why a MITM client's TLS handshake failed, with the usual reason spelled out.
+final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let host: String
+    private let logger: Logger
+
+    init(host: String, logger: Logger) {
+        self.host = host
+        self.logger = logger
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case TLSUserEvent.handshakeCompleted = event {
+            // Only the handshake is of interest here.
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        logger.warning("a MITM client's TLS handshake failed: it may not trust the LLMTap CA (llmtap-sidecar ca export), or not speak TLS", metadata: [
+            "host": "\(host)", "client": "\(context.channel.remoteAddress.map { "\($0)" } ?? "")", "error": "\(error)",
+        ])
+        context.fireErrorCaught(error)
+    }
+}
+
+/// Publishes nothing: for traffic MITM mode forwards without analysing.
+struct NoRecords: RecordPublishing {
+    func publish(_ record: EncodedRecord) -> Bool { true }
+}
