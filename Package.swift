@@ -70,7 +70,7 @@ let package = Package(
         // Gemini wire formats, streaming included.
         .executableTarget(
             name: "MockUpstream",
-            dependencies: nioHTTP + [argumentParser]
+            dependencies: nioHTTP + [argumentParser, .product(name: "Crypto", package: "swift-crypto")]
         ),
         .executableTarget(
             name: "Collector",

@@ -93,9 +93,9 @@ public final class ProxyHarness: @unchecked Sendable {
     ///   - upstream: overrides the upstream URL (for an unreachable one); by default the mock.
     ///   - collectorEndpoint: overrides where the sidecar publishes (for a missing collector).
     public init(sidecarArguments: [String] = [], mockArguments: [String] = [], upstream: String? = nil,
-                collectorEndpoint: String? = nil, environment: [String: String] = [:]) throws {
+                collectorEndpoint: String? = nil, environment: [String: String] = [:], fixedMockPort: Int? = nil) throws {
         collector = try RawFrameCollector()
-        mockPort = try freeTCPPort()
+        mockPort = try fixedMockPort ?? freeTCPPort()
         mockLogURL = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-mock-\(UUID().uuidString).jsonl")
         mock = try RunningProcess(product: "llmtap-mock-upstream", arguments: [
             "--listen", "127.0.0.1:\(mockPort)", "--request-log", mockLogURL.path,
