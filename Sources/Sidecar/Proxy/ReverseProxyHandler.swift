@@ -58,6 +58,9 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private var lastCredential: String?
     private var lastTenant = ""
     private var timeoutCheck: Scheduled<Void>?
+    /// The response head, held until the end of the upstream read that brought it: a small body
+    /// in the same read joins it, so the client gets one write (one TLS record in MITM mode).
+    private var pendingResponse: ByteBuffer?
 
     init(settings: ProxySettings, target: UpstreamTarget, ingress: IngressMode = .reverse, requiredHost: String? = nil,
          pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger) {
@@ -411,6 +414,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     /// Writes the response's end (the last chunk, when chunked), then closes once it is out, or
     /// moves on to the next request if this one has been read whole.
     private func endResponse(close: Bool, requestEnded: Bool, terminator: ByteBuffer?) {
+        writePendingResponse()
         let written = context.writeAndFlush(wrapOutboundOut(terminator ?? Self.noBytes))
         if close {
             state = .closed
@@ -463,13 +467,33 @@ extension ReverseProxyHandler: UpstreamResponseSink {
             head, exchangeID: exchange.tap.exchangeID, framing: exchange.framing, close: exchange.closeAfterResponse,
             version: exchange.version, into: &bytes
         )
-        context.write(wrapOutboundOut(bytes), promise: nil)
+        pendingResponse = bytes
+    }
+
+    private func writePendingResponse() {
+        if let bytes = pendingResponse {
+            pendingResponse = nil
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        }
     }
 
     func upstreamResponseBody(_ buffer: ByteBuffer) {
         guard let exchange = currentExchange, buffer.readableBytes > 0 else { return }
         exchange.lastUpstreamActivity = .now()
         exchange.tap.responseBody(buffer)
+        if var pending = pendingResponse, pending.readableBytes + buffer.readableBytes <= UpstreamHandler.coalesceLimit {
+            if exchange.framing == .chunked {
+                pending.writeString(String(buffer.readableBytes, radix: 16))
+                pending.writeStaticString("\r\n")
+                pending.writeImmutableBuffer(buffer)
+                pending.writeStaticString("\r\n")
+            } else {
+                pending.writeImmutableBuffer(buffer)
+            }
+            pendingResponse = pending
+            return
+        }
+        writePendingResponse()
         if exchange.framing == .chunked {
             context.write(wrapOutboundOut(ChunkedFraming.sizeLine(buffer.readableBytes, allocator: context.channel.allocator)), promise: nil)
             context.write(wrapOutboundOut(buffer), promise: nil)
@@ -484,6 +508,7 @@ extension ReverseProxyHandler: UpstreamResponseSink {
 
     func upstreamReadComplete() {
         // Each read of the upstream leaves at once: a streamed event is never held back.
+        writePendingResponse()
         context.flush()
     }
 

@@ -60,6 +60,7 @@ final class UpstreamConnectionPool {
     func release(_ connection: UpstreamConnection) {
         eventLoop.preconditionInEventLoop()
         connection.handler.sink = nil
+        connection.handler.dropUnsent()
         connection.handler.holdReads(false)
         guard !closed, connection.channel.isActive, idle.count < settings.maxIdle else {
             connection.channel.close(promise: nil)

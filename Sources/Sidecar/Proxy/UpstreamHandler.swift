@@ -32,6 +32,10 @@ final class UpstreamHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var parser: UpstreamResponseParser
     private var requestChunked = false
+    /// A request head not yet written: a small body that follows it in the same read joins it, so
+    /// the two go out as one write (one TLS record to an https upstream, not two).
+    private var pendingHead: ByteBuffer?
+    static let coalesceLimit = 16 << 10
     private var readsHeld = false
     private var readPending = false
 
@@ -53,11 +57,18 @@ final class UpstreamHandler: ChannelDuplexHandler {
         guard let context else { return }
         switch part {
         case .head(let head, let chunked, let isHEAD):
+            writePendingHead(context)
             requestChunked = chunked
             parser.expectResponse(toHEAD: isHEAD)
-            context.write(wrapOutboundOut(head), promise: nil)
+            pendingHead = head
         case .body(let buffer):
             guard buffer.readableBytes > 0 else { return }
+            if !requestChunked, var head = pendingHead, head.readableBytes + buffer.readableBytes <= Self.coalesceLimit {
+                head.writeImmutableBuffer(buffer)
+                pendingHead = head
+                return
+            }
+            writePendingHead(context)
             if requestChunked {
                 context.write(wrapOutboundOut(ChunkedFraming.sizeLine(buffer.readableBytes, allocator: context.channel.allocator)), promise: nil)
                 context.write(wrapOutboundOut(buffer), promise: nil)
@@ -66,12 +77,27 @@ final class UpstreamHandler: ChannelDuplexHandler {
                 context.write(wrapOutboundOut(buffer), promise: nil)
             }
         case .end:
+            writePendingHead(context)
             if requestChunked { context.write(wrapOutboundOut(ChunkedFraming.lastChunk), promise: nil) }
         }
     }
 
     func flush() {
-        context?.flush()
+        guard let context else { return }
+        writePendingHead(context)
+        context.flush()
+    }
+
+    /// The connection goes back to the pool: nothing of the last request may linger.
+    func dropUnsent() {
+        pendingHead = nil
+    }
+
+    private func writePendingHead(_ context: ChannelHandlerContext) {
+        if let head = pendingHead {
+            pendingHead = nil
+            context.write(wrapOutboundOut(head), promise: nil)
+        }
     }
 
     /// Stops or resumes reading the upstream, as the client's connection can take more or not.
