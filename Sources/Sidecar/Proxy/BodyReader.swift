@@ -155,9 +155,10 @@ struct BodyReader {
             case UInt8(ascii: "0")...UInt8(ascii: "9"): value = Int(byte - UInt8(ascii: "0"))
             case UInt8(ascii: "a")...UInt8(ascii: "f"): value = Int(byte - UInt8(ascii: "a") + 10)
             case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
-            case UInt8(ascii: ";"), UInt8(ascii: " ") where !strict, UInt8(ascii: "\t") where !strict:
+            case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
                 // Chunk extensions (and the whitespace some servers put before them) carry nothing we use.
                 guard digits > 0 else { throw Malformed(description: "a chunk size line has no size") }
+                if strict && byte != UInt8(ascii: ";") { throw Malformed(description: "whitespace before a chunk extension") }
                 if strict, line.readableBytesView.contains(where: { $0 < 0x21 || $0 == 0x7F }) {
                     throw Malformed(description: "a chunk extension holds whitespace or a control character")
                 }

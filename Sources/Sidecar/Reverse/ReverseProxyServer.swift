@@ -1,7 +1,5 @@
 import Logging
 import NIOCore
-import NIOExtras
-import NIOHTTP1
 import NIOPosix
 import ServiceLifecycle
 import Wire
@@ -22,52 +20,23 @@ struct ReverseProxyServer: Service {
     let logger: Logger
 
     func run() async throws {
-        let quiesce = ServerQuiescingHelper(group: group)
         let (settings, target, pools, publisher, counters, logger) = (self.settings, self.target, self.pools, self.publisher, self.counters, self.logger)
-        let channel: any Channel
-        do {
-            channel = try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 1024)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .serverChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
-                    }
-                }
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.maxMessagesPerRead, value: 16)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ReverseProxyHandler(
-                            settings: settings, target: target, pools: pools, publisher: publisher, counters: counters, logger: logger
-                        ))
-                    }
-                }
-                .bind(host: listen.host, port: listen.port).get()
-        } catch {
-            throw ConfigurationError("cannot listen on --listen \(listen): \(error)")
-        }
-        logger.info("reverse listener ready", metadata: [
-            "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")", "upstream": "\(target)",
-        ])
-
-        try? await gracefulShutdown()
-        logger.info("draining", metadata: ["in_flight": "\(counters.inFlight.load(ordering: .relaxed))", "drain_timeout_s": "\(drainTimeout.nanoseconds / 1_000_000_000)"])
-        let drained = group.next().makePromise(of: Void.self)
-        quiesce.initiateShutdown(promise: drained)
-        let timer = group.next().scheduleTask(in: drainTimeout) {
-            drained.fail(DrainTimedOut())
-        }
-        do {
-            try await drained.futureResult.get()
-            timer.cancel()
-        } catch {
-            logger.warning("the drain timeout passed with exchanges still under way; closing them", metadata: [
-                "in_flight": "\(counters.inFlight.load(ordering: .relaxed))",
-            ])
-        }
+        let listener = DrainingListener(
+            name: "reverse", flag: "--listen", listen: listen, group: group, drainTimeout: drainTimeout, counters: counters, logger: logger
+        )
+        try await listener.run(
+            childInitializer: { channel in
+                try channel.pipeline.syncOperations.addHandler(ReverseProxyHandler(
+                    settings: settings, target: target, pools: pools, publisher: publisher, counters: counters, logger: logger
+                ))
+            },
+            ready: { channel in
+                logger.info("reverse listener ready", metadata: [
+                    "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")", "upstream": "\(target)",
+                ])
+            },
+            untilShutdown: { try? await gracefulShutdown() }
+        )
         await pools.closeAll()
     }
 }
-
-struct DrainTimedOut: Error {}

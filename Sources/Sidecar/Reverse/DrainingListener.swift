@@ -1,0 +1,68 @@
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import Wire
+
+/// A listening socket for proxy connections that drains on graceful shutdown: it stops accepting,
+/// lets what is under way finish within the drain timeout (idle connections close at once), then
+/// closes the rest. The reverse and MITM listeners are both one.
+struct DrainingListener {
+    let name: String
+    let flag: String
+    let listen: ListenAddress
+    let group: MultiThreadedEventLoopGroup
+    let drainTimeout: TimeAmount
+    let counters: SidecarCounters
+    let logger: Logger
+
+    /// Binds, reports readiness with `ready`, waits for `untilShutdown`, then drains.
+    func run(
+        childInitializer: @escaping @Sendable (any Channel) throws -> Void,
+        ready: (any Channel) -> Void,
+        untilShutdown: () async -> Void
+    ) async throws {
+        let quiesce = ServerQuiescingHelper(group: group)
+        let channel: any Channel
+        do {
+            channel = try await ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .serverChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                    }
+                }
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.maxMessagesPerRead, value: 16)
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture { try childInitializer(channel) }
+                }
+                .bind(host: listen.host, port: listen.port).get()
+        } catch {
+            throw ConfigurationError("cannot listen on \(flag) \(listen): \(error)")
+        }
+        ready(channel)
+
+        await untilShutdown()
+        logger.info("draining", metadata: [
+            "listener": "\(name)", "in_flight": "\(counters.inFlight.load(ordering: .relaxed))",
+            "drain_timeout_s": "\(drainTimeout.nanoseconds / 1_000_000_000)",
+        ])
+        let drained = group.next().makePromise(of: Void.self)
+        quiesce.initiateShutdown(promise: drained)
+        let timer = group.next().scheduleTask(in: drainTimeout) {
+            drained.fail(DrainTimedOut())
+        }
+        do {
+            try await drained.futureResult.get()
+            timer.cancel()
+        } catch {
+            logger.warning("the drain timeout passed with exchanges still under way; closing them", metadata: [
+                "listener": "\(name)", "in_flight": "\(counters.inFlight.load(ordering: .relaxed))",
+            ])
+        }
+    }
+}
+
+struct DrainTimedOut: Error {}
