@@ -164,11 +164,13 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             logger.debug("tunnel closed", metadata: ["host": "\(host)", "port": "\(port)", "bytes": "\(bytes)",
                                                      "ms": "\((NIODeadline.now() - started).nanoseconds / 1_000_000)"])
         }
+        // Both ends live on this connection's loop (the upstream channel is made on it too).
+        let ends = NIOLoopBound((inside, outside), eventLoop: context.eventLoop)
         ClientBootstrap(group: context.eventLoop)
             .connectTimeout(settings.connectTimeout)
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { upstream in
-                upstream.eventLoop.makeCompletedFuture { try upstream.pipeline.syncOperations.addHandler(outside) }
+                upstream.eventLoop.makeCompletedFuture { try upstream.pipeline.syncOperations.addHandler(ends.value.1) }
             }
             .connect(host: host, port: port)
             .whenComplete { result in
@@ -181,7 +183,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.respond200(context)
                     _ = channel.setOption(.allowRemoteHalfClosure, value: true)
                     do {
-                        try channel.pipeline.syncOperations.addHandler(inside, position: .after(handler))
+                        try channel.pipeline.syncOperations.addHandler(ends.value.0, position: .after(handler))
                     } catch {
                         channel.close(promise: nil)
                         return
