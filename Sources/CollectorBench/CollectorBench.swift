@@ -33,7 +33,11 @@ struct CollectorBench: ParsableCommand {
     @Option(help: "Sidecars to spread the exchanges over (one publisher each).")
     var sidecars = 2
 
+    @Option(help: "Instead: be a bare live receiver on this endpoint (decode and sequence-check every record, nothing more) until SIGTERM, then print received= and missing=. benchmarks/proxy.sh uses it so that the sidecar is measured, not a collector sharing its cores.")
+    var receiveOnly: String?
+
     func run() throws {
+        if let receiveOnly { return try Self.receive(on: receiveOnly) }
         let address = try ListenAddress(http)
         var logger = Logger(label: "llmtap.collector-bench")
         logger.logLevel = .warning
@@ -92,6 +96,27 @@ struct CollectorBench: ParsableCommand {
             print(String(format: "probe delay from ResponseDone to /metrics: median %.0f ms, max %.0f ms over %d probes",
                          delays[delays.count / 2] * 1000, delays.last! * 1000, delays.count))
         }
+    }
+
+    static func receive(on endpoint: String) throws {
+        var logger = Logger(label: "llmtap.receiver")
+        logger.logLevel = .warning
+        let receiver = try AnalysisReceiver(configuration: AnalysisReceiverConfiguration(endpoint: endpoint), logger: logger, handler: { _ in })
+        let stop = DispatchSemaphore(value: 0)
+        // Kept alive until the wait ends.
+        let sources = [SIGTERM, SIGINT].map { signal in
+            Foundation.signal(signal, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signal)
+            source.setEventHandler { stop.signal() }
+            source.resume()
+            return source
+        }
+        defer { sources.forEach { $0.cancel() } }
+        print("receiving on \(receiver.boundEndpoint)")
+        stop.wait()
+        receiver.shutdown()
+        let stats = receiver.stats
+        print("received=\(stats.received) missing=\(stats.totalMissing) rejected=\(stats.totalRejected)")
     }
 
     static func seconds(_ duration: Duration) -> Double {
