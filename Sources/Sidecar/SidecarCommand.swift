@@ -81,6 +81,9 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "Seconds exchanges under way get to finish on SIGTERM. Env: LLMTAP_DRAIN_TIMEOUT.")
     var drainTimeout = Double(environment["LLMTAP_DRAIN_TIMEOUT"] ?? "") ?? 30
 
+    @Option(help: "Seconds a client connection may stay idle between requests, or take to send a request head (then 408). Env: LLMTAP_CLIENT_TIMEOUT.")
+    var clientTimeout = Double(environment["LLMTAP_CLIENT_TIMEOUT"] ?? "") ?? 75
+
     @Option(help: "Key of the HMAC-SHA256 that turns credentials into tenant ids. Give every sidecar of a fleet the same one. Env: LLMTAP_TENANT_KEY. Default: a built-in key, so tenant ids are stable but computable by anyone who knows the credential.")
     var tenantKey = environment["LLMTAP_TENANT_KEY"] ?? TenantHasher.defaultKey
 
@@ -107,7 +110,7 @@ struct SidecarCommand: AsyncParsableCommand {
         guard maxQueuedRecords > 0, maxQueuedBytes > 0 else { throw ValidationError("the queue limits must be positive") }
         guard maxCaptureBytes >= 0 else { throw ValidationError("--max-capture-bytes must not be negative") }
         guard (1024...(16 << 20)).contains(maxHeaderBytes) else { throw ValidationError("--max-header-bytes must be between 1024 and 16777216") }
-        guard upstreamTimeout > 0, connectTimeout > 0, drainTimeout >= 0 else { throw ValidationError("timeouts must be positive") }
+        guard upstreamTimeout > 0, connectTimeout > 0, drainTimeout >= 0, clientTimeout > 0 else { throw ValidationError("timeouts must be positive") }
         guard threads > 0 else { throw ValidationError("--threads must be at least 1") }
         do {
             _ = try UpstreamTarget(url: upstream)
@@ -170,6 +173,7 @@ struct SidecarCommand: AsyncParsableCommand {
             tap: TapSettings(app: app, maxCaptureBytes: maxCaptureBytes, tailBytes: 16 << 10),
             tenantHasher: TenantHasher(key: tenantKey),
             upstreamTimeout: .milliseconds(Int64(upstreamTimeout * 1000)),
+            clientTimeout: .milliseconds(Int64(clientTimeout * 1000)),
             maxHeaderBytes: maxHeaderBytes
         )
         logger.info("llmtap-sidecar started", metadata: [

@@ -183,3 +183,38 @@ final class KeepAliveConnection {
         }
     }
 }
+
+final class ClientTimeoutTests: XCTestCase {
+    /// Reads until the peer closes (or the receive timeout passes); returns what came.
+    private func readAll(_ fd: Int32) -> String {
+        var received = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = recv(fd, &buffer, buffer.count, 0)
+            if count <= 0 { break }
+            received += buffer[0..<count]
+        }
+        return String(decoding: received, as: UTF8.self)
+    }
+
+    func testASlowHeadGets408AndAnIdleConnectionIsClosed() throws {
+        let harness = try ProxyHarness(sidecarArguments: ["--client-timeout", "1"])
+        defer { harness.stop() }
+        // Slow loris: a head that never ends.
+        let slow = try connectTCP(port: harness.sidecarPort, receiveTimeout: .seconds(10))
+        defer { close(slow) }
+        _ = "GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Slow: ".withCString { send(slow, $0, strlen($0), 0) }
+        let started = ContinuousClock.now
+        let answer = readAll(slow)
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 408"), answer)
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(8))
+        // A keep-alive connection left idle after its request is closed without a word.
+        let idle = try connectTCP(port: harness.sidecarPort, receiveTimeout: .seconds(10))
+        defer { close(idle) }
+        _ = "GET /v1/models HTTP/1.1\r\nHost: a\r\n\r\n".withCString { send(idle, $0, strlen($0), 0) }
+        let response = readAll(idle)
+        XCTAssertTrue(response.hasPrefix("HTTP/1.1 200"), response)
+        XCTAssertTrue(harness.sidecar.stderr.contains("took too long to send a request head"))
+        XCTAssertTrue(harness.mockRequests().map { $0["path"] as? String } == ["/v1/models"], "the slow request never reached the upstream")
+    }
+}

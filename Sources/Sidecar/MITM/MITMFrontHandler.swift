@@ -57,6 +57,16 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         self.parser = ClientRequestParser(maxHeadBytes: settings.proxy.maxHeaderBytes)
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        // The first request (CONNECT, usually) must arrive within the client timeout.
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: settings.proxy.clientTimeout) {
+            let (handler, context) = loopBound.value
+            guard case .reading = handler.state, context.channel.isActive else { return }
+            handler.refuse(context, .requestTimeout(handler.settings.proxy.clientTimeout), why: "no proxy request within the client timeout")
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         switch state {

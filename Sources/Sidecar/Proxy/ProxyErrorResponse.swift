@@ -15,6 +15,11 @@ struct ProxyErrorResponse {
                            message: "llmtap-sidecar could not parse the request: \(detail)")
     }
 
+    static func requestTimeout(_ timeout: TimeAmount) -> ProxyErrorResponse {
+        ProxyErrorResponse(status: .requestTimeout, type: "invalid_request_error", code: "request_timeout",
+                           message: "the request head did not arrive within \(timeout.nanoseconds / 1_000_000_000) s")
+    }
+
     static func forbidden(_ detail: String) -> ProxyErrorResponse {
         ProxyErrorResponse(status: .forbidden, type: "llmtap_proxy_error", code: "forbidden", message: detail)
     }

@@ -9,6 +9,9 @@ struct ProxySettings: Sendable {
     let tenantHasher: TenantHasher
     /// The upstream may be silent this long (before its answer, or between two pieces of it).
     let upstreamTimeout: TimeAmount
+    /// A client connection may be idle this long between requests, or take this long to send a
+    /// request head (a slow-loris client gets 408).
+    let clientTimeout: TimeAmount
     let maxHeaderBytes: Int
     /// Bytes of pipelined requests held while an exchange is under way; past it, reading pauses.
     let maxPipelinedBytes = 1 << 20
@@ -61,6 +64,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     /// The response head, held until the end of the upstream read that brought it: a small body
     /// in the same read joins it, so the client gets one write (one TLS record in MITM mode).
     private var pendingResponse: ByteBuffer?
+    private var idleCheck: Scheduled<Void>?
+    private var idleSince = NIODeadline.now()
 
     init(settings: ProxySettings, target: UpstreamTarget, ingress: IngressMode = .reverse, requiredHost: String? = nil,
          pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger) {
@@ -80,6 +85,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         if context.channel.isActive { countConnection() }
+        becameIdle()
         if let remote = context.channel.remoteAddress {
             clientIP = remote.ipAddress
             clientAddress = remote.ipAddress.map { "\($0):\(remote.port ?? 0)" } ?? "\(remote)"
@@ -99,6 +105,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        idleCheck = nil
         if counted { counters.openConnections.subtract(1, ordering: .relaxed) }
         counted = false
         timeoutCheck?.cancel()
@@ -364,6 +372,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     /// The exchange is over and the connection stays: start the next pipelined request, if any.
     private func exchangeDone() {
         state = .idle
+        becameIdle()
         processRequests()
         // A replayed request was not read just now, so no end of a read will flush it.
         flushUpstream()
@@ -442,6 +451,32 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     private static let noBytes = ByteBuffer()
+
+    /// No exchange under way: the client has `clientTimeout` to start (and finish the head of) its
+    /// next request. One timer per connection, set again only when it fires early.
+    private func becameIdle() {
+        idleSince = .now()
+        guard idleCheck == nil, let context else { return }
+        scheduleIdleCheck(at: idleSince + settings.clientTimeout, context: context)
+    }
+
+    private func scheduleIdleCheck(at deadline: NIODeadline, context: ChannelHandlerContext) {
+        idleCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
+            self.idleCheck = nil
+            guard case .idle = self.state else { return }
+            let due = self.idleSince + self.settings.clientTimeout
+            guard NIODeadline.now() >= due else { return self.scheduleIdleCheck(at: due, context: context) }
+            if self.parser.bufferedBytes > 0 {
+                self.logger.warning("a client took too long to send a request head", metadata: [
+                    "client": "\(self.clientAddress)", "timeout_s": "\(self.settings.clientTimeout.nanoseconds / 1_000_000_000)",
+                ])
+                self.respondLocally(.requestTimeout(self.settings.clientTimeout), exchange: nil, outcome: .rejected, error: "request head timeout", forceClose: true)
+            } else {
+                self.state = .closed
+                context.close(promise: nil)
+            }
+        }
+    }
 
     private var currentExchange: Exchange? {
         if case .exchanging(let exchange) = state, !exchange.finished { return exchange }
