@@ -18,7 +18,6 @@ final class LeafContextCache: Sendable {
     private let pool: NIOThreadPool
     private let logger: Logger
     private let entries = Mutex<[String: Entry]>([:])
-    private let minted = Atomic<Int>(0)
     /// Leaves are valid for a week and replaced a day before they expire.
     static let validity: TimeInterval = 7 * 86_400
     static let maxHosts = 10_000
@@ -28,8 +27,6 @@ final class LeafContextCache: Sendable {
         self.pool = pool
         self.logger = logger
     }
-
-    var mintedCount: Int { minted.load(ordering: .relaxed) }
 
     func context(for host: String, on eventLoop: any EventLoop) -> EventLoopFuture<NIOSSLContext> {
         let host = host.lowercased()
@@ -66,7 +63,6 @@ final class LeafContextCache: Sendable {
             )
             configuration.applicationProtocols = ["http/1.1"]
             result = .success(try NIOSSLContext(configuration: configuration))
-            minted.add(1, ordering: .relaxed)
         } catch {
             result = .failure(error)
         }

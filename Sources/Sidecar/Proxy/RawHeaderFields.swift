@@ -44,24 +44,6 @@ struct RawHeaderFields: RecordHeaderFields {
         }
     }
 
-    /// The first value of the field named `name` (lower case), as a string.
-    func first(_ name: StaticString) -> String? {
-        var found: String?
-        forEachField { fieldName, value in
-            if found == nil, RawHeaderFields.equalsIgnoringCase(fieldName, name) {
-                found = String(decoding: value, as: UTF8.self)
-            }
-        }
-        return found
-    }
-
-    /// The fields as (name, value) strings: for tests and logs, not the data path.
-    var pairs: [(name: String, value: String)] {
-        var pairs: [(name: String, value: String)] = []
-        forEachField { name, value in pairs.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))) }
-        return pairs
-    }
-
     /// Compares bytes with a lower-case literal, ignoring ASCII case.
     static func equalsIgnoringCase(_ bytes: UnsafeRawBufferPointer, _ literal: StaticString) -> Bool {
         guard bytes.count == literal.utf8CodeUnitCount else { return false }
