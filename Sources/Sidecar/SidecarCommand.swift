@@ -93,7 +93,7 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "Seconds between heartbeats to the collector. Env: LLMTAP_HEARTBEAT_INTERVAL.")
     var heartbeatInterval = Double(environment["LLMTAP_HEARTBEAT_INTERVAL"] ?? "") ?? 5
 
-    @Option(help: "Records the publisher may queue while the collector is slow or away; past it they are dropped and counted. A full queue of the default size holds about 45 MB. Env: LLMTAP_MAX_QUEUED_RECORDS.")
+    @Option(help: "Records the publisher may queue while the collector is slow or away; past it they are dropped and counted. A full queue of the default size holds about 25 MB. Env: LLMTAP_MAX_QUEUED_RECORDS.")
     var maxQueuedRecords = Int(environment["LLMTAP_MAX_QUEUED_RECORDS"] ?? "") ?? 16_384
 
     @Option(help: "Bytes the publisher may queue. Env: LLMTAP_MAX_QUEUED_BYTES.")

@@ -74,3 +74,10 @@ final class PublisherQueueTests: XCTestCase {
         XCTAssertEqual(queue.stats.queueDepth, 0)
     }
 }
+
+final class PendingRecordLayoutTests: XCTestCase {
+    /// The queue holds up to tens of thousands of these, in two arrays while the I/O thread drains.
+    func testAQueuedRecordIsSmallInline() {
+        XCTAssertLessThanOrEqual(MemoryLayout<PendingRecord>.stride, 64)
+    }
+}

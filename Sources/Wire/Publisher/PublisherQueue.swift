@@ -139,7 +139,8 @@ public struct PublisherStats: Sendable, Equatable {
 /// A record as it was handed to the publisher: a message for the I/O thread to encode, or bytes
 /// encoded already.
 enum PublishedRecord: Sendable {
-    case message(WireRecord)
+    /// Boxed: a message inline is 224 bytes, which every queued record would then take.
+    indirect case message(WireRecord)
     case encoded(EncodedRecord)
 
     var kindName: String {
