@@ -180,6 +180,11 @@ final class MITMTests: XCTestCase {
         defer { setup.harness.stop() }
         let cases: [(String, String)] = [
             ("CONNECT localhost HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"),
+            // Not a host name nor an address (this one used to crash the sidecar).
+            ("CONNECT [x:443 HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
+            ("CONNECT a]b:443 HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
+            // Unlisted and nothing listening: 502, not a crash.
+            ("CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 502"),
             ("CONNECT localhost:22 HTTP/1.1\r\nHost: localhost:22\r\n\r\n", "HTTP/1.1 403"),
             ("GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n", "HTTP/1.1 400"),
         ]

@@ -187,7 +187,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let (handler, context) = loopBound.value
                 switch result {
                 case .failure(let error):
-                    handler.refuse(context, .upstreamUnreachable(try! UpstreamTarget(url: "http://\(Self.bracketed(host)):\(port)"), error),
+                    handler.refuse(context, .tunnelUnreachable(host: host, port: port, error),
                                    why: "cannot open a tunnel to \(host):\(port): \(error)")
                 case .success:
                     handler.respond200(context)
@@ -250,13 +250,18 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: Parsing targets
 
-    /// `host:port` (IPv6 in brackets); nil without a port.
+    /// `host:port` (IPv6 in brackets); nil without a port, or with a host that is neither a DNS
+    /// name nor an IP address (it would only reach the resolver, or worse).
     static func authority(_ text: String) -> (String, Int)? {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else { return nil }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty, !host.contains("/"), !host.contains("@") else { return nil }
-        return (host.lowercased(), port)
+        guard let address = try? ListenAddress(text), (1...65535).contains(address.port) else { return nil }
+        let host = address.host.lowercased()
+        let isName = host.utf8.allSatisfy { byte in
+            (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39) || byte == 0x2D || byte == 0x2E || byte == 0x5F
+        }
+        let isIPv6 = host.contains(":") && host.utf8.allSatisfy { byte in
+            (byte >= 0x61 && byte <= 0x66) || (byte >= 0x30 && byte <= 0x39) || byte == 0x3A || byte == 0x2E
+        }
+        return isName || isIPv6 ? (host, address.port) : nil
     }
 
     /// scheme, host and port of an absolute-form target.
@@ -265,9 +270,9 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         let scheme = uri[..<schemeEnd.lowerBound].lowercased()
         let rest = uri[schemeEnd.upperBound...]
         let authority = rest.prefix { $0 != "/" && $0 != "?" }
-        if let (host, port) = self.authority(String(authority)) { return (scheme, host, port) }
-        guard !authority.isEmpty, !authority.contains("@") else { return nil }
-        return (scheme, authority.lowercased(), scheme == "https" ? 443 : 80)
+        // Without a port, the scheme's; the host is checked the same way either way.
+        let withPort = authority.last == "]" || !authority.contains(":") ? "\(authority):\(scheme == "https" ? 443 : 80)" : String(authority)
+        return self.authority(withPort).map { (scheme, $0.0, $0.1) }
     }
 
     static func bracketed(_ host: String) -> String {

@@ -38,6 +38,11 @@ struct ProxyErrorResponse {
                            message: "llmtap-sidecar could not reach the upstream \(upstream): \(error)")
     }
 
+    static func tunnelUnreachable(host: String, port: Int, _ error: any Error) -> ProxyErrorResponse {
+        ProxyErrorResponse(status: .badGateway, type: "llmtap_upstream_error", code: "upstream_unreachable",
+                           message: "llmtap-sidecar could not open a tunnel to \(host):\(port): \(error)")
+    }
+
     static func upstreamTimeout(_ upstream: UpstreamTarget, _ timeout: TimeAmount) -> ProxyErrorResponse {
         ProxyErrorResponse(status: .gatewayTimeout, type: "llmtap_upstream_error", code: "upstream_timeout",
                            message: "the upstream \(upstream) sent nothing for \(timeout.nanoseconds / 1_000_000_000) s")
