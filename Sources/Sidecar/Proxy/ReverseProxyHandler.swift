@@ -518,8 +518,7 @@ extension ReverseProxyHandler: UpstreamResponseSink {
         exchange.tap.responseBody(buffer)
         if var pending = pendingResponse, pending.readableBytes + buffer.readableBytes <= UpstreamHandler.coalesceLimit {
             if exchange.framing == .chunked {
-                pending.writeString(String(buffer.readableBytes, radix: 16))
-                pending.writeStaticString("\r\n")
+                ChunkedFraming.writeSizeLine(buffer.readableBytes, into: &pending)
                 pending.writeImmutableBuffer(buffer)
                 pending.writeStaticString("\r\n")
             } else {

@@ -190,9 +190,14 @@ enum ChunkedFraming {
 
     static func sizeLine(_ size: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
         var line = allocator.buffer(capacity: 18)
-        line.writeString(String(size, radix: 16))
-        line.writeStaticString("\r\n")
+        writeSizeLine(size, into: &line)
         return line
+    }
+
+    /// "1a2\r\n": a chunk's size in hex, as its line.
+    static func writeSizeLine(_ size: Int, into buffer: inout ByteBuffer) {
+        buffer.writeString(String(size, radix: 16))
+        buffer.writeStaticString("\r\n")
     }
 }
 
