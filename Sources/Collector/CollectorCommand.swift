@@ -14,7 +14,8 @@ struct CollectorCommand: AsyncParsableCommand {
         abstract: "Receives what LLMTap sidecars see and turns it into usage, cost, metrics and stored exchanges.",
         discussion: """
             Every option can also be set by the environment variable named in its help; the flag wins.
-            It serves /metrics (Prometheus), /healthz, /readyz, /api/exchanges and /api/usage on --http.
+            It serves /metrics (Prometheus), /healthz, /readyz, /api/exchanges and /api/usage on --http, and
+            /manage (projects, virtual keys, budgets) when MANAGEMENT_TOKEN (16 characters or more) is set.
             The collector stops on SIGTERM or SIGINT, storing what it holds.
             """,
         version: LLMTapVersion.current
@@ -24,6 +25,12 @@ struct CollectorCommand: AsyncParsableCommand {
 
     @Option(help: "Where sidecars send analysis records (a ZeroMQ PULL socket the collector binds). Env: LLMTAP_LISTEN_ANALYSIS.")
     var listenAnalysis = environment["LLMTAP_LISTEN_ANALYSIS"] ?? "tcp://*:7101"
+
+    @Option(help: "Where sidecars get keys, limits and budget denials (a ZeroMQ PUB socket the collector binds). Env: LLMTAP_LISTEN_POLICY.")
+    var listenPolicy = environment["LLMTAP_LISTEN_POLICY"] ?? "tcp://*:7102"
+
+    @Option(help: "A file holding the management token, instead of the MANAGEMENT_TOKEN variable. Without either, /manage answers 503.")
+    var managementTokenFile: String? = environment["LLMTAP_MANAGEMENT_TOKEN_FILE"]
 
     @Option(help: "host:port of the HTTP server: /metrics, /healthz, /readyz and /api. Env: LLMTAP_HTTP.")
     var http = environment["LLMTAP_HTTP"] ?? "0.0.0.0:9464"
@@ -106,7 +113,18 @@ struct CollectorCommand: AsyncParsableCommand {
             throw ValidationError("cannot open --jsonl \(jsonl ?? ""): \(error)")
         }
 
+        let management = try Self.managementToken(file: managementTokenFile)
+        if management == nil {
+            logger.warning("the management API is off: set MANAGEMENT_TOKEN (or --management-token-file) to manage projects and keys")
+        }
+
         let metrics = CollectorMetrics(maxModelLabels: maxModelLabels)
+        let policy: PolicyEngine
+        do {
+            policy = try PolicyEngine(database: database, settings: PolicyEngine.Settings(endpoint: listenPolicy), metrics: metrics, logger: logger)
+        } catch {
+            throw ValidationError("cannot listen on --listen-policy \(listenPolicy): \(error)")
+        }
         let checkpoints = (try? database.loadCheckpoints()) ?? []
         metrics.resume(heartbeatDropped: Dictionary(
             checkpoints.map { (CollectorMetrics.BootKey(sidecarID: $0.sidecarID, bootID: $0.bootID), UInt64($0.heartbeatDropped)) },
@@ -126,7 +144,8 @@ struct CollectorCommand: AsyncParsableCommand {
         let receiverBox = ReceiverBox()
         let lastCheckpoint = Atomic<Int64>(0)
         let pipeline = IngestPipeline(
-            settings: IngestPipeline.Settings(limits: limits), prices: priceTable, metrics: metrics, writer: writer, links: links, logger: logger,
+            settings: IngestPipeline.Settings(limits: limits), prices: priceTable, metrics: metrics, writer: writer, links: links, policy: policy,
+            logger: logger,
             onCycle: { [receiverBox, lastCheckpoint] in
                 if let stats = receiverBox.receiver?.stats {
                     metrics.sync(receiver: stats)
@@ -156,13 +175,15 @@ struct CollectorCommand: AsyncParsableCommand {
         } catch {
             pipeline.shutdown()
             writer.shutdown()
+            policy.shutdown()
             throw ValidationError("cannot listen on --listen-analysis \(listenAnalysis): \(error)")
         }
         receiverBox.receiver = receiver
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let address = try ListenAddress(http)
-        let api = APIContext(metrics: metrics, database: database, writer: writer, isReceiving: { receiverBox.receiver != nil })
+        var api = APIContext(metrics: metrics, database: database, writer: writer, isReceiving: { receiverBox.receiver != nil })
+        api.management = ManagementAPI(policy: policy, token: management)
         let httpChannel: any Channel
         do {
             httpChannel = try await CollectorHTTPServer.bind(host: address.host, port: address.port, group: group, api: api, logger: logger)
@@ -170,11 +191,12 @@ struct CollectorCommand: AsyncParsableCommand {
             receiver.shutdown()
             pipeline.shutdown()
             writer.shutdown()
+            policy.shutdown()
             try? await group.shutdownGracefully()
             throw ValidationError("cannot listen on --http \(http): \(error)")
         }
         logger.info("llmtap-collector started", metadata: [
-            "analysis": "\(receiver.boundEndpoint)", "http": "\(httpChannel.localAddress.map { "\($0)" } ?? http)",
+            "analysis": "\(receiver.boundEndpoint)", "policy": "\(policy.boundEndpoint)", "http": "\(httpChannel.localAddress.map { "\($0)" } ?? http)",
             "db": "\(db)", "prices": "\(prices ?? "shipped, as of \(priceTable.asOf)")", "version": "\(LLMTapVersion.current)",
         ])
 
@@ -190,6 +212,7 @@ struct CollectorCommand: AsyncParsableCommand {
             pipeline.shutdown()
             writer.checkpoint(Self.checkpoints(receiver.stats, metrics))
             writer.shutdown()
+            policy.shutdown()
         }
         try? await group.shutdownGracefully()
         let stats = receiver.stats
@@ -198,6 +221,23 @@ struct CollectorCommand: AsyncParsableCommand {
             "received": "\(stats.received)", "rejected": "\(stats.totalRejected)", "missing": "\(stats.totalMissing)",
             "stored": "\(health.written)", "unstored": "\(health.pending)",
         ])
+    }
+
+    /// The management token from --management-token-file or MANAGEMENT_TOKEN; nil when neither is set.
+    static func managementToken(file: String?) throws -> ManagementToken? {
+        var text = environment["MANAGEMENT_TOKEN"]
+        if let file {
+            do {
+                text = try String(contentsOfFile: file, encoding: .utf8)
+            } catch {
+                throw ValidationError("cannot read --management-token-file \(file): \(error)")
+            }
+        }
+        guard let text = text?.trimmingCharacters(in: .whitespacesAndNewlines), !text.isEmpty else { return nil }
+        guard let token = ManagementToken(text) else {
+            throw ValidationError("the management token must be at least \(ManagementToken.minimumLength) characters; refusing to serve /manage with a guessable one")
+        }
+        return token
     }
 
     /// Where every stream stands now, for the next run.

@@ -60,6 +60,15 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "The collector's analysis socket. Env: LLMTAP_COLLECTOR.")
     var collector = environment["LLMTAP_COLLECTOR"] ?? "tcp://127.0.0.1:7101"
 
+    @Option(help: "The collector's policy socket (virtual keys, limits, budgets), e.g. tcp://collector:7102. Without it, no policy applies. Env: LLMTAP_POLICY.")
+    var policy: String? = environment["LLMTAP_POLICY"]
+
+    @Flag(help: "Accept only LLMTap virtual keys (needs --policy): any other credential, or none, gets 401. Env: LLMTAP_REQUIRE_VIRTUAL_KEY=1.")
+    var requireVirtualKey = environment["LLMTAP_REQUIRE_VIRTUAL_KEY"] == "1"
+
+    @Option(help: "A file of upstream credentials for projects, one name=secret per line; LLMTAP_CREDENTIAL_<NAME> variables work too. Env: LLMTAP_CREDENTIALS_FILE.")
+    var credentialsFile: String? = environment["LLMTAP_CREDENTIALS_FILE"]
+
     @Option(help: "A label for the app this sidecar serves. Env: LLMTAP_APP.")
     var app = environment["LLMTAP_APP"] ?? "default"
 
@@ -112,6 +121,9 @@ struct SidecarCommand: AsyncParsableCommand {
         guard (1024...(16 << 20)).contains(maxHeaderBytes) else { throw ValidationError("--max-header-bytes must be between 1024 and 16777216") }
         guard upstreamTimeout > 0, connectTimeout > 0, drainTimeout >= 0, clientTimeout > 0 else { throw ValidationError("timeouts must be positive") }
         guard threads > 0 else { throw ValidationError("--threads must be at least 1") }
+        guard !requireVirtualKey || policy != nil else {
+            throw ValidationError("--require-virtual-key needs --policy: without the collector's policy no key could be checked")
+        }
         do {
             _ = try UpstreamTarget(url: upstream)
             _ = try ListenAddress(listen)
@@ -169,13 +181,32 @@ struct SidecarCommand: AsyncParsableCommand {
             sslContext: sslContext, connectTimeout: .seconds(Self.seconds(connectTimeout)),
             maxIdle: 64, idleTimeout: .seconds(30)
         ))
-        let settings = ProxySettings(
+        var settings = ProxySettings(
             tap: TapSettings(app: app, maxCaptureBytes: maxCaptureBytes, tailBytes: 16 << 10),
             tenantHasher: TenantHasher(key: tenantKey),
             upstreamTimeout: .milliseconds(Int64(upstreamTimeout * 1000)),
             clientTimeout: .milliseconds(Int64(clientTimeout * 1000)),
             maxHeaderBytes: maxHeaderBytes
         )
+        var subscriber: PolicySubscriber?
+        if let policy {
+            let credentials: UpstreamCredentials
+            do {
+                credentials = try UpstreamCredentials.load(file: credentialsFile, environment: Self.environment)
+            } catch {
+                throw ValidationError("cannot read the upstream credentials: \(error)")
+            }
+            let gate = PolicyGate(requireVirtualKey: requireVirtualKey)
+            do {
+                subscriber = try PolicySubscriber(endpoint: policy, bootID: publisherConfiguration.bootID, gate: gate, credentials: credentials, logger: logger)
+            } catch {
+                throw ValidationError("cannot use --policy \(policy): \(error)")
+            }
+            settings.policy = gate
+            logger.info("policy on: virtual keys are checked; requests with them get 503 until the first snapshot", metadata: [
+                "policy": "\(policy)", "require_virtual_key": "\(requireVirtualKey)", "credentials": "\(credentials.names)",
+            ])
+        }
         logger.info("llmtap-sidecar started", metadata: [
             "sidecar_id": "\(sidecarId)", "app": "\(app)", "collector": "\(collector)", "upstream": "\(target)",
             "boot_id": "\(publisherConfiguration.bootID)", "version": "\(LLMTapVersion.current)",
@@ -223,6 +254,7 @@ struct SidecarCommand: AsyncParsableCommand {
         }
         // Closing what is left settles its exchanges (their records go out) before the publisher's flush.
         await pools.closeAll()
+        subscriber?.shutdown()
         try? await group.shutdownGracefully()
         try? await mintingPool.shutdownGracefully()
         await publisher.shutdownGracefully()

@@ -6,6 +6,7 @@ final class SidecarCounters: Sendable {
     let inFlight = Atomic<Int>(0)
     let openConnections = Atomic<Int>(0)
     let malformedRequests = Atomic<UInt64>(0)
+    let policyRejections = Atomic<UInt64>(0)
     private let nextExchange = Atomic<UInt64>(0)
     private let exchangePrefix: String
     private static let hexDigits = Array("0123456789abcdef".utf8)

@@ -287,56 +287,115 @@ public nonisolated struct Llmtap_Wire_V1_Header: Sendable {
 }
 
 /// The client's request, sent once its body has ended (or failed).
-public nonisolated struct Llmtap_Wire_V1_Request: Sendable {
+public nonisolated struct Llmtap_Wire_V1_Request: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
   /// Unique per sidecar boot; the same id is echoed to the client in x-llmtap-exchange-id.
-  public var exchangeID: String = String()
+  public var exchangeID: String {
+    get {_storage._exchangeID}
+    set {_uniqueStorage()._exchangeID = newValue}
+  }
 
-  public var ingress: Llmtap_Wire_V1_IngressMode = .unspecified
+  public var ingress: Llmtap_Wire_V1_IngressMode {
+    get {_storage._ingress}
+    set {_uniqueStorage()._ingress = newValue}
+  }
 
-  public var method: String = String()
+  public var method: String {
+    get {_storage._method}
+    set {_uniqueStorage()._method = newValue}
+  }
 
   /// "https" or "http": the scheme used toward the upstream.
-  public var scheme: String = String()
+  public var scheme: String {
+    get {_storage._scheme}
+    set {_uniqueStorage()._scheme = newValue}
+  }
 
   /// The upstream authority the request was sent to ("api.openai.com", "host:8443").
-  public var host: String = String()
+  public var host: String {
+    get {_storage._host}
+    set {_uniqueStorage()._host = newValue}
+  }
 
   /// Path with query, as sent upstream ("/v1/chat/completions?x=1").
-  public var path: String = String()
+  public var path: String {
+    get {_storage._path}
+    set {_uniqueStorage()._path = newValue}
+  }
 
   /// The client's address as "ip:port".
-  public var clientAddress: String = String()
+  public var clientAddress: String {
+    get {_storage._clientAddress}
+    set {_uniqueStorage()._clientAddress = newValue}
+  }
 
   /// The sidecar's app label.
-  public var app: String = String()
+  public var app: String {
+    get {_storage._app}
+    set {_uniqueStorage()._app = newValue}
+  }
 
   /// Keyed hash of the credential (16 hex characters), empty when the request had none.
-  public var tenant: String = String()
+  public var tenant: String {
+    get {_storage._tenant}
+    set {_uniqueStorage()._tenant = newValue}
+  }
 
   /// When the request head arrived, Unix epoch nanoseconds.
-  public var startUnixNanos: Int64 = 0
+  public var startUnixNanos: Int64 {
+    get {_storage._startUnixNanos}
+    set {_uniqueStorage()._startUnixNanos = newValue}
+  }
 
-  public var headers: [Llmtap_Wire_V1_Header] = []
+  public var headers: [Llmtap_Wire_V1_Header] {
+    get {_storage._headers}
+    set {_uniqueStorage()._headers = newValue}
+  }
 
   /// The captured body: the first bytes, up to the sidecar's capture cap.
-  public var body: Data = Data()
+  public var body: Data {
+    get {_storage._body}
+    set {_uniqueStorage()._body = newValue}
+  }
 
   /// The body's full size in bytes, whatever was captured.
-  public var bodySize: UInt64 = 0
+  public var bodySize: UInt64 {
+    get {_storage._bodySize}
+    set {_uniqueStorage()._bodySize = newValue}
+  }
 
   /// True when body holds fewer bytes than body_size.
-  public var bodyTruncated: Bool = false
+  public var bodyTruncated: Bool {
+    get {_storage._bodyTruncated}
+    set {_uniqueStorage()._bodyTruncated = newValue}
+  }
 
   /// "HTTP/1.1", ...
-  public var httpVersion: String = String()
+  public var httpVersion: String {
+    get {_storage._httpVersion}
+    set {_uniqueStorage()._httpVersion = newValue}
+  }
+
+  /// For a request made with a virtual key (see the policy channel below): the key's id and its
+  /// project. Never the key itself.
+  public var keyID: String {
+    get {_storage._keyID}
+    set {_uniqueStorage()._keyID = newValue}
+  }
+
+  public var projectID: String {
+    get {_storage._projectID}
+    set {_uniqueStorage()._projectID = newValue}
+  }
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
 }
 
 /// A piece of a body as it flowed. Concatenating the chunks of one exchange and
@@ -404,6 +463,11 @@ public nonisolated struct Llmtap_Wire_V1_ResponseDone: Sendable {
   /// True when the response capture was cut at the cap (the client still got everything).
   public var responseTruncated: Bool = false
 
+  /// For OUTCOME_REJECTED by policy: why, one of "unknown_key", "expired_key", "revoked_key",
+  /// "rate_limited", "parallel_limit", "budget_exceeded", "model_not_allowed", "key_required",
+  /// "policy_unavailable", "credential_missing". Empty for every other rejection.
+  public var rejectReason: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -447,6 +511,94 @@ public nonisolated struct Llmtap_Wire_V1_Heartbeat: Sendable {
 
   /// Requests refused as malformed HTTP (400, 431) before any exchange could start.
   public var malformedRequests: UInt64 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Llmtap_Wire_V1_PolicyMessage: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// A random id chosen at every collector start; versions count from 1 within it.
+  public var collectorID: String = String()
+
+  /// The state's version after this message. A change carries base_version = version - 1; a
+  /// sidecar whose own version is not base_version asks for a snapshot instead of applying it.
+  public var version: UInt64 = 0
+
+  public var baseVersion: UInt64 = 0
+
+  /// True for a snapshot: the keys and projects below replace everything held.
+  public var full: Bool = false
+
+  public var sentUnixNanos: Int64 = 0
+
+  public var keys: [Llmtap_Wire_V1_PolicyKey] = []
+
+  public var projects: [Llmtap_Wire_V1_PolicyProject] = []
+
+  /// Projects deleted since base_version (their keys are gone with them).
+  public var removedProjects: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// A virtual key, as a sidecar needs it to decide on a request.
+public nonisolated struct Llmtap_Wire_V1_PolicyKey: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// SHA-256 of the whole key ("llmtap-..."), 32 bytes. The key itself is never stored or sent.
+  public var secretSha256: Data = Data()
+
+  public var keyID: String = String()
+
+  public var projectID: String = String()
+
+  /// Unix epoch milliseconds; 0 for a key that never expires.
+  public var expiresUnixMs: Int64 = 0
+
+  public var revoked: Bool = false
+
+  /// Requests per hour, per sidecar; 0 for no limit.
+  public var rateLimitPerHour: UInt32 = 0
+
+  /// Requests in flight at once, per sidecar; 0 for no limit.
+  public var maxParallel: UInt32 = 0
+
+  /// Models the key may ask for; empty for any.
+  public var allowedModels: [String] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Llmtap_Wire_V1_PolicyProject: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var projectID: String = String()
+
+  public var name: String = String()
+
+  /// The name under which each sidecar holds this project's upstream credential.
+  public var credentialRef: String = String()
+
+  /// True while the project is over a budget: its requests get 429.
+  public var denied: Bool = false
+
+  public var denialReason: String = String()
+
+  /// When the denial's period ends (Unix epoch milliseconds), for Retry-After; 0 for never.
+  public var deniedUntilUnixMs: Int64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -678,99 +830,177 @@ nonisolated extension Llmtap_Wire_V1_Header: SwiftProtobuf.Message, SwiftProtobu
 
 nonisolated extension Llmtap_Wire_V1_Request: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Request"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}ingress\0\u{1}method\0\u{1}scheme\0\u{1}host\0\u{1}path\0\u{3}client_address\0\u{1}app\0\u{1}tenant\0\u{3}start_unix_nanos\0\u{1}headers\0\u{1}body\0\u{3}body_size\0\u{3}body_truncated\0\u{3}http_version\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}ingress\0\u{1}method\0\u{1}scheme\0\u{1}host\0\u{1}path\0\u{3}client_address\0\u{1}app\0\u{1}tenant\0\u{3}start_unix_nanos\0\u{1}headers\0\u{1}body\0\u{3}body_size\0\u{3}body_truncated\0\u{3}http_version\0\u{3}key_id\0\u{3}project_id\0")
+
+  fileprivate class _StorageClass {
+    var _exchangeID: String = String()
+    var _ingress: Llmtap_Wire_V1_IngressMode = .unspecified
+    var _method: String = String()
+    var _scheme: String = String()
+    var _host: String = String()
+    var _path: String = String()
+    var _clientAddress: String = String()
+    var _app: String = String()
+    var _tenant: String = String()
+    var _startUnixNanos: Int64 = 0
+    var _headers: [Llmtap_Wire_V1_Header] = []
+    var _body: Data = Data()
+    var _bodySize: UInt64 = 0
+    var _bodyTruncated: Bool = false
+    var _httpVersion: String = String()
+    var _keyID: String = String()
+    var _projectID: String = String()
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _exchangeID = source._exchangeID
+      _ingress = source._ingress
+      _method = source._method
+      _scheme = source._scheme
+      _host = source._host
+      _path = source._path
+      _clientAddress = source._clientAddress
+      _app = source._app
+      _tenant = source._tenant
+      _startUnixNanos = source._startUnixNanos
+      _headers = source._headers
+      _body = source._body
+      _bodySize = source._bodySize
+      _bodyTruncated = source._bodyTruncated
+      _httpVersion = source._httpVersion
+      _keyID = source._keyID
+      _projectID = source._projectID
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
-    while let fieldNumber = try decoder.nextFieldNumber() {
-      // The use of inline closures is to circumvent an issue where the compiler
-      // allocates stack space for every case branch when no optimizations are
-      // enabled. https://github.com/apple/swift-protobuf/issues/1034
-      switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.exchangeID) }()
-      case 2: try { try decoder.decodeSingularEnumField(value: &self.ingress) }()
-      case 3: try { try decoder.decodeSingularStringField(value: &self.method) }()
-      case 4: try { try decoder.decodeSingularStringField(value: &self.scheme) }()
-      case 5: try { try decoder.decodeSingularStringField(value: &self.host) }()
-      case 6: try { try decoder.decodeSingularStringField(value: &self.path) }()
-      case 7: try { try decoder.decodeSingularStringField(value: &self.clientAddress) }()
-      case 8: try { try decoder.decodeSingularStringField(value: &self.app) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.tenant) }()
-      case 10: try { try decoder.decodeSingularInt64Field(value: &self.startUnixNanos) }()
-      case 11: try { try decoder.decodeRepeatedMessageField(value: &self.headers) }()
-      case 12: try { try decoder.decodeSingularBytesField(value: &self.body) }()
-      case 13: try { try decoder.decodeSingularUInt64Field(value: &self.bodySize) }()
-      case 14: try { try decoder.decodeSingularBoolField(value: &self.bodyTruncated) }()
-      case 15: try { try decoder.decodeSingularStringField(value: &self.httpVersion) }()
-      default: break
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._exchangeID) }()
+        case 2: try { try decoder.decodeSingularEnumField(value: &_storage._ingress) }()
+        case 3: try { try decoder.decodeSingularStringField(value: &_storage._method) }()
+        case 4: try { try decoder.decodeSingularStringField(value: &_storage._scheme) }()
+        case 5: try { try decoder.decodeSingularStringField(value: &_storage._host) }()
+        case 6: try { try decoder.decodeSingularStringField(value: &_storage._path) }()
+        case 7: try { try decoder.decodeSingularStringField(value: &_storage._clientAddress) }()
+        case 8: try { try decoder.decodeSingularStringField(value: &_storage._app) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._tenant) }()
+        case 10: try { try decoder.decodeSingularInt64Field(value: &_storage._startUnixNanos) }()
+        case 11: try { try decoder.decodeRepeatedMessageField(value: &_storage._headers) }()
+        case 12: try { try decoder.decodeSingularBytesField(value: &_storage._body) }()
+        case 13: try { try decoder.decodeSingularUInt64Field(value: &_storage._bodySize) }()
+        case 14: try { try decoder.decodeSingularBoolField(value: &_storage._bodyTruncated) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._httpVersion) }()
+        case 16: try { try decoder.decodeSingularStringField(value: &_storage._keyID) }()
+        case 17: try { try decoder.decodeSingularStringField(value: &_storage._projectID) }()
+        default: break
+        }
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.exchangeID.isEmpty {
-      try visitor.visitSingularStringField(value: self.exchangeID, fieldNumber: 1)
-    }
-    if self.ingress != .unspecified {
-      try visitor.visitSingularEnumField(value: self.ingress, fieldNumber: 2)
-    }
-    if !self.method.isEmpty {
-      try visitor.visitSingularStringField(value: self.method, fieldNumber: 3)
-    }
-    if !self.scheme.isEmpty {
-      try visitor.visitSingularStringField(value: self.scheme, fieldNumber: 4)
-    }
-    if !self.host.isEmpty {
-      try visitor.visitSingularStringField(value: self.host, fieldNumber: 5)
-    }
-    if !self.path.isEmpty {
-      try visitor.visitSingularStringField(value: self.path, fieldNumber: 6)
-    }
-    if !self.clientAddress.isEmpty {
-      try visitor.visitSingularStringField(value: self.clientAddress, fieldNumber: 7)
-    }
-    if !self.app.isEmpty {
-      try visitor.visitSingularStringField(value: self.app, fieldNumber: 8)
-    }
-    if !self.tenant.isEmpty {
-      try visitor.visitSingularStringField(value: self.tenant, fieldNumber: 9)
-    }
-    if self.startUnixNanos != 0 {
-      try visitor.visitSingularInt64Field(value: self.startUnixNanos, fieldNumber: 10)
-    }
-    if !self.headers.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.headers, fieldNumber: 11)
-    }
-    if !self.body.isEmpty {
-      try visitor.visitSingularBytesField(value: self.body, fieldNumber: 12)
-    }
-    if self.bodySize != 0 {
-      try visitor.visitSingularUInt64Field(value: self.bodySize, fieldNumber: 13)
-    }
-    if self.bodyTruncated != false {
-      try visitor.visitSingularBoolField(value: self.bodyTruncated, fieldNumber: 14)
-    }
-    if !self.httpVersion.isEmpty {
-      try visitor.visitSingularStringField(value: self.httpVersion, fieldNumber: 15)
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      if !_storage._exchangeID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._exchangeID, fieldNumber: 1)
+      }
+      if _storage._ingress != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._ingress, fieldNumber: 2)
+      }
+      if !_storage._method.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._method, fieldNumber: 3)
+      }
+      if !_storage._scheme.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._scheme, fieldNumber: 4)
+      }
+      if !_storage._host.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._host, fieldNumber: 5)
+      }
+      if !_storage._path.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._path, fieldNumber: 6)
+      }
+      if !_storage._clientAddress.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._clientAddress, fieldNumber: 7)
+      }
+      if !_storage._app.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._app, fieldNumber: 8)
+      }
+      if !_storage._tenant.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._tenant, fieldNumber: 9)
+      }
+      if _storage._startUnixNanos != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._startUnixNanos, fieldNumber: 10)
+      }
+      if !_storage._headers.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._headers, fieldNumber: 11)
+      }
+      if !_storage._body.isEmpty {
+        try visitor.visitSingularBytesField(value: _storage._body, fieldNumber: 12)
+      }
+      if _storage._bodySize != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._bodySize, fieldNumber: 13)
+      }
+      if _storage._bodyTruncated != false {
+        try visitor.visitSingularBoolField(value: _storage._bodyTruncated, fieldNumber: 14)
+      }
+      if !_storage._httpVersion.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._httpVersion, fieldNumber: 15)
+      }
+      if !_storage._keyID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._keyID, fieldNumber: 16)
+      }
+      if !_storage._projectID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._projectID, fieldNumber: 17)
+      }
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Llmtap_Wire_V1_Request, rhs: Llmtap_Wire_V1_Request) -> Bool {
-    if lhs.exchangeID != rhs.exchangeID {return false}
-    if lhs.ingress != rhs.ingress {return false}
-    if lhs.method != rhs.method {return false}
-    if lhs.scheme != rhs.scheme {return false}
-    if lhs.host != rhs.host {return false}
-    if lhs.path != rhs.path {return false}
-    if lhs.clientAddress != rhs.clientAddress {return false}
-    if lhs.app != rhs.app {return false}
-    if lhs.tenant != rhs.tenant {return false}
-    if lhs.startUnixNanos != rhs.startUnixNanos {return false}
-    if lhs.headers != rhs.headers {return false}
-    if lhs.body != rhs.body {return false}
-    if lhs.bodySize != rhs.bodySize {return false}
-    if lhs.bodyTruncated != rhs.bodyTruncated {return false}
-    if lhs.httpVersion != rhs.httpVersion {return false}
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._exchangeID != rhs_storage._exchangeID {return false}
+        if _storage._ingress != rhs_storage._ingress {return false}
+        if _storage._method != rhs_storage._method {return false}
+        if _storage._scheme != rhs_storage._scheme {return false}
+        if _storage._host != rhs_storage._host {return false}
+        if _storage._path != rhs_storage._path {return false}
+        if _storage._clientAddress != rhs_storage._clientAddress {return false}
+        if _storage._app != rhs_storage._app {return false}
+        if _storage._tenant != rhs_storage._tenant {return false}
+        if _storage._startUnixNanos != rhs_storage._startUnixNanos {return false}
+        if _storage._headers != rhs_storage._headers {return false}
+        if _storage._body != rhs_storage._body {return false}
+        if _storage._bodySize != rhs_storage._bodySize {return false}
+        if _storage._bodyTruncated != rhs_storage._bodyTruncated {return false}
+        if _storage._httpVersion != rhs_storage._httpVersion {return false}
+        if _storage._keyID != rhs_storage._keyID {return false}
+        if _storage._projectID != rhs_storage._projectID {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -833,7 +1063,7 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ResponseDone"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}status\0\u{1}headers\0\u{3}upstream_first_byte_unix_nanos\0\u{3}end_unix_nanos\0\u{3}request_bytes\0\u{3}response_bytes\0\u{1}outcome\0\u{1}error\0\u{3}response_chunks\0\u{3}response_truncated\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}status\0\u{1}headers\0\u{3}upstream_first_byte_unix_nanos\0\u{3}end_unix_nanos\0\u{3}request_bytes\0\u{3}response_bytes\0\u{1}outcome\0\u{1}error\0\u{3}response_chunks\0\u{3}response_truncated\0\u{3}reject_reason\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -852,6 +1082,7 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
       case 9: try { try decoder.decodeSingularStringField(value: &self.error) }()
       case 10: try { try decoder.decodeSingularUInt64Field(value: &self.responseChunks) }()
       case 11: try { try decoder.decodeSingularBoolField(value: &self.responseTruncated) }()
+      case 12: try { try decoder.decodeSingularStringField(value: &self.rejectReason) }()
       default: break
       }
     }
@@ -891,6 +1122,9 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
     if self.responseTruncated != false {
       try visitor.visitSingularBoolField(value: self.responseTruncated, fieldNumber: 11)
     }
+    if !self.rejectReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.rejectReason, fieldNumber: 12)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -906,6 +1140,7 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
     if lhs.error != rhs.error {return false}
     if lhs.responseChunks != rhs.responseChunks {return false}
     if lhs.responseTruncated != rhs.responseTruncated {return false}
+    if lhs.rejectReason != rhs.rejectReason {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -991,6 +1226,191 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
     if lhs.app != rhs.app {return false}
     if lhs.intervalMs != rhs.intervalMs {return false}
     if lhs.malformedRequests != rhs.malformedRequests {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Llmtap_Wire_V1_PolicyMessage: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PolicyMessage"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}collector_id\0\u{1}version\0\u{3}base_version\0\u{1}full\0\u{3}sent_unix_nanos\0\u{1}keys\0\u{1}projects\0\u{3}removed_projects\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.collectorID) }()
+      case 2: try { try decoder.decodeSingularUInt64Field(value: &self.version) }()
+      case 3: try { try decoder.decodeSingularUInt64Field(value: &self.baseVersion) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.full) }()
+      case 5: try { try decoder.decodeSingularInt64Field(value: &self.sentUnixNanos) }()
+      case 6: try { try decoder.decodeRepeatedMessageField(value: &self.keys) }()
+      case 7: try { try decoder.decodeRepeatedMessageField(value: &self.projects) }()
+      case 8: try { try decoder.decodeRepeatedStringField(value: &self.removedProjects) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.collectorID.isEmpty {
+      try visitor.visitSingularStringField(value: self.collectorID, fieldNumber: 1)
+    }
+    if self.version != 0 {
+      try visitor.visitSingularUInt64Field(value: self.version, fieldNumber: 2)
+    }
+    if self.baseVersion != 0 {
+      try visitor.visitSingularUInt64Field(value: self.baseVersion, fieldNumber: 3)
+    }
+    if self.full != false {
+      try visitor.visitSingularBoolField(value: self.full, fieldNumber: 4)
+    }
+    if self.sentUnixNanos != 0 {
+      try visitor.visitSingularInt64Field(value: self.sentUnixNanos, fieldNumber: 5)
+    }
+    if !self.keys.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.keys, fieldNumber: 6)
+    }
+    if !self.projects.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.projects, fieldNumber: 7)
+    }
+    if !self.removedProjects.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.removedProjects, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Llmtap_Wire_V1_PolicyMessage, rhs: Llmtap_Wire_V1_PolicyMessage) -> Bool {
+    if lhs.collectorID != rhs.collectorID {return false}
+    if lhs.version != rhs.version {return false}
+    if lhs.baseVersion != rhs.baseVersion {return false}
+    if lhs.full != rhs.full {return false}
+    if lhs.sentUnixNanos != rhs.sentUnixNanos {return false}
+    if lhs.keys != rhs.keys {return false}
+    if lhs.projects != rhs.projects {return false}
+    if lhs.removedProjects != rhs.removedProjects {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Llmtap_Wire_V1_PolicyKey: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PolicyKey"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}secret_sha256\0\u{3}key_id\0\u{3}project_id\0\u{3}expires_unix_ms\0\u{1}revoked\0\u{3}rate_limit_per_hour\0\u{3}max_parallel\0\u{3}allowed_models\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularBytesField(value: &self.secretSha256) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.keyID) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.projectID) }()
+      case 4: try { try decoder.decodeSingularInt64Field(value: &self.expiresUnixMs) }()
+      case 5: try { try decoder.decodeSingularBoolField(value: &self.revoked) }()
+      case 6: try { try decoder.decodeSingularUInt32Field(value: &self.rateLimitPerHour) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.maxParallel) }()
+      case 8: try { try decoder.decodeRepeatedStringField(value: &self.allowedModels) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.secretSha256.isEmpty {
+      try visitor.visitSingularBytesField(value: self.secretSha256, fieldNumber: 1)
+    }
+    if !self.keyID.isEmpty {
+      try visitor.visitSingularStringField(value: self.keyID, fieldNumber: 2)
+    }
+    if !self.projectID.isEmpty {
+      try visitor.visitSingularStringField(value: self.projectID, fieldNumber: 3)
+    }
+    if self.expiresUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.expiresUnixMs, fieldNumber: 4)
+    }
+    if self.revoked != false {
+      try visitor.visitSingularBoolField(value: self.revoked, fieldNumber: 5)
+    }
+    if self.rateLimitPerHour != 0 {
+      try visitor.visitSingularUInt32Field(value: self.rateLimitPerHour, fieldNumber: 6)
+    }
+    if self.maxParallel != 0 {
+      try visitor.visitSingularUInt32Field(value: self.maxParallel, fieldNumber: 7)
+    }
+    if !self.allowedModels.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.allowedModels, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Llmtap_Wire_V1_PolicyKey, rhs: Llmtap_Wire_V1_PolicyKey) -> Bool {
+    if lhs.secretSha256 != rhs.secretSha256 {return false}
+    if lhs.keyID != rhs.keyID {return false}
+    if lhs.projectID != rhs.projectID {return false}
+    if lhs.expiresUnixMs != rhs.expiresUnixMs {return false}
+    if lhs.revoked != rhs.revoked {return false}
+    if lhs.rateLimitPerHour != rhs.rateLimitPerHour {return false}
+    if lhs.maxParallel != rhs.maxParallel {return false}
+    if lhs.allowedModels != rhs.allowedModels {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Llmtap_Wire_V1_PolicyProject: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".PolicyProject"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}project_id\0\u{1}name\0\u{3}credential_ref\0\u{1}denied\0\u{3}denial_reason\0\u{3}denied_until_unix_ms\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.projectID) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.credentialRef) }()
+      case 4: try { try decoder.decodeSingularBoolField(value: &self.denied) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.denialReason) }()
+      case 6: try { try decoder.decodeSingularInt64Field(value: &self.deniedUntilUnixMs) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.projectID.isEmpty {
+      try visitor.visitSingularStringField(value: self.projectID, fieldNumber: 1)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    }
+    if !self.credentialRef.isEmpty {
+      try visitor.visitSingularStringField(value: self.credentialRef, fieldNumber: 3)
+    }
+    if self.denied != false {
+      try visitor.visitSingularBoolField(value: self.denied, fieldNumber: 4)
+    }
+    if !self.denialReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.denialReason, fieldNumber: 5)
+    }
+    if self.deniedUntilUnixMs != 0 {
+      try visitor.visitSingularInt64Field(value: self.deniedUntilUnixMs, fieldNumber: 6)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Llmtap_Wire_V1_PolicyProject, rhs: Llmtap_Wire_V1_PolicyProject) -> Bool {
+    if lhs.projectID != rhs.projectID {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.credentialRef != rhs.credentialRef {return false}
+    if lhs.denied != rhs.denied {return false}
+    if lhs.denialReason != rhs.denialReason {return false}
+    if lhs.deniedUntilUnixMs != rhs.deniedUntilUnixMs {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -40,6 +40,8 @@ final class EncodedRecordTests: XCTestCase {
             expected.bodySize = fields.bodySize
             expected.bodyTruncated = fields.bodyTruncated
             expected.httpVersion = fields.httpVersion
+            expected.keyID = fields.keyID
+            expected.projectID = fields.projectID
             let withHeaders = !fields.exchangeID.isEmpty
             if withHeaders { expected.headers = wireHeaders() }
             let record = body.withUnsafeBytes {
@@ -83,6 +85,7 @@ final class EncodedRecordTests: XCTestCase {
         fields.error = "the upstream closed the connection before the response ended"
         fields.responseChunks = 300
         fields.responseTruncated = true
+        fields.rejectReason = "budget_exceeded"
         for (fields, withHeaders) in [(ResponseDoneFields(), false), (fields, true)] {
             var expected = WireResponseDone()
             expected.exchangeID = fields.exchangeID
@@ -96,6 +99,7 @@ final class EncodedRecordTests: XCTestCase {
             expected.error = fields.error
             expected.responseChunks = fields.responseChunks
             expected.responseTruncated = fields.responseTruncated
+            expected.rejectReason = fields.rejectReason
             let record = EncodedRecord.responseDone(fields, headers: StringHeaderFields(withHeaders ? headers : []), isSecret: isSecret)
             XCTAssertEqual(record.bytes, try expected.serializedBytes() as [UInt8])
             XCTAssertEqual(try record.decoded(), .responseDone(expected))
@@ -134,6 +138,8 @@ final class EncodedRecordTests: XCTestCase {
         fields.bodySize = 20_001
         fields.bodyTruncated = true
         fields.httpVersion = "HTTP/1.1"
+        fields.keyID = "key_7f3a9c2e01b4"
+        fields.projectID = "proj_billing"
         return fields
     }
 }

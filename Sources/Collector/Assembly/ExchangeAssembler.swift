@@ -40,6 +40,8 @@ struct RequestSummary: Sendable {
     var bodySize: UInt64
     var bodyTruncated: Bool
     var httpVersion: String
+    var keyID: String
+    var projectID: String
 
     init(_ request: WireRequest) {
         method = request.method
@@ -53,6 +55,8 @@ struct RequestSummary: Sendable {
         bodySize = request.bodySize
         bodyTruncated = request.bodyTruncated
         httpVersion = request.httpVersion
+        keyID = request.keyID
+        projectID = request.projectID
     }
 }
 

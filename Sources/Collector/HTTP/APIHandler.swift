@@ -10,6 +10,7 @@ struct APIContext: Sendable {
     let writer: ExchangeWriter
     /// Extra readiness checks beyond storage: the analysis socket is bound, and so on.
     let isReceiving: @Sendable () -> Bool
+    var management = ManagementAPI(policy: nil, token: nil)
 }
 
 /// `/metrics`, `/healthz`, `/readyz`, `/api/exchanges` and `/api/usage`. Database reads run on
@@ -21,6 +22,10 @@ final class APIHandler: ChannelInboundHandler {
     private let api: APIContext
     private let logger: Logger
     private var head: HTTPRequestHead?
+    private var body: [UInt8] = []
+    private var bodyTooLarge = false
+    /// Management bodies are small JSON objects.
+    static let maxBodyBytes = 64 << 10
 
     init(api: APIContext, logger: Logger) {
         self.api = api
@@ -29,17 +34,31 @@ final class APIHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head(let head): self.head = head
-        case .body: break
+        case .head(let head):
+            self.head = head
+            body = []
+            bodyTooLarge = false
+        case .body(let buffer):
+            if body.count + buffer.readableBytes > Self.maxBodyBytes {
+                bodyTooLarge = true
+            } else if !bodyTooLarge {
+                body.append(contentsOf: buffer.readableBytesView)
+            }
         case .end:
             guard let head else { return }
             self.head = nil
+            if bodyTooLarge {
+                return respond(context, head, .payloadTooLarge, json: ["error": "request bodies here are at most \(Self.maxBodyBytes) bytes"])
+            }
             route(head, context: context)
         }
     }
 
     private func route(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
         let (path, query) = Self.split(head.uri)
+        if path == "/manage" || path.hasPrefix("/manage/") {
+            return manage(head, path: path, query: query, context: context)
+        }
         guard head.method == .GET || head.method == .HEAD else {
             return respond(context, head, .methodNotAllowed, json: ["error": "only GET is served here"])
         }
@@ -87,6 +106,17 @@ final class APIHandler: ChannelInboundHandler {
         }
     }
 
+    private func manage(_ head: HTTPRequestHead, path: String, query: [String: String], context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        let body = self.body
+        self.body = []
+        api.management.handle(method: head.method, path: path, query: query, headers: head.headers, body: body, eventLoop: context.eventLoop)
+            .whenSuccess { response in
+                let (handler, context) = loopBound.value
+                handler.respond(context, head, response.status, contentType: "application/json", body: response.body)
+            }
+    }
+
     /// Runs a database read off the loop and writes its JSON back on it.
     private func answerAsync<Result: Encodable & Sendable>(
         _ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ read: @escaping @Sendable (AppDatabase) async throws -> Result
@@ -124,10 +154,12 @@ final class APIHandler: ChannelInboundHandler {
     }
 
     private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, contentType: String, body: [UInt8]) {
-        var headers = HTTPHeaders([("content-type", contentType), ("content-length", "\(body.count)")])
+        // A 204 has neither a body nor a length (RFC 9110, section 8.6).
+        var headers = status == .noContent ? HTTPHeaders() : HTTPHeaders([("content-type", contentType), ("content-length", "\(body.count)")])
+        if status == .unauthorized { headers.add(name: "www-authenticate", value: "Bearer") }
         if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
-        if request.method != .HEAD {
+        if request.method != .HEAD && status != .noContent {
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
         }
         let keepAlive = request.isKeepAlive

@@ -24,6 +24,7 @@ final class IngestPipeline: Sendable {
     private let metrics: CollectorMetrics
     private let writer: ExchangeWriter
     private let links: SidecarLinks
+    private let policy: PolicyEngine?
     private let logger: Logger
     private let queue = Mutex(Queue())
     private let wakeup = DispatchSemaphore(value: 0)
@@ -33,13 +34,14 @@ final class IngestPipeline: Sendable {
     private let onCycle: @Sendable () -> Void
 
     /// - Parameter onCycle: run on the assembly thread every quarter second (metric refreshes).
-    init(settings: Settings, prices: PriceTable, metrics: CollectorMetrics, writer: ExchangeWriter, links: SidecarLinks, logger: Logger,
-         onCycle: @escaping @Sendable () -> Void) {
+    init(settings: Settings, prices: PriceTable, metrics: CollectorMetrics, writer: ExchangeWriter, links: SidecarLinks, policy: PolicyEngine? = nil,
+         logger: Logger, onCycle: @escaping @Sendable () -> Void) {
         self.settings = settings
         self.prices = prices
         self.metrics = metrics
         self.writer = writer
         self.links = links
+        self.policy = policy
         self.logger = logger
         self.onCycle = onCycle
         let thread = Thread { [self] in
@@ -124,6 +126,9 @@ final class IngestPipeline: Sendable {
                 let row = ExchangeRecord(exchange, prices: prices)
                 metrics.record(row)
                 writer.enqueue(row)
+                if let policy, !row.projectID.isEmpty, (row.costUSD ?? 0) > 0 || row.totalTokens > 0 {
+                    policy.account(SpendEvent(projectID: row.projectID, costUSD: row.costUSD ?? 0, tokens: Int64(row.totalTokens), startedAtMs: row.startedAtMs))
+                }
                 if !row.parseError.isEmpty, firstTime("parse/\(row.provider)/\(row.parseError.prefix(24))") {
                     logger.warning("an exchange's body could not be read; it is stored with the reason (logged once per kind)", metadata: [
                         "sidecar": "\(row.sidecarID)", "exchange_id": "\(row.exchangeID)", "provider": "\(row.provider)", "error": "\(row.parseError)",

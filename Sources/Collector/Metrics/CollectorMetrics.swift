@@ -84,6 +84,12 @@ final class CollectorMetrics: Sendable {
                 ("provider", provider),
             ]).increment()
         }
+        if !row.rejectReason.isEmpty {
+            let reason = Self.rejectReasons.contains(row.rejectReason) ? row.rejectReason : "other"
+            registry.makeCounter(descriptor: descriptor("policy_rejections", "total", "Requests the sidecars refused by policy, by reason."), labels: [
+                ("reason", reason),
+            ]).increment()
+        }
         if let duration = row.durationMs {
             registry.makeValueHistogram(descriptor: descriptor("request_duration", "seconds", "From the request's arrival at the sidecar to the response's end."), labels: [
                 ("app", app), ("provider", provider), ("model", model),
@@ -190,6 +196,49 @@ final class CollectorMetrics: Sendable {
         registry.makeGauge(descriptor: descriptor("storage_rows_dropped", "", "Exchange rows dropped because the storage queue was full.")).set(to: Double(health.dropped))
         registry.makeGauge(descriptor: descriptor("storage_write_failures", "", "Failed database writes since start.")).set(to: Double(health.failures))
         registry.makeGauge(descriptor: descriptor("storage_healthy", "", "1 when the last database write succeeded.")).set(to: health.healthy ? 1 : 0)
+    }
+
+    // MARK: Policy
+
+    /// The reasons a sidecar gives (analysis.proto, ResponseDone.reject_reason); others are "other".
+    static let rejectReasons: Set<String> = [
+        "unknown_key", "expired_key", "revoked_key", "rate_limited", "parallel_limit", "budget_exceeded", "model_not_allowed",
+        "key_required", "policy_unavailable", "credential_missing",
+    ]
+
+    func policySnapshotSent() {
+        registry.makeCounter(descriptor: descriptor("policy_snapshots_sent", "total", "Full policy snapshots sent to sidecars that joined, rejoined or fell behind.")).increment()
+    }
+
+    func policyState(version: UInt64, keys: Int) {
+        registry.makeGauge(descriptor: descriptor("policy_version", "", "The policy state's version; it grows with every change sent.")).set(to: Double(version))
+        registry.makeGauge(descriptor: descriptor("policy_keys", "", "Virtual keys known, revoked and expired included.")).set(to: Double(keys))
+    }
+
+    /// A project's budget state. Projects are few (operators create them), so they are labels; keys are not.
+    func budget(project: String, spentUSD: Double, limitUSD: Double?, spentTokens: Int64, limitTokens: Int64?, denied: Bool) {
+        let gauges = budgetGauges(project: project)
+        gauges[0].set(to: spentUSD)
+        gauges[1].set(to: Double(spentTokens))
+        // A limit that is not set has no series, so spend / limit only exists where a limit does.
+        if let limitUSD { gauges[2].set(to: limitUSD) } else { registry.unregisterGauge(gauges[2]) }
+        if let limitTokens { gauges[3].set(to: Double(limitTokens)) } else { registry.unregisterGauge(gauges[3]) }
+        gauges[4].set(to: denied ? 1 : 0)
+    }
+
+    func removeBudget(project: String) {
+        for gauge in budgetGauges(project: project) { registry.unregisterGauge(gauge) }
+    }
+
+    private func budgetGauges(project: String) -> [Gauge] {
+        let labels = [("project", project)]
+        return [
+            registry.makeGauge(descriptor: descriptor("budget_spend", "usd", "Spend in the project's budget period, USD."), labels: labels),
+            registry.makeGauge(descriptor: descriptor("budget_spend", "tokens", "Tokens in the project's budget period."), labels: labels),
+            registry.makeGauge(descriptor: descriptor("budget_limit", "usd", "The project's USD budget for its period; absent when none."), labels: labels),
+            registry.makeGauge(descriptor: descriptor("budget_limit", "tokens", "The project's token budget for its period; absent when none."), labels: labels),
+            registry.makeGauge(descriptor: descriptor("budget_denied", "", "1 while the project is over its budget and its requests get 429."), labels: labels),
+        ]
     }
 
     func emit() -> [UInt8] {

@@ -85,6 +85,39 @@ struct AppDatabase: Sendable {
                 t.column("updated_at_ms", .integer).notNull()
             }
         }
+        migrator.registerMigration("v3: projects and virtual keys") { db in
+            try db.alter(table: ExchangeRecord.databaseTableName) { t in
+                t.add(column: "key_id", .text).notNull().defaults(to: "")
+                t.add(column: "project_id", .text).notNull().defaults(to: "")
+                t.add(column: "reject_reason", .text).notNull().defaults(to: "")
+            }
+            try db.create(index: "exchange_project_started", on: ExchangeRecord.databaseTableName, columns: ["project_id", "started_at_ms"])
+            try db.create(table: ProjectRecord.databaseTableName) { t in
+                t.primaryKey("id", .text)
+                t.column("name", .text).notNull().unique()
+                t.column("credential_ref", .text).notNull()
+                t.column("created_at_ms", .integer).notNull()
+                t.column("budget_period", .text)
+                t.column("budget_max_usd", .double)
+                t.column("budget_max_tokens", .integer)
+                // A denial lifted by hand holds until the period that started at this time ends.
+                t.column("denial_lifted_period_start_ms", .integer)
+            }
+            try db.create(table: VirtualKeyRecord.databaseTableName) { t in
+                t.primaryKey("id", .text)
+                t.column("project_id", .text).notNull().indexed()
+                    .references(ProjectRecord.databaseTableName, column: "id", onDelete: .cascade)
+                // SHA-256 of the key: the key itself is shown once, at creation, and never stored.
+                t.column("secret_sha256", .blob).notNull().unique()
+                t.column("created_at_ms", .integer).notNull()
+                t.column("expires_at_ms", .integer).notNull()
+                t.column("revoked", .boolean).notNull().defaults(to: false)
+                t.column("revoked_at_ms", .integer)
+                t.column("rate_limit_per_hour", .integer)
+                t.column("max_parallel", .integer)
+                t.column("allowed_models", .text).notNull().defaults(to: "[]")
+            }
+        }
         return migrator
     }
 

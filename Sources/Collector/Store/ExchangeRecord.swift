@@ -44,6 +44,11 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
     var truncated: Bool
     var requestBody: Data?
     var responseBody: Data?
+    /// The virtual key and project of a request made with one; empty otherwise.
+    var keyID = ""
+    var projectID = ""
+    /// Why policy refused it (outcome "rejected"), else empty.
+    var rejectReason = ""
 
     enum CodingKeys: String, CodingKey {
         case sidecarID = "sidecar_id", exchangeID = "exchange_id", bootID = "boot_id", app, tenant, provider, endpoint, method, host, path
@@ -54,6 +59,7 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
         case cacheCreationTokens = "cache_creation_tokens", reasoningTokens = "reasoning_tokens", totalTokens = "total_tokens"
         case usageSource = "usage_source", costUSD = "cost_usd", priced, captureComplete = "capture_complete", truncated
         case requestBody = "request_body", responseBody = "response_body"
+        case keyID = "key_id", projectID = "project_id", rejectReason = "reject_reason"
     }
 
     /// "2xx", "4xx", ...; "none" when the client received no status.
@@ -115,5 +121,8 @@ extension ExchangeRecord {
         truncated = exchange.truncated
         requestBody = exchange.requestBody.map { Data($0) }
         responseBody = exchange.responseBody.map { Data($0) }
+        keyID = request?.keyID ?? ""
+        projectID = request?.projectID ?? ""
+        rejectReason = done?.rejectReason ?? ""
     }
 }

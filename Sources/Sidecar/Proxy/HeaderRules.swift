@@ -41,8 +41,12 @@ enum HeaderRules {
 
     /// Writes the request head as it goes upstream: the upstream's path and `Host`, hop-by-hop
     /// headers gone, `X-Forwarded-*` added, the body framed as the client framed it.
+    ///
+    /// With `credential`, every credential header the client sent is left out and the given one is
+    /// written instead: a virtual key never goes upstream, whichever header carried it.
     static func writeUpstreamRequestHead(
-        _ head: ClientRequestHead, uri: String, target: UpstreamTarget, clientIP: String?, into out: inout ByteBuffer
+        _ head: ClientRequestHead, uri: String, target: UpstreamTarget, clientIP: String?,
+        credential: (header: CredentialHeader, value: String)? = nil, into out: inout ByteBuffer
     ) {
         out.writeString(head.method.rawValue)
         out.writeStaticString(" ")
@@ -56,6 +60,7 @@ enum HeaderRules {
         var hasForwardedHost = false
         // The pointers stay valid: the head's bytes are held by `head` for the whole call.
         forEachEndToEndField(head.headers) { name, value in
+            if credential != nil, CredentialHeader(name) != nil { return }
             switch name.count {
             case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
                 if originalHost == nil { originalHost = value }
@@ -93,6 +98,7 @@ enum HeaderRules {
             out.writeBytes(originalHost)
             out.writeStaticString("\r\n")
         }
+        if let credential { credential.header.writeField(credential.value, into: &out) }
         if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
         out.writeStaticString("\r\n")
     }
@@ -130,9 +136,15 @@ enum HeaderRules {
 
     /// A whole response of the sidecar's own, with a body of `contentType`.
     static func writeLocalResponse(
-        status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer
+        status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool, version: HTTPVersion,
+        retryAfter: Int? = nil, into out: inout ByteBuffer
     ) {
         writeStatusLine(version: version, code: status.code, reason: status.reasonPhrase, into: &out)
+        if let retryAfter {
+            out.writeStaticString("retry-after: ")
+            out.writeString(String(retryAfter))
+            out.writeStaticString("\r\n")
+        }
         out.writeStaticString("content-type: ")
         out.writeString(contentType)
         out.writeStaticString("\r\ncontent-length: ")
@@ -188,26 +200,25 @@ enum HeaderRules {
     /// The credential a request carries: a bearer token, an API key header (in that order of
     /// preference), or Gemini's `key` query parameter. Only the credential becomes a string.
     static func credential(in headers: RawHeaderFields, uri: String) -> String? {
-        var best: (rank: Int, value: String)?
+        presentedCredential(in: headers)?.value ?? queryValue(named: "key", in: uri)
+    }
+
+    /// The credential a request carries in a header, and which header: `Authorization` (its
+    /// Bearer token), `x-api-key`, `api-key`, then `x-goog-api-key`.
+    static func presentedCredential(in headers: RawHeaderFields) -> (header: CredentialHeader, value: String)? {
+        var best: (header: CredentialHeader, value: String)?
         headers.forEachField { name, value in
-            let rank: Int
-            switch name.count {
-            case 13 where RawHeaderFields.equalsIgnoringCase(name, "authorization"): rank = 0
-            case 9 where RawHeaderFields.equalsIgnoringCase(name, "x-api-key"): rank = 1
-            case 7 where RawHeaderFields.equalsIgnoringCase(name, "api-key"): rank = 2
-            case 14 where RawHeaderFields.equalsIgnoringCase(name, "x-goog-api-key"): rank = 3
-            default: return
-            }
-            guard best.map({ rank < $0.rank }) ?? true else { return }
+            guard let header = CredentialHeader(name) else { return }
+            guard best.map({ header.rawValue < $0.header.rawValue }) ?? true else { return }
             var token = value
-            if rank == 0, token.count > 7, RawHeaderFields.equalsIgnoringCase(UnsafeRawBufferPointer(rebasing: token[0..<7]), "bearer ") {
+            if header == .authorization, token.count > 7, RawHeaderFields.equalsIgnoringCase(UnsafeRawBufferPointer(rebasing: token[0..<7]), "bearer ") {
                 token = UnsafeRawBufferPointer(rebasing: token[7...])
             }
             while let first = token.first, first == 0x20 || first == 0x09 { token = UnsafeRawBufferPointer(rebasing: token.dropFirst()) }
             guard !token.isEmpty else { return }
-            best = (rank, String(decoding: token, as: UTF8.self))
+            best = (header, String(decoding: token, as: UTF8.self))
         }
-        return best?.value ?? queryValue(named: "key", in: uri)
+        return best
     }
 
     /// The path and query with secret query parameters (`key`) redacted, for the wire.
@@ -227,6 +238,36 @@ enum HeaderRules {
             if parts.count == 2, parts[0].lowercased() == wanted, !parts[1].isEmpty { return String(parts[1]) }
         }
         return nil
+    }
+}
+
+/// A header that carries an API credential, in order of preference.
+enum CredentialHeader: Int, Sendable {
+    case authorization
+    case xAPIKey
+    case apiKey
+    case xGoogAPIKey
+
+    init?(_ name: UnsafeRawBufferPointer) {
+        switch name.count {
+        case 13 where RawHeaderFields.equalsIgnoringCase(name, "authorization"): self = .authorization
+        case 9 where RawHeaderFields.equalsIgnoringCase(name, "x-api-key"): self = .xAPIKey
+        case 7 where RawHeaderFields.equalsIgnoringCase(name, "api-key"): self = .apiKey
+        case 14 where RawHeaderFields.equalsIgnoringCase(name, "x-goog-api-key"): self = .xGoogAPIKey
+        default: return nil
+        }
+    }
+
+    /// The header line carrying `credential` the way this header carries one.
+    func writeField(_ credential: String, into out: inout ByteBuffer) {
+        switch self {
+        case .authorization: out.writeStaticString("authorization: Bearer ")
+        case .xAPIKey: out.writeStaticString("x-api-key: ")
+        case .apiKey: out.writeStaticString("api-key: ")
+        case .xGoogAPIKey: out.writeStaticString("x-goog-api-key: ")
+        }
+        out.writeString(credential)
+        out.writeStaticString("\r\n")
     }
 }
 

@@ -2,13 +2,38 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 
-/// An answer the sidecar gives itself, in OpenAI's error shape:
-/// `{"error":{"message":…,"type":…,"code":…}}`.
+/// An answer the sidecar gives itself, in the provider's error shape: OpenAI's
+/// `{"error":{"message":…,"type":…,"param":null,"code":…}}` by default, Anthropic's
+/// `{"type":"error","error":{"type":…,"message":…}}` for `/v1/messages`.
 struct ProxyErrorResponse {
     let status: HTTPResponseStatus
     let type: String
     let code: String
     let message: String
+    /// Seconds, sent as `Retry-After`.
+    var retryAfter: Int?
+    /// For a policy refusal: the reason the wire records (ResponseDone.reject_reason).
+    var rejectReason = ""
+
+    init(status: HTTPResponseStatus, type: String, code: String, message: String, retryAfter: Int? = nil, rejectReason: String = "") {
+        self.status = status
+        self.type = type
+        self.code = code
+        self.message = message
+        self.retryAfter = retryAfter
+        self.rejectReason = rejectReason
+    }
+
+    enum Shape {
+        case openAI
+        case anthropic
+
+        /// Anthropic's API for `/v1/messages` (and its sub-paths), OpenAI's shape everywhere else.
+        static func forPath(_ path: String) -> Shape {
+            let pathOnly = path.split(separator: "?", maxSplits: 1).first ?? ""
+            return pathOnly.hasSuffix("/v1/messages") || pathOnly.contains("/v1/messages/") ? .anthropic : .openAI
+        }
+    }
 
     static func badRequest(_ detail: String) -> ProxyErrorResponse {
         ProxyErrorResponse(status: .badRequest, type: "invalid_request_error", code: "malformed_request",
@@ -48,8 +73,27 @@ struct ProxyErrorResponse {
                            message: "the upstream \(upstream) sent nothing for \(timeout.nanoseconds / 1_000_000_000) s")
     }
 
-    var body: ByteBuffer {
-        ByteBuffer(string: #"{"error":{"message":\#(jsonString(message)),"type":\#(jsonString(type)),"code":\#(jsonString(code))}}"#)
+    var body: ByteBuffer { body(shape: .openAI) }
+
+    func body(shape: Shape) -> ByteBuffer {
+        switch shape {
+        case .openAI:
+            ByteBuffer(string: #"{"error":{"message":\#(jsonString(message)),"type":\#(jsonString(type)),"param":null,"code":\#(jsonString(code))}}"#)
+        case .anthropic:
+            ByteBuffer(string: #"{"type":"error","error":{"type":\#(jsonString(anthropicType)),"message":\#(jsonString(message))}}"#)
+        }
+    }
+
+    /// Anthropic's error type for the status (docs.anthropic.com, "Errors").
+    private var anthropicType: String {
+        switch status.code {
+        case 400, 408, 413, 421, 431: "invalid_request_error"
+        case 401: "authentication_error"
+        case 403: "permission_error"
+        case 404: "not_found_error"
+        case 429: "rate_limit_error"
+        default: "api_error"
+        }
     }
 
     private func jsonString(_ text: String) -> String {

@@ -13,8 +13,12 @@ struct ProxySettings: Sendable {
     /// request head (a slow-loris client gets 408).
     let clientTimeout: TimeAmount
     let maxHeaderBytes: Int
+    /// Virtual keys, limits and budgets; nil without `--policy`.
+    var policy: PolicyGate?
     /// Bytes of pipelined requests held while an exchange is under way; past it, reading pauses.
     let maxPipelinedBytes = 1 << 20
+    /// Body bytes held to find the model for a key limited to some models; past it, 413.
+    let maxModelCheckBytes = 4 << 20
 }
 
 /// One client connection of the reverse listener: each request becomes an exchange forwarded to
@@ -175,7 +179,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                 case .attached(let upstream) where !upstream.channel.isWritable:
                     readPending = true
                     return
-                case .attached, .detached:
+                case .attached, .detached, .holding:
                     break
                 }
             }
@@ -252,7 +256,15 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                 // Request trailers are not forwarded: they are rare, and no LLM API reads them.
                 exchange.requestEnded = true
                 exchange.tap.requestEnded()
+                if let rejection = exchange.pendingRejection {
+                    // Refused by policy: answered now the body is read, so the connection stays usable.
+                    exchange.pendingRejection = nil
+                    return respondLocally(rejection, exchange: exchange, outcome: .rejected, error: rejection.message, forceClose: false)
+                }
                 forward(.end, exchange)
+                if case .holding(let parts, _) = exchange.upstream, let allowed = exchange.allowedModels {
+                    return checkModel(exchange, parts: parts, allowed: allowed)
+                }
                 if exchange.finished && !exchange.closeAfterResponse { exchangeDone() }
             }
         }
@@ -268,23 +280,91 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
         counters.inFlight.add(1, ordering: .relaxed)
         let uri = target.basePath + HeaderRules.originForm(head.uri)
-        var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
-        HeaderRules.writeUpstreamRequestHead(head, uri: uri, target: target, clientIP: clientIP, into: &upstreamHead)
+        let decision = settings.policy.map {
+            $0.decide(headers: head.headers, uri: head.uri, path: uri, nowMs: WallClock.nowUnixNanos() / 1_000_000, nowNanos: NIODeadline.now().uptimeNanoseconds)
+        } ?? .passThrough
         let tenant = tenant(for: HeaderRules.credential(in: head.headers, uri: head.uri))
         let tap = ExchangeTap(
             exchangeID: counters.makeExchangeID(), head: head, upstream: target, path: uri,
             clientAddress: clientAddress, tenant: tenant, settings: settings.tap, ingress: ingress, publisher: publisher
         )
-        let exchange = Exchange(tap: tap, clientKeepAlive: head.keepAlive, version: head.version)
-        exchange.upstream = .connecting(buffered: [.head(upstreamHead, chunked: head.chunked, isHEAD: head.method == .HEAD)])
+        let exchange = Exchange(tap: tap, clientKeepAlive: head.keepAlive, version: head.version, path: uri)
         state = .exchanging(exchange)
-
-        if head.expectsContinue {
-            let status: StaticString = head.version.minor >= 1 ? "HTTP/1.1 100 Continue\r\n\r\n" : "HTTP/1.0 100 Continue\r\n\r\n"
-            var interim = context.channel.allocator.buffer(capacity: 32)
-            interim.writeStaticString(status)
-            context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
+        var credential: (header: CredentialHeader, value: String)?
+        switch decision {
+        case .passThrough:
+            break
+        case .reject(let response, let keyID, let projectID):
+            tap.policy(keyID: keyID, projectID: projectID)
+            logPolicyRefusal(response, exchange: exchange, keyID: keyID)
+            if head.expectsContinue {
+                // The client waits before sending its body: answer now, and close (its body may still come).
+                respondLocally(response, exchange: exchange, outcome: .rejected, error: response.message, forceClose: true)
+            } else {
+                exchange.pendingRejection = response
+            }
+            return
+        case .allow(let grant):
+            tap.policy(keyID: grant.keyID, projectID: grant.projectID)
+            if grant.holdsSlot { exchange.policySlot = grant.keyID }
+            credential = (grant.header, grant.upstreamCredential)
+            if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil { exchange.allowedModels = grant.allowedModels }
         }
+        var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
+        HeaderRules.writeUpstreamRequestHead(head, uri: uri, target: target, clientIP: clientIP, credential: credential, into: &upstreamHead)
+        let headPart = UpstreamRequestPart.head(upstreamHead, chunked: head.chunked, isHEAD: head.method == .HEAD)
+        if exchange.allowedModels != nil {
+            // The model is in the body: hold the request until it has all come, then decide.
+            exchange.upstream = .holding([headPart], bytes: 0)
+            if head.expectsContinue { sendContinue(version: head.version) }
+            return
+        }
+        exchange.upstream = .connecting(buffered: [headPart])
+        if head.expectsContinue { sendContinue(version: head.version) }
+        connectUpstream(exchange)
+    }
+
+    private func sendContinue(version: HTTPVersion) {
+        let status: StaticString = version.minor >= 1 ? "HTTP/1.1 100 Continue\r\n\r\n" : "HTTP/1.0 100 Continue\r\n\r\n"
+        var interim = context.channel.allocator.buffer(capacity: 32)
+        interim.writeStaticString(status)
+        context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
+    }
+
+    private func logPolicyRefusal(_ response: ProxyErrorResponse, exchange: Exchange, keyID: String) {
+        let count = counters.policyRejections.add(1, ordering: .relaxed).newValue
+        if LogSampling.isWorthLogging(occurrence: count) {
+            logger.info("refused a request by policy", metadata: [
+                "exchange_id": "\(exchange.tap.exchangeID)", "status": "\(response.status.code)", "reason": "\(response.rejectReason)",
+                "key_id": "\(keyID)", "client": "\(clientAddress)", "count": "\(count)",
+            ])
+        }
+    }
+
+    /// A key limited to some models, and the request has ended: forward it if its model is allowed.
+    private func checkModel(_ exchange: Exchange, parts: [UpstreamRequestPart], allowed: Set<String>) {
+        exchange.allowedModels = nil
+        var body: [UInt8] = []
+        for case .body(let buffer) in parts { body.append(contentsOf: buffer.readableBytesView) }
+        let refusal: ProxyErrorResponse?
+        switch ModelScanner.topLevelModel(body) {
+        case .model(let model) where allowed.contains(model):
+            refusal = nil
+        case .model(let model):
+            refusal = PolicyGate.refusal(.forbidden, "model_not_allowed", "this virtual key may not use the model \(model)")
+        case .none, .unreadable:
+            refusal = PolicyGate.refusal(.forbidden, "model_not_allowed", "this virtual key is limited to some models, and the request names none")
+        }
+        if let refusal {
+            exchange.upstream = .detached
+            logPolicyRefusal(refusal, exchange: exchange, keyID: exchange.policySlot ?? "")
+            return respondLocally(refusal, exchange: exchange, outcome: .rejected, error: refusal.message, forceClose: false)
+        }
+        exchange.upstream = .connecting(buffered: parts)
+        connectUpstream(exchange)
+    }
+
+    private func connectUpstream(_ exchange: Exchange) {
         let pool = pools.pool(for: context.eventLoop, target: target)
         if let connection = pool.idleConnection() {
             // Inside the read that brought the head: the rest of the request usually came with it,
@@ -338,6 +418,20 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         case .connecting(var buffered):
             buffered.append(part)
             exchange.upstream = .connecting(buffered: buffered)
+        case .holding(var parts, var bytes):
+            if case .body(let buffer) = part { bytes += buffer.readableBytes }
+            parts.append(part)
+            exchange.upstream = .holding(parts, bytes: bytes)
+            if bytes > settings.maxModelCheckBytes {
+                exchange.upstream = .detached
+                exchange.allowedModels = nil
+                let response = ProxyErrorResponse(
+                    status: .payloadTooLarge, type: "invalid_request_error", code: "request_too_large",
+                    message: "this virtual key is limited to some models, and a request body over \(settings.maxModelCheckBytes) bytes can't be checked",
+                    rejectReason: "model_not_allowed"
+                )
+                respondLocally(response, exchange: exchange, outcome: .rejected, error: response.message, forceClose: true)
+            }
         case .attached(let upstream):
             upstream.handler.send(part)
             upstreamNeedsFlush = true
@@ -360,6 +454,10 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         guard !exchange.finished else { return }
         exchange.finished = true
         counters.inFlight.subtract(1, ordering: .relaxed)
+        if let keyID = exchange.policySlot {
+            exchange.policySlot = nil
+            settings.policy?.release(keyID: keyID)
+        }
     }
 
     private func detachUpstream(_ exchange: Exchange, reusable: Bool) {
@@ -407,14 +505,14 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         let close = forceClose || quiescing || exchange.map { !$0.requestEnded || !$0.clientKeepAlive } ?? true
         var bytes = context.channel.allocator.buffer(capacity: 512)
         HeaderRules.writeLocalResponse(
-            status: response.status, contentType: "application/json", body: response.body, exchangeID: exchange?.tap.exchangeID,
-            close: close, version: exchange?.version ?? .http1_1, into: &bytes
+            status: response.status, contentType: "application/json", body: response.body(shape: exchange.map { .forPath($0.path) } ?? .openAI),
+            exchangeID: exchange?.tap.exchangeID, close: close, version: exchange?.version ?? .http1_1, retryAfter: response.retryAfter, into: &bytes
         )
         context.write(wrapOutboundOut(bytes), promise: nil)
         if let exchange {
             exchange.responseStarted = true
             exchange.closeAfterResponse = close
-            exchange.tap.finish(outcome: outcome, status: UInt32(response.status.code), error: error)
+            exchange.tap.finish(outcome: outcome, status: UInt32(response.status.code), error: error, rejectReason: response.rejectReason)
             markFinished(exchange)
         }
         endResponse(close: close, requestEnded: exchange?.requestEnded == true, terminator: nil)
@@ -574,6 +672,8 @@ private final class Exchange {
         /// Waiting for a connection; the request's parts so far wait here.
         case connecting(buffered: [UpstreamRequestPart])
         case attached(UpstreamConnection)
+        /// Not connecting yet: the whole request is read first (a model check). Its parts and body bytes so far.
+        case holding([UpstreamRequestPart], bytes: Int)
         /// No upstream any more: answered locally, failed, or done. Further request parts are dropped.
         case detached
     }
@@ -581,6 +681,14 @@ private final class Exchange {
     let tap: ExchangeTap
     let clientKeepAlive: Bool
     let version: HTTPVersion
+    /// The path as sent upstream: which provider's error shape a local answer takes.
+    let path: String
+    /// A policy refusal, sent once the request's body has been read.
+    var pendingRejection: ProxyErrorResponse?
+    /// The key whose limiter slot this exchange holds, given back when it ends.
+    var policySlot: String?
+    /// Models the key allows, while the body is held to find which one the request asks for.
+    var allowedModels: Set<String>?
     var upstream = Upstream.detached
     var pool: UpstreamConnectionPool?
     var requestEnded = false
@@ -591,9 +699,10 @@ private final class Exchange {
     var lastUpstreamActivity = NIODeadline.now()
     var finished = false
 
-    init(tap: ExchangeTap, clientKeepAlive: Bool, version: HTTPVersion) {
+    init(tap: ExchangeTap, clientKeepAlive: Bool, version: HTTPVersion, path: String) {
         self.tap = tap
         self.clientKeepAlive = clientKeepAlive
         self.version = version
+        self.path = path
     }
 }

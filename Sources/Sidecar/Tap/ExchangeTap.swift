@@ -73,6 +73,12 @@ final class ExchangeTap {
         self.requestHeaders = head.headers
     }
 
+    /// The virtual key the request was made with, and its project: never the key itself.
+    func policy(keyID: String, projectID: String) {
+        request.keyID = keyID
+        request.projectID = projectID
+    }
+
     func requestBody(_ buffer: ByteBuffer) {
         requestBytes += UInt64(buffer.readableBytes)
         let captured = requestCapture?.readableBytes ?? 0
@@ -125,7 +131,7 @@ final class ExchangeTap {
     }
 
     /// The exchange is over, one way or another: the tail (if any) and `ResponseDone` go out.
-    func finish(outcome: Outcome, status overrideStatus: UInt32? = nil, error: String = "") {
+    func finish(outcome: Outcome, status overrideStatus: UInt32? = nil, error: String = "", rejectReason: String = "") {
         guard !finished else { return }
         finished = true
         publishRequest()
@@ -143,6 +149,7 @@ final class ExchangeTap {
         done.responseBytes = responseBytes
         done.outcome = outcome
         done.error = error
+        done.rejectReason = rejectReason
         done.responseChunks = chunkIndex
         done.responseTruncated = responseTruncated
         publisher.publish(EncodedRecord.responseDone(done, headers: responseHeaders, isSecret: Self.isSecret))

@@ -84,6 +84,8 @@ public struct RequestFields: Sendable {
     public var bodySize: UInt64 = 0
     public var bodyTruncated = false
     public var httpVersion = ""
+    public var keyID = ""
+    public var projectID = ""
 
     public init() {}
 }
@@ -100,6 +102,7 @@ public struct ResponseDoneFields: Sendable {
     public var error = ""
     public var responseChunks: UInt64 = 0
     public var responseTruncated = false
+    public var rejectReason = ""
 
     public init() {}
 }
@@ -130,6 +133,8 @@ extension EncodedRecord {
             out.varint(13, request.bodySize)
             out.varint(14, request.bodyTruncated ? 1 : 0)
             out.string(15, request.httpVersion)
+            out.string(16, request.keyID)
+            out.string(17, request.projectID)
         }
     }
 
@@ -164,6 +169,7 @@ extension EncodedRecord {
             out.string(9, done.error)
             out.varint(10, done.responseChunks)
             out.varint(11, done.responseTruncated ? 1 : 0)
+            out.string(12, done.rejectReason)
         }
     }
 }

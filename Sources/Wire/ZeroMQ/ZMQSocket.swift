@@ -4,7 +4,7 @@ import CZeroMQ
 /// that created it and is deliberately not `Sendable`: create it on the thread that uses it.
 public final class ZMQSocket {
     public enum Kind: Sendable {
-        case push, pull, pub, sub, pair
+        case push, pull, pub, sub, xpub, pair
 
         var rawValue: Int32 {
             switch self {
@@ -12,6 +12,7 @@ public final class ZMQSocket {
             case .pull: ZMQ_PULL
             case .pub: ZMQ_PUB
             case .sub: ZMQ_SUB
+            case .xpub: ZMQ_XPUB
             case .pair: ZMQ_PAIR
             }
         }

@@ -22,6 +22,8 @@ public enum ZMQSocketOption: Sendable, Equatable {
     /// `ZMQ_UNSUBSCRIBE`: undoes one `subscribe` with the same prefix.
     case unsubscribe([UInt8])
     /// `ZMQ_SNDBUF` / `ZMQ_RCVBUF`: the kernel's TCP buffer sizes in bytes; -1 keeps the OS default.
+    /// XPUB: pass every subscription message up, duplicates included, so each joining subscriber is seen.
+    case xpubVerbose(Bool)
     case sendBufferSize(Int32)
     case receiveBufferSize(Int32)
 
@@ -36,6 +38,7 @@ public enum ZMQSocketOption: Sendable, Equatable {
         case .maxMessageSize: "ZMQ_MAXMSGSIZE"
         case .subscribe: "ZMQ_SUBSCRIBE"
         case .unsubscribe: "ZMQ_UNSUBSCRIBE"
+        case .xpubVerbose: "ZMQ_XPUB_VERBOSE"
         case .sendBufferSize: "ZMQ_SNDBUF"
         case .receiveBufferSize: "ZMQ_RCVBUF"
         }
@@ -53,6 +56,7 @@ public enum ZMQSocketOption: Sendable, Equatable {
         case .reconnectInterval(let value): return int32(ZMQ_RECONNECT_IVL, value)
         case .reconnectIntervalMax(let value): return int32(ZMQ_RECONNECT_IVL_MAX, value)
         case .immediate(let on): return int32(ZMQ_IMMEDIATE, on ? 1 : 0)
+        case .xpubVerbose(let on): return int32(ZMQ_XPUB_VERBOSE, on ? 1 : 0)
         case .sendBufferSize(let value): return int32(ZMQ_SNDBUF, value)
         case .receiveBufferSize(let value): return int32(ZMQ_RCVBUF, value)
         case .maxMessageSize(let value): return withUnsafeBytes(of: value) { body(ZMQ_MAXMSGSIZE, $0) }

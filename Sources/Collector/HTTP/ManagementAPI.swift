@@ -1,0 +1,301 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOHTTP1
+
+/// The management token (`MANAGEMENT_TOKEN`), held only as its SHA-256 and compared in constant
+/// time: comparing digests of equal length leaks neither the token's length nor where it differs.
+struct ManagementToken: Sendable {
+    /// Shorter tokens are refused at start: this one guards key creation for the whole fleet.
+    static let minimumLength = 16
+    private let digest: [UInt8]
+
+    init?(_ token: String) {
+        guard token.utf8.count >= Self.minimumLength else { return nil }
+        digest = Array(SHA256.hash(data: Data(token.utf8)))
+    }
+
+    /// Whether an `Authorization` header carries the token as a Bearer credential.
+    func authorizes(_ authorization: String?) -> Bool {
+        guard let authorization, authorization.count > 7, authorization.prefix(7).lowercased() == "bearer " else { return false }
+        let presented = Array(SHA256.hash(data: Data(authorization.dropFirst(7).utf8)))
+        var difference: UInt8 = 0
+        for (a, b) in zip(presented, digest) { difference |= a ^ b }
+        return difference == 0
+    }
+}
+
+/// `/manage/...`: projects, virtual keys, budgets and usage. Every route needs the management
+/// token. The work runs on the policy engine's thread (SQLite writes included), never on the loop.
+struct ManagementAPI: Sendable {
+    struct Response: Sendable {
+        var status: HTTPResponseStatus
+        var body: [UInt8]
+    }
+
+    let policy: PolicyEngine?
+    let token: ManagementToken?
+
+    func handle(method: HTTPMethod, path: String, query: [String: String], headers: HTTPHeaders, body: [UInt8], eventLoop: any EventLoop) -> EventLoopFuture<Response> {
+        guard let policy, let token else {
+            return eventLoop.makeSucceededFuture(Self.error(.serviceUnavailable, "the management API is off: start the collector with MANAGEMENT_TOKEN set"))
+        }
+        guard token.authorizes(headers.first(name: "authorization")) else {
+            return eventLoop.makeSucceededFuture(Self.error(.unauthorized, "a valid management token is required (Authorization: Bearer <MANAGEMENT_TOKEN>)"))
+        }
+        let route: @Sendable (PolicyCore) throws -> Response
+        do {
+            route = try Self.route(method: method, path: path, query: query, body: body)
+        } catch let error as PolicyError {
+            return eventLoop.makeSucceededFuture(Self.response(for: error))
+        } catch {
+            return eventLoop.makeSucceededFuture(Self.error(.methodNotAllowed, "\(error)"))
+        }
+        let promise = eventLoop.makePromise(of: Response.self)
+        policy.submit { core in
+            do {
+                promise.succeed(try route(core))
+            } catch let error as PolicyError {
+                promise.succeed(Self.response(for: error))
+            } catch {
+                promise.succeed(Self.error(.internalServerError, "the change could not be stored: \(error)"))
+            }
+        }
+        return promise.futureResult
+    }
+
+    /// Validates the request on the loop and returns the work to do on the engine's thread.
+    private static func route(method: HTTPMethod, path: String, query: [String: String], body: [UInt8]) throws -> @Sendable (PolicyCore) throws -> Response {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst(2).map(String.init)
+        switch (method, parts) {
+        case (.POST, ["projects"]):
+            let request = try decode(NewProject.self, body)
+            let name = request.name.trimmingCharacters(in: .whitespaces)
+            guard !name.isEmpty, name.count <= 128 else { throw PolicyError.invalid("name must be 1 to 128 characters") }
+            let credentialRef = request.credentialRef ?? "default"
+            guard isCredentialRef(credentialRef) else {
+                throw PolicyError.invalid("credential_ref must be 1 to 64 letters, digits, '-', '_' or '.': it names a credential the sidecars hold, not the credential itself")
+            }
+            return { core in
+                let project = try core.createProject(name: name, credentialRef: credentialRef)
+                return json(.created, projectJSON(project, core))
+            }
+        case (.GET, ["projects"]):
+            return { core in
+                json(.ok, ["projects": core.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map { projectJSON($0, core) }])
+            }
+        case (.DELETE, let parts) where parts.count == 2 && parts[0] == "projects":
+            let id = parts[1]
+            return { core in
+                try core.deleteProject(id: id)
+                return Response(status: .noContent, body: [])
+            }
+        case (.PUT, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "budget":
+            let id = parts[1]
+            let request = try decode(NewBudget.self, body)
+            guard let period = BudgetPeriod(rawValue: request.period) else { throw PolicyError.invalid("period must be day, month or total") }
+            guard request.maxUSD != nil || request.maxTokens != nil else { throw PolicyError.invalid("give max_usd, max_tokens or both") }
+            if let max = request.maxUSD, !(max >= 0 && max.isFinite) { throw PolicyError.invalid("max_usd must be zero or more") }
+            if let max = request.maxTokens, max < 0 { throw PolicyError.invalid("max_tokens must be zero or more") }
+            return { core in
+                let project = try core.setBudget(projectID: id, period: period, maxUSD: request.maxUSD, maxTokens: request.maxTokens)
+                return json(.ok, projectJSON(project, core))
+            }
+        case (.DELETE, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "budget":
+            let id = parts[1]
+            return { core in
+                try core.removeBudget(projectID: id)
+                return Response(status: .noContent, body: [])
+            }
+        case (.DELETE, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "denial":
+            let id = parts[1]
+            return { core in
+                try core.liftDenial(projectID: id)
+                return Response(status: .noContent, body: [])
+            }
+        case (.POST, ["tokens"]):
+            let request = try decode(NewToken.self, body)
+            guard request.durationHours > 0, request.durationHours <= 87_600, request.durationHours.isFinite else {
+                throw PolicyError.invalid("duration_hours must be more than 0 and at most 87600 (ten years)")
+            }
+            if let limit = request.rateLimitPerHour, limit <= 0 { throw PolicyError.invalid("rate_limit_per_hour must be at least 1") }
+            if let limit = request.maxParallel, limit <= 0 { throw PolicyError.invalid("max_parallel must be at least 1") }
+            let models = request.allowedModels ?? []
+            guard models.allSatisfy({ !$0.isEmpty && $0.count <= 256 }), models.count <= 1_000 else {
+                throw PolicyError.invalid("allowed_models must be a list of model names")
+            }
+            let newKey = PolicyCore.NewKey(
+                projectID: request.projectID, durationHours: request.durationHours, rateLimitPerHour: request.rateLimitPerHour,
+                maxParallel: request.maxParallel, allowedModels: models
+            )
+            return { core in
+                let (secret, key) = try core.createKey(newKey)
+                return json(.created, [
+                    "token": secret, "expires_at": iso8601(key.expiresAtMs), "key_id": key.id, "project_id": key.projectID,
+                ])
+            }
+        case (.DELETE, ["tokens"]):
+            let request = try decode(RevokeToken.self, body)
+            guard request.token != nil || request.keyID != nil else { throw PolicyError.invalid("give the token, or its key_id") }
+            return { core in
+                _ = try core.revokeKey(secret: request.token, keyID: request.keyID)
+                return Response(status: .noContent, body: [])
+            }
+        case (.GET, ["usage"]):
+            let projectID = query["project_id"]
+            return { core in
+                if let projectID {
+                    guard let project = core.projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
+                    return json(.ok, try usageJSON(project, core))
+                }
+                return json(.ok, ["projects": try core.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map { try usageJSON($0, core) }])
+            }
+        case (_, ["projects"]), (_, ["tokens"]), (_, ["usage"]):
+            throw MethodNotAllowed(method: method)
+        default:
+            throw PolicyError.notFound("no such management route: \(method.rawValue) \(path)")
+        }
+    }
+
+    private struct MethodNotAllowed: Error, CustomStringConvertible {
+        let method: HTTPMethod
+        var description: String { "\(method.rawValue) is not served on this route" }
+    }
+
+    private struct NewProject: Decodable {
+        var name: String
+        var credentialRef: String?
+        enum CodingKeys: String, CodingKey { case name, credentialRef = "credential_ref" }
+    }
+
+    private struct NewBudget: Decodable {
+        var period: String
+        var maxUSD: Double?
+        var maxTokens: Int64?
+        enum CodingKeys: String, CodingKey { case period, maxUSD = "max_usd", maxTokens = "max_tokens" }
+    }
+
+    private struct NewToken: Decodable {
+        var projectID: String
+        var durationHours: Double
+        var rateLimitPerHour: Int?
+        var maxParallel: Int?
+        var allowedModels: [String]?
+        enum CodingKeys: String, CodingKey {
+            case projectID = "project_id", durationHours = "duration_hours", rateLimitPerHour = "rate_limit_per_hour"
+            case maxParallel = "max_parallel", allowedModels = "allowed_models"
+        }
+    }
+
+    private struct RevokeToken: Decodable {
+        var token: String?
+        var keyID: String?
+        enum CodingKeys: String, CodingKey { case token, keyID = "key_id" }
+    }
+
+    private static func isCredentialRef(_ text: String) -> Bool {
+        !text.isEmpty && text.utf8.count <= 64 && text.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7A) || byte == 0x2D || byte == 0x5F || byte == 0x2E
+        }
+    }
+
+    /// Decodes a JSON body, with a message a person can act on when it does not fit.
+    private static func decode<T: Decodable>(_ type: T.Type, _ body: [UInt8]) throws -> T {
+        guard !body.isEmpty else { throw PolicyError.invalid("the request needs a JSON object body") }
+        do {
+            return try JSONDecoder().decode(type, from: Data(body))
+        } catch let error as DecodingError {
+            func field(_ path: [any CodingKey], _ key: (any CodingKey)? = nil) -> String {
+                ((path + (key.map { [$0] } ?? [])).map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }).joined(separator: ".")
+            }
+            switch error {
+            case .keyNotFound(let key, let context):
+                throw PolicyError.invalid("missing field \"\(field(context.codingPath, key))\"")
+            case .typeMismatch(let expected, let context):
+                if context.codingPath.isEmpty { throw PolicyError.invalid("the body must be a JSON object") }
+                throw PolicyError.invalid("field \"\(field(context.codingPath))\" must be a \(typeName(expected))")
+            case .valueNotFound(let expected, let context):
+                throw PolicyError.invalid("field \"\(field(context.codingPath))\" must be a \(typeName(expected)), not null")
+            case .dataCorrupted(let context):
+                if context.codingPath.isEmpty { throw PolicyError.invalid("the body is not valid JSON") }
+                throw PolicyError.invalid("field \"\(field(context.codingPath))\" is not valid: \(context.debugDescription)")
+            @unknown default:
+                throw PolicyError.invalid("the body does not fit: \(error)")
+            }
+        }
+    }
+
+    private static func typeName(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: "string"
+        case is Double.Type, is Int.Type, is Int64.Type: "number"
+        case is [String].Type, is [Any].Type: "list"
+        default: "\(type)"
+        }
+    }
+
+    private static func projectJSON(_ project: ProjectRecord, _ core: PolicyCore) -> [String: Any] {
+        var out: [String: Any] = [
+            "id": project.id, "name": project.name, "credential_ref": project.credentialRef, "created_at": iso8601(project.createdAtMs),
+            "keys": core.keys.values.filter { $0.projectID == project.id && !$0.revoked }.count,
+        ]
+        if let period = project.budgetPeriod {
+            var budget: [String: Any] = ["period": period.rawValue]
+            if let max = project.budgetMaxUSD { budget["max_usd"] = max }
+            if let max = project.budgetMaxTokens { budget["max_tokens"] = max }
+            out["budget"] = budget
+        } else {
+            out["budget"] = NSNull()
+        }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        if let denial = core.denial(of: project, now: now) {
+            out["denied"] = true
+            out["denial_reason"] = denial.reason
+            if let until = denial.until { out["denied_until"] = iso8601(until) }
+        } else {
+            out["denied"] = false
+        }
+        return out
+    }
+
+    private static func usageJSON(_ project: ProjectRecord, _ core: PolicyCore) throws -> [String: Any] {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let spend = core.spend[project.id] ?? ProjectSpend()
+        var out = projectJSON(project, core)
+        out["spend"] = [
+            "day": ["usd": spend.dayUSD, "tokens": spend.dayTokens, "since": iso8601(spend.dayStartMs)],
+            "month": ["usd": spend.monthUSD, "tokens": spend.monthTokens, "since": iso8601(spend.monthStartMs)],
+            "total": ["usd": spend.totalUSD, "tokens": spend.totalTokens],
+        ]
+        let since = (project.budgetPeriod ?? .month).bounds(containing: now).start
+        out["keys_usage"] = try core.keyUsage(projectID: project.id, sinceMs: since).map { row -> [String: Any] in
+            ["key_id": row["key_id"] as String, "requests": row["requests"] as Int, "rejected": row["rejected"] as Int,
+             "cost_usd": row["cost_usd"] as Double, "tokens": Int64(row["tokens"] as Double)]
+        }
+        out["keys_usage_since"] = iso8601(since)
+        return out
+    }
+
+    static func iso8601(_ ms: Int64) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+    }
+
+    private static func json(_ status: HTTPResponseStatus, _ object: [String: Any]) -> Response {
+        let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return Response(status: status, body: Array(body))
+    }
+
+    static func error(_ status: HTTPResponseStatus, _ message: String) -> Response {
+        json(status, ["error": ["message": message, "status": Int(status.code)]])
+    }
+
+    private static func response(for error: PolicyError) -> Response {
+        switch error {
+        case .invalid(let message): Self.error(.badRequest, message)
+        case .notFound(let message): Self.error(.notFound, message)
+        case .conflict(let message): Self.error(.conflict, message)
+        }
+    }
+}

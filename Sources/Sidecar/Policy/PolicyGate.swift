@@ -1,0 +1,157 @@
+import Foundation
+import NIOHTTP1
+import Synchronization
+import Wire
+
+/// What the policy says of one request.
+enum PolicyDecision {
+    /// Not a virtual key, and none is required: forwarded as it came.
+    case passThrough
+    /// A valid virtual key: forwarded with the project's upstream credential in its place.
+    case allow(PolicyGrant)
+    /// Answered here, never forwarded.
+    case reject(ProxyErrorResponse, keyID: String, projectID: String)
+}
+
+struct PolicyGrant {
+    let keyID: String
+    let projectID: String
+    /// Where the virtual key came, so the upstream credential goes the same way.
+    let header: CredentialHeader
+    let upstreamCredential: String
+    /// Models the key may use; empty for any. Checked once the model is known.
+    let allowedModels: Set<String>
+    /// Whether the request holds a limiter slot to give back when it ends.
+    let holdsSlot: Bool
+}
+
+/// Decides on requests from the policy table the subscriber keeps current: one hash lookup per
+/// request, plus the key's rate and parallelism counters. Shared by every event loop.
+final class PolicyGate: Sendable {
+    static let keyPrefix = "llmtap-"
+
+    /// Only virtual keys are accepted (`--require-virtual-key`).
+    let requireVirtualKey: Bool
+    private let table = Mutex<PolicyTable?>(nil)
+    private let limiter = Mutex<[String: KeyCounters]>([:])
+
+    init(requireVirtualKey: Bool) {
+        self.requireVirtualKey = requireVirtualKey
+    }
+
+    /// The current table; nil until the first snapshot.
+    var current: PolicyTable? { table.withLock { $0 } }
+
+    func install(_ new: PolicyTable) {
+        table.withLock { $0 = new }
+    }
+
+    func decide(headers: RawHeaderFields, uri: String, path: String, nowMs: Int64, nowNanos: UInt64) -> PolicyDecision {
+        guard let presented = HeaderRules.presentedCredential(in: headers), presented.value.hasPrefix(Self.keyPrefix) else {
+            let queryKey = HeaderRules.credential(in: headers, uri: uri)
+            if queryKey?.hasPrefix(Self.keyPrefix) == true {
+                return reject(.unauthorized, "key_required", "send the virtual key in the Authorization (Bearer), x-api-key, api-key or x-goog-api-key header, not in the URL")
+            }
+            guard requireVirtualKey else { return .passThrough }
+            return reject(.unauthorized, "key_required", "this proxy accepts only LLMTap virtual keys (llmtap-...); ask your operator for one")
+        }
+        guard let table = current else {
+            return reject(.serviceUnavailable, "policy_unavailable",
+                          "llmtap-sidecar has not received its policy from the collector yet; retry in a moment", retryAfter: 1)
+        }
+        guard let key = table.keys[KeyHash.of(presented.value)] else {
+            return reject(.unauthorized, "unknown_key", "invalid virtual key")
+        }
+        let ids = (key.keyID, key.projectID)
+        if key.revoked { return reject(.unauthorized, "revoked_key", "this virtual key has been revoked", ids: ids) }
+        if key.expiresAtMs > 0 && nowMs >= key.expiresAtMs { return reject(.unauthorized, "expired_key", "this virtual key has expired", ids: ids) }
+        guard let project = table.projects[key.projectID] else { return reject(.unauthorized, "unknown_key", "invalid virtual key", ids: ids) }
+        guard let credential = project.credential else {
+            return reject(.serviceUnavailable, "credential_missing",
+                          "llmtap-sidecar holds no upstream credential named \"\(project.credentialRef)\" for project \(project.name)", ids: ids)
+        }
+        if project.denied {
+            let seconds = project.deniedUntilMs > nowMs ? Int((project.deniedUntilMs - nowMs + 999) / 1000) : nil
+            return reject(.tooManyRequests, "budget_exceeded", "project \(project.name) is over its budget: \(project.denialReason)", retryAfter: seconds, ids: ids)
+        }
+        if !key.allowedModels.isEmpty, let model = ModelScanner.modelInPath(path), !key.allowedModels.contains(model) {
+            return reject(.forbidden, "model_not_allowed", "this virtual key may not use the model \(model)", ids: ids)
+        }
+        var holdsSlot = false
+        if key.ratePerHour > 0 || key.maxParallel > 0 {
+            let refusal = limiter.withLock { counters in
+                counters[key.keyID, default: KeyCounters(tokens: Double(key.ratePerHour), refilledAt: nowNanos)]
+                    .acquire(ratePerHour: key.ratePerHour, maxParallel: key.maxParallel, nowNanos: nowNanos)
+            }
+            if let refusal {
+                return reject(.tooManyRequests, refusal.reason, refusal.message, retryAfter: refusal.retryAfter, ids: ids)
+            }
+            holdsSlot = true
+        }
+        return .allow(PolicyGrant(
+            keyID: key.keyID, projectID: key.projectID, header: presented.header, upstreamCredential: credential,
+            allowedModels: key.allowedModels, holdsSlot: holdsSlot
+        ))
+    }
+
+    /// The request that took a slot has ended.
+    func release(keyID: String) {
+        limiter.withLock { counters in
+            if let index = counters.index(forKey: keyID), counters.values[index].inFlight > 0 { counters.values[index].inFlight -= 1 }
+        }
+    }
+
+    private func reject(_ status: HTTPResponseStatus, _ reason: String, _ message: String, retryAfter: Int? = nil,
+                        ids: (String, String) = ("", "")) -> PolicyDecision {
+        .reject(Self.refusal(status, reason, message, retryAfter: retryAfter), keyID: ids.0, projectID: ids.1)
+    }
+
+    /// A policy answer: OpenAI's error type and code for the reason, the reason kept for the wire.
+    static func refusal(_ status: HTTPResponseStatus, _ reason: String, _ message: String, retryAfter: Int? = nil) -> ProxyErrorResponse {
+        let (type, code): (String, String) = switch reason {
+        case "unknown_key", "expired_key", "revoked_key", "key_required": ("invalid_request_error", "invalid_api_key")
+        case "rate_limited", "parallel_limit": ("requests", "rate_limit_exceeded")
+        case "budget_exceeded": ("insufficient_quota", "insufficient_quota")
+        case "model_not_allowed": ("invalid_request_error", "model_not_allowed")
+        default: ("llmtap_policy_error", reason)
+        }
+        return ProxyErrorResponse(status: status, type: type, code: code, message: message, retryAfter: retryAfter, rejectReason: reason)
+    }
+}
+
+/// One key's request rate (a token bucket holding an hour's allowance, refilled continuously) and
+/// its requests in flight, on this sidecar.
+struct KeyCounters {
+    var tokens: Double
+    var refilledAt: UInt64
+    var inFlight = 0
+
+    init(tokens: Double, refilledAt: UInt64) {
+        self.tokens = tokens
+        self.refilledAt = refilledAt
+    }
+
+    struct Refusal {
+        let reason: String
+        let message: String
+        let retryAfter: Int
+    }
+
+    mutating func acquire(ratePerHour: Int, maxParallel: Int, nowNanos: UInt64) -> Refusal? {
+        if maxParallel > 0 && inFlight >= maxParallel {
+            return Refusal(reason: "parallel_limit", message: "this virtual key already has \(maxParallel) requests in flight", retryAfter: 1)
+        }
+        if ratePerHour > 0 {
+            let perNano = Double(ratePerHour) / 3.6e12
+            tokens = min(Double(ratePerHour), tokens + Double(nowNanos &- refilledAt) * perNano)
+            refilledAt = nowNanos
+            guard tokens >= 1 else {
+                let wait = Int(((1 - tokens) / perNano / 1e9).rounded(.up))
+                return Refusal(reason: "rate_limited", message: "this virtual key is over its rate limit of \(ratePerHour) requests per hour", retryAfter: max(1, wait))
+            }
+            tokens -= 1
+        }
+        inFlight += 1
+        return nil
+    }
+}

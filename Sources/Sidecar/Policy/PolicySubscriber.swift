@@ -1,0 +1,157 @@
+import Foundation
+import Logging
+import Synchronization
+import Wire
+
+/// Keeps the sidecar's policy table current from the collector's policy channel, on a thread of
+/// its own that owns the SUB socket.
+///
+/// It subscribes to the broadcast topic and to a snapshot topic of its own ("S" + a nonce). The
+/// collector answers each new snapshot subscription with the whole state, so joining, rejoining
+/// after a disconnect (ZeroMQ re-sends subscriptions) and recovering from a missed change are one
+/// mechanism: a gap in versions, or no snapshot within a second, makes it subscribe under a new nonce.
+final class PolicySubscriber: Sendable {
+    struct Stats: Sendable {
+        var version: UInt64 = 0
+        var snapshots = 0
+        var changes = 0
+        var rejectedFrames = 0
+    }
+
+    private final class Shared: Sendable {
+        let closing = Atomic<Bool>(false)
+        let stats = Mutex(Stats())
+    }
+
+    private let shared = Shared()
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(endpoint: String, bootID: String, gate: PolicyGate, credentials: UpstreamCredentials, logger: Logger) throws {
+        // Connect errors (a malformed endpoint) surface here, before the thread starts.
+        let context = try ZMQContext()
+        let probe = try ZMQSocket(context: context, kind: .sub)
+        try probe.connect(endpoint)
+        probe.close()
+        let thread = Thread { [shared, finished] in
+            Self.run(endpoint: endpoint, bootID: bootID, gate: gate, credentials: credentials, shared: shared, logger: logger)
+            finished.signal()
+        }
+        thread.name = "llmtap-policy"
+        thread.start()
+    }
+
+    var stats: Stats { shared.stats.withLock { $0 } }
+
+    func shutdown() {
+        shared.closing.store(true, ordering: .relaxed)
+        finished.wait()
+        finished.signal()
+    }
+
+    private static func run(endpoint: String, bootID: String, gate: PolicyGate, credentials: UpstreamCredentials, shared: Shared, logger: Logger) {
+        let socket: ZMQSocket
+        do {
+            let context = try ZMQContext()
+            socket = try ZMQSocket(context: context, kind: .sub)
+            try socket.set(.linger(milliseconds: 0))
+            try socket.set(.reconnectInterval(milliseconds: 100))
+            try socket.set(.reconnectIntervalMax(milliseconds: 500))
+            // A snapshot of a very large key table is still far below this; anything bigger is not ours.
+            try socket.set(.maxMessageSize(256 << 20))
+            try socket.set(.subscribe(PolicyFrame.broadcastTopic))
+            try socket.connect(endpoint)
+        } catch {
+            logger.critical("the policy socket could not be set up; virtual-key requests get 503", metadata: ["error": "\(error)"])
+            return
+        }
+        var replica = PolicyReplica()
+        var nonceCounter = 0
+        var snapshotTopic: [UInt8] = []
+        var askedAt = ContinuousClock.now
+        var lastMessage = ContinuousClock.now
+        var linkStale = false
+
+        func askForSnapshot() {
+            if !snapshotTopic.isEmpty { try? socket.set(.unsubscribe(snapshotTopic)) }
+            nonceCounter += 1
+            snapshotTopic = PolicyFrame.snapshotTopic(nonce: "\(bootID)-\(nonceCounter)")
+            try? socket.set(.subscribe(snapshotTopic))
+            askedAt = .now
+        }
+        askForSnapshot()
+
+        while !shared.closing.load(ordering: .relaxed) {
+            let frames: [[UInt8]]?
+            do {
+                frames = try socket.receiveMultipart(timeoutMilliseconds: 50)
+            } catch {
+                logger.error("policy socket receive failed", metadata: ["error": "\(error)"])
+                usleep(50_000)
+                continue
+            }
+            let now = ContinuousClock.now
+            if let frames {
+                guard frames.count == 2 else {
+                    rejected(shared, logger, "a policy message of \(frames.count) frames (expected 2)")
+                    continue
+                }
+                let message: PolicyMessage
+                switch PolicyFrame.decode(frames[1]) {
+                case .success(let decoded): message = decoded
+                case .failure(let error):
+                    rejected(shared, logger, "\(error)")
+                    continue
+                }
+                lastMessage = now
+                if linkStale {
+                    linkStale = false
+                    logger.notice("the policy channel is back", metadata: ["policy": "\(endpoint)"])
+                }
+                // A snapshot meant for an earlier nonce of ours is still a whole state: take it.
+                let hadSnapshot = replica.hasSnapshot
+                switch replica.apply(message) {
+                case .applied:
+                    gate.install(PolicyTable(replica, credentials: credentials))
+                    shared.stats.withLock { stats in
+                        stats.version = replica.version
+                        if message.full { stats.snapshots += 1 } else { stats.changes += 1 }
+                    }
+                    if message.full {
+                        logger.log(level: hadSnapshot ? .debug : .notice, "policy snapshot received", metadata: [
+                            "version": "\(replica.version)", "keys": "\(replica.keys.count)", "projects": "\(replica.projects.count)",
+                            "missing_credentials": "\(Set(replica.projects.values.map(\.credentialRef)).filter { credentials.secret(for: $0) == nil }.sorted())",
+                        ])
+                    }
+                case .unchanged:
+                    break
+                case .needsSnapshot:
+                    // Ask once a second at most: the snapshot asked for may be on its way.
+                    if now - askedAt >= .seconds(1) || replica.hasSnapshot && message.full == false && now - askedAt >= .milliseconds(200) {
+                        logger.debug("policy version gap; asking for a snapshot", metadata: ["have": "\(replica.version)", "got": "\(message.version)"])
+                        askForSnapshot()
+                    }
+                }
+            }
+            if !replica.hasSnapshot && now - askedAt >= .seconds(1) {
+                askForSnapshot()
+            }
+            if !linkStale && now - lastMessage >= .seconds(3) {
+                linkStale = true
+                logger.warning("no policy message for 3 s: keeping the last policy (expiry still applies) until the collector is back", metadata: [
+                    "policy": "\(endpoint)", "version": "\(replica.version)",
+                ])
+            }
+        }
+        socket.close()
+    }
+
+    private static func rejected(_ shared: Shared, _ logger: Logger, _ why: String) {
+        let count = shared.stats.withLock { stats in
+            stats.rejectedFrames += 1
+            return stats.rejectedFrames
+        }
+        if LogSampling.isWorthLogging(occurrence: UInt64(count)) {
+            logger.warning("refused a policy message", metadata: ["error": "\(why)", "count": "\(count)"])
+        }
+    }
+}
