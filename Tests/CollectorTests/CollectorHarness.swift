@@ -24,7 +24,7 @@ final class CollectorHarness: @unchecked Sendable {
 
     private static func start(folder: URL, analysisEndpoint: String, httpPort: Int, arguments: [String]) throws -> RunningProcess {
         let process = try RunningProcess(product: "llmtap-collector", arguments: [
-            "--listen-analysis", analysisEndpoint, "--http", "127.0.0.1:\(httpPort)",
+            "--listen-analysis", analysisEndpoint, "--listen-policy", "tcp://127.0.0.1:*", "--http", "127.0.0.1:\(httpPort)",
             "--db", folder.appendingPathComponent("data/llmtap.sqlite").path,
             "--jsonl", folder.appendingPathComponent("exchanges.jsonl").path,
         ] + arguments)

@@ -8,14 +8,15 @@ final class CollectorProcessTests: XCTestCase {
     /// Its HTTP port and database, away from the defaults (another collector may be running).
     private func isolated() throws -> [String] {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-collector-\(UUID().uuidString)")
-        return ["--http", "127.0.0.1:\(try freeTCPPort())", "--db", folder.appendingPathComponent("llmtap.sqlite").path]
+        return ["--http", "127.0.0.1:\(try freeTCPPort())", "--listen-policy", "tcp://127.0.0.1:*", "--db", folder.appendingPathComponent("llmtap.sqlite").path]
     }
 
     func testHelpExplainsEveryOption() throws {
         let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--help"])
         XCTAssertEqual(collector.waitForExit(), 0)
         for option in ["--listen-analysis", "--http", "--db", "--exchange-timeout", "--prices", "--store-bodies", "--retention-days",
-                       "--jsonl", "--max-model-labels", "--log-level", "LLMTAP_LISTEN_ANALYSIS", "LLMTAP_HTTP", "LLMTAP_DB"] {
+                       "--jsonl", "--max-model-labels", "--log-level", "LLMTAP_LISTEN_ANALYSIS", "LLMTAP_HTTP", "LLMTAP_DB",
+                       "--listen-policy", "LLMTAP_LISTEN_POLICY", "MANAGEMENT_TOKEN", "--management-token-file"] {
             XCTAssertTrue(collector.stdout.contains(option), "--help does not mention \(option)")
         }
     }

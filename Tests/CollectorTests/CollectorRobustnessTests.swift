@@ -170,7 +170,8 @@ final class CollectorStorageOptionTests: XCTestCase {
         try database.insert([old])
 
         let collector = try RunningProcess(product: "llmtap-collector", arguments: [
-            "--listen-analysis", "tcp://127.0.0.1:\(try freeTCPPort())", "--http", "127.0.0.1:\(try freeTCPPort())", "--db", path,
+            "--listen-analysis", "tcp://127.0.0.1:\(try freeTCPPort())", "--listen-policy", "tcp://127.0.0.1:*",
+            "--http", "127.0.0.1:\(try freeTCPPort())", "--db", path,
             "--store-bodies", "--max-stored-body-bytes", "16", "--retention-days", "1",
         ])
         defer { collector.signal(SIGTERM); _ = collector.waitForExit() }
