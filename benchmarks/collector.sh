@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
+source benchmarks/lib/bench.sh
 
 ensure_swift
 ensure_packages "${LLMTAP_BUILD_PACKAGES[@]}" curl python3
@@ -27,10 +28,9 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 analysis_port=$(free_port); http_port=$(free_port)
 
-"$bin/llmtap-collector" --listen-analysis "tcp://127.0.0.1:$analysis_port" --http "127.0.0.1:$http_port" \
+"$bin/llmtap-collector" --listen-analysis "tcp://127.0.0.1:$analysis_port" --listen-policy "tcp://127.0.0.1:*" --http "127.0.0.1:$http_port" \
     --db "$work/llmtap.sqlite" --log-level warning 2> "$work/collector.log" &
 collector_pid=$!
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$http_port/healthz" && break; sleep 0.1; done

@@ -10,6 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
+source benchmarks/lib/bench.sh
 
 ensure_swift
 ensure_packages "${LLMTAP_BUILD_PACKAGES[@]}" nginx hey openssl python3 python3-venv curl
@@ -35,7 +36,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 upstream_port=$(free_port); reverse_port=$(free_port); mitm_port=$(free_port); mitmproxy_port=$(free_port)
 
 # A throwaway CA and a certificate for localhost, for the upstream.
@@ -46,7 +46,6 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localho
 openssl x509 -req -in "$work/up.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial -days 2 \
     -extfile "$work/ext.cnf" -out "$work/up.pem" 2>/dev/null
 
-body='{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21},"service_tier":"default","system_fingerprint":"fp_06737a9306"}'
 mkdir -p "$work/nginx"
 cat > "$work/nginx.conf" <<CONF
 worker_processes 2;
@@ -61,7 +60,7 @@ http {
         listen 127.0.0.1:$upstream_port ssl;
         ssl_certificate $work/up.pem;
         ssl_certificate_key $work/up.key;
-        location / { default_type application/json; return 200 '$body'; }
+        location / { default_type application/json; return 200 '$BENCH_CHAT_COMPLETION'; }
     }
 }
 CONF
@@ -103,7 +102,6 @@ for round in $(seq "$rounds"); do
         echo "round $round ($target): $r req/s, p99 $p ms" >&2
     done
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # The client's TLS handshake with the sidecar through CONNECT: new hosts (a leaf each) and a cached one.
 handshakes=$(python3 - "$mitm_port" "$work/llmtap-ca/llmtap-ca.pem" <<'PY'

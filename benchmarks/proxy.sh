@@ -18,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
+source benchmarks/lib/bench.sh
 
 ensure_swift
 ensure_packages "${LLMTAP_BUILD_PACKAGES[@]}" nginx wrk python3
@@ -41,34 +42,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 upstream_port=$(free_port); proxy_port=$(free_port); sidecar_port=$(free_port); analysis_port=$(free_port)
 mock_port=$(free_port); streams_sidecar_port=$(free_port)
 
-# The static upstream: a fixed chat completion, as OpenAI would answer it.
-body='{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21},"service_tier":"default","system_fingerprint":"fp_06737a9306"}'
-nginx_conf() {  # name, port, location block
-    mkdir -p "$work/$1"
-    cat > "$work/$1.conf" <<CONF
-worker_processes 2;
-pid $work/$1.pid;
-error_log $work/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/$1; proxy_temp_path $work/$1; fastcgi_temp_path $work/$1; uwsgi_temp_path $work/$1; scgi_temp_path $work/$1;
-    keepalive_requests 1000000;
-    upstream llm { server 127.0.0.1:$upstream_port; keepalive 64; }
-    server {
-        listen 127.0.0.1:$2;
-        location / { $3 }
-    }
-}
-CONF
-    nginx -c "$work/$1.conf" -p "$work/$1"
-}
-nginx_conf upstream "$upstream_port" "default_type application/json; return 200 '$body';"
-nginx_conf proxy "$proxy_port" "proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off;"
+nginx_site "$work" upstream "$upstream_port" "$upstream_port" "default_type application/json; return 200 '$BENCH_CHAT_COMPLETION';"
+nginx_site "$work" proxy "$proxy_port" "$upstream_port" "proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off;"
 
 "$bin/llmtap-collector-bench" --receive-only "tcp://127.0.0.1:$analysis_port" > "$work/collector.log" 2>&1 &
 pids+=($!)
@@ -77,7 +55,6 @@ pids+=($!)
 sidecar_pid=$!
 pids+=($sidecar_pid)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$sidecar_port/" && break; sleep 0.1; done
-rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 idle_rss=$(rss_mb "$sidecar_pid")
 
 cat > "$work/post.lua" <<'LUA'
@@ -107,7 +84,6 @@ for round in $(seq "$rounds"); do
     last_b=$(echo "${rps[b]}" | awk '{ print $NF }'); last_c=$(echo "${rps[c]}" | awk '{ print $NF }')
     round_ratios+="$(awk -v c="$last_c" -v b="$last_b" 'BEGIN { printf "%.3f", c / b }') "
 done
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 loaded_rss=$(rss_mb "$sidecar_pid")
 
 # 1,000 concurrent open streams through a second sidecar, in front of the mock upstream (slow SSE).

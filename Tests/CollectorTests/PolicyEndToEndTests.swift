@@ -220,7 +220,13 @@ final class PolicyEndToEndTests: XCTestCase {
         XCTAssertEqual(usage.status, 200)
         XCTAssertEqual(usage.json["denied"] as? Bool, true, "\(usage.json)")
 
-        // Raising the budget lifts the denial.
+        // Deleting the denial lifts it for the rest of the period; setting the budget again brings it
+        // back; raising the budget lifts it.
+        XCTAssertEqual(try fleet.manage("DELETE", "/manage/projects/\(project)/denial").status, 204)
+        XCTAssertNotNil(try timeUntil(limit: .seconds(1), { try fleet.chat(port: port, key: spender).status }, { $0 == 200 }))
+        XCTAssertEqual(try fleet.manage("DELETE", "/manage/projects/\(project)/denial").status, 404)
+        XCTAssertEqual(try fleet.manage("PUT", "/manage/projects/\(project)/budget", #"{"period":"day","max_tokens":200}"#).status, 200)
+        XCTAssertNotNil(try timeUntil(limit: .seconds(1), { try fleet.chat(port: port, key: spender).status }, { $0 == 429 }))
         XCTAssertEqual(try fleet.manage("PUT", "/manage/projects/\(project)/budget", #"{"period":"day","max_tokens":1000000}"#).status, 200)
         XCTAssertNotNil(try timeUntil(limit: .seconds(1), { try fleet.chat(port: port, key: spender).status }, { $0 == 200 }))
 
@@ -299,6 +305,11 @@ final class PolicyEndToEndTests: XCTestCase {
         XCTAssertEqual(try fleet.manage("POST", "/manage/projects", #"{"name":"acme"}"#).status, 409)
         XCTAssertEqual(try fleet.manage("PATCH", "/manage/projects").status, 405)
         XCTAssertEqual(try fleet.manage("POST", "/manage/projects", String(repeating: " ", count: 70_000) + "{}").status, 413)
+        XCTAssertEqual(try fleet.manage("PUT", "/manage/projects/\(project)/budget", #"{"period":"month","max_usd":12.5}"#).status, 200)
+        let listed = try XCTUnwrap((try fleet.manage("GET", "/manage/projects").json["projects"] as? [[String: Any]])?.first)
+        XCTAssertEqual((listed["budget"] as? [String: Any])?["max_usd"] as? Double, 12.5)
+        XCTAssertEqual(try fleet.manage("DELETE", "/manage/projects/\(project)/budget").status, 204)
+        XCTAssertTrue((try fleet.manage("GET", "/manage/projects").json["projects"] as? [[String: Any]])?.first?["budget"] is NSNull)
         XCTAssertEqual(try fleet.manage("DELETE", "/manage/projects/\(project)").status, 204)
         XCTAssertEqual((try fleet.manage("GET", "/manage/projects").json["projects"] as? [Any])?.count, 0)
         XCTAssertTrue(fleet.collector?.process.isRunning == true)

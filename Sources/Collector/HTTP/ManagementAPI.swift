@@ -104,7 +104,7 @@ struct ManagementAPI: Sendable {
         case (.DELETE, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "budget":
             let id = parts[1]
             return { core in
-                try core.removeBudget(projectID: id)
+                try core.setBudget(projectID: id, period: nil)
                 return Response(status: .noContent, body: [])
             }
         case (.DELETE, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "denial":

@@ -16,8 +16,8 @@ final class PolicyEngine: Sendable {
         var endpoint = "tcp://*:7102"
         /// How often the state's version is announced, so a sidecar that missed a change notices.
         var beatInterval: Duration = .milliseconds(200)
-        /// How long the thread sleeps in poll when idle: the bound on how late a change goes out.
-        var pollMilliseconds = 10
+        /// How long the thread sleeps in poll with nothing to do (work handed over wakes it at once).
+        var pollMilliseconds = 50
     }
 
     private struct Inbox {
@@ -33,16 +33,24 @@ final class PolicyEngine: Sendable {
 
     private let inbox = InboxBox()
     private let finished = DispatchSemaphore(value: 0)
+    /// The write end of a pipe whose read end the engine's thread polls with its socket: whoever
+    /// hands work over writes a byte to wake it.
+    private let wakeup: Int32
     let boundEndpoint: String
 
     /// Binds the socket and loads the state on the engine's thread; throws what either threw.
     init(database: AppDatabase, settings: Settings, metrics: CollectorMetrics, logger: Logger) throws {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else { throw PolicyError.invalid("pipe() failed: errno \(errno)") }
+        for end in ends { _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK) }
+        let wakeup = ends[0]
+        self.wakeup = ends[1]
         let started = DispatchSemaphore(value: 0)
         let startup = StartupBox()
         let thread = Thread { [inbox, finished] in
             let core: PolicyCore
             do {
-                core = try PolicyCore(database: database, settings: settings, metrics: metrics, logger: logger)
+                core = try PolicyCore(database: database, settings: settings, metrics: metrics, logger: logger, wakeup: wakeup)
                 startup.result.withLock { $0 = .success(core.boundEndpoint) }
             } catch {
                 startup.result.withLock { $0 = .failure(error) }
@@ -71,19 +79,38 @@ final class PolicyEngine: Sendable {
 
     /// Runs `job` on the engine's thread.
     func submit(_ job: @escaping @Sendable (PolicyCore) -> Void) {
-        inbox.mutex.withLock { $0.jobs.append(job) }
+        let wake = inbox.mutex.withLock { inbox in
+            inbox.jobs.append(job)
+            return inbox.jobs.count + inbox.spend.count == 1
+        }
+        if wake { wakeEngine() }
     }
 
     /// Counts a stored exchange's cost and tokens toward its project's budgets.
     func account(_ event: SpendEvent) {
-        inbox.mutex.withLock { $0.spend.append(event) }
+        let wake = inbox.mutex.withLock { inbox in
+            inbox.spend.append(event)
+            return inbox.jobs.count + inbox.spend.count == 1
+        }
+        if wake { wakeEngine() }
+    }
+
+    private func wakeEngine() {
+        var byte: UInt8 = 1
+        _ = write(wakeup, &byte, 1)
     }
 
     func shutdown() {
         inbox.mutex.withLock { $0.closing = true }
+        wakeEngine()
         finished.wait()
         finished.signal()
     }
+
+    deinit {
+        close(wakeup)
+    }
+    // The read end is the engine thread's, closed when it stops.
 }
 
 /// What an exchange spent, for budgets.
@@ -156,6 +183,7 @@ final class PolicyCore {
     private let metrics: CollectorMetrics
     private let logger: Logger
     private let socket: ZMQSocket
+    private let wakeup: Int32
     private let collectorID: String
     private var version: UInt64 = 0
 
@@ -167,8 +195,9 @@ final class PolicyCore {
     private var changedKeys: Set<String> = []
     private var removedProjects: Set<String> = []
 
-    init(database: AppDatabase, settings: PolicyEngine.Settings, metrics: CollectorMetrics, logger: Logger) throws {
+    init(database: AppDatabase, settings: PolicyEngine.Settings, metrics: CollectorMetrics, logger: Logger, wakeup: Int32) throws {
         self.database = database
+        self.wakeup = wakeup
         self.settings = settings
         self.metrics = metrics
         self.logger = logger
@@ -238,9 +267,13 @@ final class PolicyCore {
                 beat()
             }
             if closing { break }
-            _ = try? socket.poll(.readable, timeoutMilliseconds: settings.pollMilliseconds)
+            if let ready = try? socket.poll(.readable, orReadable: wakeup, timeoutMilliseconds: settings.pollMilliseconds), ready.fdReadable {
+                var drain = [UInt8](repeating: 0, count: 64)
+                while read(wakeup, &drain, drain.count) > 0 {}
+            }
         }
         socket.close()
+        close(wakeup)
     }
 
     // MARK: The channel
@@ -456,27 +489,20 @@ final class PolicyCore {
         return key
     }
 
-    func setBudget(projectID: String, period: BudgetPeriod, maxUSD: Double?, maxTokens: Int64?) throws -> ProjectRecord {
+    /// Sets a project's budget, or with a nil period removes it.
+    @discardableResult
+    func setBudget(projectID: String, period: BudgetPeriod?, maxUSD: Double? = nil, maxTokens: Int64? = nil) throws -> ProjectRecord {
         guard var project = projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
         project.budgetPeriod = period
         project.budgetMaxUSD = maxUSD
         project.budgetMaxTokens = maxTokens
         project.denialLiftedPeriodStartMs = nil
         try save(project)
-        logger.notice("budget set", metadata: [
-            "project_id": "\(projectID)", "period": "\(period.rawValue)", "max_usd": "\(maxUSD.map { "\($0)" } ?? "-")",
+        logger.notice(period == nil ? "budget removed" : "budget set", metadata: [
+            "project_id": "\(projectID)", "period": "\(period?.rawValue ?? "-")", "max_usd": "\(maxUSD.map { "\($0)" } ?? "-")",
             "max_tokens": "\(maxTokens.map { "\($0)" } ?? "-")",
         ])
         return project
-    }
-
-    func removeBudget(projectID: String) throws {
-        guard var project = projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
-        project.budgetPeriod = nil
-        project.budgetMaxUSD = nil
-        project.budgetMaxTokens = nil
-        project.denialLiftedPeriodStartMs = nil
-        try save(project)
     }
 
     /// Lifts a project's budget denial until its period ends.

@@ -47,9 +47,13 @@ final class PolicyGate: Sendable {
     }
 
     func decide(headers: RawHeaderFields, uri: String, path: String, nowMs: Int64, nowNanos: UInt64) -> PolicyDecision {
-        guard let presented = HeaderRules.presentedCredential(in: headers), presented.value.hasPrefix(Self.keyPrefix) else {
-            let queryKey = HeaderRules.credential(in: headers, uri: uri)
-            if queryKey?.hasPrefix(Self.keyPrefix) == true {
+        decide(presented: HeaderRules.presentedCredential(in: headers), uri: uri, path: path, nowMs: nowMs, nowNanos: nowNanos)
+    }
+
+    /// - Parameter presented: the request's credential header and value, as `HeaderRules.presentedCredential` found them.
+    func decide(presented: (header: CredentialHeader, value: String)?, uri: String, path: String, nowMs: Int64, nowNanos: UInt64) -> PolicyDecision {
+        guard let presented, presented.value.hasPrefix(Self.keyPrefix) else {
+            if presented == nil, HeaderRules.queryCredential(uri)?.hasPrefix(Self.keyPrefix) == true {
                 return reject(.unauthorized, "key_required", "send the virtual key in the Authorization (Bearer), x-api-key, api-key or x-goog-api-key header, not in the URL")
             }
             guard requireVirtualKey else { return .passThrough }

@@ -81,16 +81,21 @@ final class PolicySubscriber: Sendable {
         askForSnapshot()
 
         while !shared.closing.load(ordering: .relaxed) {
-            let frames: [[UInt8]]?
+            var batch: [[[UInt8]]] = []
             do {
-                frames = try socket.receiveMultipart(timeoutMilliseconds: 50)
+                // What arrived together is applied together: one table is built for a burst of changes.
+                if let first = try socket.receiveMultipart(timeoutMilliseconds: 50) {
+                    batch.append(first)
+                    while batch.count < 10_000, let more = try socket.receiveMultipart(dontWait: true) { batch.append(more) }
+                }
             } catch {
                 logger.error("policy socket receive failed", metadata: ["error": "\(error)"])
                 usleep(50_000)
                 continue
             }
             let now = ContinuousClock.now
-            if let frames {
+            var changed = false
+            for frames in batch {
                 guard frames.count == 2 else {
                     rejected(shared, logger, "a policy message of \(frames.count) frames (expected 2)")
                     continue
@@ -111,7 +116,7 @@ final class PolicySubscriber: Sendable {
                 let hadSnapshot = replica.hasSnapshot
                 switch replica.apply(message) {
                 case .applied:
-                    gate.install(PolicyTable(replica, credentials: credentials))
+                    changed = true
                     shared.stats.withLock { stats in
                         stats.version = replica.version
                         if message.full { stats.snapshots += 1 } else { stats.changes += 1 }
@@ -125,13 +130,14 @@ final class PolicySubscriber: Sendable {
                 case .unchanged:
                     break
                 case .needsSnapshot:
-                    // Ask once a second at most: the snapshot asked for may be on its way.
-                    if now - askedAt >= .seconds(1) || replica.hasSnapshot && message.full == false && now - askedAt >= .milliseconds(200) {
+                    // Ask again only when the last ask has had time to be answered.
+                    if now - askedAt >= .milliseconds(replica.hasSnapshot ? 200 : 1000) {
                         logger.debug("policy version gap; asking for a snapshot", metadata: ["have": "\(replica.version)", "got": "\(message.version)"])
                         askForSnapshot()
                     }
                 }
             }
+            if changed { gate.install(PolicyTable(replica, credentials: credentials)) }
             if !replica.hasSnapshot && now - askedAt >= .seconds(1) {
                 askForSnapshot()
             }

@@ -200,7 +200,12 @@ enum HeaderRules {
     /// The credential a request carries: a bearer token, an API key header (in that order of
     /// preference), or Gemini's `key` query parameter. Only the credential becomes a string.
     static func credential(in headers: RawHeaderFields, uri: String) -> String? {
-        presentedCredential(in: headers)?.value ?? queryValue(named: "key", in: uri)
+        presentedCredential(in: headers)?.value ?? queryCredential(uri)
+    }
+
+    /// Gemini's `key` query parameter.
+    static func queryCredential(_ uri: String) -> String? {
+        queryValue(named: "key", in: uri)
     }
 
     /// The credential a request carries in a header, and which header: `Authorization` (its

@@ -280,10 +280,11 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
         counters.inFlight.add(1, ordering: .relaxed)
         let uri = target.basePath + HeaderRules.originForm(head.uri)
+        let presented = HeaderRules.presentedCredential(in: head.headers)
         let decision = settings.policy.map {
-            $0.decide(headers: head.headers, uri: head.uri, path: uri, nowMs: WallClock.nowUnixNanos() / 1_000_000, nowNanos: NIODeadline.now().uptimeNanoseconds)
+            $0.decide(presented: presented, uri: head.uri, path: uri, nowMs: WallClock.nowUnixNanos() / 1_000_000, nowNanos: NIODeadline.now().uptimeNanoseconds)
         } ?? .passThrough
-        let tenant = tenant(for: HeaderRules.credential(in: head.headers, uri: head.uri))
+        let tenant = tenant(for: presented?.value ?? HeaderRules.queryCredential(head.uri))
         let tap = ExchangeTap(
             exchangeID: counters.makeExchangeID(), head: head, upstream: target, path: uri,
             clientAddress: clientAddress, tenant: tenant, settings: settings.tap, ingress: ingress, publisher: publisher

@@ -226,6 +226,22 @@ public final class ZMQSocket {
         return Events(rawValue: item.revents).intersection(events)
     }
 
+    /// Waits until the socket is ready for `events` or `fd` (a plain file descriptor, such as an
+    /// eventfd other threads write to wake this one) is readable, or the timeout passes.
+    public func poll(_ events: Events, orReadable fd: Int32, timeoutMilliseconds: Int) throws(ZMQError) -> (socket: Events, fdReadable: Bool) {
+        let handle = try open("zmq_poll")
+        var items = [
+            zmq_pollitem_t(socket: handle, fd: -1, events: events.rawValue, revents: 0),
+            zmq_pollitem_t(socket: nil, fd: fd, events: Int16(ZMQ_POLLIN), revents: 0),
+        ]
+        while zmq_poll(&items, 2, timeoutMilliseconds) < 0 {
+            let error = ZMQError.last("zmq_poll")
+            if error.code == EINTR { continue }
+            throw error
+        }
+        return (Events(rawValue: items[0].revents).intersection(events), items[1].revents & Int16(ZMQ_POLLIN) != 0)
+    }
+
     /// Waits on several sockets at once; returns the ready events of each, in order.
     public static func poll(
         _ sockets: [(ZMQSocket, Events)],

@@ -1,0 +1,36 @@
+# Shared by the benchmark scripts: ports, medians, memory, and a static upstream.
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# median: the median of the numbers on standard input (space- or line-separated).
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+
+# A fixed chat completion, as OpenAI answers it: the body of the static upstream.
+BENCH_CHAT_COMPLETION='{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21},"service_tier":"default","system_fingerprint":"fp_06737a9306"}'
+
+# nginx_site WORK NAME PORT UPSTREAM_PORT LOCATION: starts nginx (2 workers) serving LOCATION on
+# 127.0.0.1:PORT, with `llm` as a keep-alive upstream at UPSTREAM_PORT. Stop it with
+# kill -QUIT "$(cat WORK/NAME.pid)".
+nginx_site() {
+    local work="$1" name="$2" port="$3" upstream="$4" location="$5"
+    mkdir -p "$work/$name"
+    cat > "$work/$name.conf" <<CONF
+worker_processes 2;
+pid $work/$name.pid;
+error_log $work/$name/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/$name; proxy_temp_path $work/$name; fastcgi_temp_path $work/$name; uwsgi_temp_path $work/$name; scgi_temp_path $work/$name;
+    keepalive_requests 1000000;
+    upstream llm { server 127.0.0.1:$upstream; keepalive 64; }
+    server {
+        listen 127.0.0.1:$port;
+        location / { $location }
+    }
+}
+CONF
+    nginx -c "$work/$name.conf" -p "$work/$name"
+}
