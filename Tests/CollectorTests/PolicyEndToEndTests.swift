@@ -260,6 +260,35 @@ final class PolicyEndToEndTests: XCTestCase {
         }
     }
 
+    /// What a policy sidecar puts on the wire: the key's id and project, the refusal's reason, and
+    /// never the virtual key or the upstream credential.
+    func testWireRecordsCarryKeyIDsAndReasonsButNoSecret() throws {
+        let fleet = try PolicyFleet()
+        defer { fleet.stop() }
+        let wire = try RawFrameCollector()
+        defer { wire.stop() }
+        let port = try fleet.startSidecar(analysis: wire.endpoint)
+        let project = try fleet.createProject("wire")
+        let key = try fleet.createToken(project: project)
+        XCTAssertNotNil(try timeUntil(limit: .seconds(5), { try fleet.chat(port: port, key: key).status }, { $0 == 200 }))
+        XCTAssertEqual(try fleet.manage("DELETE", "/manage/tokens", #"{"token":"\#(key)"}"#).status, 204)
+        XCTAssertNotNil(try timeUntil(limit: .seconds(1), { try fleet.chat(port: port, key: key).status }, { $0 == 401 }))
+
+        XCTAssertTrue(eventually {
+            wire.envelopes.contains { if case .responseDone(let done) = $0.record { done.rejectReason == "revoked_key" } else { false } }
+        })
+        let requests = wire.envelopes.compactMap { if case .request(let request) = $0.record { request } else { nil } }
+        XCTAssertTrue(requests.contains { $0.projectID == project && $0.keyID.hasPrefix("key_") && $0.tenant.count == 16 })
+        XCTAssertTrue(requests.allSatisfy { request in request.headers.allSatisfy { !$0.value.contains("llmtap-") && !$0.value.contains("sk-") } })
+        let frames = wire.rawFrames
+        XCTAssertFalse(frames.isEmpty)
+        for frame in frames {
+            for secret in [key, PolicyFleet.upstreamSecret] {
+                XCTAssertFalse(Data(frame).range(of: Data(secret.utf8)) != nil, "a secret crossed the wire")
+            }
+        }
+    }
+
     func testManagementAPIRefusesMissingTokensAndBadInputWithAReason() throws {
         let fleet = try PolicyFleet()
         defer { fleet.stop() }
