@@ -289,6 +289,27 @@ final class PolicyEndToEndTests: XCTestCase {
         }
     }
 
+    /// A refused request, or one held for a model check, whose body stalls gets 408 after
+    /// --client-timeout: the connection is never held forever, and other clients are served.
+    func testAStalledBodyBehindAPolicyDecisionTimesOut() throws {
+        let fleet = try PolicyFleet()
+        defer { fleet.stop() }
+        let port = try fleet.startSidecar(extra: ["--client-timeout", "1"])
+        let project = try fleet.createProject("stall")
+        let narrow = try fleet.createToken(project: project, extra: #","allowed_models":["gpt-4o-mini"]"#)
+        XCTAssertNotNil(try timeUntil(limit: .seconds(5), { try fleet.chat(port: port, key: narrow).status }, { $0 == 200 }))
+        for key in ["llmtap-unknown", narrow] {
+            let head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(key)\r\nContent-Length: 100\r\n\r\n{\"model\":"
+            let start = ContinuousClock.now
+            let (response, closed) = try rawHTTP(port: port, Array(head.utf8), timeout: .seconds(10))
+            XCTAssertTrue(response.hasPrefix("HTTP/1.1 408"), response)
+            XCTAssertTrue(response.contains("the request body did not arrive"), response)
+            XCTAssertTrue(closed)
+            XCTAssertLessThan(ContinuousClock.now - start, .seconds(9))
+            XCTAssertEqual(try fleet.chat(port: port, key: narrow).status, 200)
+        }
+    }
+
     func testManagementAPIRefusesMissingTokensAndBadInputWithAReason() throws {
         let fleet = try PolicyFleet()
         defer { fleet.stop() }

@@ -40,9 +40,9 @@ struct ProxyErrorResponse {
                            message: "llmtap-sidecar could not parse the request: \(detail)")
     }
 
-    static func requestTimeout(_ timeout: TimeAmount) -> ProxyErrorResponse {
+    static func requestTimeout(_ timeout: TimeAmount, body: Bool = false) -> ProxyErrorResponse {
         ProxyErrorResponse(status: .requestTimeout, type: "invalid_request_error", code: "request_timeout",
-                           message: "the request head did not arrive within \(timeout.nanoseconds / 1_000_000_000) s")
+                           message: "the request \(body ? "body" : "head") did not arrive within \(timeout.nanoseconds / 1_000_000_000) s")
     }
 
     static func forbidden(_ detail: String) -> ProxyErrorResponse {

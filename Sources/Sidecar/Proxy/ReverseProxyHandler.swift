@@ -250,6 +250,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             case .head:
                 preconditionFailure("the request parser delivered a head before the previous request's end")
             case .body(let buffer):
+                exchange.lastClientActivity = .now()
                 exchange.tap.requestBody(buffer)
                 forward(.body(buffer), exchange)
             case .end:
@@ -303,6 +304,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                 respondLocally(response, exchange: exchange, outcome: .rejected, error: response.message, forceClose: true)
             } else {
                 exchange.pendingRejection = response
+                watchClientBody(exchange)
             }
             return
         case .allow(let grant):
@@ -317,6 +319,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         if exchange.allowedModels != nil {
             // The model is in the body: hold the request until it has all come, then decide.
             exchange.upstream = .holding([headPart], bytes: 0)
+            watchClientBody(exchange)
             if head.expectsContinue { sendContinue(version: head.version) }
             return
         }
@@ -539,14 +542,37 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private func scheduleTimeoutCheck(at deadline: NIODeadline) {
         timeoutCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
             self.timeoutCheck = nil
-            guard let exchange = self.currentExchange, case .attached = exchange.upstream else { return }
-            let due = exchange.lastUpstreamActivity + self.settings.upstreamTimeout
-            if NIODeadline.now() >= due {
-                self.fail(exchange, error: UpstreamTimedOut(timeout: self.settings.upstreamTimeout))
-            } else {
-                self.scheduleTimeoutCheck(at: due)
+            guard let exchange = self.currentExchange else { return }
+            switch exchange.upstream {
+            case .attached:
+                let due = exchange.lastUpstreamActivity + self.settings.upstreamTimeout
+                if NIODeadline.now() >= due {
+                    self.fail(exchange, error: UpstreamTimedOut(timeout: self.settings.upstreamTimeout))
+                } else {
+                    self.scheduleTimeoutCheck(at: due)
+                }
+            case .holding, .detached where exchange.pendingRejection != nil:
+                // The request is being read before anything is sent (a model check, or a refusal
+                // waiting for the body's end): the client has --client-timeout between two pieces.
+                let due = exchange.lastClientActivity + self.settings.clientTimeout
+                if NIODeadline.now() >= due {
+                    exchange.upstream = .detached
+                    exchange.pendingRejection = nil
+                    self.respondLocally(.requestTimeout(self.settings.clientTimeout, body: true), exchange: exchange, outcome: .rejected,
+                                        error: "request body timeout", forceClose: true)
+                } else {
+                    self.scheduleTimeoutCheck(at: due)
+                }
+            case .connecting, .detached:
+                return
             }
         }
+    }
+
+    /// Waits for the client's body with a deadline (see `scheduleTimeoutCheck`).
+    private func watchClientBody(_ exchange: Exchange) {
+        exchange.lastClientActivity = .now()
+        if timeoutCheck == nil { scheduleTimeoutCheck(at: exchange.lastClientActivity + settings.clientTimeout) }
     }
 
     private static let noBytes = ByteBuffer()
@@ -698,6 +724,7 @@ private final class Exchange {
     var upstreamKeepAlive = true
     var framing = HeaderRules.ClientFraming.asIs
     var lastUpstreamActivity = NIODeadline.now()
+    var lastClientActivity = NIODeadline.now()
     var finished = false
 
     init(tap: ExchangeTap, clientKeepAlive: Bool, version: HTTPVersion, path: String) {
