@@ -2,7 +2,7 @@
 
 # The Debian packages LLMTap builds and tests with.
 LLMTAP_BUILD_PACKAGES=(pkg-config libzmq3-dev libsqlite3-dev libssl-dev)
-LLMTAP_TEST_PACKAGES=(protobuf-compiler protobuf-c-compiler libprotobuf-c-dev make gcc curl openssl prometheus)
+LLMTAP_TEST_PACKAGES=(protobuf-compiler protobuf-c-compiler libprotobuf-c-dev make gcc curl openssl prometheus systemd git)
 
 # ensure_packages NAME...: installs the Debian packages that are not installed yet.
 ensure_packages() {
