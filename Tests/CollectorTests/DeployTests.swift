@@ -228,3 +228,40 @@ final class BuildScriptTests: XCTestCase {
         })
     }
 }
+
+/// The README's run command, as a user runs it (with the binaries the tests built, and ports of
+/// its own): the collector, the sidecar, the demo requests, then where things are; Ctrl-C stops it all.
+final class RunScriptTests: XCTestCase {
+    func testRunDemoStartsEverythingSendsDemoRequestsAndStopsOnCtrlC() throws {
+        let data = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-run-\(UUID().uuidString)")
+        let (http, listen) = ("127.0.0.1:\(try freeTCPPort())", "127.0.0.1:\(try freeTCPPort())")
+        let run = try RunningProcess(executable: repositoryRoot.appendingPathComponent("scripts/run"), arguments: ["--demo"], environment: [
+            "LLMTAP_BIN": productsDirectory.path, "DATA_DIR": data.path, "COLLECTOR_HTTP": http, "LISTEN_ADDR": listen,
+            "MITM_LISTEN_ADDR": "127.0.0.1:\(try freeTCPPort())", "MOCK_LISTEN_ADDR": "127.0.0.1:\(try freeTCPPort())",
+            "ANALYSIS_PORT": "\(try freeTCPPort())", "POLICY_PORT": "\(try freeTCPPort())", "MANAGEMENT_TOKEN": "",
+        ], directory: repositoryRoot)
+        defer { run.signal(SIGKILL) }
+        XCTAssertTrue(eventually(timeout: .seconds(60)) { run.stderr.contains("Ctrl-C stops everything") }, run.stderr)
+        let output = run.stderr
+        // In order: the collector, the sidecar, the demo requests, the printout.
+        let marks = ["llmtap-collector started", "llmtap-sidecar started", "demo requests through the sidecar", "LLMTap is running"]
+        let positions = marks.map { output.range(of: $0)?.lowerBound }
+        XCTAssertFalse(positions.contains(nil), output)
+        XCTAssertEqual(positions.compactMap { $0 }, positions.compactMap { $0 }.sorted(), output)
+        for line in ["chat completion                    200", "chat completion, streamed          200", "anthropic message                  200",
+                     "virtual key that does not exist    401", "http://\(http)/metrics", "OPENAI_BASE_URL=http://\(listen)/v1"] {
+            XCTAssertTrue(output.contains(line), "no \(line) in:\n\(output)")
+        }
+        // The token was made for the management API, and it works.
+        let token = try String(contentsOf: data.appendingPathComponent("management-token"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(try curlWithStatus(["http://\(http)/manage/projects", "-H", "Authorization: Bearer \(token)"]).status, 200)
+        XCTAssertTrue(eventually {
+            let metrics = (try? curlWithStatus(["http://\(http)/metrics"]).body).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            return metrics.contains(#"llmtap_requests_total{app="demo""#)
+        })
+
+        run.signal(SIGINT)
+        XCTAssertNotNil(run.waitForExit(timeout: .seconds(60)), "scripts/run did not stop on Ctrl-C")
+        XCTAssertTrue(eventually { run.stderr.contains("llmtap-collector stopped") && run.stderr.contains("llmtap-sidecar stopped") }, run.stderr)
+    }
+}
