@@ -18,7 +18,7 @@ final class PolicyGateTests: XCTestCase {
 
     private func table(keys: [(String, KeyEntry)], denied: Bool = false, credential: String? = "sk-up") -> PolicyTable {
         PolicyTable(
-            version: 3, keys: Dictionary(uniqueKeysWithValues: keys.map { (KeyHash.of($0.0), $0.1) }),
+            keys: Dictionary(uniqueKeysWithValues: keys.map { (KeyHash.of($0.0), $0.1) }),
             projects: ["p1": ProjectEntry(projectID: "p1", name: "billing", credentialRef: "main", credential: credential,
                                           denied: denied, denialReason: "day budget reached", deniedUntilMs: 10_000)]
         )

@@ -417,8 +417,7 @@ final class PolicyCore {
 
     func createProject(name: String, credentialRef: String) throws -> ProjectRecord {
         guard !projects.values.contains(where: { $0.name == name }) else { throw PolicyError.conflict("a project named \(name) already exists") }
-        var generator = SystemRandomNumberGenerator()
-        let id = "proj_" + (0..<6).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+        let id = VirtualKeySecret.randomID(prefix: "proj_", bytes: 6)
         let project = ProjectRecord(id: id, name: name, credentialRef: credentialRef, createdAtMs: nowMs)
         try database.writer.write { db in try project.insert(db) }
         projects[id] = project

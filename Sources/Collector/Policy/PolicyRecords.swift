@@ -83,10 +83,17 @@ enum VirtualKeySecret {
     static let prefix = "llmtap-"
 
     static func make() -> (secret: String, id: String) {
+        (prefix + base64URL(randomBytes(32)), randomID(prefix: "key_", bytes: 8))
+    }
+
+    /// An id that says nothing about a secret: `prefix` and `bytes` random bytes in hex.
+    static func randomID(prefix: String, bytes: Int) -> String {
+        prefix + randomBytes(bytes).map { String(format: "%02x", $0) }.joined()
+    }
+
+    private static func randomBytes(_ count: Int) -> [UInt8] {
         var generator = SystemRandomNumberGenerator()
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        let idBytes = (0..<8).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        return (prefix + base64URL(bytes), "key_" + idBytes.map { String(format: "%02x", $0) }.joined())
+        return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
     }
 
     static func base64URL(_ bytes: [UInt8]) -> String {

@@ -11,16 +11,8 @@ import Wire
 /// after a disconnect (ZeroMQ re-sends subscriptions) and recovering from a missed change are one
 /// mechanism: a gap in versions, or no snapshot within a second, makes it subscribe under a new nonce.
 final class PolicySubscriber: Sendable {
-    struct Stats: Sendable {
-        var version: UInt64 = 0
-        var snapshots = 0
-        var changes = 0
-        var rejectedFrames = 0
-    }
-
     private final class Shared: Sendable {
         let closing = Atomic<Bool>(false)
-        let stats = Mutex(Stats())
     }
 
     private let shared = Shared()
@@ -39,8 +31,6 @@ final class PolicySubscriber: Sendable {
         thread.name = "llmtap-policy"
         thread.start()
     }
-
-    var stats: Stats { shared.stats.withLock { $0 } }
 
     func shutdown() {
         shared.closing.store(true, ordering: .relaxed)
@@ -70,6 +60,13 @@ final class PolicySubscriber: Sendable {
         var askedAt = ContinuousClock.now
         var lastMessage = ContinuousClock.now
         var linkStale = false
+        var rejectedFrames: UInt64 = 0
+        func rejected(_ why: String) {
+            rejectedFrames += 1
+            if LogSampling.isWorthLogging(occurrence: rejectedFrames) {
+                logger.warning("refused a policy message", metadata: ["error": "\(why)", "count": "\(rejectedFrames)"])
+            }
+        }
 
         func askForSnapshot() {
             if !snapshotTopic.isEmpty { try? socket.set(.unsubscribe(snapshotTopic)) }
@@ -97,14 +94,14 @@ final class PolicySubscriber: Sendable {
             var changed = false
             for frames in batch {
                 guard frames.count == 2 else {
-                    rejected(shared, logger, "a policy message of \(frames.count) frames (expected 2)")
+                    rejected("a policy message of \(frames.count) frames (expected 2)")
                     continue
                 }
                 let message: PolicyMessage
                 switch PolicyFrame.decode(frames[1]) {
                 case .success(let decoded): message = decoded
                 case .failure(let error):
-                    rejected(shared, logger, "\(error)")
+                    rejected("\(error)")
                     continue
                 }
                 lastMessage = now
@@ -117,10 +114,6 @@ final class PolicySubscriber: Sendable {
                 switch replica.apply(message) {
                 case .applied:
                     changed = true
-                    shared.stats.withLock { stats in
-                        stats.version = replica.version
-                        if message.full { stats.snapshots += 1 } else { stats.changes += 1 }
-                    }
                     if message.full {
                         logger.log(level: hadSnapshot ? .debug : .notice, "policy snapshot received", metadata: [
                             "version": "\(replica.version)", "keys": "\(replica.keys.count)", "projects": "\(replica.projects.count)",
@@ -149,15 +142,5 @@ final class PolicySubscriber: Sendable {
             }
         }
         socket.close()
-    }
-
-    private static func rejected(_ shared: Shared, _ logger: Logger, _ why: String) {
-        let count = shared.stats.withLock { stats in
-            stats.rejectedFrames += 1
-            return stats.rejectedFrames
-        }
-        if LogSampling.isWorthLogging(occurrence: UInt64(count)) {
-            logger.warning("refused a policy message", metadata: ["error": "\(why)", "count": "\(count)"])
-        }
     }
 }

@@ -53,12 +53,10 @@ struct ProjectEntry: Sendable {
 /// The policy state at one version, immutable: the subscriber builds a new one for every change
 /// and swaps it in, so a request's lookup never waits for an update.
 final class PolicyTable: Sendable {
-    let version: UInt64
     let keys: [KeyHash: KeyEntry]
     let projects: [String: ProjectEntry]
 
-    init(version: UInt64, keys: [KeyHash: KeyEntry], projects: [String: ProjectEntry]) {
-        self.version = version
+    init(keys: [KeyHash: KeyEntry], projects: [String: ProjectEntry]) {
         self.keys = keys
         self.projects = projects
     }
@@ -80,7 +78,7 @@ final class PolicyTable: Sendable {
                 denialReason: project.denialReason, deniedUntilMs: project.deniedUntilUnixMs
             )
         }
-        self.init(version: replica.version, keys: keys, projects: projects)
+        self.init(keys: keys, projects: projects)
     }
 }
 

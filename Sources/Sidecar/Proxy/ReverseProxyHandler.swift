@@ -250,7 +250,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             case .head:
                 preconditionFailure("the request parser delivered a head before the previous request's end")
             case .body(let buffer):
-                exchange.lastClientActivity = .now()
+                if exchange.pendingRejection != nil { exchange.lastClientActivity = .now() }
                 exchange.tap.requestBody(buffer)
                 forward(.body(buffer), exchange)
             case .end:
@@ -309,7 +309,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             return
         case .allow(let grant):
             tap.policy(keyID: grant.keyID, projectID: grant.projectID)
-            if grant.holdsSlot { exchange.policySlot = grant.keyID }
+            exchange.keyID = grant.keyID
+            exchange.holdsPolicySlot = grant.holdsSlot
             credential = (grant.header, grant.upstreamCredential)
             if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil { exchange.allowedModels = grant.allowedModels }
         }
@@ -361,7 +362,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
         if let refusal {
             exchange.upstream = .detached
-            logPolicyRefusal(refusal, exchange: exchange, keyID: exchange.policySlot ?? "")
+            logPolicyRefusal(refusal, exchange: exchange, keyID: exchange.keyID)
             return respondLocally(refusal, exchange: exchange, outcome: .rejected, error: refusal.message, forceClose: false)
         }
         exchange.upstream = .connecting(buffered: parts)
@@ -423,6 +424,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             buffered.append(part)
             exchange.upstream = .connecting(buffered: buffered)
         case .holding(var parts, var bytes):
+            exchange.lastClientActivity = .now()
             if case .body(let buffer) = part { bytes += buffer.readableBytes }
             parts.append(part)
             exchange.upstream = .holding(parts, bytes: bytes)
@@ -458,9 +460,9 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         guard !exchange.finished else { return }
         exchange.finished = true
         counters.inFlight.subtract(1, ordering: .relaxed)
-        if let keyID = exchange.policySlot {
-            exchange.policySlot = nil
-            settings.policy?.release(keyID: keyID)
+        if exchange.holdsPolicySlot {
+            exchange.holdsPolicySlot = false
+            settings.policy?.release(keyID: exchange.keyID)
         }
     }
 
@@ -712,8 +714,10 @@ private final class Exchange {
     let path: String
     /// A policy refusal, sent once the request's body has been read.
     var pendingRejection: ProxyErrorResponse?
-    /// The key whose limiter slot this exchange holds, given back when it ends.
-    var policySlot: String?
+    /// The virtual key the request was allowed with; empty otherwise.
+    var keyID = ""
+    /// Whether it holds a slot of that key's limiter, given back when it ends.
+    var holdsPolicySlot = false
     /// Models the key allows, while the body is held to find which one the request asks for.
     var allowedModels: Set<String>?
     var upstream = Upstream.detached
@@ -724,7 +728,8 @@ private final class Exchange {
     var upstreamKeepAlive = true
     var framing = HeaderRules.ClientFraming.asIs
     var lastUpstreamActivity = NIODeadline.now()
-    var lastClientActivity = NIODeadline.now()
+    /// Set by `watchClientBody` while a body is read before anything is sent; unused otherwise.
+    var lastClientActivity = NIODeadline.distantPast
     var finished = false
 
     init(tap: ExchangeTap, clientKeepAlive: Bool, version: HTTPVersion, path: String) {
