@@ -277,9 +277,17 @@ public nonisolated struct Llmtap_Wire_V1_Header: Sendable {
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
+  /// Always a token (RFC 9110 tchar: ASCII letters, digits and !#$%&'*+-.^_`|~): the sidecar
+  /// refuses any other name before it is forwarded.
   public var name: String = String()
 
+  /// The value as UTF-8. A value may hold bytes that are not UTF-8 (obs-text, RFC 9110
+  /// section 5.5, such as Latin-1 "Jos\xE9"); then this holds it with each invalid sequence
+  /// replaced by U+FFFD, and raw_value holds the exact bytes.
   public var value: String = String()
+
+  /// The value's exact bytes, set only when they are not valid UTF-8. Prefer it when present.
+  public var rawValue: Data = Data()
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -795,7 +803,7 @@ nonisolated extension Llmtap_Wire_V1_Envelope: SwiftProtobuf.Message, SwiftProto
 
 nonisolated extension Llmtap_Wire_V1_Header: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Header"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}value\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}value\0\u{3}raw_value\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -805,6 +813,7 @@ nonisolated extension Llmtap_Wire_V1_Header: SwiftProtobuf.Message, SwiftProtobu
       switch fieldNumber {
       case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
       case 2: try { try decoder.decodeSingularStringField(value: &self.value) }()
+      case 3: try { try decoder.decodeSingularBytesField(value: &self.rawValue) }()
       default: break
       }
     }
@@ -817,12 +826,16 @@ nonisolated extension Llmtap_Wire_V1_Header: SwiftProtobuf.Message, SwiftProtobu
     if !self.value.isEmpty {
       try visitor.visitSingularStringField(value: self.value, fieldNumber: 2)
     }
+    if !self.rawValue.isEmpty {
+      try visitor.visitSingularBytesField(value: self.rawValue, fieldNumber: 3)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
   public static func ==(lhs: Llmtap_Wire_V1_Header, rhs: Llmtap_Wire_V1_Header) -> Bool {
     if lhs.name != rhs.name {return false}
     if lhs.value != rhs.value {return false}
+    if lhs.rawValue != rhs.rawValue {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -113,10 +113,18 @@ final class EnvelopeCodecTests: XCTestCase {
         XCTAssertEqual(rejection(of: try WireFrame.encode(envelope)), .incompleteEnvelope)
     }
 
-    func testInvalidUTF8InTheSidecarIDIsUndecodable() {
-        // field 1, length 2, bytes C3 28 (an invalid two-byte sequence)
+    func testInvalidUTF8InTheSidecarIDIsReadWithAReplacementAndFlagged() throws {
+        // field 1, length 2, bytes C3 28 (an invalid two-byte sequence): the record still counts.
         let frame = WireFrame.header + [0x0A, 0x02, 0xC3, 0x28, 0x12, 0x01, 0x62, 0x18, 0x01, 0x6A, 0x00]
-        XCTAssertEqual(rejection(of: frame), .undecodable)
+        var decoder = EnvelopeDecoder()
+        let decoded = try frame.withUnsafeBytes { try decoder.decode($0).get() }
+        XCTAssertEqual(decoded.sidecarID, "\u{FFFD}(")
+        XCTAssertTrue(decoded.textRepaired)
+        // The same bytes again (the decoder keeps the last id): still flagged.
+        let again = try frame.withUnsafeBytes { try decoder.decode($0).get() }
+        XCTAssertTrue(again.textRepaired)
+        let valid = try WireFrame.encode(SampleRecords.envelope(SampleRecords.heartbeat))
+        XCTAssertFalse(try valid.withUnsafeBytes { try decoder.decode($0).get() }.textRepaired)
     }
 
     // MARK: What a decoder must accept, as protobuf allows
@@ -243,9 +251,14 @@ final class StreamChunkDecoderTests: XCTestCase {
         XCTAssertEqual(merged.index, 5)
         XCTAssertEqual(merged.data, Data([1, 2]))
 
-        for broken: [UInt8] in [[0x0A, 0x05, 0x61], [0x18], [0x0A, 0x02, 0xC3, 0x28], [0x0B]] {
+        for broken: [UInt8] in [[0x0A, 0x05, 0x61], [0x18], [0x0B]] {
             var chunk = WireStreamChunk()
             XCTAssertThrowsError(try broken.withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &chunk) }, "\(broken)")
         }
+        // An exchange id that is not UTF-8 is read with U+FFFD, and said so.
+        var chunk = WireStreamChunk()
+        let repaired = try ([0x0A, 0x02, 0xC3, 0x28] as [UInt8]).withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &chunk) }
+        XCTAssertTrue(repaired)
+        XCTAssertEqual(chunk.exchangeID, "\u{FFFD}(")
     }
 }

@@ -244,16 +244,30 @@ struct ProtobufFieldWriter {
         }
     }
 
-    /// One `Header` message: name (1) and value (2).
+    /// One `Header` message: name (1) and value (2). A value that is not UTF-8 (obs-text) can't
+    /// be a protobuf string: it goes as its UTF-8 reading, invalid sequences as U+FFFD, in value
+    /// and as its exact bytes in raw_value (3), so nothing is lost and the record still decodes.
     @inlinable
     mutating func header(_ field: Int, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        guard WireText.isValidUTF8(value) else {
+            var readable = WireText.replacingInvalidUTF8(value)
+            readable.withUTF8 { header(field, name: name, value: UnsafeRawBufferPointer($0), raw: value) }
+            return
+        }
+        header(field, name: name, value: value, raw: UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    @inlinable
+    mutating func header(_ field: Int, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, raw: UnsafeRawBufferPointer) {
         var size = 0
         if !name.isEmpty { size += 1 + ProtobufWireFormat.varintSize(UInt64(name.count)) + name.count }
         if !value.isEmpty { size += 1 + ProtobufWireFormat.varintSize(UInt64(value.count)) + value.count }
+        if !raw.isEmpty { size += 1 + ProtobufWireFormat.varintSize(UInt64(raw.count)) + raw.count }
         key(field, .lengthDelimited)
         rawVarint(UInt64(size))
         bytes(1, name)
         bytes(2, value)
+        bytes(3, raw)
     }
 
     @inlinable

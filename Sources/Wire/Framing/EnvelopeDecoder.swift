@@ -17,19 +17,28 @@ public final class DecodedEnvelope: Sendable, Equatable, CustomStringConvertible
     public let sentUnixNanos: Int64
     public let droppedBefore: UInt64
     public let record: WireRecord
+    /// True when a string field of the envelope or its record was not valid UTF-8 and was read
+    /// with U+FFFD in place of the invalid sequences: the record still counts, and its exchange
+    /// is stored with a parse error saying so.
+    public let textRepaired: Bool
 
-    public init(sidecarID: String, bootID: String, seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: WireRecord) {
+    public init(
+        sidecarID: String, bootID: String, seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: WireRecord,
+        textRepaired: Bool = false
+    ) {
         self.sidecarID = sidecarID
         self.bootID = bootID
         self.seq = seq
         self.sentUnixNanos = sentUnixNanos
         self.droppedBefore = droppedBefore
         self.record = record
+        self.textRepaired = textRepaired
     }
 
     public static func == (lhs: DecodedEnvelope, rhs: DecodedEnvelope) -> Bool {
         lhs.sidecarID == rhs.sidecarID && lhs.bootID == rhs.bootID && lhs.seq == rhs.seq
             && lhs.sentUnixNanos == rhs.sentUnixNanos && lhs.droppedBefore == rhs.droppedBefore && lhs.record == rhs.record
+            && lhs.textRepaired == rhs.textRepaired
     }
 
     public var description: String {
@@ -95,6 +104,7 @@ public struct EnvelopeDecoder {
         var sent: Int64 = 0
         var droppedBefore: UInt64 = 0
         var record: WireRecord?
+        var repaired = false
 
         while !reader.isAtEnd {
             let (field, wireType) = try reader.key()
@@ -108,20 +118,29 @@ public struct EnvelopeDecoder {
                 // The most frequent record by far (one per streamed event): decoded here, not by SwiftProtobuf.
                 var chunk = WireStreamChunk()
                 if case .streamChunk(let existing) = record { chunk = existing }
-                try decodeStreamChunk(try reader.lengthDelimited(), into: &chunk)
+                if try decodeStreamChunk(try reader.lengthDelimited(), into: &chunk) { repaired = true }
                 record = .streamChunk(chunk)
             case (10...13, .lengthDelimited):
-                record = try Self.decodeRecord(field: field, bytes: try reader.lengthDelimited(), mergingInto: record)
+                let bytes = try reader.lengthDelimited()
+                do {
+                    record = try Self.decodeRecord(field: field, bytes: bytes, mergingInto: record)
+                } catch BinaryDecodingError.invalidUTF8 {
+                    // A string field that is not UTF-8 (an older sidecar's header value, say) costs
+                    // the record nothing but that field's exact bytes: it is read with U+FFFD.
+                    let fixed = try UTF8Repair.repair(bytes, schema: UTF8Repair.schema(ofRecord: field))
+                    record = try fixed.withUnsafeBytes { try Self.decodeRecord(field: field, bytes: $0, mergingInto: record) }
+                    repaired = true
+                }
             default:
                 // Unknown fields, and known ones with another wire type, are skipped as protobuf's own decoders do.
                 try reader.skip(wireType)
             }
         }
 
-        guard let sidecarID = try lastSidecarID.string(for: sidecarBytes), !sidecarID.isEmpty else {
+        guard let sidecarID = lastSidecarID.string(for: sidecarBytes, repaired: &repaired), !sidecarID.isEmpty else {
             return .failure(WireFrameError(.incompleteEnvelope, "the envelope has no sidecar_id"))
         }
-        guard let bootID = try lastBootID.string(for: bootBytes), !bootID.isEmpty else {
+        guard let bootID = lastBootID.string(for: bootBytes, repaired: &repaired), !bootID.isEmpty else {
             return .failure(WireFrameError(.incompleteEnvelope, "the envelope from \(sidecarID) has no boot_id"))
         }
         guard seq != 0 else {
@@ -133,20 +152,23 @@ public struct EnvelopeDecoder {
         }
         return .success(DecodedEnvelope(
             sidecarID: sidecarID, bootID: bootID, seq: seq,
-            sentUnixNanos: sent, droppedBefore: droppedBefore, record: record
+            sentUnixNanos: sent, droppedBefore: droppedBefore, record: record, textRepaired: repaired
         ))
     }
 
     /// Decodes a `StreamChunk` as SwiftProtobuf would, merging into `chunk` (for its scalar and bytes
     /// fields merging means the last value wins). Unknown fields are skipped rather than kept.
-    /// Tests hold it to SwiftProtobuf's result on random chunks.
-    mutating func decodeStreamChunk(_ bytes: UnsafeRawBufferPointer, into chunk: inout WireStreamChunk) throws {
+    /// Tests hold it to SwiftProtobuf's result on random chunks. Returns whether the exchange id
+    /// was not UTF-8 and was read with U+FFFD.
+    @discardableResult
+    mutating func decodeStreamChunk(_ bytes: UnsafeRawBufferPointer, into chunk: inout WireStreamChunk) throws -> Bool {
         var reader = ProtobufWireFormat.Reader(bytes)
+        var repaired = false
         while !reader.isAtEnd {
             let (field, wireType) = try reader.key()
             switch (field, wireType) {
             case (1, .lengthDelimited):
-                chunk.exchangeID = try lastExchangeID.string(for: try reader.lengthDelimited()) ?? ""
+                chunk.exchangeID = lastExchangeID.string(for: try reader.lengthDelimited(), repaired: &repaired) ?? ""
             case (2, .varint):
                 // Enums are int32 on the wire, sign-extended to 64 bits; unknown values are kept.
                 let raw = Int(Int32(truncatingIfNeeded: try reader.varint()))
@@ -164,6 +186,7 @@ public struct EnvelopeDecoder {
                 try reader.skip(wireType)
             }
         }
+        return repaired
     }
 
     private static func decodeRecord(field: Int, bytes: UnsafeRawBufferPointer, mergingInto previous: WireRecord?) throws -> WireRecord {
@@ -191,26 +214,94 @@ public struct EnvelopeDecoder {
 private struct InternedString {
     private var bytes: [UInt8] = []
     private var value = ""
+    private var valid = true
 
-    struct InvalidUTF8: Error, CustomStringConvertible {
-        var description: String { "a string field is not valid UTF-8" }
-    }
-
-    /// nil for an absent (empty) field.
-    mutating func string(for field: UnsafeRawBufferPointer) throws -> String? {
+    /// nil for an absent (empty) field. Bytes that are not UTF-8 are read with U+FFFD, and
+    /// `repaired` is set.
+    mutating func string(for field: UnsafeRawBufferPointer, repaired: inout Bool) -> String? {
         if field.isEmpty { return nil }
         let same = field.count == bytes.count
             && bytes.withUnsafeBytes { memcmp($0.baseAddress!, field.baseAddress!, field.count) == 0 }
-        if same { return value }
-        guard let decoded = String(validating: field, as: UTF8.self) else { throw InvalidUTF8() }
+        if same {
+            if !valid { repaired = true }
+            return value
+        }
+        if let decoded = String(validating: field, as: UTF8.self) {
+            value = decoded
+            valid = true
+        } else {
+            value = WireText.replacingInvalidUTF8(field)
+            valid = false
+            repaired = true
+        }
         bytes = Array(field)
-        value = decoded
-        return decoded
+        return value
     }
 }
 
 extension String {
     func leftPadded(to width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}
+
+/// Rewrites a record's protobuf bytes so that every string field the schema knows of is valid
+/// UTF-8 (invalid sequences become U+FFFD), nested `Header` messages included; everything else is
+/// copied as it is. Only used for a record SwiftProtobuf refused for invalid UTF-8.
+enum UTF8Repair {
+    indirect enum Field {
+        case string
+        case message([Int: Field])
+    }
+
+    static let header: [Int: Field] = [1: .string, 2: .string]
+    static let request: [Int: Field] = [
+        1: .string, 3: .string, 4: .string, 5: .string, 6: .string, 7: .string, 8: .string, 9: .string,
+        11: .message(header), 15: .string, 16: .string, 17: .string,
+    ]
+    static let responseDone: [Int: Field] = [1: .string, 3: .message(header), 9: .string, 12: .string]
+    static let heartbeat: [Int: Field] = [8: .string, 9: .string, 10: .string]
+
+    static func schema(ofRecord field: Int) -> [Int: Field] {
+        switch field {
+        case 10: request
+        case 12: responseDone
+        case 13: heartbeat
+        default: [:]
+        }
+    }
+
+    static func repair(_ bytes: UnsafeRawBufferPointer, schema: [Int: Field], depth: Int = 0) throws(ProtobufWireFormat.Malformed) -> [UInt8] {
+        guard depth < 8 else { throw ProtobufWireFormat.Malformed(description: "messages nested too deep") }
+        var reader = ProtobufWireFormat.Reader(bytes)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count + 16)
+        while !reader.isAtEnd {
+            let start = reader.offset
+            let (field, wireType) = try reader.key()
+            guard wireType == .lengthDelimited, let kind = schema[field] else {
+                try reader.skip(wireType)
+                out.append(contentsOf: bytes[start..<reader.offset])
+                continue
+            }
+            let keyEnd = reader.offset
+            let content = try reader.lengthDelimited()
+            let replaced: [UInt8]
+            switch kind {
+            case .string:
+                replaced = WireText.isValidUTF8(content) ? Array(content) : Array(WireText.replacingInvalidUTF8(content).utf8)
+            case .message(let nested):
+                replaced = try repair(content, schema: nested, depth: depth + 1)
+            }
+            out.append(contentsOf: bytes[start..<keyEnd])
+            var length = UInt64(replaced.count)
+            while length >= 0x80 {
+                out.append(UInt8(truncatingIfNeeded: length) | 0x80)
+                length >>= 7
+            }
+            out.append(UInt8(length))
+            out.append(contentsOf: replaced)
+        }
+        return out
     }
 }
