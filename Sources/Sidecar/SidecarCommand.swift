@@ -32,7 +32,7 @@ struct SidecarCommand: AsyncParsableCommand {
     private static let environment = ProcessInfo.processInfo.environment
 
     @Option(help: "reverse (the app's base URL points here), mitm (the app's HTTPS_PROXY points here), or both. Env: LLMTAP_MODE.")
-    var mode = Mode(rawValue: environment["LLMTAP_MODE"] ?? "") ?? .reverse
+    var mode = EnvironmentSettings.choice("LLMTAP_MODE", Mode.reverse, environment: environment)
 
     @Option(help: "host:port of the MITM (HTTPS proxy) listener. Env: MITM_LISTEN_ADDR.")
     var mitmListen = environment["MITM_LISTEN_ADDR"] ?? "0.0.0.0:8080"
@@ -41,7 +41,7 @@ struct SidecarCommand: AsyncParsableCommand {
     var allowlist = environment["LLMTAP_ALLOWLIST"] ?? Allowlist.defaultHosts
 
     @Flag(help: "Refuse (403) hosts not on the allowlist instead of tunnelling them untouched. Env: LLMTAP_DENY_UNLISTED=1.")
-    var denyUnlisted = environment["LLMTAP_DENY_UNLISTED"] == "1"
+    var denyUnlisted = EnvironmentSettings.flag("LLMTAP_DENY_UNLISTED", environment: environment)
 
     @Option(help: "Ports MITM clients may CONNECT to, comma-separated. Env: LLMTAP_MITM_PORTS.")
     var mitmPorts = environment["LLMTAP_MITM_PORTS"] ?? "443"
@@ -64,7 +64,7 @@ struct SidecarCommand: AsyncParsableCommand {
     var policy: String? = environment["LLMTAP_POLICY"]
 
     @Flag(help: "Accept only LLMTap virtual keys (needs --policy): any other credential, or none, gets 401. Env: LLMTAP_REQUIRE_VIRTUAL_KEY=1.")
-    var requireVirtualKey = environment["LLMTAP_REQUIRE_VIRTUAL_KEY"] == "1"
+    var requireVirtualKey = EnvironmentSettings.flag("LLMTAP_REQUIRE_VIRTUAL_KEY", environment: environment)
 
     @Option(help: "A file of upstream credentials for projects, one name=secret per line; LLMTAP_CREDENTIAL_<NAME> variables work too. Env: LLMTAP_CREDENTIALS_FILE.")
     var credentialsFile: String? = environment["LLMTAP_CREDENTIALS_FILE"]
@@ -76,51 +76,57 @@ struct SidecarCommand: AsyncParsableCommand {
     var sidecarId = environment["LLMTAP_SIDECAR_ID"] ?? ProcessInfo.processInfo.hostName
 
     @Option(help: "Body bytes copied to the collector per direction and exchange; forwarding is never capped. Past it, the response's last 16 KiB still go (streams report usage at their end). Env: LLMTAP_MAX_CAPTURE_BYTES.")
-    var maxCaptureBytes = Int(environment["LLMTAP_MAX_CAPTURE_BYTES"] ?? "") ?? 1 << 20
+    var maxCaptureBytes = EnvironmentSettings.int("LLMTAP_MAX_CAPTURE_BYTES", 1 << 20, environment: environment)
 
     @Option(help: "Largest request head accepted; larger gets 431. Env: LLMTAP_MAX_HEADER_BYTES.")
-    var maxHeaderBytes = Int(environment["LLMTAP_MAX_HEADER_BYTES"] ?? "") ?? 64 << 10
+    var maxHeaderBytes = EnvironmentSettings.int("LLMTAP_MAX_HEADER_BYTES", 64 << 10, environment: environment)
 
     @Option(help: "Seconds the upstream may stay silent, before answering or mid-stream; then 504 (or a closed stream). Env: LLMTAP_UPSTREAM_TIMEOUT.")
-    var upstreamTimeout = Double(environment["LLMTAP_UPSTREAM_TIMEOUT"] ?? "") ?? 600
+    var upstreamTimeout = EnvironmentSettings.seconds("LLMTAP_UPSTREAM_TIMEOUT", 600, environment: environment)
 
     @Option(help: "Seconds to connect to the upstream; then 502. Env: LLMTAP_CONNECT_TIMEOUT.")
-    var connectTimeout = Double(environment["LLMTAP_CONNECT_TIMEOUT"] ?? "") ?? 10
+    var connectTimeout = EnvironmentSettings.seconds("LLMTAP_CONNECT_TIMEOUT", 10, environment: environment)
 
     @Option(help: "Seconds exchanges under way get to finish on SIGTERM. Env: LLMTAP_DRAIN_TIMEOUT.")
-    var drainTimeout = Double(environment["LLMTAP_DRAIN_TIMEOUT"] ?? "") ?? 30
+    var drainTimeout = EnvironmentSettings.seconds("LLMTAP_DRAIN_TIMEOUT", 30, environment: environment)
 
     @Option(help: "Seconds a client connection may stay idle between requests, or take to send a request head (then 408). Env: LLMTAP_CLIENT_TIMEOUT.")
-    var clientTimeout = Double(environment["LLMTAP_CLIENT_TIMEOUT"] ?? "") ?? 75
+    var clientTimeout = EnvironmentSettings.seconds("LLMTAP_CLIENT_TIMEOUT", 75, environment: environment)
 
     @Option(help: "Key of the HMAC-SHA256 that turns credentials into tenant ids. Give every sidecar of a fleet the same one. Env: LLMTAP_TENANT_KEY. Default: a built-in key, so tenant ids are stable but computable by anyone who knows the credential.")
     var tenantKey = environment["LLMTAP_TENANT_KEY"] ?? TenantHasher.defaultKey
 
     @Option(help: "Event-loop threads. Env: LLMTAP_THREADS. Default: one per core.")
-    var threads = Int(environment["LLMTAP_THREADS"] ?? "") ?? System.coreCount
+    var threads = EnvironmentSettings.int("LLMTAP_THREADS", System.coreCount, environment: environment)
 
     @Option(help: "Seconds between heartbeats to the collector. Env: LLMTAP_HEARTBEAT_INTERVAL.")
-    var heartbeatInterval = Double(environment["LLMTAP_HEARTBEAT_INTERVAL"] ?? "") ?? 5
+    var heartbeatInterval = EnvironmentSettings.seconds("LLMTAP_HEARTBEAT_INTERVAL", 5, environment: environment)
 
     @Option(help: "Records the publisher may queue while the collector is slow or away; past it they are dropped and counted. A full queue of the default size holds about 25 MB. Env: LLMTAP_MAX_QUEUED_RECORDS.")
-    var maxQueuedRecords = Int(environment["LLMTAP_MAX_QUEUED_RECORDS"] ?? "") ?? 16_384
+    var maxQueuedRecords = EnvironmentSettings.int("LLMTAP_MAX_QUEUED_RECORDS", 16_384, environment: environment)
 
     @Option(help: "Bytes the publisher may queue. Env: LLMTAP_MAX_QUEUED_BYTES.")
-    var maxQueuedBytes = Int(environment["LLMTAP_MAX_QUEUED_BYTES"] ?? "") ?? 64 << 20
+    var maxQueuedBytes = EnvironmentSettings.int("LLMTAP_MAX_QUEUED_BYTES", 64 << 20, environment: environment)
 
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: LOG_LEVEL.")
     var logLevel = environment["LOG_LEVEL"] ?? "info"
 
     func validate() throws {
+        do {
+            try EnvironmentSettings.check()
+            _ = try durations()
+        } catch {
+            throw ValidationError("\(error)")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard heartbeatInterval > 0 else { throw ValidationError("--heartbeat-interval must be more than 0 seconds") }
-        guard maxQueuedRecords > 0, maxQueuedBytes > 0 else { throw ValidationError("the queue limits must be positive") }
-        guard maxCaptureBytes >= 0 else { throw ValidationError("--max-capture-bytes must not be negative") }
+        guard (1...100_000_000).contains(maxQueuedRecords), (1...1 << 40).contains(maxQueuedBytes) else {
+            throw ValidationError("--max-queued-records must be 1 to 100000000 and --max-queued-bytes 1 to 2^40")
+        }
+        guard (0...1 << 30).contains(maxCaptureBytes) else { throw ValidationError("--max-capture-bytes must be 0 to 1073741824, not \(maxCaptureBytes)") }
         guard (1024...(16 << 20)).contains(maxHeaderBytes) else { throw ValidationError("--max-header-bytes must be between 1024 and 16777216") }
-        guard upstreamTimeout > 0, connectTimeout > 0, drainTimeout >= 0, clientTimeout > 0 else { throw ValidationError("timeouts must be positive") }
-        guard threads > 0 else { throw ValidationError("--threads must be at least 1") }
+        guard (1...1024).contains(threads) else { throw ValidationError("--threads must be 1 to 1024, not \(threads)") }
         guard !requireVirtualKey || policy != nil else {
             throw ValidationError("--require-virtual-key needs --policy: without the collector's policy no key could be checked")
         }
@@ -177,15 +183,16 @@ struct SidecarCommand: AsyncParsableCommand {
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let counters = SidecarCounters(bootID: publisherConfiguration.bootID)
+        let durations = try durations()
         let pools = try await UpstreamPools.make(group: group, settings: .init(
-            sslContext: sslContext, connectTimeout: .seconds(Self.seconds(connectTimeout)),
+            sslContext: sslContext, connectTimeout: durations.connect,
             maxIdle: 64, idleTimeout: .seconds(30)
         ))
         var settings = ProxySettings(
             tap: TapSettings(app: app, maxCaptureBytes: maxCaptureBytes, tailBytes: 16 << 10),
             tenantHasher: TenantHasher(key: tenantKey),
-            upstreamTimeout: .milliseconds(Int64(upstreamTimeout * 1000)),
-            clientTimeout: .milliseconds(Int64(clientTimeout * 1000)),
+            upstreamTimeout: durations.upstream,
+            clientTimeout: durations.client,
             maxHeaderBytes: maxHeaderBytes
         )
         var subscriber: PolicySubscriber?
@@ -216,7 +223,7 @@ struct SidecarCommand: AsyncParsableCommand {
         }
 
         var listeners: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        let drain = TimeAmount.milliseconds(Int64(drainTimeout * 1000))
+        let drain = durations.drain
         if mode != .mitm {
             listeners.append(.init(service: ReverseProxyServer(
                 listen: listenAddress, group: group, target: target, settings: settings, pools: pools, publisher: publisher,
@@ -228,7 +235,7 @@ struct SidecarCommand: AsyncParsableCommand {
         if mode != .reverse, let authority {
             let mitm = MITMSettings(
                 proxy: settings, allowlist: try Allowlist(allowlist), ports: try Self.ports(mitmPorts), denyUnlisted: denyUnlisted,
-                connectTimeout: .seconds(Self.seconds(connectTimeout))
+                connectTimeout: durations.connect
             )
             listeners.append(.init(service: MITMProxyServer(
                 listen: try ListenAddress(mitmListen), group: group, settings: mitm, pools: pools,
@@ -238,7 +245,7 @@ struct SidecarCommand: AsyncParsableCommand {
         }
         let heartbeat = HeartbeatService(
             publisher: publisher, counters: counters,
-            interval: .milliseconds(Int64(heartbeatInterval * 1000)), app: app, mode: mode.rawValue
+            interval: .nanoseconds(durations.heartbeat.nanoseconds), app: app, mode: mode.rawValue
         )
         let services = ServiceGroup(configuration: .init(
             // The sidecar is no use without its listeners: if one stops, everything stops.
@@ -263,7 +270,16 @@ struct SidecarCommand: AsyncParsableCommand {
         if let failure { throw failure }
     }
 
-    static func seconds(_ value: Double) -> Int64 { Int64(value.rounded(.up)) }
+    /// The timeouts and intervals, checked: finite, positive, and at most `EnvironmentSettings.maximumSeconds`.
+    func durations() throws(ConfigurationError) -> (upstream: TimeAmount, connect: TimeAmount, client: TimeAmount, drain: TimeAmount, heartbeat: TimeAmount) {
+        (
+            upstream: .nanoseconds(try EnvironmentSettings.nanoseconds(upstreamTimeout, option: "--upstream-timeout (LLMTAP_UPSTREAM_TIMEOUT)")),
+            connect: .nanoseconds(try EnvironmentSettings.nanoseconds(connectTimeout, option: "--connect-timeout (LLMTAP_CONNECT_TIMEOUT)")),
+            client: .nanoseconds(try EnvironmentSettings.nanoseconds(clientTimeout, option: "--client-timeout (LLMTAP_CLIENT_TIMEOUT)")),
+            drain: .nanoseconds(try EnvironmentSettings.nanoseconds(drainTimeout, option: "--drain-timeout (LLMTAP_DRAIN_TIMEOUT)", allowZero: true)),
+            heartbeat: .nanoseconds(try EnvironmentSettings.nanoseconds(heartbeatInterval, option: "--heartbeat-interval (LLMTAP_HEARTBEAT_INTERVAL)"))
+        )
+    }
 
     static func ports(_ list: String) throws(ConfigurationError) -> Set<Int> {
         var ports: Set<Int> = []

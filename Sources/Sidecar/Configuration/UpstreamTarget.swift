@@ -1,3 +1,5 @@
+import Wire
+
 /// Where the reverse listener forwards to: `UPSTREAM`, such as `https://api.openai.com` or
 /// `http://127.0.0.1:8081/openai`. A path in it is put in front of every request's path.
 struct UpstreamTarget: Sendable, Hashable, CustomStringConvertible {
@@ -65,9 +67,4 @@ struct UpstreamTarget: Sendable, Hashable, CustomStringConvertible {
         let bracketed = host.contains(":") ? "[\(host)]" : host
         self.authority = port == (scheme == "https" ? 443 : 80) ? bracketed : "\(bracketed):\(port)"
     }
-}
-
-struct ConfigurationError: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }

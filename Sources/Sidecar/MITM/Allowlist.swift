@@ -1,4 +1,5 @@
 import Foundation
+import Wire
 
 /// The hosts MITM mode decrypts: exact names and `*.suffix` patterns, compared without case.
 struct Allowlist: Sendable, Equatable, CustomStringConvertible {

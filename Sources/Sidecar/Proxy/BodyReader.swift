@@ -47,13 +47,17 @@ struct BodyReader {
         case chunkSize
         case chunkData(remaining: Int)
         case chunkDataEnd
-        case trailers
+        /// The trailer section so far: its bytes and fields, each bounded.
+        case trailers(bytes: Int, fields: Int)
         case untilClose
         case ended
     }
 
     /// A chunk-size or trailer line longer than this is refused.
     static let maxLineBytes = 4096
+    /// A trailer section larger than this, or with more fields, is refused (responses; requests take none).
+    static let maxTrailerBytes = 16 << 10
+    static let maxTrailerFields = 100
 
     private var state: State
     /// Chunk lines must end in CRLF (requests; see `HeaderLineScanner.headEnd`).
@@ -94,7 +98,7 @@ struct BodyReader {
             case .chunkSize:
                 guard let line = try takeLine(&pending, what: "chunk size") else { return .needMore }
                 let size = try Self.parseChunkSize(line, strict: strictLineEndings)
-                state = size == 0 ? .trailers : .chunkData(remaining: size)
+                state = size == 0 ? .trailers(bytes: 0, fields: 0) : .chunkData(remaining: size)
             case .chunkData(let remaining):
                 guard pending.readableBytes > 0 else { return .needMore }
                 let take = min(remaining, pending.readableBytes)
@@ -104,7 +108,7 @@ struct BodyReader {
                 guard let line = try takeLine(&pending, what: "chunk end") else { return .needMore }
                 guard line.readableBytes == 0 else { throw Malformed(description: "a chunk is longer than its size") }
                 state = .chunkSize
-            case .trailers:
+            case .trailers(let bytes, let fields):
                 // Trailer fields are read and dropped: they are rare, no LLM API uses them, and the
                 // proxy re-frames every body it forwards.
                 guard let line = try takeLine(&pending, what: "trailer") else { return .needMore }
@@ -115,6 +119,11 @@ struct BodyReader {
                 // Strict readers (requests) take no trailer fields: a field there could be read as
                 // framing by one side and not by the other, and no LLM API uses them.
                 if strictLineEndings { throw Malformed(description: "trailer fields are not accepted in requests") }
+                let total = bytes + line.readableBytes
+                guard total <= Self.maxTrailerBytes, fields < Self.maxTrailerFields else {
+                    throw Malformed(description: "the trailer section is over \(Self.maxTrailerBytes) bytes or \(Self.maxTrailerFields) fields")
+                }
+                state = .trailers(bytes: total, fields: fields + 1)
             }
         }
     }
@@ -130,10 +139,13 @@ struct BodyReader {
 
     /// A line without its LF or CRLF, once whole; nil (the bytes left in place) until then.
     private func takeLine(_ pending: inout ByteBuffer, what: String) throws(Malformed) -> ByteBuffer? {
-        guard let lf = pending.readableBytesView.firstIndex(of: 0x0A) else {
+        // The limit holds whether the line's end came in the same read or not.
+        let window = pending.readableBytesView.prefix(Self.maxLineBytes + 2)
+        guard let lf = window.firstIndex(of: 0x0A) else {
             guard pending.readableBytes <= Self.maxLineBytes else { throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes") }
             return nil
         }
+        guard lf - pending.readerIndex <= Self.maxLineBytes else { throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes") }
         var line = pending.readSlice(length: lf - pending.readerIndex + 1)!
         line.moveWriterIndex(to: line.writerIndex - 1)
         if line.readableBytesView.last == 0x0D {

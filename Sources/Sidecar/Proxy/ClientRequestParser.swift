@@ -48,6 +48,8 @@ struct ClientRequestParser {
     let maxHeadBytes: Int
     private var state = State.head
     private var pending = ByteBuffer()
+    /// How far into `pending` the search for the head's end has already looked.
+    private var headScanned = 0
 
     init(maxHeadBytes: Int) {
         self.maxHeadBytes = maxHeadBytes
@@ -59,7 +61,10 @@ struct ClientRequestParser {
     /// Everything received past the last event, handed over (after a CONNECT head, those bytes
     /// belong to the tunnel, not to HTTP).
     mutating func takeBuffered() -> ByteBuffer {
-        defer { pending = ByteBuffer() }
+        defer {
+            pending = ByteBuffer()
+            headScanned = 0
+        }
         return pending
     }
 
@@ -94,10 +99,12 @@ struct ClientRequestParser {
             }
         case .head:
             // Empty lines before a request line are ignored (RFC 9112, section 2.2).
-            while let first = pending.readableBytesView.first, first == 0x0D || first == 0x0A { pending.moveReaderIndex(forwardBy: 1) }
+            if headScanned == 0 {
+                while let first = pending.readableBytesView.first, first == 0x0D || first == 0x0A { pending.moveReaderIndex(forwardBy: 1) }
+            }
             guard pending.readableBytes > 0 else { return nil }
-            let scanned = pending.withUnsafeReadableBytes { raw in
-                Result { () throws(HeaderLineScanner.Malformed) -> Int? in try HeaderLineScanner.headEnd(raw, strict: true) }
+            let scanned = pending.withUnsafeReadableBytes { [headScanned] raw in
+                Result { () throws(HeaderLineScanner.Malformed) -> Int? in try HeaderLineScanner.headEnd(raw, strict: true, from: headScanned) }
             }
             let end: Int?
             do {
@@ -105,15 +112,18 @@ struct ClientRequestParser {
             } catch {
                 throw Malformed(error.description)
             }
+            // The same limit whether the head came in one read or a thousand.
             guard let end else {
                 guard pending.readableBytes <= maxHeadBytes else {
                     throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
                 }
+                headScanned = HeaderLineScanner.resumePoint(afterScanning: pending.readableBytes)
                 return nil
             }
             guard end <= maxHeadBytes else {
                 throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
             }
+            headScanned = 0
             let head = try Self.parseHead(pending.readSlice(length: end)!)
             state = .body(BodyReader(head.chunked ? .chunked : .length(head.contentLength ?? 0), strictLineEndings: true), keepAlive: head.keepAlive)
             return .head(head)
@@ -161,9 +171,17 @@ struct ClientRequestParser {
             case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
                 expectsContinue = RawHeaderFields.equalsIgnoringCase(valueBytes, "100-continue")
             case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
+                var nominatesProtected = false
                 HeaderLineScanner.forEachToken(raw, value) { token in
                     if RawHeaderFields.equalsIgnoringCase(token, "close") { close = true }
                     if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { keepAlive = true }
+                    if HeaderRules.neverConnectionNominated.contains(token) { nominatesProtected = true }
+                }
+                // A proxy drops what Connection names (RFC 9110, section 7.6.1); a header that frames,
+                // routes or authorises the request can't go that way: the upstream would read the
+                // body as another request, or the policy would judge a credential that never arrives.
+                guard !nominatesProtected else {
+                    throw HeaderLineScanner.Malformed(description: "Connection names a header that frames, routes or authorises the request")
                 }
             case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
                 guard contentLength == nil else { throw HeaderLineScanner.Malformed(description: "two Content-Length fields") }
@@ -188,7 +206,7 @@ struct ClientRequestParser {
             }
             }
         } catch {
-            throw Malformed(error.description)
+            throw Malformed(error.description, status: error.overLimit ? .requestHeaderFieldsTooLarge : .badRequest)
         }
         if transferEncoded, contentLength != nil { throw Malformed("Content-Length together with Transfer-Encoding") }
         if version.minor == 1, hosts != 1 { throw Malformed(hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host field") }

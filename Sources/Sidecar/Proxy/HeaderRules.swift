@@ -12,6 +12,13 @@ enum HeaderRules {
         "proxy-authorization", "proxy-authenticate",
     ])
 
+    /// Headers a `Connection` header may not remove (RFC 9110, section 7.6.1 lets a proxy drop
+    /// the ones it names): they frame the message, route it, or carry the credential the policy reads.
+    /// A request naming one is refused; on a response the nomination is ignored and the header kept.
+    static let neverConnectionNominated = HeaderNameSet([
+        "content-length", "transfer-encoding", "host", "authorization", "x-api-key", "api-key", "x-goog-api-key",
+    ])
+
     /// Headers whose values never reach the wire.
     static let secret = HeaderNameSet([
         "authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie", "set-cookie", "proxy-authorization",
@@ -27,7 +34,7 @@ enum HeaderRules {
         headers.forEachField { name, value in
             guard RawHeaderFields.equalsIgnoringCase(name, "connection") else { return }
             HeaderLineScanner.forEachToken(value, 0..<value.count) { token in
-                if !hopByHop.contains(token) { named.append(token.map(RawHeaderFields.lowered)) }
+                if !hopByHop.contains(token) && !neverConnectionNominated.contains(token) { named.append(token.map(RawHeaderFields.lowered)) }
             }
         }
         headers.forEachField { name, value in
@@ -125,7 +132,7 @@ enum HeaderRules {
     static func writeClientResponseHead(
         _ head: UpstreamResponseHead, exchangeID: String, framing: ClientFraming, close: Bool, version: HTTPVersion, into out: inout ByteBuffer
     ) {
-        writeStatusLine(version: version, code: head.status.code, reason: head.reason, into: &out)
+        writeStatusLine(version: version, code: head.status.code, reason: head.reasonBytes, into: &out)
         forEachEndToEndField(head.headers) { name, value in
             if framing != .asIs, RawHeaderFields.equalsIgnoringCase(name, "content-length") { return }
             writeField(name, value, into: &out)
@@ -139,7 +146,7 @@ enum HeaderRules {
         status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool, version: HTTPVersion,
         retryAfter: Int? = nil, into out: inout ByteBuffer
     ) {
-        writeStatusLine(version: version, code: status.code, reason: status.reasonPhrase, into: &out)
+        writeStatusLine(version: version, code: status.code, reason: ByteBuffer(string: status.reasonPhrase), into: &out)
         if let retryAfter {
             out.writeStaticString("retry-after: ")
             out.writeString(String(retryAfter))
@@ -154,11 +161,11 @@ enum HeaderRules {
         out.writeImmutableBuffer(body)
     }
 
-    private static func writeStatusLine(version: HTTPVersion, code: UInt, reason: String, into out: inout ByteBuffer) {
+    private static func writeStatusLine(version: HTTPVersion, code: UInt, reason: ByteBuffer, into out: inout ByteBuffer) {
         out.writeStaticString(version.minor >= 1 ? "HTTP/1.1 " : "HTTP/1.0 ")
         out.writeString(String(code))
         out.writeStaticString(" ")
-        out.writeString(reason)
+        out.writeImmutableBuffer(reason)
         out.writeStaticString("\r\n")
     }
 

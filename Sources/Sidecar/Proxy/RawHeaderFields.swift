@@ -64,7 +64,13 @@ struct RawHeaderFields: RecordHeaderFields {
 enum HeaderLineScanner {
     struct Malformed: Error, CustomStringConvertible, Equatable {
         let description: String
+        /// Over a size or count limit (a request gets 431 for it, not 400).
+        var overLimit = false
     }
+
+    /// The most header fields one head may hold, however few bytes they take: each costs the
+    /// proxy a field entry, and every field is looked at again when the head is written onward.
+    static let maxFields = 1_000
 
     /// Where the lines of `raw` are, from `start`: the next line's range without its LF or CRLF.
     static func nextLine(_ raw: UnsafeRawBufferPointer, _ position: inout Int) -> Range<Int>? {
@@ -93,6 +99,7 @@ enum HeaderLineScanner {
             }
             let name = line.lowerBound..<colon
             guard allTokenBytes(raw, name) else { throw Malformed(description: "a header name holds a byte a token can't") }
+            guard fields.count < maxFields else { throw Malformed(description: "the head has more than \(maxFields) header fields", overLimit: true) }
             var valueStart = colon + 1
             var valueEnd = line.upperBound
             while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
@@ -138,8 +145,11 @@ enum HeaderLineScanner {
     /// `strict` (requests) takes only CRLF line ends and refuses a bare LF at once, as llhttp does:
     /// a recipient that reads bare LFs as line ends can be told a different story than one that
     /// doesn't. Responses from the upstream may use bare LFs (RFC 9112, section 2.2).
-    static func headEnd(_ raw: UnsafeRawBufferPointer, strict: Bool) throws(Malformed) -> Int? {
-        var index = 0
+    ///
+    /// - Parameter from: where to resume: a scan that found no end in `n` bytes has judged every
+    ///   line end before `n - 2` (see `resumePoint`), so a slow head is not scanned again from its start.
+    static func headEnd(_ raw: UnsafeRawBufferPointer, strict: Bool, from: Int = 0) throws(Malformed) -> Int? {
+        var index = min(from, raw.count)
         while let lf = find(0x0A, in: raw, index..<raw.count) {
             if strict {
                 guard lf > 0, raw[lf - 1] == 0x0D else { throw Malformed(description: "a line of the head ends in a bare LF, not CRLF") }
@@ -151,6 +161,11 @@ enum HeaderLineScanner {
             index = lf + 1
         }
         return nil
+    }
+
+    /// Where to resume `headEnd` once it found no end in `count` bytes.
+    static func resumePoint(afterScanning count: Int) -> Int {
+        max(0, count - 2)
     }
 
     /// The first `byte` in `range` of `raw` (memchr: these scans run over every head).

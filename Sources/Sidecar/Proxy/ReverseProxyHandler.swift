@@ -65,6 +65,7 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private var lastCredential: String?
     private var lastTenant = ""
     private var timeoutCheck: Scheduled<Void>?
+    private var timeoutCheckDeadline = NIODeadline.distantFuture
     /// The response head, held until the end of the upstream read that brought it: a small body
     /// in the same read joins it, so the client gets one write (one TLS record in MITM mode).
     private var pendingResponse: ByteBuffer?
@@ -250,7 +251,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             case .head:
                 preconditionFailure("the request parser delivered a head before the previous request's end")
             case .body(let buffer):
-                if exchange.pendingRejection != nil { exchange.lastClientActivity = .now() }
+                // The body has --client-timeout between two pieces, whatever the upstream does.
+                exchange.lastClientActivity = .now()
                 exchange.tap.requestBody(buffer)
                 forward(.body(buffer), exchange)
             case .end:
@@ -410,7 +412,14 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             for part in buffered { connection.handler.send(part) }
             if flushNow { connection.handler.flush() } else { upstreamNeedsFlush = true }
             exchange.lastUpstreamActivity = .now()
-            if timeoutCheck == nil { scheduleTimeoutCheck(at: exchange.lastUpstreamActivity + settings.upstreamTimeout) }
+            let due = exchange.lastUpstreamActivity + settings.upstreamTimeout
+            if exchange.requestEnded {
+                ensureTimeoutCheck(by: due)
+            } else {
+                // No body piece yet: the body's clock starts now.
+                if exchange.lastClientActivity == .distantPast { exchange.lastClientActivity = exchange.lastUpstreamActivity }
+                ensureTimeoutCheck(by: min(due, exchange.lastClientActivity + settings.clientTimeout))
+            }
             if readPending && connection.channel.isWritable {
                 readPending = false
                 context.read()
@@ -542,13 +551,31 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     /// under way, and it is only set again while one is. Setting and cancelling a timer for every
     /// request costs more than the request's own bookkeeping.
     private func scheduleTimeoutCheck(at deadline: NIODeadline) {
+        timeoutCheckDeadline = deadline
         timeoutCheck = context.eventLoop.assumeIsolated().scheduleTask(deadline: deadline) {
             self.timeoutCheck = nil
             guard let exchange = self.currentExchange else { return }
             switch exchange.upstream {
             case .attached:
-                let due = exchange.lastUpstreamActivity + self.settings.upstreamTimeout
-                if NIODeadline.now() >= due {
+                let now = NIODeadline.now()
+                var due = exchange.lastUpstreamActivity + self.settings.upstreamTimeout
+                if !exchange.requestEnded && !exchange.responseStarted {
+                    // The body is still coming: while the client is read (not held back by the
+                    // upstream), a silence is the client's, and the answer is 408, not 504.
+                    if self.readPending { exchange.lastClientActivity = now }
+                    let clientDue = exchange.lastClientActivity + self.settings.clientTimeout
+                    if now >= clientDue {
+                        self.logger.warning("a client stopped sending its request body", metadata: [
+                            "exchange_id": "\(exchange.tap.exchangeID)", "client": "\(self.clientAddress)",
+                            "timeout_s": "\(self.settings.clientTimeout.nanoseconds / 1_000_000_000)",
+                        ])
+                        self.detachUpstream(exchange, reusable: false)
+                        return self.respondLocally(.requestTimeout(self.settings.clientTimeout, body: true), exchange: exchange,
+                                                   outcome: .rejected, error: "request body timeout", forceClose: true)
+                    }
+                    due = min(due, clientDue)
+                }
+                if now >= exchange.lastUpstreamActivity + self.settings.upstreamTimeout {
                     self.fail(exchange, error: UpstreamTimedOut(timeout: self.settings.upstreamTimeout))
                 } else {
                     self.scheduleTimeoutCheck(at: due)
@@ -571,10 +598,20 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         }
     }
 
+    /// Makes sure the timer fires by `deadline`: a timer left from an earlier exchange may be set
+    /// for later (the upstream timeout), while this exchange's client deadline is sooner.
+    private func ensureTimeoutCheck(by deadline: NIODeadline) {
+        if let timeoutCheck {
+            guard timeoutCheckDeadline > deadline else { return }
+            timeoutCheck.cancel()
+        }
+        scheduleTimeoutCheck(at: deadline)
+    }
+
     /// Waits for the client's body with a deadline (see `scheduleTimeoutCheck`).
     private func watchClientBody(_ exchange: Exchange) {
         exchange.lastClientActivity = .now()
-        if timeoutCheck == nil { scheduleTimeoutCheck(at: exchange.lastClientActivity + settings.clientTimeout) }
+        ensureTimeoutCheck(by: exchange.lastClientActivity + settings.clientTimeout)
     }
 
     private static let noBytes = ByteBuffer()
@@ -728,7 +765,8 @@ private final class Exchange {
     var upstreamKeepAlive = true
     var framing = HeaderRules.ClientFraming.asIs
     var lastUpstreamActivity = NIODeadline.now()
-    /// Set by `watchClientBody` while a body is read before anything is sent; unused otherwise.
+    /// When the request's body last moved (or its wait began): it has --client-timeout between
+    /// two pieces, while it is held (a model check, a refusal) or forwarded.
     var lastClientActivity = NIODeadline.distantPast
     var finished = false
 

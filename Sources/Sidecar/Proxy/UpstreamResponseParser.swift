@@ -14,8 +14,10 @@ struct UpstreamResponseHead {
 
     var version: HTTPVersion
     var status: HTTPResponseStatus
-    /// The reason phrase as sent ("OK"), forwarded as is.
-    var reason: String
+    /// The reason phrase's bytes as sent ("OK"), forwarded as they are: it may hold obs-text.
+    var reasonBytes: ByteBuffer
+    /// The reason phrase read as UTF-8, for logs and tests.
+    var reason: String { String(decoding: reasonBytes.readableBytesView, as: UTF8.self) }
     var headers: RawHeaderFields
     var framing: Framing
     /// Whether the upstream lets the connection carry another request after this one.
@@ -51,6 +53,8 @@ struct UpstreamResponseParser {
     /// Bytes received and not yet parsed.
     private var pending = ByteBuffer()
     private var headIsForHEADRequest = false
+    /// How far into `pending` the search for the head's end has already looked.
+    private var headScanned = 0
 
     init(maxHeadBytes: Int) {
         self.maxHeadBytes = maxHeadBytes
@@ -60,6 +64,7 @@ struct UpstreamResponseParser {
     mutating func expectResponse(toHEAD: Bool) {
         headIsForHEADRequest = toHEAD
         state = .head
+        headScanned = 0
     }
 
     /// True while a response is wanted or under way.
@@ -122,13 +127,20 @@ struct UpstreamResponseParser {
                     throw Malformed(description: error.description)
                 }
             case .head:
-                // Non-strict: headEnd then can't throw.
-                guard let end = pending.withUnsafeReadableBytes({ try? HeaderLineScanner.headEnd($0, strict: false) }) ?? nil else {
+                // Non-strict: headEnd then can't throw. The limit holds however the head was split
+                // into reads: a whole head in one read is measured as one that trickled in.
+                let from = headScanned
+                guard let end = pending.withUnsafeReadableBytes({ try? HeaderLineScanner.headEnd($0, strict: false, from: from) }) ?? nil else {
                     guard pending.readableBytes <= maxHeadBytes else {
                         throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
                     }
+                    headScanned = HeaderLineScanner.resumePoint(afterScanning: pending.readableBytes)
                     return nil
                 }
+                guard end <= maxHeadBytes else {
+                    throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
+                }
+                headScanned = 0
                 let head = try Self.parseHead(pending.readSlice(length: end)!, toHEAD: headIsForHEADRequest)
                 if head.status.code / 100 == 1 {
                     // 1xx interim responses (103 Early Hints, a stray 100) are not forwarded; the final one follows.
@@ -170,10 +182,15 @@ struct UpstreamResponseParser {
         guard let code = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[s + 9..<s + 12])), code >= 100 else {
             throw Malformed(description: "the status code is not three digits")
         }
-        var reason = ""
+        var reason = ByteBuffer()
         if status.count > 12 {
             guard raw[s + 12] == UInt8(ascii: " ") else { throw Malformed(description: "the status code is not three digits") }
-            reason = String(decoding: UnsafeRawBufferPointer(rebasing: raw[s + 13..<status.upperBound]), as: UTF8.self)
+            // RFC 9112, section 4: HTAB, SP, VCHAR and obs-text; no other control byte.
+            let phrase = UnsafeRawBufferPointer(rebasing: raw[s + 13..<status.upperBound])
+            guard !phrase.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) else {
+                throw Malformed(description: "the reason phrase holds a control character")
+            }
+            reason = bytes.getSlice(at: bytes.readerIndex + s + 13, length: phrase.count)!
         }
         let version = HTTPVersion(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0)
 
@@ -224,7 +241,7 @@ struct UpstreamResponseParser {
         }
         let keepAlive = framing != .untilClose && !connectionClose && (version.minor == 1 || connectionKeepAlive)
         return UpstreamResponseHead(
-            version: version, status: HTTPResponseStatus(statusCode: code), reason: reason,
+            version: version, status: HTTPResponseStatus(statusCode: code), reasonBytes: reason,
             headers: RawHeaderFields(bytes: bytes, fields: fields), framing: framing, keepAlive: keepAlive
         )
     }
