@@ -39,45 +39,60 @@ struct CollectorCommand: AsyncParsableCommand {
     var db = environment["LLMTAP_DB"] ?? "./llmtap-data/llmtap.sqlite"
 
     @Option(help: "Seconds an exchange may wait for its end before it is stored as incomplete. Env: LLMTAP_EXCHANGE_TIMEOUT.")
-    var exchangeTimeout = Int(environment["LLMTAP_EXCHANGE_TIMEOUT"] ?? "") ?? 600
+    var exchangeTimeout = EnvironmentSettings.int("LLMTAP_EXCHANGE_TIMEOUT", 600, environment: environment)
 
     @Option(help: "A price table (JSON, the format of the shipped Resources/prices.json) to use instead of the shipped one. Env: LLMTAP_PRICES.")
     var prices: String? = environment["LLMTAP_PRICES"]
 
     @Flag(help: "Store request and response bodies with each exchange, capped by --max-stored-body-bytes. Env: LLMTAP_STORE_BODIES=1.")
-    var storeBodies = environment["LLMTAP_STORE_BODIES"] == "1"
+    var storeBodies = EnvironmentSettings.flag("LLMTAP_STORE_BODIES", environment: environment)
 
     @Option(help: "Bytes of each body kept with --store-bodies. Env: LLMTAP_MAX_STORED_BODY_BYTES.")
-    var maxStoredBodyBytes = Int(environment["LLMTAP_MAX_STORED_BODY_BYTES"] ?? "") ?? 64 << 10
+    var maxStoredBodyBytes = EnvironmentSettings.int("LLMTAP_MAX_STORED_BODY_BYTES", 64 << 10, environment: environment)
 
     @Option(help: "Delete stored exchanges older than this many days (checked hourly); keep everything when unset. Env: LLMTAP_RETENTION_DAYS.")
-    var retentionDays: Int? = Int(environment["LLMTAP_RETENTION_DAYS"] ?? "")
+    var retentionDays: Int? = EnvironmentSettings.optionalInt("LLMTAP_RETENTION_DAYS", environment: environment)
 
     @Option(help: "Also append every stored exchange to this JSON Lines file (seed 003's format). Env: LLMTAP_JSONL.")
     var jsonl: String? = environment["LLMTAP_JSONL"]
 
     @Option(help: "Models that get their own metrics label; later ones are labelled \"other\" (SQLite keeps them all). Env: LLMTAP_MAX_MODEL_LABELS.")
-    var maxModelLabels = Int(environment["LLMTAP_MAX_MODEL_LABELS"] ?? "") ?? 20
+    var maxModelLabels = EnvironmentSettings.int("LLMTAP_MAX_MODEL_LABELS", 20, environment: environment)
 
     @Option(help: "Body bytes held per exchange while it is read; past it the exchange is marked truncated. Env: LLMTAP_MAX_EXCHANGE_BYTES.")
-    var maxExchangeBytes = Int(environment["LLMTAP_MAX_EXCHANGE_BYTES"] ?? "") ?? 8 << 20
+    var maxExchangeBytes = EnvironmentSettings.int("LLMTAP_MAX_EXCHANGE_BYTES", 8 << 20, environment: environment)
 
     @Option(help: "Body bytes held by all open exchanges together. Env: LLMTAP_MAX_HELD_BYTES.")
-    var maxHeldBytes = Int(environment["LLMTAP_MAX_HELD_BYTES"] ?? "") ?? 512 << 20
+    var maxHeldBytes = EnvironmentSettings.int("LLMTAP_MAX_HELD_BYTES", 512 << 20, environment: environment)
+
+    @Option(help: "A bearer token /api/* requires (the management token is accepted too); without one /api is open to anyone who reaches --http. /metrics, /healthz and /readyz stay open. Env: LLMTAP_API_TOKEN.")
+    var apiToken: String? = environment["LLMTAP_API_TOKEN"]
 
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: LOG_LEVEL.")
     var logLevel = environment["LOG_LEVEL"] ?? "info"
 
     func validate() throws {
+        do {
+            try EnvironmentSettings.check()
+        } catch {
+            throw ValidationError("\(error)")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        guard exchangeTimeout > 0 else { throw ValidationError("--exchange-timeout must be positive") }
-        guard maxModelLabels > 0 else { throw ValidationError("--max-model-labels must be at least 1") }
-        guard maxExchangeBytes >= 64 << 10, maxHeldBytes >= maxExchangeBytes else {
-            throw ValidationError("--max-exchange-bytes must be at least 65536, and --max-held-bytes at least as large")
+        // Bounded so that every product made of them (nanoseconds, bytes) stays inside Int64.
+        guard (1...Int(EnvironmentSettings.maximumSeconds)).contains(exchangeTimeout) else {
+            throw ValidationError("--exchange-timeout must be 1 to \(Int(EnvironmentSettings.maximumSeconds)) seconds, not \(exchangeTimeout)")
         }
-        guard maxStoredBodyBytes >= 0, (retentionDays ?? 1) > 0 else { throw ValidationError("--max-stored-body-bytes and --retention-days must be positive") }
+        guard (1...10_000).contains(maxModelLabels) else { throw ValidationError("--max-model-labels must be 1 to 10000, not \(maxModelLabels)") }
+        guard (64 << 10...1 << 40).contains(maxExchangeBytes), (maxExchangeBytes...1 << 40).contains(maxHeldBytes) else {
+            throw ValidationError("--max-exchange-bytes must be at least 65536, and --max-held-bytes at least as large (both at most 2^40)")
+        }
+        guard (0...1 << 40).contains(maxStoredBodyBytes) else { throw ValidationError("--max-stored-body-bytes must be 0 to 2^40, not \(maxStoredBodyBytes)") }
+        guard (1...100_000).contains(retentionDays ?? 1) else { throw ValidationError("--retention-days must be 1 to 100000, not \(retentionDays ?? 0)") }
+        if let apiToken, AccessToken(apiToken) == nil {
+            throw ValidationError("--api-token (LLMTAP_API_TOKEN) must be at least \(AccessToken.minimumLength) characters")
+        }
         do {
             _ = try ListenAddress(http)
         } catch {
@@ -127,7 +142,7 @@ struct CollectorCommand: AsyncParsableCommand {
         }
         let checkpoints = (try? database.loadCheckpoints()) ?? []
         metrics.resume(heartbeatDropped: Dictionary(
-            checkpoints.map { (CollectorMetrics.BootKey(sidecarID: $0.sidecarID, bootID: $0.bootID), UInt64($0.heartbeatDropped)) },
+            checkpoints.map { (CollectorMetrics.BootKey(sidecarID: $0.sidecarID, bootID: $0.bootID), UInt64(bitPattern: $0.heartbeatDropped)) },
             uniquingKeysWith: max
         ))
         let writer = ExchangeWriter(
@@ -135,7 +150,7 @@ struct CollectorCommand: AsyncParsableCommand {
             settings: ExchangeWriter.Settings(retentionDays: retentionDays), logger: logger
         )
         var limits = ExchangeAssembler.Limits()
-        limits.exchangeTimeoutNanos = Int64(exchangeTimeout) * 1_000_000_000
+        limits.exchangeTimeoutNanos = Int64(exchangeTimeout) * 1_000_000_000  // validate() bounds it
         limits.maxExchangeBytes = maxExchangeBytes
         limits.maxTotalBytes = maxHeldBytes
         limits.storedBodyBytes = storeBodies ? maxStoredBodyBytes : 0
@@ -165,7 +180,10 @@ struct CollectorCommand: AsyncParsableCommand {
             // instead of here, which keeps this process's memory bounded with many sidecars.
             configuration.receiveHighWaterMark = 10_000
             configuration.resumeFrom = checkpoints.map {
-                SequenceResumePoint(sidecarID: $0.sidecarID, bootID: $0.bootID, lastSeq: UInt64($0.lastSeq), lastDroppedBefore: UInt64($0.lastDroppedBefore))
+                SequenceResumePoint(
+                    sidecarID: $0.sidecarID, bootID: $0.bootID,
+                    lastSeq: UInt64(bitPattern: $0.lastSeq), lastDroppedBefore: UInt64(bitPattern: $0.lastDroppedBefore)
+                )
             }
             receiver = try AnalysisReceiver(
                 configuration: configuration,
@@ -184,6 +202,10 @@ struct CollectorCommand: AsyncParsableCommand {
         let address = try ListenAddress(http)
         var api = APIContext(metrics: metrics, database: database, writer: writer, isReceiving: { receiverBox.receiver != nil })
         api.management = ManagementAPI(policy: policy, token: management)
+        api.apiAccess = APIAccess(apiToken: apiToken.flatMap(AccessToken.init), managementToken: management)
+        if api.apiAccess.isOpen {
+            logger.warning("/api is open to anyone who reaches --http: set --api-token (LLMTAP_API_TOKEN) to require a bearer token")
+        }
         let httpChannel: any Channel
         do {
             httpChannel = try await CollectorHTTPServer.bind(host: address.host, port: address.port, group: group, api: api, logger: logger)
@@ -224,7 +246,7 @@ struct CollectorCommand: AsyncParsableCommand {
     }
 
     /// The management token from --management-token-file or MANAGEMENT_TOKEN; nil when neither is set.
-    static func managementToken(file: String?) throws -> ManagementToken? {
+    static func managementToken(file: String?) throws -> AccessToken? {
         var text = environment["MANAGEMENT_TOKEN"]
         if let file {
             do {
@@ -234,8 +256,8 @@ struct CollectorCommand: AsyncParsableCommand {
             }
         }
         guard let text = text?.trimmingCharacters(in: .whitespacesAndNewlines), !text.isEmpty else { return nil }
-        guard let token = ManagementToken(text) else {
-            throw ValidationError("the management token must be at least \(ManagementToken.minimumLength) characters; refusing to serve /manage with a guessable one")
+        guard let token = AccessToken(text) else {
+            throw ValidationError("the management token must be at least \(AccessToken.minimumLength) characters; refusing to serve /manage with a guessable one")
         }
         return token
     }
@@ -247,9 +269,10 @@ struct CollectorCommand: AsyncParsableCommand {
         // Only boots heard from in this run: the others keep the time they were last heard of.
         return stats.streams.filter { $0.received > 0 }.map { stream in
             StreamCheckpoint(
-                sidecarID: stream.sidecarID, bootID: stream.bootID, lastSeq: Int64(stream.lastSeq),
-                lastDroppedBefore: Int64(stream.lastDroppedBefore),
-                heartbeatDropped: Int64(dropped[CollectorMetrics.BootKey(sidecarID: stream.sidecarID, bootID: stream.bootID)] ?? 0),
+                // SQLite's integers are signed; a wire value past Int64.max keeps its bits.
+                sidecarID: stream.sidecarID, bootID: stream.bootID, lastSeq: Int64(bitPattern: stream.lastSeq),
+                lastDroppedBefore: Int64(bitPattern: stream.lastDroppedBefore),
+                heartbeatDropped: Int64(bitPattern: dropped[CollectorMetrics.BootKey(sidecarID: stream.sidecarID, bootID: stream.bootID)] ?? 0),
                 updatedAtMs: now
             )
         }

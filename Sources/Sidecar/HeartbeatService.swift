@@ -37,6 +37,8 @@ struct HeartbeatService: Service {
         beat.inFlight = UInt64(max(0, counters.inFlight.load(ordering: .relaxed)))
         beat.openConnections = UInt64(max(0, counters.openConnections.load(ordering: .relaxed)))
         beat.malformedRequests = counters.malformedRequests.load(ordering: .relaxed)
+        beat.refusedConnections = counters.refusedConnections.load(ordering: .relaxed)
+        beat.stalledClients = counters.stalledClients.load(ordering: .relaxed)
         beat.uptimeMs = UInt64(max(0, started.duration(to: .now).inMilliseconds))
         beat.version = LLMTapVersion.current
         beat.mode = mode

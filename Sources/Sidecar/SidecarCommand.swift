@@ -108,6 +108,9 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "Bytes the publisher may queue. Env: LLMTAP_MAX_QUEUED_BYTES.")
     var maxQueuedBytes = EnvironmentSettings.int("LLMTAP_MAX_QUEUED_BYTES", 64 << 20, environment: environment)
 
+    @Option(help: "Client connections open at once, both listeners together; one more gets 503 and is closed. Env: LLMTAP_MAX_CONNECTIONS.")
+    var maxConnections = EnvironmentSettings.int("LLMTAP_MAX_CONNECTIONS", 10_000, environment: environment)
+
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: LOG_LEVEL.")
     var logLevel = environment["LOG_LEVEL"] ?? "info"
 
@@ -127,6 +130,7 @@ struct SidecarCommand: AsyncParsableCommand {
         guard (0...1 << 30).contains(maxCaptureBytes) else { throw ValidationError("--max-capture-bytes must be 0 to 1073741824, not \(maxCaptureBytes)") }
         guard (1024...(16 << 20)).contains(maxHeaderBytes) else { throw ValidationError("--max-header-bytes must be between 1024 and 16777216") }
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be 1 to 1024, not \(threads)") }
+        guard (1...1_000_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 1000000, not \(maxConnections)") }
         guard !requireVirtualKey || policy != nil else {
             throw ValidationError("--require-virtual-key needs --policy: without the collector's policy no key could be checked")
         }
@@ -195,6 +199,7 @@ struct SidecarCommand: AsyncParsableCommand {
             clientTimeout: durations.client,
             maxHeaderBytes: maxHeaderBytes
         )
+        settings.maxConnections = Self.raiseFileLimit(for: maxConnections, logger: logger)
         var subscriber: PolicySubscriber?
         if let policy {
             let credentials: UpstreamCredentials
@@ -268,6 +273,25 @@ struct SidecarCommand: AsyncParsableCommand {
         let stats = publisher.stats
         logger.info("llmtap-sidecar stopped", metadata: ["published": "\(stats.published)", "dropped": "\(stats.dropped)"])
         if let failure { throw failure }
+    }
+
+    /// Each client connection may hold an upstream one too: the soft limit on open files is raised
+    /// to the hard one, and where it is still too low for --max-connections, the limit used is what
+    /// the open files allow (said at start), so the sidecar refuses with 503 before accept fails.
+    static func raiseFileLimit(for maxConnections: Int, logger: Logger) -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return maxConnections }
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        }
+        // Two descriptors a connection (client and upstream), and some for everything else.
+        let allowed = max(1, (Int(clamping: limit.rlim_cur) - 256) / 2)
+        guard allowed < maxConnections else { return maxConnections }
+        logger.notice("--max-connections is more than the open-file limit allows; using the lower figure (raise ulimit -n for more)", metadata: [
+            "open_file_limit": "\(limit.rlim_cur)", "max_connections": "\(maxConnections)", "using": "\(allowed)",
+        ])
+        return allowed
     }
 
     /// The timeouts and intervals, checked: finite, positive, and at most `EnvironmentSettings.maximumSeconds`.

@@ -7,6 +7,10 @@ final class SidecarCounters: Sendable {
     let openConnections = Atomic<Int>(0)
     let malformedRequests = Atomic<UInt64>(0)
     let policyRejections = Atomic<UInt64>(0)
+    /// Connections closed at accept because `--max-connections` were open.
+    let refusedConnections = Atomic<UInt64>(0)
+    /// Exchanges ended because their client stopped reading the response.
+    let stalledClients = Atomic<UInt64>(0)
     private let nextExchange = Atomic<UInt64>(0)
     private let exchangePrefix: String
     private static let hexDigits = Array("0123456789abcdef".utf8)

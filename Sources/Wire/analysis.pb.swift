@@ -520,6 +520,12 @@ public nonisolated struct Llmtap_Wire_V1_Heartbeat: Sendable {
   /// Requests refused as malformed HTTP (400, 431) before any exchange could start.
   public var malformedRequests: UInt64 = 0
 
+  /// Client connections refused at accept because --max-connections were open.
+  public var refusedConnections: UInt64 = 0
+
+  /// Exchanges ended because the client stopped reading its response for --client-timeout.
+  public var stalledClients: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -1161,7 +1167,7 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}published\0\u{1}dropped\0\u{3}queue_depth\0\u{3}queue_bytes\0\u{3}in_flight\0\u{3}open_connections\0\u{3}uptime_ms\0\u{1}version\0\u{1}mode\0\u{1}app\0\u{3}interval_ms\0\u{3}malformed_requests\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}published\0\u{1}dropped\0\u{3}queue_depth\0\u{3}queue_bytes\0\u{3}in_flight\0\u{3}open_connections\0\u{3}uptime_ms\0\u{1}version\0\u{1}mode\0\u{1}app\0\u{3}interval_ms\0\u{3}malformed_requests\0\u{3}refused_connections\0\u{3}stalled_clients\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1181,6 +1187,8 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
       case 10: try { try decoder.decodeSingularStringField(value: &self.app) }()
       case 11: try { try decoder.decodeSingularUInt32Field(value: &self.intervalMs) }()
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.malformedRequests) }()
+      case 13: try { try decoder.decodeSingularUInt64Field(value: &self.refusedConnections) }()
+      case 14: try { try decoder.decodeSingularUInt64Field(value: &self.stalledClients) }()
       default: break
       }
     }
@@ -1223,6 +1231,12 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
     if self.malformedRequests != 0 {
       try visitor.visitSingularUInt64Field(value: self.malformedRequests, fieldNumber: 12)
     }
+    if self.refusedConnections != 0 {
+      try visitor.visitSingularUInt64Field(value: self.refusedConnections, fieldNumber: 13)
+    }
+    if self.stalledClients != 0 {
+      try visitor.visitSingularUInt64Field(value: self.stalledClients, fieldNumber: 14)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1239,6 +1253,8 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
     if lhs.app != rhs.app {return false}
     if lhs.intervalMs != rhs.intervalMs {return false}
     if lhs.malformedRequests != rhs.malformedRequests {return false}
+    if lhs.refusedConnections != rhs.refusedConnections {return false}
+    if lhs.stalledClients != rhs.stalledClients {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

@@ -9,25 +9,27 @@ final class CollectorHarness: @unchecked Sendable {
     let httpPort: Int
     private(set) var process: RunningProcess
     private let arguments: [String]
+    private let environment: [String: String]
 
     var databasePath: String { folder.appendingPathComponent("data/llmtap.sqlite").path }
     var jsonlPath: String { folder.appendingPathComponent("exchanges.jsonl").path }
 
-    init(arguments: [String] = [], analysisPort: Int? = nil) throws {
+    init(arguments: [String] = [], analysisPort: Int? = nil, environment: [String: String] = [:]) throws {
         folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-collector-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         analysisEndpoint = "tcp://127.0.0.1:\(try analysisPort ?? freeTCPPort())"
         httpPort = try freeTCPPort()
         self.arguments = arguments
-        process = try Self.start(folder: folder, analysisEndpoint: analysisEndpoint, httpPort: httpPort, arguments: arguments)
+        self.environment = environment
+        process = try Self.start(folder: folder, analysisEndpoint: analysisEndpoint, httpPort: httpPort, arguments: arguments, environment: environment)
     }
 
-    private static func start(folder: URL, analysisEndpoint: String, httpPort: Int, arguments: [String]) throws -> RunningProcess {
+    private static func start(folder: URL, analysisEndpoint: String, httpPort: Int, arguments: [String], environment: [String: String]) throws -> RunningProcess {
         let process = try RunningProcess(product: "llmtap-collector", arguments: [
             "--listen-analysis", analysisEndpoint, "--listen-policy", "tcp://127.0.0.1:*", "--http", "127.0.0.1:\(httpPort)",
             "--db", folder.appendingPathComponent("data/llmtap.sqlite").path,
             "--jsonl", folder.appendingPathComponent("exchanges.jsonl").path,
-        ] + arguments)
+        ] + arguments, environment: environment)
         guard eventually({ process.stderr.contains("llmtap-collector started") || !process.process.isRunning }), process.process.isRunning else {
             throw TestFailure("the collector did not start: \(process.stderr)")
         }
@@ -36,7 +38,7 @@ final class CollectorHarness: @unchecked Sendable {
 
     /// Starts it again after a stop, on the same ports and database.
     func restart() throws {
-        process = try Self.start(folder: folder, analysisEndpoint: analysisEndpoint, httpPort: httpPort, arguments: arguments)
+        process = try Self.start(folder: folder, analysisEndpoint: analysisEndpoint, httpPort: httpPort, arguments: arguments, environment: environment)
     }
 
     func get(_ path: String) throws -> (status: Int, body: String) {

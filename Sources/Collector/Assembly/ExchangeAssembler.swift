@@ -76,6 +76,9 @@ struct ExchangeAssembler {
         var storedBodyBytes = 0
         /// Exchanges remembered after they end, to tell a late or repeated record from an unknown one.
         var rememberedEnded = 100_000
+        /// Exchanges open at once; a record that would open one more is refused and counted (each
+        /// open exchange costs memory even when its chunks are empty).
+        var maxOpenExchanges = 200_000
     }
 
     /// Records that fit no exchange, counted by kind.
@@ -86,6 +89,7 @@ struct ExchangeAssembler {
         case duplicateRequest = "duplicate_request"
         case duplicateChunk = "duplicate_chunk"
         case requestAfterChunks = "request_after_chunks"
+        case tooManyOpenExchanges = "too_many_open_exchanges"
     }
 
     enum Output: Sendable {
@@ -112,28 +116,38 @@ struct ExchangeAssembler {
     var openExchanges: Int { open.count }
 
     /// Takes one record; returns what it completed or could not place.
-    mutating func add(sidecarID: String, bootID: String, record: WireRecord, nowNanos: Int64) -> [Output] {
+    ///
+    /// - Parameter textRepaired: the record held text that was not UTF-8 and was read with
+    ///   U+FFFD (`DecodedEnvelope.textRepaired`): the exchange still counts, with a parse error.
+    mutating func add(sidecarID: String, bootID: String, record: WireRecord, nowNanos: Int64, textRepaired: Bool = false) -> [Output] {
         switch record {
         case .request(let request):
             let key = Key(sidecarID: sidecarID, exchangeID: request.exchangeID)
             if ended.contains(key) { return [.anomaly(.duplicateRequest, sidecarID: sidecarID)] }
             if let exchange = open[key] {
                 guard exchange.request == nil else { return [.anomaly(.duplicateRequest, sidecarID: sidecarID)] }
+                if textRepaired { exchange.textRepaired = true }
                 // Its chunks were read without knowing the provider; the request still names the exchange.
                 exchange.attach(request)
                 return [.anomaly(.requestAfterChunks, sidecarID: sidecarID)]
             }
+            guard open.count < limits.maxOpenExchanges else { return [.anomaly(.tooManyOpenExchanges, sidecarID: sidecarID)] }
             let exchange = OpenExchange(sidecarID: sidecarID, bootID: bootID, exchangeID: request.exchangeID, nowNanos: nowNanos, limits: limits)
             exchange.attach(request)
+            exchange.textRepaired = textRepaired
             open[key] = exchange
             account(exchange)
             return []
         case .streamChunk(let chunk):
             let key = Key(sidecarID: sidecarID, exchangeID: chunk.exchangeID)
+            if open[key] == nil && !ended.contains(key) && open.count >= limits.maxOpenExchanges {
+                return [.anomaly(.tooManyOpenExchanges, sidecarID: sidecarID)]
+            }
             guard let exchange = open[key] ?? (ended.contains(key) ? nil : startWithoutRequest(key, bootID: bootID, nowNanos: nowNanos)) else {
                 return [.anomaly(.chunkForUnknownExchange, sidecarID: sidecarID)]
             }
             exchange.lastActivityNanos = nowNanos
+            if textRepaired { exchange.textRepaired = true }
             let accepted = exchange.add(chunk, memoryLeft: limits.maxTotalBytes - heldBytes)
             account(exchange)
             return accepted ? [] : [.anomaly(.duplicateChunk, sidecarID: sidecarID)]
@@ -144,6 +158,7 @@ struct ExchangeAssembler {
             }
             heldBytes -= exchange.heldBytes
             ended.insert(key)
+            if textRepaired { exchange.textRepaired = true }
             return [.ended(exchange.finish(done: done))]
         case .heartbeat:
             return []
@@ -203,6 +218,11 @@ private final class OpenExchange {
     private var requestBody: [UInt8]?
     private var responseBody: [UInt8]?
     var accountedBytes = 0
+    /// One of its records held text that was not UTF-8 (read with U+FFFD).
+    var textRepaired = false
+
+    /// What holding a chunk out of order costs besides its bytes: an empty chunk is not free.
+    static let waitingOverhead = 64
 
     init(sidecarID: String, bootID: String, exchangeID: String, nowNanos: Int64, limits: ExchangeAssembler.Limits) {
         self.sidecarID = sidecarID
@@ -229,18 +249,19 @@ private final class OpenExchange {
     func add(_ chunk: WireStreamChunk, memoryLeft: Int) -> Bool {
         guard chunk.index >= nextIndex, waiting[chunk.index] == nil else { return false }
         chunksSeen += 1
-        bytesSeen += UInt64(chunk.data.count)
+        bytesSeen = bytesSeen.addingClamped(UInt64(chunk.data.count))
         if firstChunkNanos == 0 || chunk.unixNanos < firstChunkNanos { firstChunkNanos = chunk.unixNanos }
         if chunk.index == nextIndex {
             feed(chunk)
             // Those that were waiting for it follow.
             while let next = waiting.removeValue(forKey: nextIndex) {
-                waitingBytes -= next.data.count
+                waitingBytes -= next.data.count + Self.waitingOverhead
                 feed(next)
             }
-        } else if heldBytes + chunk.data.count <= limits.maxExchangeBytes && chunk.data.count <= memoryLeft {
+        } else if heldBytes + chunk.data.count + Self.waitingOverhead <= limits.maxExchangeBytes
+                    && chunk.data.count + Self.waitingOverhead <= memoryLeft {
             waiting[chunk.index] = chunk
-            waitingBytes += chunk.data.count
+            waitingBytes += chunk.data.count + Self.waitingOverhead
         } else {
             // No room to hold it until its turn: it is lost to parsing, and the next ones follow a hole.
             truncated = true
@@ -250,8 +271,9 @@ private final class OpenExchange {
 
     private func feed(_ chunk: WireStreamChunk) {
         let afterHole = chunk.offset != nextOffset
-        nextIndex = chunk.index + 1
-        nextOffset = chunk.offset + UInt64(chunk.data.count)
+        // Both come from the wire: a sidecar (or anyone who reaches the port) may send any value.
+        nextIndex = chunk.index.addingClamped(1)
+        nextOffset = chunk.offset.addingClamped(UInt64(chunk.data.count))
         if parsedBytes + chunk.data.count > limits.maxExchangeBytes { truncated = true }
         parsedBytes += chunk.data.count
         parser.responseBody(chunk.data, afterHole: afterHole)
@@ -270,7 +292,11 @@ private final class OpenExchange {
         }
         waiting.removeAll()
         waitingBytes = 0
-        let parsed = parser.finish()
+        var parsed = parser.finish()
+        if textRepaired {
+            let note = "a record held text that is not UTF-8 (read with U+FFFD)"
+            parsed.parseError = parsed.parseError.isEmpty ? note : parsed.parseError + "; " + note
+        }
         let expected = done?.responseChunks
         return AssembledExchange(
             sidecarID: sidecarID, bootID: bootID, exchangeID: exchangeID, request: request, done: done, parsed: parsed,

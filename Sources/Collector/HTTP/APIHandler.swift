@@ -11,6 +11,7 @@ struct APIContext: Sendable {
     /// Extra readiness checks beyond storage: the analysis socket is bound, and so on.
     let isReceiving: @Sendable () -> Bool
     var management = ManagementAPI(policy: nil, token: nil)
+    var apiAccess = APIAccess()
 }
 
 /// `/metrics`, `/healthz`, `/readyz`, `/api/exchanges` and `/api/usage`. Database reads run on
@@ -55,12 +56,21 @@ final class APIHandler: ChannelInboundHandler {
     }
 
     private func route(_ head: HTTPRequestHead, context: ChannelHandlerContext) {
-        let (path, query) = Self.split(head.uri)
+        let path: String
+        let query: [String: String]
+        do {
+            (path, query) = try Self.split(head.uri)
+        } catch {
+            return respond(context, head, .badRequest, json: ["error": "\(error)"])
+        }
         if path == "/manage" || path.hasPrefix("/manage/") {
             return manage(head, path: path, query: query, context: context)
         }
         guard head.method == .GET || head.method == .HEAD else {
             return respond(context, head, .methodNotAllowed, json: ["error": "only GET is served here"])
+        }
+        if path.hasPrefix("/api/"), !api.apiAccess.authorizes(head.headers.first(name: "authorization")) {
+            return respond(context, head, .unauthorized, json: ["error": "a valid API token is required (Authorization: Bearer <LLMTAP_API_TOKEN>)"])
         }
         switch path {
         case "/metrics":
@@ -168,25 +178,42 @@ final class APIHandler: ChannelInboundHandler {
         }
     }
 
-    static func split(_ uri: String) -> (String, [String: String]) {
+    /// The path and the query's parameters, percent-decoded (`+` as a space). A parameter that
+    /// does not decode to UTF-8 is refused, never read as empty: a filter must not silently widen.
+    static func split(_ uri: String) throws(APIError) -> (String, [String: String]) {
         guard let question = uri.firstIndex(of: "?") else { return (uri, [:]) }
         var query: [String: String] = [:]
         for pair in uri[uri.index(after: question)...].split(separator: "&") {
             let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            let name = String(parts[0]).removingPercentEncoding ?? String(parts[0])
-            let value = parts.count > 1 ? (String(parts[1]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding ?? "") : ""
+            guard let name = String(parts[0]).removingPercentEncoding else {
+                throw APIError("a query parameter's name is not valid percent-encoded UTF-8: \(parts[0].prefix(64))")
+            }
+            guard let value = parts.count > 1 ? String(parts[1]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding : "" else {
+                throw APIError("the query parameter \(name.prefix(64)) is not valid percent-encoded UTF-8")
+            }
             query[name] = value
         }
         return (String(uri[..<question]), query)
     }
 
+    /// The latest `since` accepted, in Unix milliseconds: the end of the year 9999.
+    static let latestSinceMs: Int64 = 253_402_300_799_999
+
     /// `since`: Unix seconds (or milliseconds), an ISO 8601 time, or an age such as `30m`, `24h`, `7d`.
-    static func since(_ text: String?, now: Date = Date()) throws -> Int64? {
+    /// Anything that is not a time between 1970 and 9999 (NaN, an infinity, a negative number, an
+    /// age reaching before 1970) is refused with a message naming `since`.
+    static func since(_ text: String?, now: Date = Date()) throws(APIError) -> Int64? {
         guard let text, !text.isEmpty else { return nil }
-        if let number = Double(text) {
-            return number > 1e12 ? Int64(number) : Int64(number * 1000)
+        let outOfRange = APIError("since must be a time from 1970 to 9999: Unix seconds, an ISO 8601 time, or an age such as 30m, 24h or 7d; not \(text.prefix(64))")
+        func milliseconds(_ value: Double) throws(APIError) -> Int64 {
+            guard let ms = Int64(checkedTruncating: value), (0...latestSinceMs).contains(ms) else { throw outOfRange }
+            return ms
         }
-        if let unit = text.last, let amount = Double(text.dropLast()), amount >= 0 {
+        if let number = Double(text) {
+            guard number.isFinite else { throw outOfRange }
+            return try milliseconds(number > 1e12 ? number : number * 1000)
+        }
+        if let unit = text.last, let amount = Double(text.dropLast()) {
             let seconds: Double? = switch unit {
             case "s": amount
             case "m": amount * 60
@@ -194,17 +221,20 @@ final class APIHandler: ChannelInboundHandler {
             case "d": amount * 86_400
             default: nil
             }
-            if let seconds { return Int64((now.timeIntervalSince1970 - seconds) * 1000) }
+            if let seconds {
+                guard seconds.isFinite, seconds >= 0 else { throw outOfRange }
+                return try milliseconds((now.timeIntervalSince1970 - seconds) * 1000)
+            }
         }
         if let date = try? Date(text, strategy: .iso8601) {
-            return Int64(date.timeIntervalSince1970 * 1000)
+            return try milliseconds(date.timeIntervalSince1970 * 1000)
         }
-        throw APIError("since must be Unix seconds, an ISO 8601 time, or an age such as 30m, 24h or 7d; not \(text)")
+        throw APIError("since must be Unix seconds, an ISO 8601 time, or an age such as 30m, 24h or 7d; not \(text.prefix(64))")
     }
 
-    static func limit(_ text: String?) throws -> Int {
+    static func limit(_ text: String?) throws(APIError) -> Int {
         guard let text else { return 100 }
-        guard let limit = Int(text), (1...1_000).contains(limit) else { throw APIError("limit must be 1 to 1000, not \(text)") }
+        guard let limit = Int(text), (1...1_000).contains(limit) else { throw APIError("limit must be a whole number from 1 to 1000, not \(text.prefix(64))") }
         return limit
     }
 }

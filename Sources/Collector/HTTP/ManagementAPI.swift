@@ -3,10 +3,11 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 
-/// The management token (`MANAGEMENT_TOKEN`), held only as its SHA-256 and compared in constant
-/// time: comparing digests of equal length leaks neither the token's length nor where it differs.
-struct ManagementToken: Sendable {
-    /// Shorter tokens are refused at start: this one guards key creation for the whole fleet.
+/// A bearer token the collector's HTTP routes require (`MANAGEMENT_TOKEN`, `--api-token`), held
+/// only as its SHA-256 and compared in constant time: comparing digests of equal length leaks
+/// neither the token's length nor where it differs.
+struct AccessToken: Sendable {
+    /// Shorter tokens are refused at start: the management token guards key creation for the whole fleet.
     static let minimumLength = 16
     private let digest: [UInt8]
 
@@ -25,6 +26,23 @@ struct ManagementToken: Sendable {
     }
 }
 
+/// Who may read `/api/*`: anyone, when no API token is set; else a bearer of the API token or of
+/// the management token. `/metrics`, `/healthz` and `/readyz` stay open for probes and Prometheus.
+struct APIAccess: Sendable {
+    var apiToken: AccessToken?
+    var managementToken: AccessToken?
+
+    var isOpen: Bool { apiToken == nil }
+
+    func authorizes(_ authorization: String?) -> Bool {
+        guard let apiToken else { return true }
+        // Both are checked, always, so the time taken says nothing about which one matched.
+        let api = apiToken.authorizes(authorization)
+        let management = managementToken?.authorizes(authorization) ?? false
+        return api || management
+    }
+}
+
 /// `/manage/...`: projects, virtual keys, budgets and usage. Every route needs the management
 /// token. The work runs on the policy engine's thread (SQLite writes included), never on the loop.
 struct ManagementAPI: Sendable {
@@ -34,7 +52,7 @@ struct ManagementAPI: Sendable {
     }
 
     let policy: PolicyEngine?
-    let token: ManagementToken?
+    let token: AccessToken?
 
     func handle(method: HTTPMethod, path: String, query: [String: String], headers: HTTPHeaders, body: [UInt8], eventLoop: any EventLoop) -> EventLoopFuture<Response> {
         guard let policy, let token else {
@@ -95,8 +113,12 @@ struct ManagementAPI: Sendable {
             let request = try decode(NewBudget.self, body)
             guard let period = BudgetPeriod(rawValue: request.period) else { throw PolicyError.invalid("period must be day, month or total") }
             guard request.maxUSD != nil || request.maxTokens != nil else { throw PolicyError.invalid("give max_usd, max_tokens or both") }
-            if let max = request.maxUSD, !(max >= 0 && max.isFinite) { throw PolicyError.invalid("max_usd must be zero or more") }
-            if let max = request.maxTokens, max < 0 { throw PolicyError.invalid("max_tokens must be zero or more") }
+            if let max = request.maxUSD, !(max >= 0 && max <= Self.maxBudgetUSD) {
+                throw PolicyError.invalid("max_usd must be zero or more, up to \(Int(Self.maxBudgetUSD)), not \(max)")
+            }
+            if let max = request.maxTokens, !(0...Self.maxBudgetTokens).contains(max) {
+                throw PolicyError.invalid("max_tokens must be zero or more, up to \(Self.maxBudgetTokens), not \(max)")
+            }
             return { core in
                 let project = try core.setBudget(projectID: id, period: period, maxUSD: request.maxUSD, maxTokens: request.maxTokens)
                 return json(.ok, projectJSON(project, core))
@@ -118,8 +140,13 @@ struct ManagementAPI: Sendable {
             guard request.durationHours > 0, request.durationHours <= 87_600, request.durationHours.isFinite else {
                 throw PolicyError.invalid("duration_hours must be more than 0 and at most 87600 (ten years)")
             }
-            if let limit = request.rateLimitPerHour, limit <= 0 { throw PolicyError.invalid("rate_limit_per_hour must be at least 1") }
-            if let limit = request.maxParallel, limit <= 0 { throw PolicyError.invalid("max_parallel must be at least 1") }
+            // The wire carries both as uint32: a larger value must be refused, not cut down silently.
+            if let limit = request.rateLimitPerHour, !(1...Self.maxRatePerHour).contains(limit) {
+                throw PolicyError.invalid("rate_limit_per_hour must be 1 to \(Self.maxRatePerHour), not \(limit)")
+            }
+            if let limit = request.maxParallel, !(1...Self.maxParallel).contains(limit) {
+                throw PolicyError.invalid("max_parallel must be 1 to \(Self.maxParallel), not \(limit)")
+            }
             let models = request.allowedModels ?? []
             guard models.allSatisfy({ !$0.isEmpty && $0.count <= 256 }), models.count <= 1_000 else {
                 throw PolicyError.invalid("allowed_models must be a list of model names")
@@ -156,6 +183,11 @@ struct ManagementAPI: Sendable {
             throw PolicyError.notFound("no such management route: \(method.rawValue) \(path)")
         }
     }
+
+    static let maxRatePerHour = 1_000_000_000
+    static let maxParallel = 1_000_000
+    static let maxBudgetUSD: Double = 1e12
+    static let maxBudgetTokens: Int64 = 1 << 50
 
     private struct MethodNotAllowed: Error, CustomStringConvertible {
         let method: HTTPMethod
@@ -202,6 +234,11 @@ struct ManagementAPI: Sendable {
     /// Decodes a JSON body, with a message a person can act on when it does not fit.
     private static func decode<T: Decodable>(_ type: T.Type, _ body: [UInt8]) throws -> T {
         guard !body.isEmpty else { throw PolicyError.invalid("the request needs a JSON object body") }
+        // No body here nests deeper than a list in an object: a deeper one is refused before a
+        // recursive decoder spends its stack on it.
+        guard nestingDepth(body) <= maxNesting else {
+            throw PolicyError.invalid("the body nests objects or lists deeper than \(maxNesting) levels")
+        }
         do {
             return try JSONDecoder().decode(type, from: Data(body))
         } catch let error as DecodingError {
@@ -223,6 +260,39 @@ struct ManagementAPI: Sendable {
                 throw PolicyError.invalid("the body does not fit: \(error)")
             }
         }
+    }
+
+    static let maxNesting = 16
+
+    /// The deepest nesting of objects and lists in JSON bytes, strings skipped; it stops counting
+    /// once past `maxNesting`.
+    static func nestingDepth(_ bytes: [UInt8]) -> Int {
+        var depth = 0
+        var deepest = 0
+        var inString = false
+        var escaped = false
+        for byte in bytes {
+            if inString {
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: "\""): inString = true
+            case UInt8(ascii: "{"), UInt8(ascii: "["):
+                depth += 1
+                deepest = max(deepest, depth)
+                if deepest > maxNesting { return deepest }
+            case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
+            default: break
+            }
+        }
+        return deepest
     }
 
     private static func typeName(_ type: Any.Type) -> String {
@@ -270,7 +340,7 @@ struct ManagementAPI: Sendable {
         let since = (project.budgetPeriod ?? .month).bounds(containing: now).start
         out["keys_usage"] = try core.keyUsage(projectID: project.id, sinceMs: since).map { row -> [String: Any] in
             ["key_id": row["key_id"] as String, "requests": row["requests"] as Int, "rejected": row["rejected"] as Int,
-             "cost_usd": row["cost_usd"] as Double, "tokens": Int64(row["tokens"] as Double)]
+             "cost_usd": row["cost_usd"] as Double, "tokens": Int64(clampingFinite: row["tokens"] as Double)]
         }
         out["keys_usage_since"] = iso8601(since)
         return out

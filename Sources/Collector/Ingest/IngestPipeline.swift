@@ -103,7 +103,10 @@ final class IngestPipeline: Sendable {
                     metrics.heartbeat(sidecar: envelope.sidecarID, bootID: envelope.bootID, beat: beat, nowUnix: Double(now) / 1e9)
                     continue
                 }
-                handle(assembler.add(sidecarID: envelope.sidecarID, bootID: envelope.bootID, record: envelope.record, nowNanos: now))
+                handle(assembler.add(
+                    sidecarID: envelope.sidecarID, bootID: envelope.bootID, record: envelope.record, nowNanos: now,
+                    textRepaired: envelope.textRepaired
+                ))
             }
             for (sidecar, count) in perSidecar { metrics.recordsReceived(sidecar: sidecar, count: count) }
             if ContinuousClock.now - lastCycle >= .milliseconds(250) {
@@ -127,7 +130,7 @@ final class IngestPipeline: Sendable {
                 metrics.record(row)
                 writer.enqueue(row)
                 if let policy, !row.projectID.isEmpty, (row.costUSD ?? 0) > 0 || row.totalTokens > 0 {
-                    policy.account(SpendEvent(projectID: row.projectID, costUSD: row.costUSD ?? 0, tokens: Int64(row.totalTokens), startedAtMs: row.startedAtMs))
+                    policy.account(SpendEvent(projectID: row.projectID, costUSD: row.costUSD ?? 0, tokens: Int64(clamping: row.totalTokens), startedAtMs: row.startedAtMs))
                 }
                 if !row.parseError.isEmpty, firstTime("parse/\(row.provider)/\(row.parseError.prefix(24))") {
                     logger.warning("an exchange's body could not be read; it is stored with the reason (logged once per kind)", metadata: [

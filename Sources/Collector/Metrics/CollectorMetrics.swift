@@ -34,6 +34,12 @@ final class CollectorMetrics: Sendable {
 
     /// `dropped` of each boot's last heartbeat: `records_dropped_by_sidecar_total` grows by the difference.
     private let droppedByBoot = Mutex<[BootKey: UInt64]>([:])
+    /// The since-boot counts of each boot's last heartbeat that become `sidecar_*_total` counters:
+    /// malformed requests, refused connections, stalled clients.
+    private let countsByBoot = Mutex<[BootKey: [UInt64]]>([:])
+    /// Boots whose counts are remembered; past it one is forgotten for each new one (a forged stream of boot
+    /// ids must not grow the collector without bound).
+    static let maxRememberedBoots = 10_000
 
     init(maxModelLabels: Int, maxAppLabels: Int = 100, maxSidecarLabels: Int = 1_000) {
         models = LabelBounds(limit: maxModelLabels)
@@ -125,7 +131,7 @@ final class CollectorMetrics: Sendable {
         guard count > 0 else { return }
         registry.makeCounter(descriptor: descriptor("records_lost", "total", "Wire records missing from a sidecar's sequence and not dropped by the sidecar itself."), labels: [
             ("sidecar", sidecars.label(sidecar)),
-        ]).increment(by: Int64(count))
+        ]).increment(by: Int64(clamping: count))
     }
 
     /// Brings `decode_errors_total` up to the receiver's own counts (refused frames by reason, and
@@ -137,7 +143,7 @@ final class CollectorMetrics: Sendable {
             defer { seen = current }
             return current.compactMap { reason, count in count > (seen[reason] ?? 0) ? (reason, count - (seen[reason] ?? 0)) : nil }
         }
-        for (reason, increase) in increases { decodeErrors(reason).increment(by: Int64(increase)) }
+        for (reason, increase) in increases { decodeErrors(reason).increment(by: Int64(clamping: increase)) }
     }
 
     func decodeErrors(_ reason: String) -> Counter {
@@ -152,19 +158,48 @@ final class CollectorMetrics: Sendable {
             link.intervalSeconds = beat.intervalMs > 0 ? Double(beat.intervalMs) / 1000 : 5
             links[label] = link
         }
+        let key = BootKey(sidecarID: sidecar, bootID: bootID)
         let increase = droppedByBoot.withLock { dropped -> UInt64 in
-            let key = BootKey(sidecarID: sidecar, bootID: bootID)
+            if dropped[key] == nil && dropped.count >= Self.maxRememberedBoots, let any = dropped.keys.first { dropped[any] = nil }
             let before = dropped[key] ?? 0
             dropped[key] = max(before, beat.dropped)
             return beat.dropped > before ? beat.dropped - before : 0
         }
+        // What the sidecar says of itself, so an operator sees its load and any attack on it.
+        let counted: [(String, String)] = [
+            ("sidecar_malformed_requests", "Requests each sidecar refused as malformed HTTP (400, 431), from its heartbeats."),
+            ("sidecar_refused_connections", "Connections each sidecar refused at --max-connections (503), from its heartbeats."),
+            ("sidecar_stalled_clients", "Exchanges each sidecar ended because the client stopped reading, from its heartbeats."),
+        ]
+        let now = [beat.malformedRequests, beat.refusedConnections, beat.stalledClients]
+        let increases = countsByBoot.withLock { counts -> [UInt64] in
+            if counts[key] == nil && counts.count >= Self.maxRememberedBoots, let any = counts.keys.first { counts[any] = nil }
+            let before = counts[key] ?? Array(repeating: 0, count: now.count)
+            counts[key] = zip(before, now).map { max($0, $1) }
+            return zip(before, now).map { $1 > $0 ? $1 - $0 : 0 }
+        }
+        for ((name, help), increase) in zip(counted, increases) {
+            registry.makeCounter(descriptor: descriptor(name, "total", help), labels: [("sidecar", label)]).increment(by: Int64(clamping: increase))
+        }
+        for (name, help, value) in [
+            ("sidecar_in_flight_exchanges", "Exchanges under way on each sidecar, from its heartbeats.", beat.inFlight),
+            ("sidecar_open_connections", "Client connections open on each sidecar, from its heartbeats.", beat.openConnections),
+            ("sidecar_queue_depth", "Records waiting in each sidecar's publisher queue, from its heartbeats.", beat.queueDepth),
+            ("sidecar_queue_bytes", "Bytes waiting in each sidecar's publisher queue, from its heartbeats.", beat.queueBytes),
+            ("sidecar_published_records", "Records each sidecar has handed to ZeroMQ since it started, from its heartbeats.", beat.published),
+        ] {
+            registry.makeGauge(descriptor: descriptor(name, "", help), labels: [("sidecar", label)]).set(to: Double(value))
+        }
+        registry.makeGauge(descriptor: descriptor("sidecar_uptime", "seconds", "Each sidecar's uptime, from its heartbeats."), labels: [
+            ("sidecar", label),
+        ]).set(to: Double(beat.uptimeMs) / 1000)
         registry.makeGauge(descriptor: descriptor("last_heartbeat_timestamp", "seconds", "When each sidecar's last heartbeat arrived, Unix seconds."), labels: [
             ("sidecar", label),
         ]).set(to: nowUnix)
         let dropped = registry.makeCounter(descriptor: descriptor("records_dropped_by_sidecar", "total", "Wire records each sidecar dropped itself (queue full, collector away), from its heartbeats."), labels: [
             ("sidecar", label),
         ])
-        if increase > 0 { dropped.increment(by: Int64(increase)) }
+        if increase > 0 { dropped.increment(by: Int64(clamping: increase)) }
         updateSidecarUp(nowUnix: nowUnix)
     }
 
@@ -205,6 +240,10 @@ final class CollectorMetrics: Sendable {
         "unknown_key", "expired_key", "revoked_key", "rate_limited", "parallel_limit", "budget_exceeded", "model_not_allowed",
         "key_required", "policy_unavailable", "credential_missing",
     ]
+
+    func policySnapshotsRefused(_ count: Int) {
+        registry.makeCounter(descriptor: descriptor("policy_snapshots_refused", "total", "Snapshot subscriptions refused past the snapshot budget (the sidecar asks again).")).increment(by: Int64(count))
+    }
 
     func policySnapshotSent() {
         registry.makeCounter(descriptor: descriptor("policy_snapshots_sent", "total", "Full policy snapshots sent to sidecars that joined, rejoined or fell behind.")).increment()

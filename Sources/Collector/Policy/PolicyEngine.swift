@@ -18,6 +18,11 @@ final class PolicyEngine: Sendable {
         var beatInterval: Duration = .milliseconds(200)
         /// How long the thread sleeps in poll with nothing to do (work handed over wakes it at once).
         var pollMilliseconds = 50
+        /// Snapshots sent per second at most, with this burst: each costs the whole key table, so a
+        /// peer subscribing thousands of times must not make the collector build thousands. A
+        /// subscription past the budget is refused and counted; a sidecar asks again a second later.
+        var snapshotsPerSecond: Double = 100
+        var snapshotBurst: Double = 200
     }
 
     private struct Inbox {
@@ -163,14 +168,14 @@ struct ProjectSpend: Sendable, Equatable {
 
     mutating func add(_ event: SpendEvent) {
         totalUSD += event.costUSD
-        totalTokens += event.tokens
+        totalTokens = totalTokens.addingClamped(event.tokens)
         if event.startedAtMs >= monthStartMs {
             monthUSD += event.costUSD
-            monthTokens += event.tokens
+            monthTokens = monthTokens.addingClamped(event.tokens)
         }
         if event.startedAtMs >= dayStartMs {
             dayUSD += event.costUSD
-            dayTokens += event.tokens
+            dayTokens = dayTokens.addingClamped(event.tokens)
         }
     }
 }
@@ -186,6 +191,11 @@ final class PolicyCore {
     private let wakeup: Int32
     private let collectorID: String
     private var version: UInt64 = 0
+    /// Snapshots that may be sent now (see `Settings.snapshotsPerSecond`), as of `snapshotBudgetAt`.
+    private lazy var snapshotBudget = settings.snapshotBurst
+    private var snapshotBudgetAt = ContinuousClock.now
+    private var snapshotsRefused = 0
+    private var refusalPasses: UInt64 = 0
 
     private(set) var projects: [String: ProjectRecord] = [:]
     private(set) var keys: [String: VirtualKeyRecord] = [:]
@@ -235,9 +245,9 @@ final class PolicyCore {
             for row in rows {
                 let id: String = row["project_id"]
                 spend[id] = ProjectSpend(
-                    dayStartMs: day, dayUSD: row["day_usd"], dayTokens: Int64(row["day_tokens"] as Double),
-                    monthStartMs: month, monthUSD: row["month_usd"], monthTokens: Int64(row["month_tokens"] as Double),
-                    totalUSD: row["usd"], totalTokens: Int64(row["tokens"] as Double)
+                    dayStartMs: day, dayUSD: row["day_usd"], dayTokens: Int64(clampingFinite: row["day_tokens"] as Double),
+                    monthStartMs: month, monthUSD: row["month_usd"], monthTokens: Int64(clampingFinite: row["month_tokens"] as Double),
+                    totalUSD: row["usd"], totalTokens: Int64(clampingFinite: row["tokens"] as Double)
                 )
             }
         }
@@ -278,17 +288,47 @@ final class PolicyCore {
 
     // MARK: The channel
 
-    /// Answers every snapshot subscription that arrived: "S" + nonce gets the whole state on that topic.
+    /// Answers every snapshot subscription that arrived: "S" + nonce gets the whole state on that
+    /// topic. The snapshot is encoded once for all the subscriptions of one pass, and their number
+    /// is held to a budget (`Settings.snapshotsPerSecond`).
     private func serveSubscriptions() {
+        var encoded: [UInt8]?
+        var refused = 0
         while let frames = try? socket.receiveMultipart(dontWait: true) {
             guard let event = frames.first, event.count >= 2, event[0] == 1, event[1] == PolicyFrame.snapshotTopicPrefix else { continue }
-            let topic = Array(event[1...])
-            var message = header(full: true)
-            let now = nowMs
-            message.keys = keys.values.filter { isWorthSending($0, now: now) }.map(wireKey)
-            message.projects = projects.values.map { wireProject($0, now: now) }
-            send(message, topic: topic)
+            let clock = ContinuousClock.now
+            let elapsed = Double((clock - snapshotBudgetAt).components.attoseconds) / 1e18 + Double((clock - snapshotBudgetAt).components.seconds)
+            snapshotBudget = min(settings.snapshotBurst, snapshotBudget + elapsed * settings.snapshotsPerSecond)
+            snapshotBudgetAt = clock
+            guard snapshotBudget >= 1 else {
+                refused += 1
+                continue
+            }
+            snapshotBudget -= 1
+            if encoded == nil {
+                var message = header(full: true)
+                let now = nowMs
+                message.keys = keys.values.filter { isWorthSending($0, now: now) }.map(wireKey)
+                message.projects = projects.values.map { wireProject($0, now: now) }
+                encoded = try? PolicyFrame.encode(message)
+            }
+            guard let encoded else { continue }
+            do {
+                try socket.send(multipart: [Array(event[1...]), encoded], dontWait: true)
+            } catch {
+                logger.error("could not send on the policy socket", metadata: ["error": "\(error)"])
+            }
             metrics.policySnapshotSent()
+        }
+        if refused > 0 {
+            metrics.policySnapshotsRefused(refused)
+            snapshotsRefused += refused
+            refusalPasses += 1
+            if LogSampling.isWorthLogging(occurrence: refusalPasses) {
+                logger.warning("snapshot subscriptions past the budget were refused (a peer subscribing over and over?)", metadata: [
+                    "refused": "\(snapshotsRefused)", "per_second": "\(settings.snapshotsPerSecond)",
+                ])
+            }
         }
     }
 

@@ -97,23 +97,32 @@ struct RequestDocument: Decodable {
 extension UsageFields {
     /// Normalised as `TokenUsage` says, for the provider that sent it.
     func normalised(for provider: Provider, endpoint: Endpoint) -> TokenUsage {
+        let count = TokenUsage.count
         var usage = TokenUsage()
         if provider == .anthropic {
-            usage.input = input_tokens ?? 0
-            usage.cachedInput = cache_read_input_tokens ?? 0
-            usage.cacheCreation = cache_creation_input_tokens ?? 0
-            usage.output = output_tokens ?? 0
+            usage.input = count(input_tokens)
+            usage.cachedInput = count(cache_read_input_tokens)
+            usage.cacheCreation = count(cache_creation_input_tokens)
+            usage.output = count(output_tokens)
             return usage
         }
         // OpenAI: the Responses API names them input/output, the older APIs prompt/completion.
         // Cached tokens are part of the prompt count there, so they are taken out of input.
-        let prompt = prompt_tokens ?? input_tokens ?? 0
-        let cached = prompt_tokens_details?.cached_tokens ?? input_tokens_details?.cached_tokens ?? 0
+        let prompt = count(prompt_tokens ?? input_tokens)
+        let cached = count(prompt_tokens_details?.cached_tokens ?? input_tokens_details?.cached_tokens)
         usage.cachedInput = min(cached, prompt)
         usage.input = prompt - usage.cachedInput
-        usage.output = completion_tokens ?? output_tokens ?? 0
-        usage.reasoning = completion_tokens_details?.reasoning_tokens ?? output_tokens_details?.reasoning_tokens ?? 0
+        usage.output = count(completion_tokens ?? output_tokens)
+        usage.reasoning = min(count(completion_tokens_details?.reasoning_tokens ?? output_tokens_details?.reasoning_tokens), usage.output)
         return usage
+    }
+
+    /// Whether a count is negative or past `TokenUsage.maximumCount`: not a count a provider
+    /// reports, so the exchange is stored with a parse error (and the count held to the range).
+    var hasImplausibleCount: Bool {
+        [prompt_tokens, completion_tokens, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
+         prompt_tokens_details?.cached_tokens, completion_tokens_details?.reasoning_tokens,
+         input_tokens_details?.cached_tokens, output_tokens_details?.reasoning_tokens].contains { !TokenUsage.isPlausible($0) }
     }
 
     var isEmpty: Bool {
@@ -123,14 +132,20 @@ extension UsageFields {
 }
 
 extension GeminiUsage {
+    var hasImplausibleCount: Bool {
+        [promptTokenCount, candidatesTokenCount, cachedContentTokenCount, thoughtsTokenCount, toolUsePromptTokenCount]
+            .contains { !TokenUsage.isPlausible($0) }
+    }
+
     /// Gemini counts cached content inside the prompt, and thoughts apart from the candidates.
     var normalised: TokenUsage {
+        let count = TokenUsage.count
         var usage = TokenUsage()
-        let prompt = (promptTokenCount ?? 0) + (toolUsePromptTokenCount ?? 0)
-        usage.cachedInput = min(cachedContentTokenCount ?? 0, prompt)
+        let prompt = count(promptTokenCount) + count(toolUsePromptTokenCount)
+        usage.cachedInput = min(count(cachedContentTokenCount), prompt)
         usage.input = prompt - usage.cachedInput
-        usage.reasoning = thoughtsTokenCount ?? 0
-        usage.output = (candidatesTokenCount ?? 0) + usage.reasoning
+        usage.reasoning = count(thoughtsTokenCount)
+        usage.output = count(candidatesTokenCount) + usage.reasoning
         return usage
     }
 }

@@ -101,12 +101,18 @@ struct ResponseBodyReader {
                 findings.parseError = "the event stream has a line over \(sse.maxLineBytes) bytes"
             }
         }
+        var implausible = false
         if let geminiUsage {
             findings.usage = geminiUsage.normalised
             findings.usageSource = .reported
+            implausible = geminiUsage.hasImplausibleCount
         } else if let usage, !usage.isEmpty {
             findings.usage = usage.normalised(for: route.provider, endpoint: route.endpoint)
             findings.usageSource = .reported
+            implausible = usage.hasImplausibleCount
+        }
+        if implausible && findings.parseError.isEmpty {
+            findings.parseError = "the usage holds a negative or implausibly large token count (counted as 0 to \(TokenUsage.maximumCount))"
         }
         return findings
     }

@@ -15,6 +15,20 @@ struct TokenUsage: Equatable, Sendable {
     var reasoning = 0
 
     var total: Int { input + cachedInput + cacheCreation + output }
+
+    /// The most one count may be: far above any real exchange, and small enough that sums of
+    /// them never overflow. A count from a response is untrusted input: a negative one would lower
+    /// a project's spend, and a huge one would overflow the sums (and trap).
+    static let maximumCount = 1 << 40
+
+    /// A reported count held to 0...maximumCount; absent is 0.
+    static func count(_ value: Int?) -> Int {
+        min(max(value ?? 0, 0), maximumCount)
+    }
+
+    static func isPlausible(_ value: Int?) -> Bool {
+        value.map { (0...maximumCount).contains($0) } ?? true
+    }
 }
 
 /// Where an exchange's token counts come from.

@@ -105,8 +105,9 @@ extension ExchangeRecord {
         if let done, start > 0, done.endUnixNanos >= start {
             durationMs = Double(done.endUnixNanos - start) / 1e6
         }
-        requestBytes = Int64(done?.requestBytes ?? request?.bodySize ?? 0)
-        responseBytes = Int64(done?.responseBytes ?? exchange.responseBytesSeen)
+        // Wire fields: any UInt64 may come, and SQLite's integers are signed.
+        requestBytes = Int64(clamping: done?.requestBytes ?? request?.bodySize ?? 0)
+        responseBytes = Int64(clamping: done?.responseBytes ?? exchange.responseBytesSeen)
         inputTokens = parsed.usage.input
         outputTokens = parsed.usage.output
         cachedInputTokens = parsed.usage.cachedInput

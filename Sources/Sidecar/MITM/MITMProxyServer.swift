@@ -20,7 +20,8 @@ struct MITMProxyServer: Service {
     func run() async throws {
         let (settings, pools, leaves, publisher, counters, logger) = (self.settings, self.pools, self.leaves, self.publisher, self.counters, self.logger)
         let listener = DrainingListener(
-            name: "mitm", flag: "--mitm-listen", listen: listen, group: group, drainTimeout: drainTimeout, counters: counters, logger: logger
+            name: "mitm", flag: "--mitm-listen", listen: listen, group: group, drainTimeout: drainTimeout,
+            maxConnections: settings.proxy.maxConnections, counters: counters, logger: logger
         )
         try await listener.run(
             childInitializer: { channel in

@@ -15,6 +15,8 @@ struct ProxySettings: Sendable {
     let maxHeaderBytes: Int
     /// Virtual keys, limits and budgets; nil without `--policy`.
     var policy: PolicyGate?
+    /// Client connections open at once, both listeners together (`--max-connections`).
+    var maxConnections = 10_000
     /// Bytes of pipelined requests held while an exchange is under way; past it, reading pauses.
     let maxPipelinedBytes = 1 << 20
     /// Body bytes held to find the model for a key limited to some models; past it, 413.
@@ -66,6 +68,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private var lastTenant = ""
     private var timeoutCheck: Scheduled<Void>?
     private var timeoutCheckDeadline = NIODeadline.distantFuture
+    /// Since when the client's connection can't take more (it does not read), while an exchange is under way.
+    private var unwritableSince: NIODeadline?
     /// The response head, held until the end of the upstream read that brought it: a small body
     /// in the same read joins it, so the client gets one write (one TLS record in MITM mode).
     private var pendingResponse: ByteBuffer?
@@ -191,6 +195,15 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if case .exchanging(let exchange) = state, case .attached(let upstream) = exchange.upstream {
             upstream.handler.holdReads(!context.channel.isWritable)
+        }
+        if context.channel.isWritable {
+            unwritableSince = nil
+        } else if unwritableSince == nil, currentExchange != nil {
+            // A client that stops reading its response holds the upstream too: it has
+            // --client-timeout to start reading again.
+            let now = NIODeadline.now()
+            unwritableSince = now
+            ensureTimeoutCheck(by: now + settings.clientTimeout)
         }
         context.fireChannelWritabilityChanged()
     }
@@ -558,7 +571,15 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             switch exchange.upstream {
             case .attached:
                 let now = NIODeadline.now()
+                if let since = self.unwritableSince {
+                    // The upstream is not read while the client does not read: its silence is not its fault.
+                    exchange.lastUpstreamActivity = now
+                    if now >= since + self.settings.clientTimeout {
+                        return self.clientStoppedReading(exchange)
+                    }
+                }
                 var due = exchange.lastUpstreamActivity + self.settings.upstreamTimeout
+                if let since = self.unwritableSince { due = min(due, since + self.settings.clientTimeout) }
                 if !exchange.requestEnded && !exchange.responseStarted {
                     // The body is still coming: while the client is read (not held back by the
                     // upstream), a silence is the client's, and the answer is 408, not 504.
@@ -596,6 +617,23 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                 return
             }
         }
+    }
+
+    /// The client has not read its response for --client-timeout: the exchange ends as the client's
+    /// abort, and both connections close (the upstream's answer can't be delivered).
+    private func clientStoppedReading(_ exchange: Exchange) {
+        let count = counters.stalledClients.add(1, ordering: .relaxed).newValue
+        if LogSampling.isWorthLogging(occurrence: count) {
+            logger.warning("a client stopped reading its response; closing", metadata: [
+                "exchange_id": "\(exchange.tap.exchangeID)", "client": "\(clientAddress)", "count": "\(count)",
+                "timeout_s": "\(settings.clientTimeout.nanoseconds / 1_000_000_000)",
+            ])
+        }
+        detachUpstream(exchange, reusable: false)
+        exchange.tap.finish(outcome: .clientAborted, error: "the client stopped reading the response for \(settings.clientTimeout.nanoseconds / 1_000_000_000) s")
+        markFinished(exchange)
+        state = .closed
+        context.close(promise: nil)
     }
 
     /// Makes sure the timer fires by `deadline`: a timer left from an earlier exchange may be set

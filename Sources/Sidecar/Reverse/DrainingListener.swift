@@ -13,6 +13,8 @@ struct DrainingListener {
     let listen: ListenAddress
     let group: MultiThreadedEventLoopGroup
     let drainTimeout: TimeAmount
+    /// Client connections open at once on all listeners; past it a new one gets 503 and is closed.
+    let maxConnections: Int
     let counters: SidecarCounters
     let logger: Logger
 
@@ -35,8 +37,14 @@ struct DrainingListener {
                 }
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.maxMessagesPerRead, value: 16)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture { try childInitializer(channel) }
+                .childChannelInitializer { [counters, logger, name, maxConnections] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        guard counters.openConnections.load(ordering: .relaxed) < maxConnections else {
+                            Self.logRefusal(channel, maxConnections: maxConnections, listener: name, counters: counters, logger: logger)
+                            return try channel.pipeline.syncOperations.addHandler(RefusingHandler(maxConnections: maxConnections))
+                        }
+                        try childInitializer(channel)
+                    }
                 }
                 .bind(host: listen.host, port: listen.port).get()
         } catch {
@@ -66,3 +74,51 @@ struct DrainingListener {
 }
 
 struct DrainTimedOut: Error {}
+
+extension DrainingListener {
+    static func logRefusal(_ channel: any Channel, maxConnections: Int, listener: String, counters: SidecarCounters, logger: Logger) {
+        let count = counters.refusedConnections.add(1, ordering: .relaxed).newValue
+        if LogSampling.isWorthLogging(occurrence: count) {
+            logger.warning("refused a connection: --max-connections are open", metadata: [
+                "listener": "\(listener)", "max_connections": "\(maxConnections)", "count": "\(count)",
+                "client": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+            ])
+        }
+    }
+}
+
+/// One connection too many: 503 in the error shape every client reads, then close, whatever it
+/// sent. File descriptors and memory stay bounded however many connections a peer opens.
+final class RefusingHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private let maxConnections: Int
+
+    init(maxConnections: Int) {
+        self.maxConnections = maxConnections
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { refuse(context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        refuse(context)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+    private func refuse(_ context: ChannelHandlerContext) {
+        let response = ProxyErrorResponse(
+            status: .serviceUnavailable, type: "llmtap_proxy_error", code: "too_many_connections",
+            message: "llmtap-sidecar has \(maxConnections) connections open, its limit; retry shortly", retryAfter: 1
+        )
+        var bytes = context.channel.allocator.buffer(capacity: 256)
+        HeaderRules.writeLocalResponse(
+            status: response.status, contentType: "application/json", body: response.body, exchangeID: nil, close: true,
+            version: .http1_1, retryAfter: response.retryAfter, into: &bytes
+        )
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
+    }
+}

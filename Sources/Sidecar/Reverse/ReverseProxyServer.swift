@@ -22,7 +22,8 @@ struct ReverseProxyServer: Service {
     func run() async throws {
         let (settings, target, pools, publisher, counters, logger) = (self.settings, self.target, self.pools, self.publisher, self.counters, self.logger)
         let listener = DrainingListener(
-            name: "reverse", flag: "--listen", listen: listen, group: group, drainTimeout: drainTimeout, counters: counters, logger: logger
+            name: "reverse", flag: "--listen", listen: listen, group: group, drainTimeout: drainTimeout,
+            maxConnections: settings.maxConnections, counters: counters, logger: logger
         )
         try await listener.run(
             childInitializer: { channel in
