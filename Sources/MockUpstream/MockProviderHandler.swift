@@ -54,6 +54,11 @@ final class MockProviderHandler: ChannelInboundHandler, RemovableChannelHandler 
 
         var headers = HTTPHeaders(response.headers)
         if !head.isKeepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
+        // x-mock-response-header: "name: value" adds that header to the answer (repeatable).
+        for extra in head.headers["x-mock-response-header"] {
+            guard let colon = extra.firstIndex(of: ":") else { continue }
+            headers.add(name: String(extra[..<colon]), value: extra[extra.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+        }
         switch response.body {
         case .whole(let text):
             headers.replaceOrAdd(name: "content-length", value: "\(text.utf8.count)")

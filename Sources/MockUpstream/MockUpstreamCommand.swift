@@ -12,7 +12,8 @@ import NIOSSL
 /// Request headers steer it, for tests: `x-mock-events` (content events per stream),
 /// `x-mock-event-delay-ms`, `x-mock-status` (answer with that error status in the provider's shape),
 /// `x-mock-fail` (`reset-after:N` closes the connection after N events, `hang` never answers,
-/// `hang-after:N` stops after N events). `/echo` answers with what it received.
+/// `hang-after:N` stops after N events), `x-mock-response-header` ("name: value", added to the
+/// answer). `/echo` answers with what it received.
 @main
 struct MockUpstreamCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

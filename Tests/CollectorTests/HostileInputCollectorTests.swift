@@ -214,6 +214,50 @@ final class HostileInputCollectorTests: XCTestCase {
         XCTAssertTrue(short.stderr.contains("--api-token"), short.stderr)
     }
 
+    /// The issue's budget bypass: a header value with obs-text (Latin-1 "José") made the records
+    /// undecodable, so a 100-token budget let every request through and counted none of them.
+    func testAHeaderThatIsNotUTF8CostsNoExchangeItsAccounting() throws {
+        let fleet = try PolicyFleet()
+        defer { fleet.stop() }
+        let port = try fleet.startSidecar()
+        /// Requests one at a time until the budget denies one; the statuses and the day's tokens.
+        func spend(project name: String, userHeader: [UInt8]) throws -> (statuses: [Int], tokens: Int) {
+            let project = try fleet.createProject(name)
+            let key = try fleet.createToken(project: project)
+            XCTAssertEqual(try fleet.manage("PUT", "/manage/projects/\(project)/budget", #"{"period":"day","max_tokens":100}"#).status, 200)
+            // curl takes the raw bytes from a file: a process argument can only be UTF-8.
+            let headers = fleet.folder.appendingPathComponent("headers-\(name).txt")
+            try (Data("Authorization: Bearer \(key)\r\nX-User: ".utf8) + userHeader + Data("\r\ncontent-type: application/json\r\n".utf8))
+                .write(to: headers)
+            var statuses: [Int] = []
+            for _ in 0..<10 {
+                let result = try curlWithStatus([
+                    "http://127.0.0.1:\(port)/v1/chat/completions", "-H", "@\(headers.path)",
+                    "--data-binary", #"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#,
+                ])
+                statuses.append(result.status)
+                if result.status == 429 { break }
+                // Each exchange's spend reaches the collector, and a crossing's denial the sidecar, before the next.
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+            let usage = try fleet.manage("GET", "/manage/usage?project_id=\(project)")
+            let tokens = ((usage.json["spend"] as? [String: Any])?["day"] as? [String: Any])?["tokens"] as? Int ?? 0
+            return (statuses, tokens)
+        }
+        let plain = try spend(project: "plain", userHeader: Array("Jose".utf8))
+        let latin1 = try spend(project: "latin-1", userHeader: Array("Jos".utf8) + [0xE9])
+        XCTAssertEqual(plain.statuses.last, 429, "the budget never denied: \(plain.statuses)")
+        XCTAssertEqual(latin1.statuses, plain.statuses, "the same requests, one header byte apart, must be cut off alike")
+        XCTAssertEqual(latin1.tokens, plain.tokens)
+        XCTAssertGreaterThanOrEqual(latin1.tokens, 100)
+        let statuses = plain.statuses + latin1.statuses
+        // Stored with the exact bytes' readable form, and counted.
+        var configuration = Configuration()
+        configuration.readonly = true
+        let rows = try DatabaseQueue(path: fleet.databasePath, configuration: configuration).read { db in try ExchangeRecord.fetchAll(db) }
+        XCTAssertEqual(rows.filter { $0.status == 200 && $0.totalTokens > 0 }.count, statuses.filter { $0 == 200 }.count)
+    }
+
     func testConfigurationValuesThatCantBeReadStopTheStartByName() throws {
         for (arguments, environment, expected) in [
             ([String](), ["LLMTAP_EXCHANGE_TIMEOUT": "1e400"], "LLMTAP_EXCHANGE_TIMEOUT"),

@@ -228,9 +228,19 @@ enum HeaderRules {
             }
             while let first = token.first, first == 0x20 || first == 0x09 { token = UnsafeRawBufferPointer(rebasing: token.dropFirst()) }
             guard !token.isEmpty else { return }
-            best = (header, String(decoding: token, as: UTF8.self))
+            best = (header, credentialText(token))
         }
         return best
+    }
+
+    /// A credential's bytes as text: UTF-8 when they are, else each byte as the Latin-1 character
+    /// it is. Unlike U+FFFD replacement this keeps two credentials that differ only in such bytes
+    /// apart, so they never share a tenant (nor could one be taken for the other).
+    static func credentialText(_ bytes: UnsafeRawBufferPointer) -> String {
+        if WireText.isValidUTF8(bytes) { return String(decoding: bytes, as: UTF8.self) }
+        var text = ""
+        text.unicodeScalars.append(contentsOf: bytes.map { Unicode.Scalar($0) })
+        return text
     }
 
     /// The path and query with secret query parameters (`key`) redacted, for the wire.

@@ -42,7 +42,9 @@ struct ProxyErrorResponse {
 
     static func requestTimeout(_ timeout: TimeAmount, body: Bool = false) -> ProxyErrorResponse {
         ProxyErrorResponse(status: .requestTimeout, type: "invalid_request_error", code: "request_timeout",
-                           message: "the request \(body ? "body" : "head") did not arrive within \(timeout.nanoseconds / 1_000_000_000) s")
+                           message: body
+                               ? "the client stopped sending: the request body did not arrive within \(timeout.nanoseconds / 1_000_000_000) s"
+                               : "the request head did not arrive within \(timeout.nanoseconds / 1_000_000_000) s")
     }
 
     static func forbidden(_ detail: String) -> ProxyErrorResponse {

@@ -106,9 +106,15 @@ final class RefusingHandler: ChannelInboundHandler {
         refuse(context)
     }
 
+    /// Whatever the client sends is read and dropped, so the close is a FIN after the answer, not
+    /// a reset that could destroy the answer in the client's buffer.
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
 
+    private var refused = false
+
     private func refuse(_ context: ChannelHandlerContext) {
+        guard !refused else { return }
+        refused = true
         let response = ProxyErrorResponse(
             status: .serviceUnavailable, type: "llmtap_proxy_error", code: "too_many_connections",
             message: "llmtap-sidecar has \(maxConnections) connections open, its limit; retry shortly", retryAfter: 1
@@ -119,6 +125,8 @@ final class RefusingHandler: ChannelInboundHandler {
             version: .http1_1, retryAfter: response.retryAfter, into: &bytes
         )
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(mode: .output, promise: nil) }
+        // The client's own close ends it; this bounds a client that never closes.
+        channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }
     }
 }
