@@ -115,6 +115,8 @@ struct SidecarCommand: AsyncParsableCommand {
     var logLevel = environment["LOG_LEVEL"] ?? "info"
 
     func validate() throws {
+        guard heartbeatInterval > 0 else { throw ValidationError("--heartbeat-interval must be more than 0 seconds") }
+        guard maxQueuedRecords > 0, maxQueuedBytes > 0 else { throw ValidationError("the queue limits must be positive") }
         do {
             try EnvironmentSettings.check()
             _ = try durations()
@@ -125,7 +127,7 @@ struct SidecarCommand: AsyncParsableCommand {
             throw ValidationError("--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         guard (1...100_000_000).contains(maxQueuedRecords), (1...1 << 40).contains(maxQueuedBytes) else {
-            throw ValidationError("--max-queued-records must be 1 to 100000000 and --max-queued-bytes 1 to 2^40")
+            throw ValidationError("the queue limits are too large: --max-queued-records at most 100000000, --max-queued-bytes at most 2^40")
         }
         guard (0...1 << 30).contains(maxCaptureBytes) else { throw ValidationError("--max-capture-bytes must be 0 to 1073741824, not \(maxCaptureBytes)") }
         guard (1024...(16 << 20)).contains(maxHeaderBytes) else { throw ValidationError("--max-header-bytes must be between 1024 and 16777216") }

@@ -123,6 +123,20 @@ final class PolicyGateTests: XCTestCase {
         XCTAssertEqual(scan("[1,2]"), .unreadable)
         XCTAssertEqual(scan(""), .unreadable)
         XCTAssertEqual(scan(#"{"a":"\"}","model":"m\"x"}"#), .model("m\"x"))
+        // Read as the upstream's parser reads it, or refused: two models (parsers differ on which
+        // wins), an escaped key that is "model", anything after the object.
+        XCTAssertEqual(scan(#"{"model":"gpt-4o-mini","model":"gpt-4o"}"#), .unreadable)
+        XCTAssertEqual(scan(#"{"model":"gpt-4o-mini","mod\u0065l":"gpt-4o"}"#), .unreadable)
+        XCTAssertEqual(scan(#"{"mod\u0065l":"gpt-4o"}"#), .model("gpt-4o"))
+        XCTAssertEqual(scan(#"{"model":"gpt-\u0034o"}"#), .model("gpt-4o"))
+        XCTAssertEqual(scan(#"{"model":"\ud83d\ude00"}"#), .model("\u{1F600}"))
+        XCTAssertEqual(scan(#"{"model":"\ud83d"}"#), .unreadable)
+        XCTAssertEqual(scan(#"{"model":"gpt-4o-mini"} {"model":"gpt-4o"}"#), .unreadable)
+        XCTAssertEqual(scan(#"{"model":"gpt-4o-mini"}  "#), .model("gpt-4o-mini"))
+        XCTAssertEqual(scan("{\"model\":\"a\u{1}b\"}"), .unreadable)
+        XCTAssertEqual(scan(#"{"model":5}"#), .none)
+        XCTAssertEqual(scan(#"{}"#), .none)
+        XCTAssertEqual(ModelScanner.topLevelModel(Array(#"{"model":"gpt-4o"#.utf8) + [0xFF, 0x22, 0x7D]), .unreadable)
         XCTAssertEqual(ModelScanner.modelInPath("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"), "gemini-2.0-flash")
         XCTAssertNil(ModelScanner.modelInPath("/v1/chat/completions"))
     }
