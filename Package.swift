@@ -10,6 +10,13 @@ let nioHTTP: [Target.Dependency] = [
 ]
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
 
+/// A fuzz build (scripts/fuzz): libFuzzer without its `main`, linked into whatever uses TestSupport,
+/// and LLMTAP_FUZZ defined so the tests can hand a parser to it. Everything is compiled with
+/// AddressSanitizer and libFuzzer's coverage by scripts/fuzz's own flags; normal builds see none of it.
+let fuzzRuntime = Context.environment["LLMTAP_FUZZ_RUNTIME"]
+let fuzzSwiftSettings: [SwiftSetting] = fuzzRuntime == nil ? [] : [.define("LLMTAP_FUZZ")]
+let fuzzLinkerSettings: [LinkerSetting] = fuzzRuntime.map { [.unsafeFlags(["-Xlinker", $0, "-lstdc++"])] } ?? []
+
 let package = Package(
     name: "LLMTap",
     platforms: [.macOS(.v15)],
@@ -112,7 +119,9 @@ let package = Package(
         .target(
             name: "TestSupport",
             dependencies: ["Wire", "CZeroMQ", .product(name: "Logging", package: "swift-log")],
-            path: "Tests/TestSupport"
+            path: "Tests/TestSupport",
+            swiftSettings: fuzzSwiftSettings,
+            linkerSettings: fuzzLinkerSettings
         ),
         .testTarget(
             name: "WireTests",

@@ -10,71 +10,17 @@ import XCTest
 /// request, llhttp must see the same request with the same body, so the two can never disagree on
 /// where a request ends (the root of request smuggling). Ours may refuse more.
 final class ClientRequestParserDifferentialTests: XCTestCase {
-    private struct Message: Equatable, CustomStringConvertible {
-        var method: String
-        var uri: String
-        var body: [UInt8]
-        var description: String { "\(method) \(uri) body \(body.count) bytes" }
-    }
+    private typealias Message = RequestDifferential.Message
+    private func ours(_ input: [UInt8]) -> (messages: [Message], failed: Bool) { RequestDifferential.ours(input) }
+    private func llhttp(_ input: [UInt8]) -> (messages: [Message], error: (any Error)?) { RequestDifferential.llhttp(input) }
 
-    /// The messages ours reads whole before it stops (an error, or the input ends).
-    private func ours(_ input: [UInt8]) -> (messages: [Message], failed: Bool) {
-        var parser = ClientRequestParser(maxHeadBytes: 64 << 10)
-        parser.receive(ByteBuffer(bytes: input))
-        var messages: [Message] = []
-        var current: Message?
-        do {
-            while let event = try parser.next() {
-                switch event {
-                case .head(let head): current = Message(method: head.method.rawValue, uri: head.uri, body: [])
-                case .body(let buffer): current?.body += Array(buffer.readableBytesView)
-                case .end:
-                    if let done = current { messages.append(done) }
-                    current = nil
-                }
-            }
-            return (messages, false)
-        } catch {
-            return (messages, true)
-        }
-    }
-
-    /// The messages llhttp reads whole, and the error it stopped on, if any.
-    private func llhttp(_ input: [UInt8]) -> (messages: [Message], error: (any Error)?) {
-        let channel = EmbeddedChannel(handler: ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-        var thrown: (any Error)?
-        var messages: [Message] = []
-        var current: Message?
-        // A byte at a time: NIO hands on what one read completed only if the whole read parsed, so
-        // this is how to see exactly which messages llhttp finished before it stopped.
-        for byte in input {
-            do {
-                try channel.writeInbound(ByteBuffer(bytes: [byte]))
-            } catch {
-                thrown = error
-            }
-            while let part = try? channel.readInbound(as: HTTPServerRequestPart.self) {
-                switch part {
-                case .head(let head): current = Message(method: head.method.rawValue, uri: head.uri, body: [])
-                case .body(let buffer): current?.body += Array(buffer.readableBytesView)
-                case .end:
-                    if let done = current { messages.append(done) }
-                    current = nil
-                }
-            }
-            if thrown != nil { break }
-        }
-        _ = try? channel.finish()
-        return (messages, thrown)
-    }
-
-    private let bases: [String] = [
+    static let bases: [String] = [
         "POST /v1/chat/completions HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"model\":\"gpt-4\"}",
         "POST /v1/messages HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x=y\r\n world\r\n0\r\n\r\n",
         "GET /v1/models HTTP/1.1\r\nHost: api\r\nConnection: keep-alive\r\n\r\nGET /v1/models?x=1 HTTP/1.1\r\nHost: api\r\n\r\n",
         "POST /v1/x HTTP/1.0\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\n\r\nz",
     ]
-    private let insertions: [String] = [
+    static let insertions: [String] = [
         " ", "\t", "\r", "\n", "\r\n", ":", ",", "0", "9", "a", "\0", "-", ";",
         "Content-Length: 5\r\n", "Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n", "Transfer-Encoding: identity\r\n",
         "Transfer-Encoding: gzip, chunked\r\n", "Host: other\r\n", " folded\r\n", "X-A: b\rc\r\n", "Content-Length : 5\r\n",
@@ -85,7 +31,7 @@ final class ClientRequestParserDifferentialTests: XCTestCase {
         var generator = SplitMix64(seed: 0x11A7)
         var compared = 0
         var bothAccepted = 0
-        for base in bases {
+        for base in Self.bases {
             let original = Array(base.utf8)
             for _ in 0..<600 {
                 var input = original
@@ -94,7 +40,7 @@ final class ClientRequestParserDifferentialTests: XCTestCase {
                     switch generator.next() % 4 {
                     case 0 where !input.isEmpty && at < input.count: input.remove(at: at)
                     case 1 where at < input.count: input[at] = UInt8(truncatingIfNeeded: generator.next() % 128)
-                    default: input.insert(contentsOf: Array(insertions[Int(generator.next() % UInt64(insertions.count))].utf8), at: at)
+                    default: input.insert(contentsOf: Array(Self.insertions[Int(generator.next() % UInt64(Self.insertions.count))].utf8), at: at)
                     }
                 }
                 let mine = ours(input)
@@ -130,5 +76,83 @@ struct SplitMix64: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+/// The sidecar's request parser and llhttp (NIO's `HTTPRequestDecoder`) over the same bytes: what
+/// each read whole. The differential test and the fuzz target hold the first to the second.
+enum RequestDifferential {
+    struct Message: Equatable, CustomStringConvertible {
+        var method: String
+        var uri: String
+        var body: [UInt8]
+        var description: String { "\(method) \(uri) body \(body.count) bytes" }
+    }
+
+    /// The messages ours reads whole before it stops (an error, or the input ends).
+    static func ours(_ input: [UInt8]) -> (messages: [Message], failed: Bool) {
+        var parser = ClientRequestParser(maxHeadBytes: 64 << 10)
+        parser.receive(ByteBuffer(bytes: input))
+        var messages: [Message] = []
+        var current: Message?
+        do {
+            while let event = try parser.next() {
+                switch event {
+                case .head(let head): current = Message(method: head.method.rawValue, uri: head.uri, body: [])
+                case .body(let buffer): current?.body += Array(buffer.readableBytesView)
+                case .end:
+                    if let done = current { messages.append(done) }
+                    current = nil
+                }
+            }
+            return (messages, false)
+        } catch {
+            return (messages, true)
+        }
+    }
+
+    /// The messages llhttp reads whole, and the error it stopped on, if any.
+    static func llhttp(_ input: [UInt8]) -> (messages: [Message], error: (any Error)?) {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+        var thrown: (any Error)?
+        var messages: [Message] = []
+        var current: Message?
+        // A byte at a time: NIO hands on what one read completed only if the whole read parsed, so
+        // this is how to see exactly which messages llhttp finished before it stopped.
+        for byte in input {
+            do {
+                try channel.writeInbound(ByteBuffer(bytes: [byte]))
+            } catch {
+                thrown = error
+            }
+            while let part = try? channel.readInbound(as: HTTPServerRequestPart.self) {
+                switch part {
+                case .head(let head): current = Message(method: head.method.rawValue, uri: head.uri, body: [])
+                case .body(let buffer): current?.body += Array(buffer.readableBytesView)
+                case .end:
+                    if let done = current { messages.append(done) }
+                    current = nil
+                }
+            }
+            if thrown != nil { break }
+        }
+        _ = try? channel.finish()
+        return (messages, thrown)
+    }
+
+    /// Whether ours read something llhttp reads differently: the root of request smuggling. llhttp
+    /// refusing what ours read is acceptable only for reasons that don't touch framing: it knows a
+    /// fixed list of methods, and checks URLs by its own rules.
+    static func disagreement(_ input: [UInt8]) -> String? {
+        let mine = ours(input)
+        let reference = llhttp(input)
+        guard mine.messages.count <= reference.messages.count else {
+            if let error = reference.error as? HTTPParserError, [.invalidMethod, .invalidURL].contains(error) { return nil }
+            return "ours read \(mine.messages) where llhttp read \(reference.messages) and stopped on \(reference.error.map { "\($0)" } ?? "nothing")"
+        }
+        guard mine.messages == Array(reference.messages.prefix(mine.messages.count)) else {
+            return "ours read \(mine.messages) where llhttp read \(reference.messages)"
+        }
+        return nil
     }
 }

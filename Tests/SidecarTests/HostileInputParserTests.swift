@@ -215,6 +215,17 @@ final class HostileInputParserTests: XCTestCase {
         XCTAssertEqual(request(fine, cuts: []).events, ["head POST /v1/x", "body {}", "end"])
     }
 
+    /// Found by the client-request fuzz target: llhttp refuses empty list elements beside chunked.
+    func testTransferEncodingMustBeChunkedAlone() {
+        for value in ["chunked,", ",chunked", "chunked, ", "chunked,,", " , chunked"] {
+            let input = bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: \(value)\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+            XCTAssertEqual(request(input, cuts: []).status, 400, value)
+            XCTAssertNil(RequestDifferential.disagreement(input), value)
+        }
+        XCTAssertEqual(request(bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"), cuts: []).events,
+                       ["head POST /", "body {}", "end"])
+    }
+
     func testAResponseNamingContentLengthInConnectionKeepsItsLength() throws {
         for nomination in ["content-length", "keep-alive, Content-Length", "x-a, content-length, x-b"] {
             var parser = UpstreamResponseParser(maxHeadBytes: 4096)

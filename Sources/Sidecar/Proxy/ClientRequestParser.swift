@@ -192,13 +192,10 @@ struct ClientRequestParser {
             case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
                 guard !transferEncoded else { throw HeaderLineScanner.Malformed(description: "two Transfer-Encoding fields") }
                 transferEncoded = true
-                var codings = 0
-                HeaderLineScanner.forEachToken(raw, value) { token in
-                    codings += 1
-                    chunked = RawHeaderFields.equalsIgnoringCase(token, "chunked")
-                }
-                // A request body must end where both sides agree: only "chunked", alone.
-                guard codings == 1, chunked else {
+                // A request body must end where both sides agree: only "chunked", alone, with no
+                // empty list elements beside it ("chunked," is refused by llhttp, so by us too).
+                chunked = RawHeaderFields.equalsIgnoringCase(valueBytes, "chunked")
+                guard chunked else {
                     throw HeaderLineScanner.Malformed(description: "Transfer-Encoding other than chunked")
                 }
             default:

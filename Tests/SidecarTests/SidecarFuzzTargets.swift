@@ -1,0 +1,193 @@
+import Foundation
+import NIOCore
+import NIOHTTP1
+import TestSupport
+import XCTest
+
+@testable import Sidecar
+
+/// The sidecar's parsers as fuzz targets (`Fuzzing`): `client-request`, `upstream-response`,
+/// `chunked-body`, `model-scanner`. Each traps when an invariant fails, naming it.
+///
+/// The first input byte of the HTTP targets picks where the rest is cut into reads: every target
+/// checks that the verdict is the same cut or whole.
+final class SidecarFuzzTargets: XCTestCase {
+    func testClientRequest() throws {
+        let seeds = ClientRequestParserDifferentialTests.bases.map { [0x00] + Array($0.utf8) } + [
+            [0x07] + Array("POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n{}".utf8),
+            [0x13] + Array("GET / HTTP/1.1\r\nHost: h\r\nX-User: Jos\u{E9}\r\n\r\n".utf8) + [0xE9],
+            [0x21] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n".utf8),
+        ]
+        try Fuzzing.run("client-request", seeds: seeds) { data in
+            guard let first = data.first else { return }
+            let input = Array(data.dropFirst())
+            let whole = Self.client(input, cuts: [])
+            let cut = Self.client(input, cuts: Self.cuts(first, input.count))
+            fuzzCheck(whole == cut, "the request parser's verdict depends on how the bytes are split: \(whole) vs \(cut)")
+            if input.count <= 4096, let disagreement = RequestDifferential.disagreement(input) {
+                fatalError("the request parser and llhttp disagree: \(disagreement) on \(String(decoding: input, as: UTF8.self).debugDescription)")
+            }
+        }
+    }
+
+    func testUpstreamResponse() throws {
+        let seeds: [[UInt8]] = [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n",
+            "HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close",
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 200 OK\nContent-Length: 2\nConnection: close\n\nok",
+            "HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n12\r\ndata: {\"a\":1}\n\n\r\n0\r\n\r\n",
+        ].map { [0x05] + Array($0.utf8) }
+        try Fuzzing.run("upstream-response", seeds: seeds) { data in
+            guard let first = data.first else { return }
+            let input = Array(data.dropFirst())
+            let whole = Self.response(input, cuts: [])
+            let cut = Self.response(input, cuts: Self.cuts(first, input.count))
+            fuzzCheck(whole == cut, "the response parser's verdict depends on how the bytes are split: \(whole) vs \(cut)")
+            fuzzCheck(whole.bodyBytes <= input.count, "the response parser gave more body than it was given")
+        }
+    }
+
+    func testChunkedBody() throws {
+        let seeds: [[UInt8]] = [
+            "5\r\nhello\r\n0\r\n\r\n", "5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\n",
+            "fffffffffffffff\r\n", "0\r\n\r\n", "2\nok\n0\n\n",
+        ].flatMap { [[0x00] + Array($0.utf8), [0x01] + Array($0.utf8)] }
+        try Fuzzing.run("chunked-body", seeds: seeds) { data in
+            guard let first = data.first else { return }
+            let input = Array(data.dropFirst())
+            let strict = first & 1 == 1
+            let whole = Self.chunked(input, strict: strict, cuts: [])
+            let cut = Self.chunked(input, strict: strict, cuts: Self.cuts(first >> 1, input.count))
+            fuzzCheck(whole == cut, "the chunked reader's verdict depends on how the bytes are split: \(whole) vs \(cut)")
+            fuzzCheck(whole.body.count <= input.count, "the chunked reader gave more body than it was given")
+        }
+    }
+
+    /// The scanner must never name a model the upstream's JSON parser would read differently.
+    func testModelScanner() throws {
+        let seeds: [[UInt8]] = [
+            #"{"model":"gpt-4o"}"#, #"{"messages":[{"role":"user","content":"{\"model\":\"x\"}"}],"model":"gpt-4o-mini"}"#,
+            #"{"model":"a","model":"b"}"#, #"{"mod\u0065l":"gpt-4o"}"#, #"{"model":"\ud83d\ude00"}"#, #"{"a":[1,2,{"b":null}],"model":"m"}"#,
+        ].map { Array($0.utf8) }
+        try Fuzzing.run("model-scanner", seeds: seeds) { data in
+            let bytes = Array(data)
+            guard case .model(let model) = ModelScanner.topLevelModel(bytes) else { return }
+            guard let object = try? JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
+                // Not JSON to a real parser either: the upstream refuses it.
+                return
+            }
+            fuzzCheck(object["model"] as? String == model, "the model scanner read \(model.debugDescription) where JSON says \(String(describing: object["model"]))")
+        }
+    }
+
+    // MARK: Running the parsers
+
+    /// Up to eight cut points, from one byte.
+    static func cuts(_ seed: UInt8, _ count: Int) -> [Int] {
+        guard count > 1 else { return [] }
+        var generator = SplitMix64(seed: UInt64(seed) &+ 1)
+        return (0..<Int(seed % 8 + 1)).map { _ in Int(generator.next() % UInt64(count)) }.sorted()
+    }
+
+    struct Verdict: Equatable {
+        var events: [String] = []
+        var error: String?
+        var bodyBytes = 0
+    }
+
+    static func client(_ input: [UInt8], cuts: [Int]) -> Verdict {
+        var parser = ClientRequestParser(maxHeadBytes: 2048)
+        var verdict = Verdict()
+        var body: [UInt8] = []
+        var start = 0
+        do {
+            for cut in cuts + [input.count] where cut >= start {
+                parser.receive(ByteBuffer(bytes: input[start..<cut]))
+                start = cut
+                while let event = try parser.next() {
+                    switch event {
+                    case .head(let head): verdict.events.append("head \(head.method.rawValue) \(head.uri) \(head.headers.count)")
+                    case .body(let buffer): body += buffer.readableBytesView
+                    case .end:
+                        verdict.events.append("body \(body.count) \(body.hashValue) end")
+                        verdict.bodyBytes += body.count
+                        body = []
+                    }
+                }
+                fuzzCheck(parser.bufferedBytes <= input.count, "the request parser holds more than it was given")
+            }
+        } catch {
+            verdict.error = "\(error.status.code) \(error)"
+        }
+        return verdict
+    }
+
+    static func response(_ input: [UInt8], cuts: [Int]) -> Verdict {
+        var parser = UpstreamResponseParser(maxHeadBytes: 2048)
+        parser.expectResponse(toHEAD: false)
+        var verdict = Verdict()
+        var body: [UInt8] = []
+        var start = 0
+        do {
+            for cut in cuts + [input.count] where cut >= start {
+                parser.receive(ByteBuffer(bytes: input[start..<cut]))
+                start = cut
+                while let event = try parser.next() {
+                    switch event {
+                    case .head(let head):
+                        var out = ByteBuffer()
+                        HeaderRules.writeClientResponseHead(head, exchangeID: "e", framing: .chunked, close: false, version: .http1_1, into: &out)
+                        verdict.events.append("head \(head.status.code) \(head.framing) \(out.readableBytes)")
+                    case .body(let buffer): body += buffer.readableBytesView
+                    case .end:
+                        verdict.events.append("body \(body.count) \(body.hashValue) end")
+                        verdict.bodyBytes += body.count
+                        body = []
+                        parser.expectResponse(toHEAD: false)
+                    }
+                }
+            }
+            if let event = try parser.endOfInput(), case .end = event {
+                verdict.events.append("body \(body.count) \(body.hashValue) end at close")
+                verdict.bodyBytes += body.count
+            }
+        } catch {
+            verdict.error = "\(error)"
+        }
+        return verdict
+    }
+
+    struct ChunkedVerdict: Equatable {
+        var body: [UInt8] = []
+        var ended = false
+        var error: String?
+    }
+
+    static func chunked(_ input: [UInt8], strict: Bool, cuts: [Int]) -> ChunkedVerdict {
+        var reader = BodyReader(.chunked, strictLineEndings: strict)
+        var pending = ByteBuffer()
+        var verdict = ChunkedVerdict()
+        var start = 0
+        do {
+            for cut in cuts + [input.count] where cut >= start && !verdict.ended {
+                pending.writeBytes(input[start..<cut])
+                start = cut
+                reading: while true {
+                    switch try reader.next(from: &pending) {
+                    case .body(let buffer): verdict.body += buffer.readableBytesView
+                    case .end:
+                        verdict.ended = true
+                        break reading
+                    case .needMore: break reading
+                    }
+                }
+            }
+        } catch {
+            verdict.error = error.description
+        }
+        return verdict
+    }
+}
