@@ -15,6 +15,8 @@
 #
 #   benchmarks/proxy.sh                 # 5 rounds of 10 s each
 #   ROUNDS=5 DURATION=20 benchmarks/proxy.sh
+#   BASELINE_BIN=DIR benchmarks/proxy.sh   # also (d): the llmtap-sidecar in DIR (an earlier build),
+#                                          # in the same rounds, for an A/B of a change to the data path
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
@@ -43,7 +45,7 @@ cleanup() {
 trap cleanup EXIT
 
 upstream_port=$(free_port); proxy_port=$(free_port); sidecar_port=$(free_port); analysis_port=$(free_port)
-mock_port=$(free_port); streams_sidecar_port=$(free_port)
+mock_port=$(free_port); streams_sidecar_port=$(free_port); baseline_port=$(free_port)
 
 nginx_site "$work" upstream "$upstream_port" "$upstream_port" "default_type application/json; return 200 '$BENCH_CHAT_COMPLETION';"
 nginx_site "$work" proxy "$proxy_port" "$upstream_port" "proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off;"
@@ -56,6 +58,14 @@ sidecar_pid=$!
 pids+=($sidecar_pid)
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$sidecar_port/" && break; sleep 0.1; done
 idle_rss=$(rss_mb "$sidecar_pid")
+targets=(a b c)
+if [ -n "${BASELINE_BIN:-}" ]; then
+    "$BASELINE_BIN/llmtap-sidecar" --listen "127.0.0.1:$baseline_port" --upstream "http://127.0.0.1:$upstream_port" \
+        --collector "tcp://127.0.0.1:$analysis_port" --sidecar-id baseline --log-level warning 2> "$work/baseline.log" &
+    pids+=($!)
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$baseline_port/" && break; sleep 0.1; done
+    targets+=(d)
+fi
 
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -66,14 +76,16 @@ LUA
 
 declare -A urls=([a]="http://127.0.0.1:$upstream_port/v1/chat/completions"
                  [b]="http://127.0.0.1:$proxy_port/v1/chat/completions"
-                 [c]="http://127.0.0.1:$sidecar_port/v1/chat/completions")
+                 [c]="http://127.0.0.1:$sidecar_port/v1/chat/completions"
+                 [d]="http://127.0.0.1:$baseline_port/v1/chat/completions")
 declare -A rps p50 p99
 round_ratios=""
+ab_ratios=""
 # wrk prints latencies as 512.00us, 1.20ms or 2.00s: in milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
-for target in a b c; do wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "${urls[$target]}" > /dev/null; done
+for target in "${targets[@]}"; do wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "${urls[$target]}" > /dev/null; done
 for round in $(seq "$rounds"); do
-    for target in a b c; do
+    for target in "${targets[@]}"; do
         out="$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" "${urls[$target]}")"
         if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "($target) answered errors" >&2; exit 1; fi
         rps[$target]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "
@@ -83,6 +95,10 @@ for round in $(seq "$rounds"); do
     done
     last_b=$(echo "${rps[b]}" | awk '{ print $NF }'); last_c=$(echo "${rps[c]}" | awk '{ print $NF }')
     round_ratios+="$(awk -v c="$last_c" -v b="$last_b" 'BEGIN { printf "%.3f", c / b }') "
+    if [ -n "${BASELINE_BIN:-}" ]; then
+        last_d=$(echo "${rps[d]}" | awk '{ print $NF }')
+        ab_ratios+="$(awk -v c="$last_c" -v d="$last_d" 'BEGIN { printf "%.3f", c / d }') "
+    fi
 done
 loaded_rss=$(rss_mb "$sidecar_pid")
 
@@ -131,8 +147,13 @@ echo "wrk -t2 -c$connections -d${duration}s, $rounds rounds, medians; $(nproc) c
 echo
 echo "| target | req/s | p50 ms | p99 ms |"
 echo "|---|---:|---:|---:|"
-for target in a b c; do
-    name=$([ $target = a ] && echo "(a) direct to nginx" || ([ $target = b ] && echo "(b) nginx keep-alive proxy" || echo "(c) llmtap-sidecar + live receiver"))
+for target in "${targets[@]}"; do
+    case $target in
+        a) name="(a) direct to nginx" ;;
+        b) name="(b) nginx keep-alive proxy" ;;
+        c) name="(c) llmtap-sidecar + live receiver" ;;
+        d) name="(d) baseline llmtap-sidecar ($BASELINE_BIN)" ;;
+    esac
     echo "| $name | $(echo "${rps[$target]}" | median) | $(echo "${p50[$target]}" | median) | $(echo "${p99[$target]}" | median) |"
 done
 echo
@@ -141,6 +162,10 @@ awk -v c="$c_rps" -v b="$b_rps" -v a="$a_rps" -v cp="$c_p99" -v ap="$a_p99" 'BEG
     printf "sidecar / direct req/s:      %.2f\n", c / a
     printf "p99 added over direct:       %.3f ms\n", cp - ap }'
 echo "sidecar / nginx proxy req/s, median of the rounds' own ratios: $(echo "$round_ratios" | median) (rounds: ${round_ratios% })"
+if [ -n "${BASELINE_BIN:-}" ]; then
+    d_p99=$(echo "${p99[d]}" | median)
+    echo "this build / baseline req/s, median of the rounds' own ratios: $(echo "$ab_ratios" | median) (rounds: ${ab_ratios% }); p99 $c_p99 ms against $d_p99 ms"
+fi
 echo "sidecar RSS: ${idle_rss} MB idle at start, ${loaded_rss} MB after the load"
 echo "streams sidecar RSS: ${streams_idle_rss} MB idle, ${streams_rss} MB with ${open_streams} concurrent open streams"
 echo "receiver: ${received:-received=?} ${missing:-} (records from the load)"
