@@ -11,20 +11,6 @@ import XCTest
 final class HostileInputProxyTests: XCTestCase {
     private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
-    /// Sends raw bytes and reads what comes back until the server closes or `timeout` passes.
-    private func exchange(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> [UInt8] {
-        let fd = try connectTCP(port: port, receiveTimeout: timeout)
-        defer { close(fd) }
-        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        var received: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = recv(fd, &buffer, buffer.count, 0)
-            if count <= 0 { return received }
-            received += buffer[0..<count]
-        }
-    }
-
     private func responseDones(_ harness: ProxyHarness) -> [WireResponseDone] {
         harness.collector.envelopes.compactMap { if case .responseDone(let done) = $0.record { done } else { nil } }
     }
@@ -63,34 +49,6 @@ final class HostileInputProxyTests: XCTestCase {
         XCTAssertTrue(eventually { self.responseDones(harness).first?.outcome == .completed })
     }
 
-    func testMITMModeRefusesAndKeepsFramingHeadersAlike() throws {
-        let pki = try TestPKI.make()
-        let caDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-ca-\(UUID().uuidString)").path
-        let mockPort = try freeTCPPort()
-        let mitmPort = try freeTCPPort()
-        let harness = try ProxyHarness(
-            sidecarArguments: [
-                "--mode", "both", "--mitm-listen", "127.0.0.1:\(mitmPort)", "--ca-dir", caDirectory, "--allowlist", "localhost",
-                "--mitm-ports", "\(mockPort)", "--upstream-ca-file", pki.caCertificate,
-            ],
-            mockArguments: ["--tls-cert", pki.serverCertificate, "--tls-key", pki.serverKey], fixedMockPort: mockPort
-        )
-        defer { harness.stop() }
-        XCTAssertTrue(eventually { harness.sidecar.stderr.contains("MITM listener ready") }, harness.sidecar.stderr)
-        let through = ["-x", "http://127.0.0.1:\(mitmPort)", "--cacert", caDirectory + "/llmtap-ca.pem", "--max-time", "5"]
-        let url = "https://localhost:\(mockPort)/v1/chat/completions"
-        for name in ["content-length", "authorization"] {
-            let refused = try curlWithStatus(through + [url, "-H", "Connection: \(name)", "-H", "Authorization: Bearer sk-test", "-d", "{}"])
-            XCTAssertEqual(refused.status, 400, "\(name): \(refused.headers)")
-        }
-        XCTAssertEqual(harness.mockRequests().count, 0)
-        let kept = try curlWithStatus(through + [url, "-H", "x-mock-response-header: connection: content-length", "-d", #"{"model":"gpt-4o-mini"}"#])
-        XCTAssertEqual(kept.exitCode, 0)
-        XCTAssertEqual(kept.status, 200)
-        XCTAssertTrue(kept.headers.lowercased().contains("content-length:"), kept.headers)
-        XCTAssertTrue(String(decoding: kept.body, as: UTF8.self).contains("chat.completion"))
-    }
-
     // MARK: Class 3: a head over the limit in one write
 
     func testAResponseHeadOverTheLimitIs502EvenInOneWrite() throws {
@@ -115,7 +73,7 @@ final class HostileInputProxyTests: XCTestCase {
         let harness = try ProxyHarness(upstream: "http://127.0.0.1:\(upstream.port)")
         defer { harness.stop() }
         let request = bytes("GET /v1/models HTTP/1.1\r\nHost: localhost\r\nX-User: ") + latin1 + bytes("\r\nConnection: close\r\n\r\n")
-        let answer = try exchange(port: harness.sidecarPort, request)
+        let answer = try rawHTTPBytes(port: harness.sidecarPort, request).response
         XCTAssertTrue(answer.starts(with: bytes("HTTP/1.1 200 Tr") + [0xE8] + bytes("s bien\r\n")), String(decoding: answer, as: UTF8.self))
         XCTAssertNotNil(Data(answer).range(of: Data(bytes("X-Server: ") + latin1 + bytes("\r\n"))))
         // The upstream got the request header's exact bytes.
@@ -167,7 +125,7 @@ final class HostileInputProxyTests: XCTestCase {
         defer { close(fd) }
         var small: Int32 = 4096
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
-        let request = bytes("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 2000\r\nx-mock-event-bytes: 65536\r\nx-mock-event-delay-ms: 0\r\nContent-Length: 15\r\n\r\n{\"stream\":true}")
+        let request = bytes("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 256\r\nx-mock-event-bytes: 65536\r\nx-mock-event-delay-ms: 0\r\nContent-Length: 15\r\n\r\n{\"stream\":true}")
         _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         // Never read: the sidecar's buffers fill, then it gives the client --client-timeout.
         XCTAssertTrue(eventually(timeout: .seconds(15)) { self.responseDones(harness).first?.outcome == .clientAborted }, harness.sidecar.stderr)

@@ -35,6 +35,24 @@ final class MITMTests: XCTestCase {
         return Setup(harness: harness, pki: pki, caDirectory: caDirectory, mitmPort: mitmPort)
     }
 
+    func testConnectionMayNotRemoveFramingHeadersEitherWay() throws {
+        let setup = try startProxy()
+        defer { setup.harness.stop() }
+        let through = ["-x", setup.proxy, "--cacert", setup.caCertificate, "--max-time", "5"]
+        let url = "\(setup.upstreamURL)/v1/chat/completions"
+        for name in ["content-length", "authorization"] {
+            let refused = try curlWithStatus(through + [url, "-H", "Connection: \(name)", "-H", "Authorization: Bearer sk-test", "-d", "{}"])
+            XCTAssertEqual(refused.status, 400, "\(name): \(refused.headers)")
+        }
+        XCTAssertEqual(setup.harness.mockRequests().count, 0)
+        // The upstream's answer naming its Content-Length in Connection keeps it.
+        let kept = try curlWithStatus(through + [url, "-H", "x-mock-response-header: connection: content-length", "-d", #"{"model":"gpt-4o-mini"}"#])
+        XCTAssertEqual(kept.exitCode, 0)
+        XCTAssertEqual(kept.status, 200)
+        XCTAssertTrue(kept.headers.lowercased().contains("content-length:"), kept.headers)
+        XCTAssertTrue(String(decoding: kept.body, as: UTF8.self).contains("chat.completion"))
+    }
+
     func testCurlThroughTheProxyIsDecryptedAnsweredAndTappedAsMITM() throws {
         let setup = try startProxy()
         defer { setup.harness.stop() }

@@ -205,6 +205,12 @@ public func connectTCP(port: Int, receiveTimeout: Duration = .seconds(10)) throw
 /// Sends raw bytes on a new TCP connection and reads until the server closes it (or the timeout).
 /// Returns what came back and whether the server closed the connection.
 public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (response: String, closed: Bool) {
+    let (bytes, closed) = try rawHTTPBytes(port: port, request, timeout: timeout)
+    return (String(decoding: bytes, as: UTF8.self), closed)
+}
+
+/// `rawHTTP`, with the answer as the bytes that came (for bytes that are not UTF-8).
+public func rawHTTPBytes(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (response: [UInt8], closed: Bool) {
     let fd = try connectTCP(port: port, receiveTimeout: timeout)
     defer { close(fd) }
     _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -212,8 +218,8 @@ public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(
     var buffer = [UInt8](repeating: 0, count: 65536)
     while true {
         let count = recv(fd, &buffer, buffer.count, 0)
-        if count == 0 { return (String(decoding: received, as: UTF8.self), true) }
-        if count < 0 { return (String(decoding: received, as: UTF8.self), false) }
+        if count == 0 { return (received, true) }
+        if count < 0 { return (received, false) }
         received += buffer[0..<count]
     }
 }

@@ -264,35 +264,9 @@ struct ManagementAPI: Sendable {
 
     static let maxNesting = 16
 
-    /// The deepest nesting of objects and lists in JSON bytes, strings skipped; it stops counting
-    /// once past `maxNesting`.
+    /// The deepest nesting of objects and lists in a body, strings skipped.
     static func nestingDepth(_ bytes: [UInt8]) -> Int {
-        var depth = 0
-        var deepest = 0
-        var inString = false
-        var escaped = false
-        for byte in bytes {
-            if inString {
-                if escaped {
-                    escaped = false
-                } else if byte == UInt8(ascii: "\\") {
-                    escaped = true
-                } else if byte == UInt8(ascii: "\"") {
-                    inString = false
-                }
-                continue
-            }
-            switch byte {
-            case UInt8(ascii: "\""): inString = true
-            case UInt8(ascii: "{"), UInt8(ascii: "["):
-                depth += 1
-                deepest = max(deepest, depth)
-                if deepest > maxNesting { return deepest }
-            case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
-            default: break
-            }
-        }
-        return deepest
+        JSONScan.nestingDepth(bytes, limit: maxNesting)
     }
 
     private static func typeName(_ type: Any.Type) -> String {

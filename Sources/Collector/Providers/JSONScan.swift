@@ -54,6 +54,43 @@ enum JSONScan {
 
     private static func matchingBrace(from start: Int, in bytes: [UInt8]) -> Int? {
         var depth = 0
+        var found: Int?
+        forEachOutsideStrings(bytes, from: start) { index, byte in
+            switch byte {
+            case UInt8(ascii: "{"): depth += 1
+            case UInt8(ascii: "}"):
+                depth -= 1
+                if depth == 0 {
+                    found = index
+                    return false
+                }
+            default: break
+            }
+            return true
+        }
+        return found
+    }
+
+    /// The deepest nesting of objects and lists in JSON bytes; it stops counting once past `limit`.
+    static func nestingDepth(_ bytes: [UInt8], limit: Int) -> Int {
+        var depth = 0
+        var deepest = 0
+        forEachOutsideStrings(bytes, from: bytes.startIndex) { _, byte in
+            switch byte {
+            case UInt8(ascii: "{"), UInt8(ascii: "["):
+                depth += 1
+                deepest = max(deepest, depth)
+            case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
+            default: break
+            }
+            return deepest <= limit
+        }
+        return deepest
+    }
+
+    /// Visits each byte from `start` that is not inside a string (quotes included in neither),
+    /// escapes respected, until `visit` answers false.
+    private static func forEachOutsideStrings(_ bytes: [UInt8], from start: Int, _ visit: (Int, UInt8) -> Bool) {
         var inString = false
         var escaped = false
         for index in start..<bytes.endIndex {
@@ -68,16 +105,12 @@ enum JSONScan {
                 }
                 continue
             }
-            switch byte {
-            case UInt8(ascii: "\""): inString = true
-            case UInt8(ascii: "{"): depth += 1
-            case UInt8(ascii: "}"):
-                depth -= 1
-                if depth == 0 { return index }
-            default: break
+            if byte == UInt8(ascii: "\"") {
+                inString = true
+                continue
             }
+            guard visit(index, byte) else { return }
         }
-        return nil
     }
 
     private static func closingQuote(from start: Int, in bytes: [UInt8]) -> Int? {
