@@ -69,6 +69,14 @@ final class HostileInputCollectorTests: XCTestCase {
         XCTAssertEqual(fine.parseError, "")
     }
 
+    /// Found by the json-scan fuzz target running slowly: every unclosed `"usage": {` was a scan to
+    /// the body's end. Only the last few are tried now (usage sits at a body's end).
+    func testManyUnclosedObjectsDoNotMakeTheScanQuadratic() {
+        let body = Array(String(repeating: #""usage":{"#, count: 50_000).utf8) + Array(#""usage":{"prompt_tokens":3}"#.utf8)
+        XCTAssertEqual(JSONScan.lastObject(named: "usage", in: body).map { Array($0) }, Array(#"{"prompt_tokens":3}"#.utf8))
+        XCTAssertNil(JSONScan.lastObject(named: "usage", in: Array(body.dropLast(20))))
+    }
+
     func testWireFieldsAtTheirLimitsNeverTrapTheAssembler() throws {
         var assembler = ExchangeAssembler()
         let id = "edge"
@@ -256,6 +264,38 @@ final class HostileInputCollectorTests: XCTestCase {
         configuration.readonly = true
         let rows = try DatabaseQueue(path: fleet.databasePath, configuration: configuration).read { db in try ExchangeRecord.fetchAll(db) }
         XCTAssertEqual(rows.filter { $0.status == 200 && $0.totalTokens > 0 }.count, statuses.filter { $0 == 200 }.count)
+    }
+
+    /// A peer that subscribes thousands of times, and a body nested thirty thousand deep: each is
+    /// bounded, counted, and costs the sidecars and the operator nothing.
+    func testASubscriptionFloodAndDeepNestingAreBounded() throws {
+        let fleet = try PolicyFleet()
+        defer { fleet.stop() }
+        let project = try fleet.createProject("flood")
+        let key = try fleet.createToken(project: project)
+        let context = try ZMQContext()
+        let flood = try ZMQSocket(context: context, kind: .sub)
+        try flood.set(.linger(milliseconds: 0))
+        try flood.connect(fleet.policyEndpoint)
+        for index in 0..<5_000 { try flood.set(.subscribe(Array("Sflood-\(index)".utf8))) }
+        let metricsURL = fleet.api + "/metrics"
+        func metric(_ name: String) -> Double {
+            let body = (try? curl([metricsURL]).body).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            return body.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+        }
+        XCTAssertTrue(eventually { metric("llmtap_policy_snapshots_refused_total") > 0 })
+        XCTAssertLessThan(metric("llmtap_policy_snapshots_sent_total"), 1_000, "snapshots past the budget were built and sent")
+        // A sidecar that joins now still gets its snapshot, and serves the key.
+        let port = try fleet.startSidecar()
+        XCTAssertNotNil(try timeUntil(limit: .seconds(5), { try fleet.chat(port: port, key: key).status }, { $0 == 200 }), fleet.sidecarLog())
+        flood.close()
+
+        let deep = String(repeating: "[", count: 30_000) + String(repeating: "]", count: 30_000)
+        let (status, json) = try fleet.manage("POST", "/manage/projects", #"{"name":"deep","x":"# + deep + "}")
+        XCTAssertEqual(status, 400, "\(json)")
+        XCTAssertTrue(((json["error"] as? [String: Any])?["message"] as? String ?? "").contains("nests"), "\(json)")
+        XCTAssertEqual(try fleet.manage("GET", "/manage/projects").status, 200)
+        XCTAssertTrue(fleet.collector?.process.isRunning == true)
     }
 
     func testConfigurationValuesThatCantBeReadStopTheStartByName() throws {

@@ -12,9 +12,13 @@ enum JSONScan {
         objectStarts(named: key, in: bytes).first != nil
     }
 
+    /// Candidates `lastObject` tries, from the end: each costs a scan to the body's end when its
+    /// braces never close, so a body of many unclosed `"usage": {` can't make the scan quadratic.
+    static let maxObjectCandidates = 16
+
     /// The last `"key": { ... }` object, braces balanced, strings and escapes respected.
     static func lastObject(named key: String, in bytes: [UInt8]) -> ArraySlice<UInt8>? {
-        for start in objectStarts(named: key, in: bytes).reversed() {
+        for start in objectStarts(named: key, in: bytes).suffix(maxObjectCandidates).reversed() {
             if let end = matchingBrace(from: start, in: bytes) { return bytes[start...end] }
         }
         return nil

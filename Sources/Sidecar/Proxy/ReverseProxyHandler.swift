@@ -425,14 +425,9 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             for part in buffered { connection.handler.send(part) }
             if flushNow { connection.handler.flush() } else { upstreamNeedsFlush = true }
             exchange.lastUpstreamActivity = .now()
-            let due = exchange.lastUpstreamActivity + settings.upstreamTimeout
-            if exchange.requestEnded {
-                ensureTimeoutCheck(by: due)
-            } else {
-                // No body piece yet: the body's clock starts now.
-                if exchange.lastClientActivity == .distantPast { exchange.lastClientActivity = exchange.lastUpstreamActivity }
-                ensureTimeoutCheck(by: min(due, exchange.lastClientActivity + settings.clientTimeout))
-            }
+            // No body piece yet: the body's clock starts now.
+            if !exchange.requestEnded && exchange.lastClientActivity == .distantPast { exchange.lastClientActivity = exchange.lastUpstreamActivity }
+            ensureTimeoutCheck(by: exchange.lastUpstreamActivity + min(settings.upstreamTimeout, settings.clientTimeout))
             if readPending && connection.channel.isWritable {
                 readPending = false
                 context.read()
@@ -599,7 +594,9 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                 if now >= exchange.lastUpstreamActivity + self.settings.upstreamTimeout {
                     self.fail(exchange, error: UpstreamTimedOut(timeout: self.settings.upstreamTimeout))
                 } else {
-                    self.scheduleTimeoutCheck(at: due)
+                    // Never further than --client-timeout ahead: then a later exchange's client
+                    // deadline is never earlier than this timer, and it need not be set again.
+                    self.scheduleTimeoutCheck(at: min(due, now + self.settings.clientTimeout))
                 }
             case .holding, .detached where exchange.pendingRejection != nil:
                 // The request is being read before anything is sent (a model check, or a refusal
@@ -636,8 +633,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
-    /// Makes sure the timer fires by `deadline`: a timer left from an earlier exchange may be set
-    /// for later (the upstream timeout), while this exchange's client deadline is sooner.
+    /// Makes sure the timer fires by `deadline`. Timers are set at most --client-timeout ahead, so
+    /// one under way is almost always soon enough, and cancelling it is rare.
     private func ensureTimeoutCheck(by deadline: NIODeadline) {
         if let timeoutCheck {
             guard timeoutCheckDeadline > deadline else { return }
