@@ -44,6 +44,20 @@ final class HostileInputCollectorTests: XCTestCase {
         XCTAssertGreaterThan(ManagementAPI.nestingDepth(deep), ManagementAPI.maxNesting)
     }
 
+    func testTheSnapshotBudgetRefillsAtItsRateUpToItsBurst() {
+        let start = ContinuousClock.now
+        var budget = RateBudget(perSecond: 10, burst: 3, now: start)
+        XCTAssertEqual((0..<5).map { _ in budget.take(now: start) }, [true, true, true, false, false])
+        XCTAssertFalse(budget.take(now: start + .milliseconds(50)))
+        XCTAssertTrue(budget.take(now: start + .milliseconds(110)))
+        XCTAssertFalse(budget.take(now: start + .milliseconds(120)))
+        // A long pause refills only up to the burst.
+        let later = start + .seconds(60)
+        XCTAssertEqual((0..<5).map { _ in budget.take(now: later) }, [true, true, true, false, false])
+        // Time going backwards gives nothing.
+        XCTAssertFalse(budget.take(now: start))
+    }
+
     // MARK: Usage and assembly
 
     func testTokenCountsThatAreNegativeOrHugeAreHeldToTheRangeAndSaidSo() {

@@ -191,9 +191,8 @@ final class PolicyCore {
     private let wakeup: Int32
     private let collectorID: String
     private var version: UInt64 = 0
-    /// Snapshots that may be sent now (see `Settings.snapshotsPerSecond`), as of `snapshotBudgetAt`.
-    private lazy var snapshotBudget = settings.snapshotBurst
-    private var snapshotBudgetAt = ContinuousClock.now
+    /// How many snapshots may go out now (`Settings.snapshotsPerSecond`).
+    private lazy var snapshotBudget = RateBudget(perSecond: settings.snapshotsPerSecond, burst: settings.snapshotBurst, now: .now)
     private var snapshotsRefused = 0
     private var refusalPasses: UInt64 = 0
 
@@ -296,15 +295,10 @@ final class PolicyCore {
         var refused = 0
         while let frames = try? socket.receiveMultipart(dontWait: true) {
             guard let event = frames.first, event.count >= 2, event[0] == 1, event[1] == PolicyFrame.snapshotTopicPrefix else { continue }
-            let clock = ContinuousClock.now
-            let elapsed = Double((clock - snapshotBudgetAt).components.attoseconds) / 1e18 + Double((clock - snapshotBudgetAt).components.seconds)
-            snapshotBudget = min(settings.snapshotBurst, snapshotBudget + elapsed * settings.snapshotsPerSecond)
-            snapshotBudgetAt = clock
-            guard snapshotBudget >= 1 else {
+            guard snapshotBudget.take(now: .now) else {
                 refused += 1
                 continue
             }
-            snapshotBudget -= 1
             if encoded == nil {
                 var message = header(full: true)
                 let now = nowMs
@@ -572,5 +566,31 @@ final class PolicyCore {
                 FROM exchange WHERE project_id = ? AND started_at_ms >= ? GROUP BY key_id ORDER BY cost_usd DESC
                 """, arguments: [projectID, sinceMs])
         }
+    }
+}
+
+/// A token bucket: `perSecond` tokens a second, at most `burst` held. Pure: time is passed in.
+struct RateBudget {
+    let perSecond: Double
+    let burst: Double
+    private var tokens: Double
+    private var at: ContinuousClock.Instant
+
+    init(perSecond: Double, burst: Double, now: ContinuousClock.Instant) {
+        self.perSecond = perSecond
+        self.burst = burst
+        self.tokens = burst
+        self.at = now
+    }
+
+    /// Takes one token if there is one.
+    mutating func take(now: ContinuousClock.Instant) -> Bool {
+        let elapsed = now - at
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        tokens = min(burst, tokens + max(0, seconds) * perSecond)
+        at = max(at, now)
+        guard tokens >= 1 else { return false }
+        tokens -= 1
+        return true
     }
 }
