@@ -226,6 +226,16 @@ final class HostileInputParserTests: XCTestCase {
                        ["head POST /", "body {}", "end"])
     }
 
+    /// Found by the client-request fuzz target in a longer run: llhttp refuses bytes past ASCII in
+    /// a chunk extension, and ours took them.
+    func testARequestChunkExtensionIsVisibleASCII() throws {
+        let crash = bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a") + [0xC3, 0xA9, 0xFF] + bytes("=b\r\n{}\r\n0\r\n\r\n")
+        XCTAssertEqual(request(crash, cuts: []).status, 400)
+        XCTAssertNil(RequestDifferential.disagreement(crash))
+        XCTAssertEqual(request(bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n"), cuts: []).events,
+                       ["head POST /", "body {}", "end"])
+    }
+
     func testAResponseNamingContentLengthInConnectionKeepsItsLength() throws {
         for nomination in ["content-length", "keep-alive, Content-Length", "x-a, content-length, x-b"] {
             var parser = UpstreamResponseParser(maxHeadBytes: 4096)

@@ -17,6 +17,10 @@ final class SidecarFuzzTargets: XCTestCase {
             [0x07] + Array("POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n{}".utf8),
             [0x13] + Array("GET / HTTP/1.1\r\nHost: h\r\nX-User: Jos\u{E9}\r\n\r\n".utf8) + [0xE9],
             [0x21] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n".utf8),
+            // What libFuzzer found: bytes past ASCII in a chunk extension, and a list element left empty.
+            [0x21] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a".utf8) + Array(repeating: 0xB5, count: 12)
+                + Array("=bZZ\r\n{}\r\n0\r\n\r\n".utf8),
+            [0x00] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\n{}\r\n0\r\n\r\n".utf8),
         ]
         try Fuzzing.run("client-request", seeds: seeds) { data in
             guard let first = data.first else { return }
