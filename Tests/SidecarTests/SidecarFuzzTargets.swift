@@ -21,6 +21,7 @@ final class SidecarFuzzTargets: XCTestCase {
             [0x21] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a".utf8) + Array(repeating: 0xB5, count: 12)
                 + Array("=bZZ\r\n{}\r\n0\r\n\r\n".utf8),
             [0x00] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\n{}\r\n0\r\n\r\n".utf8),
+            [0x00] + Array("POST /v1/messages HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x4444-Le:44=y\r\n world\r\n0\r\n\r\n".utf8),
         ]
         try Fuzzing.run("client-request", seeds: seeds) { data in
             guard let first = data.first else { return }
