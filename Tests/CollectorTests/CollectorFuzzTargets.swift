@@ -19,28 +19,6 @@ final class CollectorFuzzTargets: XCTestCase {
             .map(fixture)
     }
 
-    /// One byte picks where the rest is cut into pieces (up to eight cuts).
-    private static func cuts(_ seed: UInt8, _ count: Int) -> [Int] {
-        guard count > 1 else { return [] }
-        var state = UInt64(seed) &* 0x9E37_79B9_7F4A_7C15 | 1
-        return (0..<Int(seed % 8 + 1)).map { _ in
-            state ^= state << 13
-            state ^= state >> 7
-            state ^= state << 17
-            return Int(state % UInt64(count))
-        }.sorted()
-    }
-
-    private static func pieces(_ bytes: [UInt8], _ cuts: [Int]) -> [ArraySlice<UInt8>] {
-        var out: [ArraySlice<UInt8>] = []
-        var start = 0
-        for cut in cuts + [bytes.count] where cut >= start {
-            out.append(bytes[start..<cut])
-            start = cut
-        }
-        return out
-    }
-
     func testSSE() throws {
         try Fuzzing.run("sse", seeds: Self.bodies.map { [0x03] + $0 }) { data in
             guard let first = data.first else { return }
@@ -52,7 +30,7 @@ final class CollectorFuzzTargets: XCTestCase {
                 return (events, decoder.oversizeLines)
             }
             let whole = decode([input[...]])
-            let cut = decode(Self.pieces(input, Self.cuts(first, input.count)))
+            let cut = decode(Fuzzing.reads(input, cuts: Fuzzing.cuts(first, input.count)))
             fuzzCheck(whole.0 == cut.0 && whole.1 == cut.1, "the SSE decoder's events depend on how the bytes are split")
             fuzzCheck(whole.0.allSatisfy { $0.data.count <= input.count }, "an SSE event holds more than the input")
         }
@@ -90,7 +68,7 @@ final class CollectorFuzzTargets: XCTestCase {
             var parser = ExchangeParser(host: route.0, path: route.1, maxJSONBytes: 4096)
             parser.requestBody(Array(rest[..<split]), truncated: data[1] & 0x80 != 0)
             let response = Array(rest.dropFirst(split + 1))
-            for (index, piece) in Self.pieces(response, Self.cuts(data[1], response.count)).enumerated() {
+            for (index, piece) in Fuzzing.reads(response, cuts: Fuzzing.cuts(data[1], response.count)).enumerated() {
                 parser.responseBody(piece, afterHole: index > 0 && data[1] & 0x40 != 0)
             }
             let parsed = parser.finish()

@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import TestSupport
 import XCTest
 
 @testable import Sidecar
@@ -18,11 +19,9 @@ final class HostileInputParserTests: XCTestCase {
         var parser = UpstreamResponseParser(maxHeadBytes: maxHead)
         parser.expectResponse(toHEAD: false)
         var verdict = Verdict()
-        var start = 0
         do {
-            for cut in cuts + [bytes.count] where cut >= start {
-                parser.receive(ByteBuffer(bytes: bytes[start..<cut]))
-                start = cut
+            for read in Fuzzing.reads(bytes, cuts: cuts) {
+                parser.receive(ByteBuffer(bytes: read))
                 while let event = try parser.next() { verdict.events.append(Self.describe(event)) }
             }
         } catch {
@@ -34,11 +33,9 @@ final class HostileInputParserTests: XCTestCase {
     private func request(_ bytes: [UInt8], cuts: [Int], maxHead: Int = 4096) -> Verdict {
         var parser = ClientRequestParser(maxHeadBytes: maxHead)
         var verdict = Verdict()
-        var start = 0
         do {
-            for cut in cuts + [bytes.count] where cut >= start {
-                parser.receive(ByteBuffer(bytes: bytes[start..<cut]))
-                start = cut
+            for read in Fuzzing.reads(bytes, cuts: cuts) {
+                parser.receive(ByteBuffer(bytes: read))
                 while let event = try parser.next() {
                     switch event {
                     case .head(let head): verdict.events.append("head \(head.method.rawValue) \(head.uri)")

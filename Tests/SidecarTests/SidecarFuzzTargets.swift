@@ -27,7 +27,7 @@ final class SidecarFuzzTargets: XCTestCase {
             guard let first = data.first else { return }
             let input = Array(data.dropFirst())
             let whole = Self.client(input, cuts: [])
-            let cut = Self.client(input, cuts: Self.cuts(first, input.count))
+            let cut = Self.client(input, cuts: Fuzzing.cuts(first, input.count))
             fuzzCheck(whole == cut, "the request parser's verdict depends on how the bytes are split: \(whole) vs \(cut)")
             if input.count <= 4096, let disagreement = RequestDifferential.disagreement(input) {
                 fatalError("the request parser and llhttp disagree: \(disagreement) on \(String(decoding: input, as: UTF8.self).debugDescription)")
@@ -49,7 +49,7 @@ final class SidecarFuzzTargets: XCTestCase {
             guard let first = data.first else { return }
             let input = Array(data.dropFirst())
             let whole = Self.response(input, cuts: [])
-            let cut = Self.response(input, cuts: Self.cuts(first, input.count))
+            let cut = Self.response(input, cuts: Fuzzing.cuts(first, input.count))
             fuzzCheck(whole == cut, "the response parser's verdict depends on how the bytes are split: \(whole) vs \(cut)")
             fuzzCheck(whole.bodyBytes <= input.count, "the response parser gave more body than it was given")
         }
@@ -65,7 +65,7 @@ final class SidecarFuzzTargets: XCTestCase {
             let input = Array(data.dropFirst())
             let strict = first & 1 == 1
             let whole = Self.chunked(input, strict: strict, cuts: [])
-            let cut = Self.chunked(input, strict: strict, cuts: Self.cuts(first >> 1, input.count))
+            let cut = Self.chunked(input, strict: strict, cuts: Fuzzing.cuts(first >> 1, input.count))
             fuzzCheck(whole == cut, "the chunked reader's verdict depends on how the bytes are split: \(whole) vs \(cut)")
             fuzzCheck(whole.body.count <= input.count, "the chunked reader gave more body than it was given")
         }
@@ -90,13 +90,6 @@ final class SidecarFuzzTargets: XCTestCase {
 
     // MARK: Running the parsers
 
-    /// Up to eight cut points, from one byte.
-    static func cuts(_ seed: UInt8, _ count: Int) -> [Int] {
-        guard count > 1 else { return [] }
-        var generator = SplitMix64(seed: UInt64(seed) &+ 1)
-        return (0..<Int(seed % 8 + 1)).map { _ in Int(generator.next() % UInt64(count)) }.sorted()
-    }
-
     struct Verdict: Equatable {
         var events: [String] = []
         var error: String?
@@ -107,11 +100,9 @@ final class SidecarFuzzTargets: XCTestCase {
         var parser = ClientRequestParser(maxHeadBytes: 2048)
         var verdict = Verdict()
         var body: [UInt8] = []
-        var start = 0
         do {
-            for cut in cuts + [input.count] where cut >= start {
-                parser.receive(ByteBuffer(bytes: input[start..<cut]))
-                start = cut
+            for read in Fuzzing.reads(input, cuts: cuts) {
+                parser.receive(ByteBuffer(bytes: read))
                 while let event = try parser.next() {
                     switch event {
                     case .head(let head): verdict.events.append("head \(head.method.rawValue) \(head.uri) \(head.headers.count)")
@@ -135,11 +126,9 @@ final class SidecarFuzzTargets: XCTestCase {
         parser.expectResponse(toHEAD: false)
         var verdict = Verdict()
         var body: [UInt8] = []
-        var start = 0
         do {
-            for cut in cuts + [input.count] where cut >= start {
-                parser.receive(ByteBuffer(bytes: input[start..<cut]))
-                start = cut
+            for read in Fuzzing.reads(input, cuts: cuts) {
+                parser.receive(ByteBuffer(bytes: read))
                 while let event = try parser.next() {
                     switch event {
                     case .head(let head):
@@ -175,11 +164,9 @@ final class SidecarFuzzTargets: XCTestCase {
         var reader = BodyReader(.chunked, strictLineEndings: strict)
         var pending = ByteBuffer()
         var verdict = ChunkedVerdict()
-        var start = 0
         do {
-            for cut in cuts + [input.count] where cut >= start && !verdict.ended {
-                pending.writeBytes(input[start..<cut])
-                start = cut
+            for read in Fuzzing.reads(input, cuts: cuts) where !verdict.ended {
+                pending.writeBytes(read)
                 reading: while true {
                     switch try reader.next(from: &pending) {
                     case .body(let buffer): verdict.body += buffer.readableBytesView

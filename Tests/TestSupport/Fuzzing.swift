@@ -34,6 +34,25 @@ public enum Fuzzing {
         }
     }
 
+    /// Up to eight cut points in `count` bytes, from one byte of the input: how a target splits the
+    /// rest into reads, to check that a parser's verdict does not depend on the split.
+    public static func cuts(_ seed: UInt8, _ count: Int) -> [Int] {
+        guard count > 1 else { return [] }
+        var generator = Mutator(seed: UInt64(seed) &+ 1)
+        return (0..<Int(seed % 8 + 1)).map { _ in generator.below(count) }.sorted()
+    }
+
+    /// `bytes` as the reads `cuts` make of them (one read without cuts).
+    public static func reads(_ bytes: [UInt8], cuts: [Int]) -> [ArraySlice<UInt8>] {
+        var out: [ArraySlice<UInt8>] = []
+        var start = 0
+        for cut in cuts + [bytes.count] where cut >= start {
+            out.append(bytes[start..<cut])
+            start = cut
+        }
+        return out
+    }
+
     /// The corpus libFuzzer grows for a target, kept between runs (under the fuzz build folder).
     static func corpusDirectory(_ name: String) -> URL {
         let base = ProcessInfo.processInfo.environment["LLMTAP_FUZZ_DIR"] ?? FileManager.default.currentDirectoryPath + "/.build-fuzz/fuzz"
@@ -109,7 +128,7 @@ struct Mutator {
         return z ^ (z >> 31)
     }
 
-    private mutating func below(_ bound: Int) -> Int { bound <= 0 ? 0 : Int(next() % UInt64(bound)) }
+    mutating func below(_ bound: Int) -> Int { bound <= 0 ? 0 : Int(next() % UInt64(bound)) }
 
     mutating func mutate(_ seed: [UInt8], others: [[UInt8]]) -> [UInt8] {
         var input = seed
