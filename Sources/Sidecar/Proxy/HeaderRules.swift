@@ -132,7 +132,9 @@ enum HeaderRules {
     static func writeClientResponseHead(
         _ head: UpstreamResponseHead, exchangeID: String, framing: ClientFraming, close: Bool, version: HTTPVersion, into out: inout ByteBuffer
     ) {
-        writeStatusLine(version: version, code: head.status.code, reason: head.reasonBytes, into: &out)
+        writeStatusLineStart(version: version, code: head.status.code, into: &out)
+        out.writeImmutableBuffer(head.reasonBytes)
+        out.writeStaticString("\r\n")
         forEachEndToEndField(head.headers) { name, value in
             if framing != .asIs, RawHeaderFields.equalsIgnoringCase(name, "content-length") { return }
             writeField(name, value, into: &out)
@@ -146,7 +148,9 @@ enum HeaderRules {
         status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool, version: HTTPVersion,
         retryAfter: Int? = nil, into out: inout ByteBuffer
     ) {
-        writeStatusLine(version: version, code: status.code, reason: ByteBuffer(string: status.reasonPhrase), into: &out)
+        writeStatusLineStart(version: version, code: status.code, into: &out)
+        out.writeString(status.reasonPhrase)
+        out.writeStaticString("\r\n")
         if let retryAfter {
             out.writeStaticString("retry-after: ")
             out.writeString(String(retryAfter))
@@ -161,12 +165,12 @@ enum HeaderRules {
         out.writeImmutableBuffer(body)
     }
 
-    private static func writeStatusLine(version: HTTPVersion, code: UInt, reason: ByteBuffer, into out: inout ByteBuffer) {
+    /// "HTTP/1.1 200 ": the reason and the line's end follow, as the upstream's bytes or our own
+    /// phrase (no buffer made for a local answer's reason).
+    private static func writeStatusLineStart(version: HTTPVersion, code: UInt, into out: inout ByteBuffer) {
         out.writeStaticString(version.minor >= 1 ? "HTTP/1.1 " : "HTTP/1.0 ")
         out.writeString(String(code))
         out.writeStaticString(" ")
-        out.writeImmutableBuffer(reason)
-        out.writeStaticString("\r\n")
     }
 
     private static func writeEnding(exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer) {
