@@ -111,7 +111,7 @@ struct CollectorBench: ParsableCommand {
             source.resume()
             return source
         }
-        defer { sources.forEach { $0.cancel() } }
+        defer { for source in sources { source.cancel() } }
         print("receiving on \(receiver.boundEndpoint)")
         stop.wait()
         receiver.shutdown()

@@ -77,9 +77,9 @@ final class DeployTests: XCTestCase {
             return (try? JSONSerialization.jsonObject(with: result.body)) as? [String: Any] ?? ["status": "no answer (\(result.status))"]
         }
         // Prometheus's first scrape comes within one scrape interval (15 s) of its start.
-        let scraped = try timeUntil(limit: .seconds(30), { try query("llmtap_requests_total") }) { answer in
+        let scraped = try timeUntil(limit: .seconds(30), { try query("llmtap_requests_total") }, { answer in
             ((answer["data"] as? [String: Any])?["result"] as? [Any])?.isEmpty == false
-        }
+        })
         XCTAssertNotNil(scraped, "Prometheus found no llmtap_requests_total: \(prometheus.stderr.suffix(2000))")
 
         let all = try expressions()

@@ -96,6 +96,8 @@ public func fuzzCheck(_ condition: Bool, _ message: @autoclosure () -> String) {
 }
 
 #if LLMTAP_FUZZ
+// libFuzzer's C name.
+// swift-format-ignore: AlwaysUseLowerCamelCase
 @_silgen_name("LLVMFuzzerRunDriver")
 private func LLVMFuzzerRunDriver(
     _ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,

@@ -1,6 +1,7 @@
 import Foundation
 
-/// What one model costs, in USD per million tokens of each kind.
+/// What one model costs, in USD per million tokens of each kind (the properties spell the file's keys).
+// swift-format-ignore: AlwaysUseLowerCamelCase
 struct ModelPrice: Codable, Equatable, Sendable {
     var provider: String
     var model: String
@@ -24,6 +25,7 @@ struct ModelPrice: Codable, Equatable, Sendable {
 /// `claude-3-5-haiku-20241022`, `gemini-2.0-flash-001`) is priced as its family. A model not in the
 /// list costs nothing and is reported as unpriced: a guess would be worse than a gap.
 struct PriceTable: Sendable {
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     struct File: Codable {
         var about: String?
         var as_of: String?

@@ -28,7 +28,8 @@ struct ProviderDocument: Decodable {
     }
 }
 
-/// OpenAI's and Anthropic's usage objects, under all their names.
+/// OpenAI's and Anthropic's usage objects, under all their names (the properties spell the JSON's keys).
+// swift-format-ignore: AlwaysUseLowerCamelCase
 struct UsageFields: Decodable {
     // OpenAI chat, completions, embeddings.
     var prompt_tokens: Int?

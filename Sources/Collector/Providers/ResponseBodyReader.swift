@@ -123,7 +123,7 @@ struct ResponseBodyReader {
         if !jsonCut {
             if json.first == UInt8(ascii: "[") {
                 // Gemini's streamGenerateContent without alt=sse: an array of responses.
-                if let documents = decodeArray(json) { documents.forEach { take($0) } }
+                if let documents = decodeArray(json) { for document in documents { take(document) } }
             } else if let document = decode(json, what: "the response body") {
                 take(document)
             }

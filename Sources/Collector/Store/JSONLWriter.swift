@@ -5,6 +5,8 @@ import Foundation
 /// "prompt_tokens", "completion_tokens", "total_tokens", "model", "created"}}`.
 /// Used only by the storage thread.
 final class JSONLWriter {
+    // The properties spell the JSON's keys.
+    // swift-format-ignore: AlwaysUseLowerCamelCase
     struct Line: Encodable {
         var timestamp: String
         var tenant: String

@@ -98,7 +98,7 @@ struct CertificateAuthority: Sendable {
     func mintLeaf(for host: String, validity: TimeInterval = 7 * 86_400) throws -> (certificate: Certificate, key: P256.Signing.PrivateKey) {
         let key = P256.Signing.PrivateKey()
         let now = Date()
-        let san: GeneralName = IPv4Address(host).map { .ipAddress(ASN1OctetString(contentBytes: ArraySlice($0))) } ?? .dnsName(host)
+        let san: GeneralName = ipv4AddressBytes(host).map { .ipAddress(ASN1OctetString(contentBytes: ArraySlice($0))) } ?? .dnsName(host)
         let certificate = try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
             notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(validity),
@@ -118,7 +118,7 @@ struct CertificateAuthority: Sendable {
 }
 
 /// The four bytes of a dotted IPv4 address, or nil.
-private func IPv4Address(_ host: String) -> [UInt8]? {
+private func ipv4AddressBytes(_ host: String) -> [UInt8]? {
     let parts = host.split(separator: ".")
     guard parts.count == 4 else { return nil }
     let bytes = parts.compactMap { UInt8($0) }
