@@ -128,12 +128,14 @@ let package = Package(
             dependencies: ["Wire", "CZeroMQ", "TestSupport"],
             exclude: ["Golden"]
         ),
-        .testTarget(name: "SidecarTests", dependencies: [
-            "Wire", "TestSupport", "Sidecar",
-            // llhttp, through NIO's decoder, is the reference the sidecar's own parser is held against.
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-            .product(name: "NIOEmbedded", package: "swift-nio"),
-        ]),
+        .testTarget(
+            name: "SidecarTests",
+            dependencies: [
+                "Wire", "TestSupport", "Sidecar",
+                // llhttp, through NIO's decoder, is the reference the sidecar's own parser is held against.
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]),
         .testTarget(name: "CollectorTests", dependencies: ["Wire", "TestSupport", "Collector"], exclude: ["Fixtures"]),
     ]
 )

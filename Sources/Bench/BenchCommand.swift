@@ -12,7 +12,8 @@ import Synchronization
 struct BenchCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llmtap-bench",
-        abstract: "Load-tests an LLM endpoint (through llmtap-sidecar or direct) and reports latency, TTFB, throughput and errors.",
+        abstract:
+            "Load-tests an LLM endpoint (through llmtap-sidecar or direct) and reports latency, TTFB, throughput and errors.",
         discussion: """
             Example: llmtap-bench --base-url http://127.0.0.1:3000/v1 --endpoint /chat/completions \\
                        --requests 2000 --concurrency 32 --stream --output results.json
@@ -47,18 +48,22 @@ struct BenchCommand: AsyncParsableCommand {
     var timeout: Double = 120
 
     func validate() throws {
-        guard requests > 0, concurrency > 0 else { throw ValidationError("--requests and --concurrency must be positive") }
+        guard requests > 0, concurrency > 0 else {
+            throw ValidationError("--requests and --concurrency must be positive")
+        }
         _ = try Target(baseURL: baseURL, endpoint: endpoint)
     }
 
     func run() async throws {
         let target = try Target(baseURL: baseURL, endpoint: endpoint)
         let body = try requestBody()
-        let sslContext: NIOSSLContext? = try target.tls ? {
-            var tls = TLSConfiguration.makeClientConfiguration()
-            tls.applicationProtocols = ["http/1.1"]
-            return try NIOSSLContext(configuration: tls)
-        }() : nil
+        let sslContext: NIOSSLContext? =
+            try target.tls
+            ? {
+                var tls = TLSConfiguration.makeClientConfiguration()
+                tls.applicationProtocols = ["http/1.1"]
+                return try NIOSSLContext(configuration: tls)
+            }() : nil
         var headers = HTTPHeaders([
             ("host", target.authority), ("content-type", "application/json"), ("authorization", "Bearer \(token)"),
             ("content-length", "\(body.utf8.count)"), ("user-agent", "llmtap-bench"),
@@ -73,16 +78,18 @@ struct BenchCommand: AsyncParsableCommand {
         let results = try await withThrowingTaskGroup(of: [Sample].self) { tasks in
             for _ in 0..<concurrency {
                 tasks.addTask {
-                    try await Worker.run(group: group, target: target, sslContext: sslContext, head: head,
-                                         body: ByteBuffer(string: body), remaining: remaining,
-                                         timeout: requestTimeout)
+                    try await Worker.run(
+                        group: group, target: target, sslContext: sslContext, head: head,
+                        body: ByteBuffer(string: body), remaining: remaining,
+                        timeout: requestTimeout)
                 }
             }
             var all: [Sample] = []
             for try await samples in tasks { all += samples }
             return all
         }
-        let report = Report(samples: results, duration: started.duration(to: .now), concurrency: concurrency, stream: stream)
+        let report = Report(
+            samples: results, duration: started.duration(to: .now), concurrency: concurrency, stream: stream)
         try? await group.shutdownGracefully()
         print(report.text)
         if let output {
@@ -94,7 +101,9 @@ struct BenchCommand: AsyncParsableCommand {
 
     private func requestBody() throws -> String {
         if let payload {
-            if payload.hasPrefix("@") { return try String(contentsOfFile: String(payload.dropFirst()), encoding: .utf8) }
+            if payload.hasPrefix("@") {
+                return try String(contentsOfFile: String(payload.dropFirst()), encoding: .utf8)
+            }
             return payload
         }
         let streamFields = stream ? #","stream":true,"stream_options":{"include_usage":true}"# : ""
@@ -110,7 +119,9 @@ struct Target: Sendable {
     var authority: String { (tls && port == 443) || (!tls && port == 80) ? host : "\(host):\(port)" }
 
     init(baseURL: String, endpoint: String) throws {
-        guard let url = URL(string: baseURL), let scheme = url.scheme?.lowercased(), ["http", "https"].contains(scheme), let host = url.host else {
+        guard let url = URL(string: baseURL), let scheme = url.scheme?.lowercased(),
+            ["http", "https"].contains(scheme), let host = url.host
+        else {
             throw ValidationError("--base-url must be an http:// or https:// URL, not \(baseURL)")
         }
         tls = scheme == "https"

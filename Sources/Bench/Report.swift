@@ -22,7 +22,9 @@ struct Report: Encodable {
         init?(_ values: [Double]) {
             guard !values.isEmpty else { return nil }
             let sorted = values.sorted()
-            func percentile(_ p: Double) -> Double { sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1)] }
+            func percentile(_ p: Double) -> Double {
+                sorted[min(sorted.count - 1, Int((Double(sorted.count) * p).rounded(.up)) - 1)]
+            }
             average = sorted.reduce(0, +) / Double(sorted.count)
             p50 = percentile(0.50)
             p90 = percentile(0.90)
@@ -49,11 +51,14 @@ struct Report: Encodable {
 
     var text: String {
         func row(_ name: String, _ stats: Stats) -> String {
-            String(format: "%@  avg %.2f  p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms", name, stats.average, stats.p50, stats.p90, stats.p99, stats.max)
+            String(
+                format: "%@  avg %.2f  p50 %.2f  p90 %.2f  p99 %.2f  max %.2f ms", name, stats.average, stats.p50,
+                stats.p90, stats.p99, stats.max)
         }
         var lines = [
-            String(format: "requests %d (concurrency %d) in %.2f s: %.1f req/s, %d errors (%.2f%%)",
-                   requests, concurrency, totalDurationSeconds, throughputRequestsPerSecond, errors, errorRate * 100),
+            String(
+                format: "requests %d (concurrency %d) in %.2f s: %.1f req/s, %d errors (%.2f%%)",
+                requests, concurrency, totalDurationSeconds, throughputRequestsPerSecond, errors, errorRate * 100),
             row("latency", latencyMs),
         ]
         if let timeToFirstByteMs { lines.append(row("TTFB   ", timeToFirstByteMs)) }

@@ -13,10 +13,15 @@ enum Worker {
         var connection: Connection?
         while remaining.take() {
             do {
-                if connection == nil { connection = try await Connection.open(group: group, target: target, sslContext: sslContext) }
+                if connection == nil {
+                    connection = try await Connection.open(group: group, target: target, sslContext: sslContext)
+                }
                 let sample = try await connection!.send(head: head, body: body, timeout: timeout)
                 samples.append(sample)
-                if !sample.ok || !sample.keepAlive { connection?.close(); connection = nil }
+                if !sample.ok || !sample.keepAlive {
+                    connection?.close()
+                    connection = nil
+                }
             } catch {
                 samples.append(Sample(latency: .zero, timeToFirstByte: nil, ok: false))
                 connection?.close()
@@ -38,21 +43,26 @@ final class Connection: Sendable {
         self.handler = handler
     }
 
-    static func open(group: MultiThreadedEventLoopGroup, target: Target, sslContext: NIOSSLContext?) async throws -> Connection {
+    static func open(group: MultiThreadedEventLoopGroup, target: Target, sslContext: NIOSSLContext?) async throws
+        -> Connection
+    {
         let channel = try await ClientBootstrap(group: group)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let sslContext {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: sslContext, serverHostname: target.host))
+                        try channel.pipeline.syncOperations.addHandler(
+                            NIOSSLClientHandler(context: sslContext, serverHostname: target.host))
                     }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
                     try channel.pipeline.syncOperations.addHandler(ResponseTimer())
                 }
             }
             .connect(host: target.host, port: target.port).get()
-        let handler = try await channel.eventLoop.submit { try channel.pipeline.syncOperations.handler(type: ResponseTimer.self) }.get()
+        let handler = try await channel.eventLoop.submit {
+            try channel.pipeline.syncOperations.handler(type: ResponseTimer.self)
+        }.get()
         return Connection(channel: channel, handler: handler)
     }
 

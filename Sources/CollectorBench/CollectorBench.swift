@@ -33,7 +33,10 @@ struct CollectorBench: ParsableCommand {
     @Option(help: "Sidecars to spread the exchanges over (one publisher each).")
     var sidecars = 2
 
-    @Option(help: "Instead: be a bare live receiver on this endpoint (decode and sequence-check every record, nothing more) until SIGTERM, then print received= and missing=. benchmarks/proxy.sh uses it so that the sidecar is measured, not a collector sharing its cores.")
+    @Option(
+        help:
+            "Instead: be a bare live receiver on this endpoint (decode and sequence-check every record, nothing more) until SIGTERM, then print received= and missing=. benchmarks/proxy.sh uses it so that the sidecar is measured, not a collector sharing its cores."
+    )
     var receiveOnly: String?
 
     func run() throws {
@@ -47,7 +50,8 @@ struct CollectorBench: ParsableCommand {
             configuration.maxQueuedBytes = 256 << 20
             return try AnalysisPublisher(configuration: configuration, logger: logger)
         }
-        let prober = try AnalysisPublisher(configuration: AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "probe"), logger: logger)
+        let prober = try AnalysisPublisher(
+            configuration: AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "probe"), logger: logger)
         let events = Self.events(count: chunks, bytes: chunkBytes)
         let probeDelays = Mutex<[Double]>([])
         let loadDone = Atomic<Bool>(false)
@@ -62,7 +66,11 @@ struct CollectorBench: ParsableCommand {
                 let start = ContinuousClock.now
                 while ContinuousClock.now - start < .seconds(10) {
                     if let count = Self.probeCount(address), count >= sent {
-                        probeDelays.withLock { $0.append(Double((ContinuousClock.now - start).components.attoseconds) / 1e18 + Double((ContinuousClock.now - start).components.seconds)) }
+                        probeDelays.withLock {
+                            $0.append(
+                                Double((ContinuousClock.now - start).components.attoseconds) / 1e18
+                                    + Double((ContinuousClock.now - start).components.seconds))
+                        }
                         break
                     }
                     usleep(5_000)
@@ -86,22 +94,27 @@ struct CollectorBench: ParsableCommand {
         for publisher in publishers { publisher.shutdown() }
         let sendSeconds = Self.seconds(ContinuousClock.now - start)
         let dropped = publishers.reduce(0) { $0 + $1.stats.dropped }
-        print("published \(published) records (\(exchanges) exchanges) in \(String(format: "%.2f", sendSeconds)) s, dropped \(dropped)")
+        print(
+            "published \(published) records (\(exchanges) exchanges) in \(String(format: "%.2f", sendSeconds)) s, dropped \(dropped)"
+        )
         Thread.sleep(forTimeInterval: 1.5)
         loadDone.store(true, ordering: .relaxed)
         Thread.sleep(forTimeInterval: 1.2)
         prober.shutdown()
         let delays = probeDelays.withLock { $0 }.sorted()
         if !delays.isEmpty {
-            print(String(format: "probe delay from ResponseDone to /metrics: median %.0f ms, max %.0f ms over %d probes",
-                         delays[delays.count / 2] * 1000, delays.last! * 1000, delays.count))
+            print(
+                String(
+                    format: "probe delay from ResponseDone to /metrics: median %.0f ms, max %.0f ms over %d probes",
+                    delays[delays.count / 2] * 1000, delays.last! * 1000, delays.count))
         }
     }
 
     static func receive(on endpoint: String) throws {
         var logger = Logger(label: "llmtap.receiver")
         logger.logLevel = .warning
-        let receiver = try AnalysisReceiver(configuration: AnalysisReceiverConfiguration(endpoint: endpoint), logger: logger, handler: { _ in })
+        let receiver = try AnalysisReceiver(
+            configuration: AnalysisReceiverConfiguration(endpoint: endpoint), logger: logger, handler: { _ in })
         let stop = DispatchSemaphore(value: 0)
         // Kept alive until the wait ends.
         let sources = [SIGTERM, SIGINT].map { signal in
@@ -126,7 +139,8 @@ struct CollectorBench: ParsableCommand {
     /// `count` SSE events of about `bytes` each, OpenAI's shape, usage in the last.
     static func events(count: Int, bytes: Int) -> [Data] {
         (0..<count).map { index in
-            var event = index == count - 1
+            var event =
+                index == count - 1
                 ? #"data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","model":"gpt-4o-mini-2024-07-18","choices":[],"usage":{"prompt_tokens":120,"completion_tokens":19,"total_tokens":139}}"#
                 : #"data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"delta":{"content":"tok"#
             if index != count - 1 {
@@ -148,7 +162,9 @@ struct CollectorBench: ParsableCommand {
         request.app = "bench"
         request.tenant = "0123456789abcdef"
         request.startUnixNanos = now
-        request.body = Data(#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello"}]}"#.utf8)
+        request.body = Data(
+            #"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Hello"}]}"#
+                .utf8)
         request.bodySize = UInt64(request.body.count)
         var records: [WireRecord] = [.request(request)]
         var offset: UInt64 = 0
@@ -179,7 +195,8 @@ struct CollectorBench: ParsableCommand {
     static func probeCount(_ address: ListenAddress) -> Int? {
         guard let body = httpGet(address, "/metrics") else { return nil }
         var total = 0
-        for line in body.split(separator: "\n") where line.hasPrefix("llmtap_requests_total{") && line.contains("sidecar=\"probe\"") {
+        for line in body.split(separator: "\n")
+        where line.hasPrefix("llmtap_requests_total{") && line.contains("sidecar=\"probe\"") {
             total += Int(Double(line.split(separator: " ").last ?? "") ?? 0)
         }
         return total
@@ -194,7 +211,9 @@ struct CollectorBench: ParsableCommand {
         addr.sin_port = in_port_t(UInt16(address.port).bigEndian)
         inet_pton(AF_INET, address.host, &addr.sin_addr)
         let connected = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         guard connected == 0 else { return nil }
         let request = "GET \(path) HTTP/1.1\r\nHost: \(address.host)\r\nConnection: close\r\n\r\n"

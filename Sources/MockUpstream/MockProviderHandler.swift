@@ -47,32 +47,45 @@ final class MockProviderHandler: ChannelInboundHandler, RemovableChannelHandler 
         let control = MockControl(head.headers, defaults: settings)
         log?.append([
             "method": head.method.rawValue, "path": head.uri, "body_bytes": body.count,
-            "headers": Dictionary(head.headers.map { ($0.name.lowercased(), $0.value) }, uniquingKeysWith: { "\($0), \($1)" }),
+            "headers": Dictionary(
+                head.headers.map { ($0.name.lowercased(), $0.value) }, uniquingKeysWith: { "\($0), \($1)" }),
         ])
         if control.hang { return }
-        let response = MockRoutes.response(method: head.method, uri: head.uri, headers: head.headers, body: body, control: control)
+        let response = MockRoutes.response(
+            method: head.method, uri: head.uri, headers: head.headers, body: body, control: control)
 
         var headers = HTTPHeaders(response.headers)
         if !head.isKeepAlive { headers.replaceOrAdd(name: "connection", value: "close") }
         // x-mock-response-header: "name: value" adds that header to the answer (repeatable).
         for extra in head.headers["x-mock-response-header"] {
             guard let colon = extra.firstIndex(of: ":") else { continue }
-            headers.add(name: String(extra[..<colon]), value: extra[extra.index(after: colon)...].trimmingCharacters(in: .whitespaces))
+            headers.add(
+                name: String(extra[..<colon]),
+                value: extra[extra.index(after: colon)...].trimmingCharacters(in: .whitespaces))
         }
         switch response.body {
         case .whole(let text):
             headers.replaceOrAdd(name: "content-length", value: "\(text.utf8.count)")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))), promise: nil)
+            context.write(
+                wrapOutboundOut(
+                    .head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))),
+                promise: nil)
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: text)))), promise: nil)
             finish(context: context, keepAlive: head.isKeepAlive)
         case .events(let events):
-            context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(
+                    .head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))),
+                promise: nil)
             stream(events[...], index: 0, context: context, head: head, control: control)
         }
     }
 
     /// Sends one event now and schedules the next after the delay, so each leaves on its own.
-    private func stream(_ events: ArraySlice<String>, index: Int, context: ChannelHandlerContext, head: HTTPRequestHead, control: MockControl) {
+    private func stream(
+        _ events: ArraySlice<String>, index: Int, context: ChannelHandlerContext, head: HTTPRequestHead,
+        control: MockControl
+    ) {
         if let resetAfter = control.resetAfter, index == resetAfter {
             context.close(promise: nil)
             return

@@ -18,7 +18,8 @@ import NIOSSL
 struct MockUpstreamCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llmtap-mock-upstream",
-        abstract: "A mock LLM provider (OpenAI, Anthropic, Gemini wire formats, streaming included) for tests, benchmarks and demos."
+        abstract:
+            "A mock LLM provider (OpenAI, Anthropic, Gemini wire formats, streaming included) for tests, benchmarks and demos."
     )
 
     @Option(help: "host:port to listen on; port 0 picks a free one (printed on stdout).")
@@ -41,7 +42,9 @@ struct MockUpstreamCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
-        guard eventDelayMs >= 0, events >= 0 else { throw ValidationError("--event-delay-ms and --events must not be negative") }
+        guard eventDelayMs >= 0, events >= 0 else {
+            throw ValidationError("--event-delay-ms and --events must not be negative")
+        }
     }
 
     func run() async throws {
@@ -76,7 +79,9 @@ struct MockUpstreamCommand: AsyncParsableCommand {
             .bind(host: host, port: port).get()
         let actual = channel.localAddress?.port ?? port
         // Tests read the port from this line, so it goes out unbuffered.
-        FileHandle.standardOutput.write(Data("llmtap-mock-upstream listening on \(sslContext == nil ? "http" : "https")://\(host):\(actual)\n".utf8))
+        FileHandle.standardOutput.write(
+            Data("llmtap-mock-upstream listening on \(sslContext == nil ? "http" : "https")://\(host):\(actual)\n".utf8)
+        )
         try await channel.closeFuture.get()
     }
 }

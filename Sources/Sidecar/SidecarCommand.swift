@@ -31,16 +31,25 @@ struct SidecarCommand: AsyncParsableCommand {
 
     private static let environment = ProcessInfo.processInfo.environment
 
-    @Option(help: "reverse (the app's base URL points here), mitm (the app's HTTPS_PROXY points here), or both. Env: LLMTAP_MODE.")
+    @Option(
+        help:
+            "reverse (the app's base URL points here), mitm (the app's HTTPS_PROXY points here), or both. Env: LLMTAP_MODE."
+    )
     var mode = EnvironmentSettings.choice("LLMTAP_MODE", Mode.reverse, environment: environment)
 
     @Option(help: "host:port of the MITM (HTTPS proxy) listener. Env: MITM_LISTEN_ADDR.")
     var mitmListen = environment["MITM_LISTEN_ADDR"] ?? "0.0.0.0:8080"
 
-    @Option(help: "Hosts MITM mode decrypts and analyses: names and *.suffix patterns, comma-separated. Env: LLMTAP_ALLOWLIST.")
+    @Option(
+        help:
+            "Hosts MITM mode decrypts and analyses: names and *.suffix patterns, comma-separated. Env: LLMTAP_ALLOWLIST."
+    )
     var allowlist = environment["LLMTAP_ALLOWLIST"] ?? Allowlist.defaultHosts
 
-    @Flag(help: "Refuse (403) hosts not on the allowlist instead of tunnelling them untouched. Env: LLMTAP_DENY_UNLISTED=1.")
+    @Flag(
+        help:
+            "Refuse (403) hosts not on the allowlist instead of tunnelling them untouched. Env: LLMTAP_DENY_UNLISTED=1."
+    )
     var denyUnlisted = EnvironmentSettings.flag("LLMTAP_DENY_UNLISTED", environment: environment)
 
     @Option(help: "Ports MITM clients may CONNECT to, comma-separated. Env: LLMTAP_MITM_PORTS.")
@@ -54,19 +63,31 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "Where requests go: http:// or https://, with an optional path prefix. Env: UPSTREAM.")
     var upstream = environment["UPSTREAM"] ?? "https://api.openai.com"
 
-    @Option(help: "A PEM file of extra trust roots for the upstream's TLS certificate, besides the system's. Env: UPSTREAM_CA_FILE.")
+    @Option(
+        help:
+            "A PEM file of extra trust roots for the upstream's TLS certificate, besides the system's. Env: UPSTREAM_CA_FILE."
+    )
     var upstreamCaFile: String?
 
     @Option(help: "The collector's analysis socket. Env: LLMTAP_COLLECTOR.")
     var collector = environment["LLMTAP_COLLECTOR"] ?? "tcp://127.0.0.1:7101"
 
-    @Option(help: "The collector's policy socket (virtual keys, limits, budgets), e.g. tcp://collector:7102. Without it, no policy applies. Env: LLMTAP_POLICY.")
+    @Option(
+        help:
+            "The collector's policy socket (virtual keys, limits, budgets), e.g. tcp://collector:7102. Without it, no policy applies. Env: LLMTAP_POLICY."
+    )
     var policy: String? = environment["LLMTAP_POLICY"]
 
-    @Flag(help: "Accept only LLMTap virtual keys (needs --policy): any other credential, or none, gets 401. Env: LLMTAP_REQUIRE_VIRTUAL_KEY=1.")
+    @Flag(
+        help:
+            "Accept only LLMTap virtual keys (needs --policy): any other credential, or none, gets 401. Env: LLMTAP_REQUIRE_VIRTUAL_KEY=1."
+    )
     var requireVirtualKey = EnvironmentSettings.flag("LLMTAP_REQUIRE_VIRTUAL_KEY", environment: environment)
 
-    @Option(help: "A file of upstream credentials for projects, one name=secret per line; LLMTAP_CREDENTIAL_<NAME> variables work too. Env: LLMTAP_CREDENTIALS_FILE.")
+    @Option(
+        help:
+            "A file of upstream credentials for projects, one name=secret per line; LLMTAP_CREDENTIAL_<NAME> variables work too. Env: LLMTAP_CREDENTIALS_FILE."
+    )
     var credentialsFile: String? = environment["LLMTAP_CREDENTIALS_FILE"]
 
     @Option(help: "A label for the app this sidecar serves. Env: LLMTAP_APP.")
@@ -75,13 +96,19 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "This sidecar's id in every record. Env: LLMTAP_SIDECAR_ID. Default: the hostname.")
     var sidecarId = environment["LLMTAP_SIDECAR_ID"] ?? ProcessInfo.processInfo.hostName
 
-    @Option(help: "Body bytes copied to the collector per direction and exchange; forwarding is never capped. Past it, the response's last 16 KiB still go (streams report usage at their end). Env: LLMTAP_MAX_CAPTURE_BYTES.")
+    @Option(
+        help:
+            "Body bytes copied to the collector per direction and exchange; forwarding is never capped. Past it, the response's last 16 KiB still go (streams report usage at their end). Env: LLMTAP_MAX_CAPTURE_BYTES."
+    )
     var maxCaptureBytes = EnvironmentSettings.int("LLMTAP_MAX_CAPTURE_BYTES", 1 << 20, environment: environment)
 
     @Option(help: "Largest request head accepted; larger gets 431. Env: LLMTAP_MAX_HEADER_BYTES.")
     var maxHeaderBytes = EnvironmentSettings.int("LLMTAP_MAX_HEADER_BYTES", 64 << 10, environment: environment)
 
-    @Option(help: "Seconds the upstream may stay silent, before answering or mid-stream; then 504 (or a closed stream). Env: LLMTAP_UPSTREAM_TIMEOUT.")
+    @Option(
+        help:
+            "Seconds the upstream may stay silent, before answering or mid-stream; then 504 (or a closed stream). Env: LLMTAP_UPSTREAM_TIMEOUT."
+    )
     var upstreamTimeout = EnvironmentSettings.seconds("LLMTAP_UPSTREAM_TIMEOUT", 600, environment: environment)
 
     @Option(help: "Seconds to connect to the upstream; then 502. Env: LLMTAP_CONNECT_TIMEOUT.")
@@ -90,10 +117,16 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "Seconds exchanges under way get to finish on SIGTERM. Env: LLMTAP_DRAIN_TIMEOUT.")
     var drainTimeout = EnvironmentSettings.seconds("LLMTAP_DRAIN_TIMEOUT", 30, environment: environment)
 
-    @Option(help: "Seconds a client connection may stay idle between requests, or take to send a request head (then 408). Env: LLMTAP_CLIENT_TIMEOUT.")
+    @Option(
+        help:
+            "Seconds a client connection may stay idle between requests, or take to send a request head (then 408). Env: LLMTAP_CLIENT_TIMEOUT."
+    )
     var clientTimeout = EnvironmentSettings.seconds("LLMTAP_CLIENT_TIMEOUT", 75, environment: environment)
 
-    @Option(help: "Key of the HMAC-SHA256 that turns credentials into tenant ids. Give every sidecar of a fleet the same one. Env: LLMTAP_TENANT_KEY. Default: a built-in key, so tenant ids are stable but computable by anyone who knows the credential.")
+    @Option(
+        help:
+            "Key of the HMAC-SHA256 that turns credentials into tenant ids. Give every sidecar of a fleet the same one. Env: LLMTAP_TENANT_KEY. Default: a built-in key, so tenant ids are stable but computable by anyone who knows the credential."
+    )
     var tenantKey = environment["LLMTAP_TENANT_KEY"] ?? TenantHasher.defaultKey
 
     @Option(help: "Event-loop threads. Env: LLMTAP_THREADS. Default: one per core.")
@@ -102,13 +135,19 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "Seconds between heartbeats to the collector. Env: LLMTAP_HEARTBEAT_INTERVAL.")
     var heartbeatInterval = EnvironmentSettings.seconds("LLMTAP_HEARTBEAT_INTERVAL", 5, environment: environment)
 
-    @Option(help: "Records the publisher may queue while the collector is slow or away; past it they are dropped and counted. A full queue of the default size holds about 25 MB. Env: LLMTAP_MAX_QUEUED_RECORDS.")
+    @Option(
+        help:
+            "Records the publisher may queue while the collector is slow or away; past it they are dropped and counted. A full queue of the default size holds about 25 MB. Env: LLMTAP_MAX_QUEUED_RECORDS."
+    )
     var maxQueuedRecords = EnvironmentSettings.int("LLMTAP_MAX_QUEUED_RECORDS", 16_384, environment: environment)
 
     @Option(help: "Bytes the publisher may queue. Env: LLMTAP_MAX_QUEUED_BYTES.")
     var maxQueuedBytes = EnvironmentSettings.int("LLMTAP_MAX_QUEUED_BYTES", 64 << 20, environment: environment)
 
-    @Option(help: "Client connections open at once, both listeners together; one more gets 503 and is closed. Env: LLMTAP_MAX_CONNECTIONS.")
+    @Option(
+        help:
+            "Client connections open at once, both listeners together; one more gets 503 and is closed. Env: LLMTAP_MAX_CONNECTIONS."
+    )
     var maxConnections = EnvironmentSettings.int("LLMTAP_MAX_CONNECTIONS", 10_000, environment: environment)
 
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: LOG_LEVEL.")
@@ -116,7 +155,9 @@ struct SidecarCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard heartbeatInterval > 0 else { throw ValidationError("--heartbeat-interval must be more than 0 seconds") }
-        guard maxQueuedRecords > 0, maxQueuedBytes > 0 else { throw ValidationError("the queue limits must be positive") }
+        guard maxQueuedRecords > 0, maxQueuedBytes > 0 else {
+            throw ValidationError("the queue limits must be positive")
+        }
         do {
             try EnvironmentSettings.check()
             _ = try durations()
@@ -124,17 +165,27 @@ struct SidecarCommand: AsyncParsableCommand {
             throw ValidationError("\(error)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+            throw ValidationError(
+                "--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
         guard (1...100_000_000).contains(maxQueuedRecords), (1...1 << 40).contains(maxQueuedBytes) else {
-            throw ValidationError("the queue limits are too large: --max-queued-records at most 100000000, --max-queued-bytes at most 2^40")
+            throw ValidationError(
+                "the queue limits are too large: --max-queued-records at most 100000000, --max-queued-bytes at most 2^40"
+            )
         }
-        guard (0...1 << 30).contains(maxCaptureBytes) else { throw ValidationError("--max-capture-bytes must be 0 to 1073741824, not \(maxCaptureBytes)") }
-        guard (1024...(16 << 20)).contains(maxHeaderBytes) else { throw ValidationError("--max-header-bytes must be between 1024 and 16777216") }
+        guard (0...1 << 30).contains(maxCaptureBytes) else {
+            throw ValidationError("--max-capture-bytes must be 0 to 1073741824, not \(maxCaptureBytes)")
+        }
+        guard (1024...(16 << 20)).contains(maxHeaderBytes) else {
+            throw ValidationError("--max-header-bytes must be between 1024 and 16777216")
+        }
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be 1 to 1024, not \(threads)") }
-        guard (1...1_000_000).contains(maxConnections) else { throw ValidationError("--max-connections must be 1 to 1000000, not \(maxConnections)") }
+        guard (1...1_000_000).contains(maxConnections) else {
+            throw ValidationError("--max-connections must be 1 to 1000000, not \(maxConnections)")
+        }
         guard !requireVirtualKey || policy != nil else {
-            throw ValidationError("--require-virtual-key needs --policy: without the collector's policy no key could be checked")
+            throw ValidationError(
+                "--require-virtual-key needs --policy: without the collector's policy no key could be checked")
         }
         do {
             _ = try UpstreamTarget(url: upstream)
@@ -171,7 +222,9 @@ struct SidecarCommand: AsyncParsableCommand {
             do {
                 let (loaded, created) = try CertificateAuthority.loadOrCreate(directory: ca.caDir)
                 authority = loaded
-                logger.info(created ? "created the LLMTap CA; clients must trust it" : "loaded the LLMTap CA", metadata: ["certificate": "\(loaded.certificatePath)"])
+                logger.info(
+                    created ? "created the LLMTap CA; clients must trust it" : "loaded the LLMTap CA",
+                    metadata: ["certificate": "\(loaded.certificatePath)"])
             } catch {
                 throw ValidationError("\(error)")
             }
@@ -190,10 +243,12 @@ struct SidecarCommand: AsyncParsableCommand {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
         let counters = SidecarCounters(bootID: publisherConfiguration.bootID)
         let durations = try durations()
-        let pools = try await UpstreamPools.make(group: group, settings: .init(
-            sslContext: sslContext, connectTimeout: durations.connect,
-            maxIdle: 64, idleTimeout: .seconds(30)
-        ))
+        let pools = try await UpstreamPools.make(
+            group: group,
+            settings: .init(
+                sslContext: sslContext, connectTimeout: durations.connect,
+                maxIdle: 64, idleTimeout: .seconds(30)
+            ))
         var settings = ProxySettings(
             tap: TapSettings(app: app, maxCaptureBytes: maxCaptureBytes, tailBytes: 16 << 10),
             tenantHasher: TenantHasher(key: tenantKey),
@@ -212,19 +267,26 @@ struct SidecarCommand: AsyncParsableCommand {
             }
             let gate = PolicyGate(requireVirtualKey: requireVirtualKey)
             do {
-                subscriber = try PolicySubscriber(endpoint: policy, bootID: publisherConfiguration.bootID, gate: gate, credentials: credentials, logger: logger)
+                subscriber = try PolicySubscriber(
+                    endpoint: policy, bootID: publisherConfiguration.bootID, gate: gate, credentials: credentials,
+                    logger: logger)
             } catch {
                 throw ValidationError("cannot use --policy \(policy): \(error)")
             }
             settings.policy = gate
-            logger.info("policy on: virtual keys are checked; requests with them get 503 until the first snapshot", metadata: [
-                "policy": "\(policy)", "require_virtual_key": "\(requireVirtualKey)", "credentials": "\(credentials.names)",
-            ])
+            logger.info(
+                "policy on: virtual keys are checked; requests with them get 503 until the first snapshot",
+                metadata: [
+                    "policy": "\(policy)", "require_virtual_key": "\(requireVirtualKey)",
+                    "credentials": "\(credentials.names)",
+                ])
         }
-        logger.info("llmtap-sidecar started", metadata: [
-            "sidecar_id": "\(sidecarId)", "app": "\(app)", "collector": "\(collector)", "upstream": "\(target)",
-            "boot_id": "\(publisherConfiguration.bootID)", "version": "\(LLMTapVersion.current)",
-        ])
+        logger.info(
+            "llmtap-sidecar started",
+            metadata: [
+                "sidecar_id": "\(sidecarId)", "app": "\(app)", "collector": "\(collector)", "upstream": "\(target)",
+                "boot_id": "\(publisherConfiguration.bootID)", "version": "\(LLMTapVersion.current)",
+            ])
         if tenantKey == TenantHasher.defaultKey {
             logger.notice("tenant ids use the built-in key; set LLMTAP_TENANT_KEY to keep them private")
         }
@@ -232,34 +294,43 @@ struct SidecarCommand: AsyncParsableCommand {
         var listeners: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let drain = durations.drain
         if mode != .mitm {
-            listeners.append(.init(service: ReverseProxyServer(
-                listen: listenAddress, group: group, target: target, settings: settings, pools: pools, publisher: publisher,
-                counters: counters, drainTimeout: drain, logger: logger
-            ), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
+            listeners.append(
+                .init(
+                    service: ReverseProxyServer(
+                        listen: listenAddress, group: group, target: target, settings: settings, pools: pools,
+                        publisher: publisher,
+                        counters: counters, drainTimeout: drain, logger: logger
+                    ), successTerminationBehavior: .gracefullyShutdownGroup,
+                    failureTerminationBehavior: .gracefullyShutdownGroup))
         }
         let mintingPool = NIOThreadPool(numberOfThreads: 1)
         mintingPool.start()
         if mode != .reverse, let authority {
             let mitm = MITMSettings(
-                proxy: settings, allowlist: try Allowlist(allowlist), ports: try Self.ports(mitmPorts), denyUnlisted: denyUnlisted,
+                proxy: settings, allowlist: try Allowlist(allowlist), ports: try Self.ports(mitmPorts),
+                denyUnlisted: denyUnlisted,
                 connectTimeout: durations.connect
             )
-            listeners.append(.init(service: MITMProxyServer(
-                listen: try ListenAddress(mitmListen), group: group, settings: mitm, pools: pools,
-                leaves: LeafContextCache(authority: authority, pool: mintingPool, logger: logger),
-                publisher: publisher, counters: counters, drainTimeout: drain, logger: logger
-            ), successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup))
+            listeners.append(
+                .init(
+                    service: MITMProxyServer(
+                        listen: try ListenAddress(mitmListen), group: group, settings: mitm, pools: pools,
+                        leaves: LeafContextCache(authority: authority, pool: mintingPool, logger: logger),
+                        publisher: publisher, counters: counters, drainTimeout: drain, logger: logger
+                    ), successTerminationBehavior: .gracefullyShutdownGroup,
+                    failureTerminationBehavior: .gracefullyShutdownGroup))
         }
         let heartbeat = HeartbeatService(
             publisher: publisher, counters: counters,
             interval: .nanoseconds(durations.heartbeat.nanoseconds), app: app, mode: mode.rawValue
         )
-        let services = ServiceGroup(configuration: .init(
-            // The sidecar is no use without its listeners: if one stops, everything stops.
-            services: [.init(service: heartbeat)] + listeners,
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        ))
+        let services = ServiceGroup(
+            configuration: .init(
+                // The sidecar is no use without its listeners: if one stops, everything stops.
+                services: [.init(service: heartbeat)] + listeners,
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            ))
         var failure: (any Error)?
         do {
             try await services.run()
@@ -273,7 +344,8 @@ struct SidecarCommand: AsyncParsableCommand {
         try? await mintingPool.shutdownGracefully()
         await publisher.shutdownGracefully()
         let stats = publisher.stats
-        logger.info("llmtap-sidecar stopped", metadata: ["published": "\(stats.published)", "dropped": "\(stats.dropped)"])
+        logger.info(
+            "llmtap-sidecar stopped", metadata: ["published": "\(stats.published)", "dropped": "\(stats.dropped)"])
         if let failure { throw failure }
     }
 
@@ -290,20 +362,33 @@ struct SidecarCommand: AsyncParsableCommand {
         // Two descriptors a connection (client and upstream), and some for everything else.
         let allowed = max(1, (Int(clamping: limit.rlim_cur) - 256) / 2)
         guard allowed < maxConnections else { return maxConnections }
-        logger.notice("--max-connections is more than the open-file limit allows; using the lower figure (raise ulimit -n for more)", metadata: [
-            "open_file_limit": "\(limit.rlim_cur)", "max_connections": "\(maxConnections)", "using": "\(allowed)",
-        ])
+        logger.notice(
+            "--max-connections is more than the open-file limit allows; using the lower figure (raise ulimit -n for more)",
+            metadata: [
+                "open_file_limit": "\(limit.rlim_cur)", "max_connections": "\(maxConnections)", "using": "\(allowed)",
+            ])
         return allowed
     }
 
     /// The timeouts and intervals, checked: finite, positive, and at most `EnvironmentSettings.maximumSeconds`.
-    func durations() throws(ConfigurationError) -> (upstream: TimeAmount, connect: TimeAmount, client: TimeAmount, drain: TimeAmount, heartbeat: TimeAmount) {
+    func durations() throws(ConfigurationError) -> (
+        upstream: TimeAmount, connect: TimeAmount, client: TimeAmount, drain: TimeAmount, heartbeat: TimeAmount
+    ) {
         (
-            upstream: .nanoseconds(try EnvironmentSettings.nanoseconds(upstreamTimeout, option: "--upstream-timeout (LLMTAP_UPSTREAM_TIMEOUT)")),
-            connect: .nanoseconds(try EnvironmentSettings.nanoseconds(connectTimeout, option: "--connect-timeout (LLMTAP_CONNECT_TIMEOUT)")),
-            client: .nanoseconds(try EnvironmentSettings.nanoseconds(clientTimeout, option: "--client-timeout (LLMTAP_CLIENT_TIMEOUT)")),
-            drain: .nanoseconds(try EnvironmentSettings.nanoseconds(drainTimeout, option: "--drain-timeout (LLMTAP_DRAIN_TIMEOUT)", allowZero: true)),
-            heartbeat: .nanoseconds(try EnvironmentSettings.nanoseconds(heartbeatInterval, option: "--heartbeat-interval (LLMTAP_HEARTBEAT_INTERVAL)"))
+            upstream: .nanoseconds(
+                try EnvironmentSettings.nanoseconds(
+                    upstreamTimeout, option: "--upstream-timeout (LLMTAP_UPSTREAM_TIMEOUT)")),
+            connect: .nanoseconds(
+                try EnvironmentSettings.nanoseconds(
+                    connectTimeout, option: "--connect-timeout (LLMTAP_CONNECT_TIMEOUT)")),
+            client: .nanoseconds(
+                try EnvironmentSettings.nanoseconds(clientTimeout, option: "--client-timeout (LLMTAP_CLIENT_TIMEOUT)")),
+            drain: .nanoseconds(
+                try EnvironmentSettings.nanoseconds(
+                    drainTimeout, option: "--drain-timeout (LLMTAP_DRAIN_TIMEOUT)", allowZero: true)),
+            heartbeat: .nanoseconds(
+                try EnvironmentSettings.nanoseconds(
+                    heartbeatInterval, option: "--heartbeat-interval (LLMTAP_HEARTBEAT_INTERVAL)"))
         )
     }
 

@@ -37,7 +37,10 @@ struct WireBench: ParsableCommand {
     var skipRaw = false
 
     func run() throws {
-        if micro { try microBenchmarks(); return }
+        if micro {
+            try microBenchmarks()
+            return
+        }
         var rows: [Row] = []
         for workload in [Workload.chunk1KiB(records: chunkRecords), .request4KiB(records: requestRecords)] {
             // Raw and wire alternate, so that drifting load on a shared machine hits both alike.
@@ -47,15 +50,21 @@ struct WireBench: ParsableCommand {
                 raws.append(skipRaw ? 1 : try measureRaw(workload))
                 wires.append(try measureWire(workload))
             }
-            rows.append(Row(workload: workload.name, payloadBytes: workload.payloadBytes, records: workload.records,
-                            rawRecordsPerSecond: median(raws), wireRecordsPerSecond: median(wires),
-                            ratio: median(zip(wires, raws).map { $0 / $1 })))
+            rows.append(
+                Row(
+                    workload: workload.name, payloadBytes: workload.payloadBytes, records: workload.records,
+                    rawRecordsPerSecond: median(raws), wireRecordsPerSecond: median(wires),
+                    ratio: median(zip(wires, raws).map { $0 / $1 })))
         }
         print("")
-        print("| workload | raw libzmq rec/s | raw MB/s | LLMTap wire rec/s | wire MB/s | wire / raw (median of paired runs) |")
+        print(
+            "| workload | raw libzmq rec/s | raw MB/s | LLMTap wire rec/s | wire MB/s | wire / raw (median of paired runs) |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for row in rows {
-            print("| \(row.workload) | \(Int(row.rawRecordsPerSecond)) | \(format(row.rawMBPerSecond)) | \(Int(row.wireRecordsPerSecond)) | \(format(row.wireMBPerSecond)) | \(format(row.ratio)) |")
+            print(
+                "| \(row.workload) | \(Int(row.rawRecordsPerSecond)) | \(format(row.rawMBPerSecond)) | \(Int(row.wireRecordsPerSecond)) | \(format(row.wireMBPerSecond)) | \(format(row.ratio)) |"
+            )
         }
         if let output {
             let data = try JSONEncoder().encode(rows)
@@ -108,7 +117,9 @@ struct WireBench: ParsableCommand {
         senderDone.wait()
         pull.close()
         let rate = Double(records) / elapsed.seconds
-        FileHandle.standardError.write("raw  \(workload.name): \(Int(rate)) rec/s, \(Int(cpuNanos() - cpuStart) / records) ns CPU per record\n".data(using: .utf8)!)
+        FileHandle.standardError.write(
+            "raw  \(workload.name): \(Int(rate)) rec/s, \(Int(cpuNanos() - cpuStart) / records) ns CPU per record\n"
+                .data(using: .utf8)!)
         return rate
     }
 
@@ -150,10 +161,13 @@ struct WireBench: ParsableCommand {
         publisher.shutdown()
         receiver.shutdown()
         let stats = publisher.stats
-        precondition(stats.dropped == 0, "the paced producer should never overflow the queue (dropped \(stats.dropped))")
+        precondition(
+            stats.dropped == 0, "the paced producer should never overflow the queue (dropped \(stats.dropped))")
         precondition(receiver.stats.totalMissing == 0 && receiver.stats.totalRejected == 0)
         let rate = Double(records) / elapsed.seconds
-        FileHandle.standardError.write("wire \(workload.name): \(Int(rate)) rec/s, \(Int(cpuNanos() - cpuStart) / records) ns CPU per record\n".data(using: .utf8)!)
+        FileHandle.standardError.write(
+            "wire \(workload.name): \(Int(rate)) rec/s, \(Int(cpuNanos() - cpuStart) / records) ns CPU per record\n"
+                .data(using: .utf8)!)
         return rate
     }
 }
@@ -249,7 +263,8 @@ func microBenchmarks() throws {
     var tracker = SequenceTracker()
     let track = nanosecondsPerRecord {
         for index in 0..<iterations {
-            _ = tracker.observe(sidecarID: "bench-sidecar", bootID: encoder.bootID, seq: UInt64(index + 1), droppedBefore: 0)
+            _ = tracker.observe(
+                sidecarID: "bench-sidecar", bootID: encoder.bootID, seq: UInt64(index + 1), droppedBefore: 0)
         }
     }
     print("per 1 KiB StreamChunk, one thread: encode \(encode) ns, decode \(decode) ns, sequence tracking \(track) ns")

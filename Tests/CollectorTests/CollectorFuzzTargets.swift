@@ -8,15 +8,19 @@ import XCTest
 /// The collector's parsers as fuzz targets (`Fuzzing`): `sse`, `json-scan`, `exchange-parser`,
 /// `query`. Each traps when an invariant fails, naming it.
 final class CollectorFuzzTargets: XCTestCase {
-    private static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+    private static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+        "Fixtures")
 
     private static func fixture(_ name: String) -> [UInt8] {
         (try? Array(Data(contentsOf: fixtures.appendingPathComponent(name)))) ?? Array("data: {}\n\n".utf8)
     }
 
     private static var bodies: [[UInt8]] {
-        ["openai-chat-stream-usage.sse", "openai-chat-stream-nousage.sse", "anthropic-messages-stream.sse", "gemini-stream.sse", "openai-chat.json"]
-            .map(fixture)
+        [
+            "openai-chat-stream-usage.sse", "openai-chat-stream-nousage.sse", "anthropic-messages-stream.sse",
+            "gemini-stream.sse", "openai-chat.json",
+        ]
+        .map(fixture)
     }
 
     func testSSE() throws {
@@ -31,7 +35,8 @@ final class CollectorFuzzTargets: XCTestCase {
             }
             let whole = decode([input[...]])
             let cut = decode(Fuzzing.reads(input, cuts: Fuzzing.cuts(first, input.count)))
-            fuzzCheck(whole.0 == cut.0 && whole.1 == cut.1, "the SSE decoder's events depend on how the bytes are split")
+            fuzzCheck(
+                whole.0 == cut.0 && whole.1 == cut.1, "the SSE decoder's events depend on how the bytes are split")
             fuzzCheck(whole.0.allSatisfy { $0.data.count <= input.count }, "an SSE event holds more than the input")
         }
     }
@@ -43,7 +48,9 @@ final class CollectorFuzzTargets: XCTestCase {
                 _ = JSONScan.contains(key: key, in: bytes)
                 _ = JSONScan.hasObject(named: key, in: bytes)
                 if let object = JSONScan.lastObject(named: key, in: bytes) {
-                    fuzzCheck(object.first == UInt8(ascii: "{") && object.last == UInt8(ascii: "}"), "lastObject gave something that is not an object")
+                    fuzzCheck(
+                        object.first == UInt8(ascii: "{") && object.last == UInt8(ascii: "}"),
+                        "lastObject gave something that is not an object")
                 }
                 _ = JSONScan.stringValue(of: key, in: bytes)
             }
@@ -53,8 +60,12 @@ final class CollectorFuzzTargets: XCTestCase {
     /// Whole exchanges from any bytes: the request body, then the response in pieces, for each
     /// provider's route. Usage must stay in range, whatever the numbers say.
     func testExchangeParser() throws {
-        let requests = [#"{"model":"gpt-4o-mini","stream":true}"#, #"{"model":"claude-3-5-haiku","stream":true}"#, "{}"].map { Array($0.utf8) }
-        let seeds = Self.bodies.enumerated().map { index, body in [UInt8(index), 0x04] + requests[index % requests.count] + [0x00] + body }
+        let requests = [
+            #"{"model":"gpt-4o-mini","stream":true}"#, #"{"model":"claude-3-5-haiku","stream":true}"#, "{}",
+        ].map { Array($0.utf8) }
+        let seeds = Self.bodies.enumerated().map { index, body in
+            [UInt8(index), 0x04] + requests[index % requests.count] + [0x00] + body
+        }
         let routes = [
             ("api.openai.com", "/v1/chat/completions"), ("api.anthropic.com", "/v1/messages"),
             ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"),
@@ -81,8 +92,11 @@ final class CollectorFuzzTargets: XCTestCase {
     }
 
     func testQuery() throws {
-        let seeds = ["since=24h&limit=10&app=a", "since=1700000000", "since=2024-01-01T00:00:00Z&model=gpt-4o", "since=1e400", "app=%E9&limit=1e3", "since=-5m"]
-            .map { Array($0.utf8) }
+        let seeds = [
+            "since=24h&limit=10&app=a", "since=1700000000", "since=2024-01-01T00:00:00Z&model=gpt-4o", "since=1e400",
+            "app=%E9&limit=1e3", "since=-5m",
+        ]
+        .map { Array($0.utf8) }
         try Fuzzing.run("query", seeds: seeds) { data in
             let uri = "/api/exchanges?" + String(decoding: data, as: UTF8.self)
             guard let (_, query) = try? APIHandler.split(uri) else { return }

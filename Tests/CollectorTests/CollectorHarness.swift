@@ -21,16 +21,25 @@ final class CollectorHarness: @unchecked Sendable {
         httpPort = try freeTCPPort()
         self.arguments = arguments
         self.environment = environment
-        process = try Self.start(folder: folder, analysisEndpoint: analysisEndpoint, httpPort: httpPort, arguments: arguments, environment: environment)
+        process = try Self.start(
+            folder: folder, analysisEndpoint: analysisEndpoint, httpPort: httpPort, arguments: arguments,
+            environment: environment)
     }
 
-    private static func start(folder: URL, analysisEndpoint: String, httpPort: Int, arguments: [String], environment: [String: String]) throws -> RunningProcess {
-        let process = try RunningProcess(product: "llmtap-collector", arguments: [
-            "--listen-analysis", analysisEndpoint, "--listen-policy", "tcp://127.0.0.1:*", "--http", "127.0.0.1:\(httpPort)",
-            "--db", folder.appendingPathComponent("data/llmtap.sqlite").path,
-            "--jsonl", folder.appendingPathComponent("exchanges.jsonl").path,
-        ] + arguments, environment: environment)
-        guard eventually({ process.stderr.contains("llmtap-collector started") || !process.process.isRunning }), process.process.isRunning else {
+    private static func start(
+        folder: URL, analysisEndpoint: String, httpPort: Int, arguments: [String], environment: [String: String]
+    ) throws -> RunningProcess {
+        let process = try RunningProcess(
+            product: "llmtap-collector",
+            arguments: [
+                "--listen-analysis", analysisEndpoint, "--listen-policy", "tcp://127.0.0.1:*", "--http",
+                "127.0.0.1:\(httpPort)",
+                "--db", folder.appendingPathComponent("data/llmtap.sqlite").path,
+                "--jsonl", folder.appendingPathComponent("exchanges.jsonl").path,
+            ] + arguments, environment: environment)
+        guard eventually({ process.stderr.contains("llmtap-collector started") || !process.process.isRunning }),
+            process.process.isRunning
+        else {
             throw TestFailure("the collector did not start: \(process.stderr)")
         }
         return process
@@ -38,7 +47,9 @@ final class CollectorHarness: @unchecked Sendable {
 
     /// Starts it again after a stop, on the same ports and database.
     func restart() throws {
-        process = try Self.start(folder: folder, analysisEndpoint: analysisEndpoint, httpPort: httpPort, arguments: arguments, environment: environment)
+        process = try Self.start(
+            folder: folder, analysisEndpoint: analysisEndpoint, httpPort: httpPort, arguments: arguments,
+            environment: environment)
     }
 
     func get(_ path: String) throws -> (status: Int, body: String) {
@@ -59,7 +70,9 @@ final class CollectorHarness: @unchecked Sendable {
         guard status == 200 else { throw TestFailure("/metrics answered \(status)") }
         var values: [String: Double] = [:]
         for line in body.split(separator: "\n") where !line.hasPrefix("#") {
-            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else { continue }
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else {
+                continue
+            }
             values[String(line[..<space])] = value
         }
         return values

@@ -7,28 +7,37 @@ import XCTest
 final class CollectorProcessTests: XCTestCase {
     /// Its HTTP port and database, away from the defaults (another collector may be running).
     private func isolated() throws -> [String] {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-collector-\(UUID().uuidString)")
-        return ["--http", "127.0.0.1:\(try freeTCPPort())", "--listen-policy", "tcp://127.0.0.1:*", "--db", folder.appendingPathComponent("llmtap.sqlite").path]
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "llmtap-collector-\(UUID().uuidString)")
+        return [
+            "--http", "127.0.0.1:\(try freeTCPPort())", "--listen-policy", "tcp://127.0.0.1:*", "--db",
+            folder.appendingPathComponent("llmtap.sqlite").path,
+        ]
     }
 
     func testHelpExplainsEveryOption() throws {
         let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--help"])
         XCTAssertEqual(collector.waitForExit(), 0)
-        for option in ["--listen-analysis", "--http", "--db", "--exchange-timeout", "--prices", "--store-bodies", "--retention-days",
-                       "--jsonl", "--max-model-labels", "--log-level", "LLMTAP_LISTEN_ANALYSIS", "LLMTAP_HTTP", "LLMTAP_DB",
-                       "--listen-policy", "LLMTAP_LISTEN_POLICY", "MANAGEMENT_TOKEN", "--management-token-file"] {
+        for option in [
+            "--listen-analysis", "--http", "--db", "--exchange-timeout", "--prices", "--store-bodies",
+            "--retention-days",
+            "--jsonl", "--max-model-labels", "--log-level", "LLMTAP_LISTEN_ANALYSIS", "LLMTAP_HTTP", "LLMTAP_DB",
+            "--listen-policy", "LLMTAP_LISTEN_POLICY", "MANAGEMENT_TOKEN", "--management-token-file",
+        ] {
             XCTAssertTrue(collector.stdout.contains(option), "--help does not mention \(option)")
         }
     }
 
     func testItReceivesASidecarAndStopsCleanlyOnSIGTERM() throws {
         let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
-        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--log-level", "debug"] + isolated(),
-                                           environment: ["LLMTAP_LISTEN_ANALYSIS": endpoint])
+        let collector = try RunningProcess(
+            product: "llmtap-collector", arguments: ["--log-level", "debug"] + isolated(),
+            environment: ["LLMTAP_LISTEN_ANALYSIS": endpoint])
         XCTAssertTrue(eventually { collector.stderr.contains("llmtap-collector started") }, collector.stderr)
 
         let publisher = try AnalysisPublisher(
-            configuration: AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "sidecar-7"), logger: testLogger()
+            configuration: AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "sidecar-7"),
+            logger: testLogger()
         )
         publisher.publish(SampleRecords.heartbeat)
         publisher.publish(SampleRecords.request)
@@ -46,7 +55,8 @@ final class CollectorProcessTests: XCTestCase {
 
     func testGarbageOnTheAnalysisPortIsLoggedAndCounted() throws {
         let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
-        let collector = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
+        let collector = try RunningProcess(
+            product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
         XCTAssertTrue(eventually { collector.stderr.contains("llmtap-collector started") }, collector.stderr)
         let context = try ZMQContext()
         let push = try ZMQSocket(context: context, kind: .push)
@@ -64,15 +74,18 @@ final class CollectorProcessTests: XCTestCase {
 
     func testAPortInUseOrAMalformedEndpointIsRefusedWithAReason() throws {
         let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
-        let first = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
+        let first = try RunningProcess(
+            product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
         XCTAssertTrue(eventually { first.stderr.contains("llmtap-collector started") }, first.stderr)
-        let second = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
+        let second = try RunningProcess(
+            product: "llmtap-collector", arguments: ["--listen-analysis", endpoint] + isolated())
         XCTAssertNotEqual(second.waitForExit(), 0)
         XCTAssertTrue(second.stderr.contains("Address already in use"), second.stderr)
         first.signal(SIGTERM)
         XCTAssertEqual(first.waitForExit(), 0)
 
-        let malformed = try RunningProcess(product: "llmtap-collector", arguments: ["--listen-analysis", "7101"] + isolated())
+        let malformed = try RunningProcess(
+            product: "llmtap-collector", arguments: ["--listen-analysis", "7101"] + isolated())
         XCTAssertNotEqual(malformed.waitForExit(), 0)
         XCTAssertTrue(malformed.stderr.contains("cannot listen on --listen-analysis 7101"), malformed.stderr)
     }

@@ -20,14 +20,20 @@ final class CollectorRobustnessTests: XCTestCase {
         ExchangeRecords.done(id, chunks: Int(chunks), responseBytes: bytes)
     }
 
-    private func publisher(_ collector: CollectorHarness, sidecar: String = "robust-sidecar") throws -> AnalysisPublisher {
-        try AnalysisPublisher(configuration: AnalysisPublisherConfiguration(endpoint: collector.analysisEndpoint, sidecarID: sidecar), logger: testLogger())
+    private func publisher(_ collector: CollectorHarness, sidecar: String = "robust-sidecar") throws
+        -> AnalysisPublisher
+    {
+        try AnalysisPublisher(
+            configuration: AnalysisPublisherConfiguration(endpoint: collector.analysisEndpoint, sidecarID: sidecar),
+            logger: testLogger())
     }
 
     private func rows(_ collector: CollectorHarness) throws -> [ExchangeRecord] {
         var configuration = Configuration()
         configuration.readonly = true
-        return try DatabaseQueue(path: collector.databasePath, configuration: configuration).read { db in try ExchangeRecord.fetchAll(db) }
+        return try DatabaseQueue(path: collector.databasePath, configuration: configuration).read { db in
+            try ExchangeRecord.fetchAll(db)
+        }
     }
 
     func testEveryKindOfBadInputIsCountedAndTheCollectorCarriesOn() throws {
@@ -44,16 +50,19 @@ final class CollectorRobustnessTests: XCTestCase {
         try push.send(Array(whole.prefix(whole.count - 9)))
         var unknownKind = Array(WireFrame.header)
         // sidecar_id, boot_id, seq, then field 16 (a record kind this build doesn't know) instead of 10...13.
-        unknownKind += [0x0A, 0x03] + Array("raw".utf8) + [0x12, 0x01, 0x62, 0x18, 0x01] + [0x82, 0x01, 0x02, 0x08, 0x01]
+        unknownKind +=
+            [0x0A, 0x03] + Array("raw".utf8) + [0x12, 0x01, 0x62, 0x18, 0x01] + [0x82, 0x01, 0x02, 0x08, 0x01]
         try push.send(unknownKind)
 
         // In records: strays, a duplicate, bodies that can't be read, and a 50 MB one.
         let publisher = try publisher(collector)
         publisher.publish(chunk("nobody", 0, offset: 0, Data("data: {}\n\n".utf8)))
         publisher.publish(done("nobody-else", chunks: 0))
-        for (id, body) in [("bad-json", Data("data: {\"model\": \"gpt-4o-mini\", \"usage\": {\n\n".utf8)),
-                           ("not-utf8", Data([0x7B, 0x22, 0xFF, 0xFE, 0x22, 0x3A, 0x31, 0x7D])),
-                           ("broken-sse", Data("data: {\"model\":\"gpt-4o-mini\"}".utf8))] {
+        for (id, body) in [
+            ("bad-json", Data("data: {\"model\": \"gpt-4o-mini\", \"usage\": {\n\n".utf8)),
+            ("not-utf8", Data([0x7B, 0x22, 0xFF, 0xFE, 0x22, 0x3A, 0x31, 0x7D])),
+            ("broken-sse", Data("data: {\"model\":\"gpt-4o-mini\"}".utf8)),
+        ] {
             publisher.publish(request(id))
             publisher.publish(chunk(id, 0, offset: 0, body))
             publisher.publish(done(id, chunks: 1))
@@ -74,20 +83,26 @@ final class CollectorRobustnessTests: XCTestCase {
         XCTAssertEqual(try collector.metric("llmtap_decode_errors_total", ["reason": "bad_marker"]), 1)
         XCTAssertEqual(try collector.metric("llmtap_decode_errors_total", ["reason": "undecodable"]), 1)
         XCTAssertEqual(try collector.metric("llmtap_decode_errors_total", ["reason": "incomplete_envelope"]), 1)
-        XCTAssertEqual(try collector.metric("llmtap_assembly_anomalies_total", ["kind": "chunk_for_unknown_exchange"]), 0,
-                       "a chunk before its request opens the exchange")
-        XCTAssertEqual(try collector.metric("llmtap_assembly_anomalies_total", ["kind": "done_for_unknown_exchange"]), 1)
+        XCTAssertEqual(
+            try collector.metric("llmtap_assembly_anomalies_total", ["kind": "chunk_for_unknown_exchange"]), 0,
+            "a chunk before its request opens the exchange")
+        XCTAssertEqual(
+            try collector.metric("llmtap_assembly_anomalies_total", ["kind": "done_for_unknown_exchange"]), 1)
         XCTAssertEqual(try collector.metric("llmtap_assembly_anomalies_total", ["kind": "duplicate_done"]), 1)
         XCTAssertEqual(try collector.metric("llmtap_parse_errors_total"), 3)
         let byID = Dictionary(uniqueKeysWithValues: try rows(collector).map { ($0.exchangeID, $0) })
-        XCTAssertTrue(byID["bad-json"]?.parseError.contains("not valid JSON") == true, "\(String(describing: byID["bad-json"]))")
+        XCTAssertTrue(
+            byID["bad-json"]?.parseError.contains("not valid JSON") == true, "\(String(describing: byID["bad-json"]))")
         XCTAssertTrue(byID["not-utf8"]?.parseError.contains("not valid JSON") == true)
         XCTAssertTrue(byID["broken-sse"]?.parseError.contains("no complete event") == true)
         XCTAssertEqual(byID["huge"]?.truncated, true)
         XCTAssertEqual(byID["huge"]?.responseBytes, 50 << 20 + 8)
         XCTAssertEqual(try collector.get("/healthz").status, 200)
-        let rss = try String(contentsOfFile: "/proc/\(collector.process.process.processIdentifier)/status", encoding: .utf8)
-            .split(separator: "\n").first { $0.hasPrefix("VmRSS") }.flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
+        let rss =
+            try String(contentsOfFile: "/proc/\(collector.process.process.processIdentifier)/status", encoding: .utf8)
+            .split(separator: "\n").first { $0.hasPrefix("VmRSS") }.flatMap {
+                Int($0.split(separator: " ").dropFirst().first ?? "")
+            } ?? 0
         XCTAssertLessThan(rss, 300 << 10, "the 50 MB body was not held whole (RSS \(rss) kB)")
         // Each kind is logged, without flooding.
         let log = collector.process.stderr
@@ -106,14 +121,19 @@ final class CollectorRobustnessTests: XCTestCase {
         XCTAssertTrue(try eventually { try self.rows(collector).count == 1 })
 
         // Another process takes the database's write lock and keeps it.
-        let locker = try RunningProcess(executable: URL(fileURLWithPath: "/usr/bin/python3"), arguments: ["-c", """
-            import sqlite3, sys, time
-            db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-            db.execute("BEGIN EXCLUSIVE")
-            print("locked", flush=True)
-            time.sleep(float(sys.argv[2]))
-            db.execute("ROLLBACK")
-            """, collector.databasePath, "12"])
+        let locker = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/python3"),
+            arguments: [
+                "-c",
+                """
+                import sqlite3, sys, time
+                db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+                db.execute("BEGIN EXCLUSIVE")
+                print("locked", flush=True)
+                time.sleep(float(sys.argv[2]))
+                db.execute("ROLLBACK")
+                """, collector.databasePath, "12",
+            ])
         XCTAssertTrue(eventually { locker.stdout.contains("locked") }, locker.stderr)
         for index in 0..<10 {
             publisher.publish(request("during-\(index)"))
@@ -137,7 +157,12 @@ final class CollectorRobustnessTests: XCTestCase {
         let publisher = try publisher(collector)
         for index in 0..<200 {
             publisher.publish(request("ex-\(index)"))
-            publisher.publish(chunk("ex-\(index)", 0, offset: 0, Data(#"data: {"model":"gpt-4o-mini","usage":{"prompt_tokens":3,"completion_tokens":4}}"#.utf8 + Data("\n\n".utf8))))
+            publisher.publish(
+                chunk(
+                    "ex-\(index)", 0, offset: 0,
+                    Data(
+                        #"data: {"model":"gpt-4o-mini","usage":{"prompt_tokens":3,"completion_tokens":4}}"#.utf8
+                            + Data("\n\n".utf8))))
             publisher.publish(done("ex-\(index)", chunks: 1))
         }
         publisher.shutdown()
@@ -150,7 +175,9 @@ final class CollectorRobustnessTests: XCTestCase {
         let stored = try rows(collector)
         XCTAssertEqual(stored.count, 200)
         XCTAssertEqual(stored.reduce(0) { $0 + $1.totalTokens }, 200 * 7)
-        let check = try DatabaseQueue(path: collector.databasePath).read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") }
+        let check = try DatabaseQueue(path: collector.databasePath).read { db in
+            try String.fetchOne(db, sql: "PRAGMA integrity_check")
+        }
         XCTAssertEqual(check, "ok")
     }
 }
@@ -158,26 +185,39 @@ final class CollectorRobustnessTests: XCTestCase {
 final class CollectorStorageOptionTests: XCTestCase {
     func testBodiesAreStoredOnlyWhenAskedAndCappedAndOldRowsExpire() throws {
         // A database that already holds a row from three days ago.
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-retention-\(UUID().uuidString)")
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "llmtap-retention-\(UUID().uuidString)")
         let path = folder.appendingPathComponent("data/llmtap.sqlite").path
         let database = try AppDatabase.open(path: path)
         var old = ExchangeRecord(
-            AssembledExchange(sidecarID: "s", bootID: "b", exchangeID: "old", request: nil, done: nil, parsed: ParsedExchange(), outcome: "incomplete",
-                              captureComplete: false, truncated: false, responseBytesSeen: 0, firstChunkUnixNanos: 0, requestBody: nil, responseBody: nil),
+            AssembledExchange(
+                sidecarID: "s", bootID: "b", exchangeID: "old", request: nil, done: nil, parsed: ParsedExchange(),
+                outcome: "incomplete",
+                captureComplete: false, truncated: false, responseBytesSeen: 0, firstChunkUnixNanos: 0,
+                requestBody: nil, responseBody: nil),
             prices: try PriceTable.shipped()
         )
         old.startedAtMs = Int64(Date().timeIntervalSince1970 * 1000) - 3 * 86_400_000
         try database.insert([old])
 
-        let collector = try RunningProcess(product: "llmtap-collector", arguments: [
-            "--listen-analysis", "tcp://127.0.0.1:\(try freeTCPPort())", "--listen-policy", "tcp://127.0.0.1:*",
-            "--http", "127.0.0.1:\(try freeTCPPort())", "--db", path,
-            "--store-bodies", "--max-stored-body-bytes", "16", "--retention-days", "1",
-        ])
-        defer { collector.signal(SIGTERM); _ = collector.waitForExit() }
+        let collector = try RunningProcess(
+            product: "llmtap-collector",
+            arguments: [
+                "--listen-analysis", "tcp://127.0.0.1:\(try freeTCPPort())", "--listen-policy", "tcp://127.0.0.1:*",
+                "--http", "127.0.0.1:\(try freeTCPPort())", "--db", path,
+                "--store-bodies", "--max-stored-body-bytes", "16", "--retention-days", "1",
+            ])
+        defer {
+            collector.signal(SIGTERM)
+            _ = collector.waitForExit()
+        }
         XCTAssertTrue(eventually { collector.stderr.contains("llmtap-collector started") }, collector.stderr)
-        let endpoint = try XCTUnwrap(collector.stderr.range(of: "analysis=").map { String(collector.stderr[$0.upperBound...].prefix { $0 != " " }) })
-        let publisher = try AnalysisPublisher(configuration: AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "s"), logger: testLogger())
+        let endpoint = try XCTUnwrap(
+            collector.stderr.range(of: "analysis=").map {
+                String(collector.stderr[$0.upperBound...].prefix { $0 != " " })
+            })
+        let publisher = try AnalysisPublisher(
+            configuration: AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "s"), logger: testLogger())
         var request = WireRequest()
         request.exchangeID = "new"
         request.body = Data(#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"a long prompt"}]}"#.utf8)
@@ -193,8 +233,11 @@ final class CollectorStorageOptionTests: XCTestCase {
         publisher.publish(.responseDone(done))
         publisher.shutdown()
 
-        XCTAssertTrue(try eventually { try database.writer.read { db in try ExchangeRecord.fetchAll(db) }.map(\.exchangeID) == ["new"] },
-                      "the three-day-old row is deleted, the new one kept")
+        XCTAssertTrue(
+            try eventually {
+                try database.writer.read { db in try ExchangeRecord.fetchAll(db) }.map(\.exchangeID) == ["new"]
+            },
+            "the three-day-old row is deleted, the new one kept")
         let row = try XCTUnwrap(try database.writer.read { db in try ExchangeRecord.fetchOne(db) })
         XCTAssertEqual(row.requestBody, Data(request.body.prefix(16)))
         XCTAssertEqual(row.responseBody, Data(chunk.data.prefix(16)))

@@ -21,10 +21,15 @@ final class ExchangeAssemblerTests: XCTestCase {
     }
 
     private func stream() throws -> [UInt8] {
-        Array(try Data(contentsOf: repositoryRoot.appendingPathComponent("Tests/CollectorTests/Fixtures/openai-chat-stream-usage.sse")))
+        Array(
+            try Data(
+                contentsOf: repositoryRoot.appendingPathComponent(
+                    "Tests/CollectorTests/Fixtures/openai-chat-stream-usage.sse")))
     }
 
-    private func run(_ assembler: inout ExchangeAssembler, _ records: [WireRecord], sidecar: String = "s1", now: Int64 = 0) -> [ExchangeAssembler.Output] {
+    private func run(
+        _ assembler: inout ExchangeAssembler, _ records: [WireRecord], sidecar: String = "s1", now: Int64 = 0
+    ) -> [ExchangeAssembler.Output] {
         records.flatMap { assembler.add(sidecarID: sidecar, bootID: "b1", record: $0, nowNanos: now) }
     }
 
@@ -39,9 +44,12 @@ final class ExchangeAssemblerTests: XCTestCase {
     func testAnExchangeIsJoinedAndReadWhateverTheOrderOfItsChunks() throws {
         let body = try stream()
         let parts = chunks("ex-1", body, size: 300)
-        for order in [Array(parts.indices), Array(parts.indices.reversed()), parts.indices.map { ($0 * 7) % parts.count }] {
+        for order in [
+            Array(parts.indices), Array(parts.indices.reversed()), parts.indices.map { ($0 * 7) % parts.count },
+        ] {
             var assembler = ExchangeAssembler()
-            let outputs = run(&assembler, [request("ex-1")] + order.map { parts[$0] } + [done("ex-1", chunks: parts.count)])
+            let outputs = run(
+                &assembler, [request("ex-1")] + order.map { parts[$0] } + [done("ex-1", chunks: parts.count)])
             let exchange = try XCTUnwrap(ended(outputs).first, "\(order)")
             XCTAssertEqual(exchange.parsed.usage, TokenUsage(input: 9, output: 12))
             XCTAssertEqual(exchange.parsed.modelRequested, "gpt-4o-mini")
@@ -56,16 +64,21 @@ final class ExchangeAssemblerTests: XCTestCase {
 
     func testRecordsThatFitNoExchangeAreCountedByKind() {
         var assembler = ExchangeAssembler()
-        let outputs = run(&assembler, [
-            done("nobody", chunks: 0),
-            request("ex-1"), done("ex-1", chunks: 0), done("ex-1", chunks: 0),
-            request("ex-1"),
-        ] + chunks("ex-1", Array("data: late\n\n".utf8), size: 100))
-        XCTAssertEqual(anomalies(outputs), [.doneForUnknownExchange, .duplicateDone, .duplicateRequest, .chunkForUnknownExchange])
+        let outputs = run(
+            &assembler,
+            [
+                done("nobody", chunks: 0),
+                request("ex-1"), done("ex-1", chunks: 0), done("ex-1", chunks: 0),
+                request("ex-1"),
+            ] + chunks("ex-1", Array("data: late\n\n".utf8), size: 100))
+        XCTAssertEqual(
+            anomalies(outputs), [.doneForUnknownExchange, .duplicateDone, .duplicateRequest, .chunkForUnknownExchange])
         XCTAssertEqual(ended(outputs).count, 1)
         // The same exchange id from two sidecars is two exchanges.
         var other = ExchangeAssembler()
-        let both = run(&other, [request("ex-1"), done("ex-1", chunks: 0)], sidecar: "a") + run(&other, [request("ex-1"), done("ex-1", chunks: 0)], sidecar: "b")
+        let both =
+            run(&other, [request("ex-1"), done("ex-1", chunks: 0)], sidecar: "a")
+            + run(&other, [request("ex-1"), done("ex-1", chunks: 0)], sidecar: "b")
         XCTAssertEqual(ended(both).map(\.sidecarID), ["a", "b"])
     }
 
@@ -87,7 +100,8 @@ final class ExchangeAssemblerTests: XCTestCase {
         var parts = chunks("ex-1", body, size: 200)
         parts.remove(at: 3)
         var assembler = ExchangeAssembler()
-        let exchange = try XCTUnwrap(ended(run(&assembler, [request("ex-1")] + parts + [done("ex-1", chunks: parts.count + 1)])).first)
+        let exchange = try XCTUnwrap(
+            ended(run(&assembler, [request("ex-1")] + parts + [done("ex-1", chunks: parts.count + 1)])).first)
         XCTAssertFalse(exchange.captureComplete)
         XCTAssertEqual(exchange.parsed.usage, TokenUsage(input: 9, output: 12))
     }
@@ -95,9 +109,12 @@ final class ExchangeAssemblerTests: XCTestCase {
     func testALostRequestStillGivesAnExchange() throws {
         let body = try stream()
         var assembler = ExchangeAssembler()
-        let exchange = try XCTUnwrap(ended(run(&assembler, chunks("ex-1", body, size: 400) + [done("ex-1", chunks: 10)])).first)
+        let exchange = try XCTUnwrap(
+            ended(run(&assembler, chunks("ex-1", body, size: 400) + [done("ex-1", chunks: 10)])).first)
         XCTAssertNil(exchange.request)
-        XCTAssertEqual(exchange.parsed.usage, TokenUsage(input: 9, output: 12), "an OpenAI-shaped stream is read without knowing its host")
+        XCTAssertEqual(
+            exchange.parsed.usage, TokenUsage(input: 9, output: 12),
+            "an OpenAI-shaped stream is read without knowing its host")
     }
 
     func testA50MBBodyIsCountedButNotHeld() throws {

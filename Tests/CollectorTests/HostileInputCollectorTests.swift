@@ -13,8 +13,10 @@ final class HostileInputCollectorTests: XCTestCase {
 
     func testSinceRefusesWhatIsNotATimeAndNamesItself() {
         let now = Date(timeIntervalSince1970: 1_800_000_000)
-        for bad in ["1e400", "-1e400", "nan", "NaN", "inf", "-inf", "infinity", "-1", "1e300", "9223372036854775807000",
-                    "1e400d", "nanh", "infm", "-5m", "1e300d", "100000000000d", "next tuesday", "0x1p2000"] {
+        for bad in [
+            "1e400", "-1e400", "nan", "NaN", "inf", "-inf", "infinity", "-1", "1e300", "9223372036854775807000",
+            "1e400d", "nanh", "infm", "-5m", "1e300d", "100000000000d", "next tuesday", "0x1p2000",
+        ] {
             XCTAssertThrowsError(try APIHandler.since(bad, now: now), bad) { error in
                 XCTAssertTrue("\(error)".hasPrefix("since must be"), "\(bad): \(error)")
             }
@@ -71,13 +73,15 @@ final class HostileInputCollectorTests: XCTestCase {
         XCTAssertEqual(negative.usage.output, 5)
         XCTAssertTrue(negative.parseError.contains("implausibly"), negative.parseError)
         let max = Int.max
-        let huge = parse(#"{"usageMetadata":{"promptTokenCount":\#(max),"toolUsePromptTokenCount":\#(max),"candidatesTokenCount":\#(max),"thoughtsTokenCount":\#(max)}}"#,
-                         path: "/v1beta/models/gemini-2.0-flash:generateContent")
+        let huge = parse(
+            #"{"usageMetadata":{"promptTokenCount":\#(max),"toolUsePromptTokenCount":\#(max),"candidatesTokenCount":\#(max),"thoughtsTokenCount":\#(max)}}"#,
+            path: "/v1beta/models/gemini-2.0-flash:generateContent")
         XCTAssertEqual(huge.usage.input, 2 * TokenUsage.maximumCount)
         XCTAssertEqual(huge.usage.output, 2 * TokenUsage.maximumCount)
         XCTAssertTrue(huge.parseError.contains("implausibly"))
-        let anthropic = parse(#"{"model":"claude-3-5-haiku","usage":{"input_tokens":\#(max),"output_tokens":\#(max),"cache_read_input_tokens":\#(max),"cache_creation_input_tokens":\#(max)}}"#,
-                              path: "/v1/messages")
+        let anthropic = parse(
+            #"{"model":"claude-3-5-haiku","usage":{"input_tokens":\#(max),"output_tokens":\#(max),"cache_read_input_tokens":\#(max),"cache_creation_input_tokens":\#(max)}}"#,
+            path: "/v1/messages")
         XCTAssertEqual(anthropic.usage.total, 4 * TokenUsage.maximumCount)
         let fine = parse(#"{"model":"gpt-4o-mini","usage":{"prompt_tokens":10,"completion_tokens":5}}"#)
         XCTAssertEqual(fine.parseError, "")
@@ -86,8 +90,10 @@ final class HostileInputCollectorTests: XCTestCase {
     /// Found by the json-scan fuzz target running slowly: every unclosed `"usage": {` was a scan to
     /// the body's end. Only the last few are tried now (usage sits at a body's end).
     func testManyUnclosedObjectsDoNotMakeTheScanQuadratic() {
-        let body = Array(String(repeating: #""usage":{"#, count: 50_000).utf8) + Array(#""usage":{"prompt_tokens":3}"#.utf8)
-        XCTAssertEqual(JSONScan.lastObject(named: "usage", in: body).map { Array($0) }, Array(#"{"prompt_tokens":3}"#.utf8))
+        let body =
+            Array(String(repeating: #""usage":{"#, count: 50_000).utf8) + Array(#""usage":{"prompt_tokens":3}"#.utf8)
+        XCTAssertEqual(
+            JSONScan.lastObject(named: "usage", in: body).map { Array($0) }, Array(#"{"prompt_tokens":3}"#.utf8))
         XCTAssertNil(JSONScan.lastObject(named: "usage", in: Array(body.dropLast(20))))
     }
 
@@ -95,8 +101,12 @@ final class HostileInputCollectorTests: XCTestCase {
         var assembler = ExchangeAssembler()
         let id = "edge"
         _ = assembler.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.request(id), nowNanos: 1)
-        _ = assembler.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.chunk(id, index: UInt64.max, offset: UInt64.max, Data("x".utf8)), nowNanos: 2)
-        _ = assembler.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.chunk(id, index: 0, offset: UInt64.max - 1, Data("abc".utf8)), nowNanos: 3)
+        _ = assembler.add(
+            sidecarID: "s", bootID: "b",
+            record: ExchangeRecords.chunk(id, index: UInt64.max, offset: UInt64.max, Data("x".utf8)), nowNanos: 2)
+        _ = assembler.add(
+            sidecarID: "s", bootID: "b",
+            record: ExchangeRecords.chunk(id, index: 0, offset: UInt64.max - 1, Data("abc".utf8)), nowNanos: 3)
         var done = WireResponseDone()
         done.exchangeID = id
         done.requestBytes = .max
@@ -113,10 +123,13 @@ final class HostileInputCollectorTests: XCTestCase {
 
     func testARecordReadWithReplacementsStillCountsAndSaysSo() {
         var assembler = ExchangeAssembler()
-        _ = assembler.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.request("r"), nowNanos: 1, textRepaired: true)
+        _ = assembler.add(
+            sidecarID: "s", bootID: "b", record: ExchangeRecords.request("r"), nowNanos: 1, textRepaired: true)
         let body = Data(#"{"model":"gpt-4o-mini","usage":{"prompt_tokens":40,"completion_tokens":2}}"#.utf8)
-        _ = assembler.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.chunk("r", index: 0, offset: 0, body), nowNanos: 2)
-        let outputs = assembler.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.done("r", chunks: 1), nowNanos: 3)
+        _ = assembler.add(
+            sidecarID: "s", bootID: "b", record: ExchangeRecords.chunk("r", index: 0, offset: 0, body), nowNanos: 2)
+        let outputs = assembler.add(
+            sidecarID: "s", bootID: "b", record: ExchangeRecords.done("r", chunks: 1), nowNanos: 3)
         guard case .ended(let exchange) = outputs.first else { return XCTFail("\(outputs)") }
         XCTAssertEqual(exchange.parsed.usage.total, 42)
         XCTAssertEqual(exchange.parsed.usageSource, .reported)
@@ -129,7 +142,10 @@ final class HostileInputCollectorTests: XCTestCase {
         var assembler = ExchangeAssembler(limits: limits)
         var anomalies: [ExchangeAssembler.Anomaly] = []
         for index in 0..<10 {
-            for output in assembler.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.chunk("x\(index)", index: 0, offset: 0, Data()), nowNanos: 1) {
+            for output in assembler.add(
+                sidecarID: "s", bootID: "b", record: ExchangeRecords.chunk("x\(index)", index: 0, offset: 0, Data()),
+                nowNanos: 1)
+            {
                 if case .anomaly(let kind, _) = output { anomalies.append(kind) }
             }
         }
@@ -139,7 +155,9 @@ final class HostileInputCollectorTests: XCTestCase {
         var small = ExchangeAssembler(limits: ExchangeAssembler.Limits(maxExchangeBytes: 64 << 10))
         _ = small.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.request("w"), nowNanos: 1)
         for index in 1...100_000 {
-            _ = small.add(sidecarID: "s", bootID: "b", record: ExchangeRecords.chunk("w", index: UInt64(index), offset: 0, Data()), nowNanos: 1)
+            _ = small.add(
+                sidecarID: "s", bootID: "b",
+                record: ExchangeRecords.chunk("w", index: UInt64(index), offset: 0, Data()), nowNanos: 1)
         }
         XCTAssertLessThanOrEqual(small.heldBytes, 64 << 10)
     }
@@ -158,8 +176,10 @@ final class HostileInputCollectorTests: XCTestCase {
     func testNumbersFromTheNetworkGetAnswersAndNeverStopTheCollector() throws {
         let collector = try CollectorHarness()
         defer { _ = collector.stop() }
-        for query in ["since=1e400", "since=nan", "since=inf", "since=-inf", "since=-1", "since=99999999999999999999d",
-                      "limit=99999999999999999999", "limit=1e3", "app=%E9", "since=1e400&limit=nan"] {
+        for query in [
+            "since=1e400", "since=nan", "since=inf", "since=-inf", "since=-1", "since=99999999999999999999d",
+            "limit=99999999999999999999", "limit=1e3", "app=%E9", "since=1e400&limit=nan",
+        ] {
             let (status, body) = try collector.get("/api/exchanges?\(query)")
             XCTAssertEqual(status, 400, "\(query): \(body)")
             let name = query.split(separator: "=")[0]
@@ -203,7 +223,8 @@ final class HostileInputCollectorTests: XCTestCase {
         XCTAssertTrue(collector.process.process.isRunning, collector.process.stderr)
         let metrics = try collector.get("/metrics").body
         XCTAssertTrue(metrics.contains(#"llmtap_sidecar_malformed_requests_total{sidecar="edge-sidecar"}"#), metrics)
-        let promtool = try RunningProcess(executable: URL(fileURLWithPath: "/usr/bin/promtool"), arguments: ["check", "metrics"], stdinText: metrics)
+        let promtool = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/promtool"), arguments: ["check", "metrics"], stdinText: metrics)
         XCTAssertEqual(promtool.waitForExit(), 0, promtool.stdout + promtool.stderr)
         // It restarts from what it stored.
         XCTAssertEqual(collector.stop(), 0)
@@ -214,13 +235,17 @@ final class HostileInputCollectorTests: XCTestCase {
     func testTheAPICanRequireAToken() throws {
         let apiToken = "api-token-0123456789abcdef"
         let managementToken = "management-token-0123456789"
-        let collector = try CollectorHarness(arguments: ["--api-token", apiToken], environment: ["MANAGEMENT_TOKEN": managementToken])
+        let collector = try CollectorHarness(
+            arguments: ["--api-token", apiToken], environment: ["MANAGEMENT_TOKEN": managementToken])
         defer { _ = collector.stop() }
         let url = "http://127.0.0.1:\(collector.httpPort)"
         XCTAssertEqual(try curlWithStatus([url + "/api/exchanges"]).status, 401)
-        XCTAssertEqual(try curlWithStatus([url + "/api/usage", "-H", "Authorization: Bearer wrong-token-0123456789"]).status, 401)
-        XCTAssertEqual(try curlWithStatus([url + "/api/exchanges", "-H", "Authorization: Bearer \(apiToken)"]).status, 200)
-        XCTAssertEqual(try curlWithStatus([url + "/api/usage", "-H", "Authorization: bearer \(managementToken)"]).status, 200)
+        XCTAssertEqual(
+            try curlWithStatus([url + "/api/usage", "-H", "Authorization: Bearer wrong-token-0123456789"]).status, 401)
+        XCTAssertEqual(
+            try curlWithStatus([url + "/api/exchanges", "-H", "Authorization: Bearer \(apiToken)"]).status, 200)
+        XCTAssertEqual(
+            try curlWithStatus([url + "/api/usage", "-H", "Authorization: bearer \(managementToken)"]).status, 200)
         for open in ["/metrics", "/healthz", "/readyz"] {
             XCTAssertEqual(try curlWithStatus([url + open]).status, 200, open)
         }
@@ -231,7 +256,8 @@ final class HostileInputCollectorTests: XCTestCase {
         defer { _ = open.stop() }
         XCTAssertTrue(open.process.stderr.contains("/api is open"), open.process.stderr)
         // A token too short to be safe stops the start.
-        let short = try RunningProcess(product: "llmtap-collector", arguments: ["--api-token", "short", "--http", "127.0.0.1:0"])
+        let short = try RunningProcess(
+            product: "llmtap-collector", arguments: ["--api-token", "short", "--http", "127.0.0.1:0"])
         XCTAssertNotEqual(short.waitForExit(), 0)
         XCTAssertTrue(short.stderr.contains("--api-token"), short.stderr)
     }
@@ -246,16 +272,21 @@ final class HostileInputCollectorTests: XCTestCase {
         func spend(project name: String, userHeader: [UInt8]) throws -> (statuses: [Int], tokens: Int) {
             let project = try fleet.createProject(name)
             let key = try fleet.createToken(project: project)
-            XCTAssertEqual(try fleet.manage("PUT", "/manage/projects/\(project)/budget", #"{"period":"day","max_tokens":100}"#).status, 200)
+            XCTAssertEqual(
+                try fleet.manage("PUT", "/manage/projects/\(project)/budget", #"{"period":"day","max_tokens":100}"#)
+                    .status, 200)
             // curl takes the raw bytes from a file: a process argument can only be UTF-8.
             let headers = fleet.folder.appendingPathComponent("headers-\(name).txt")
-            try (Data("Authorization: Bearer \(key)\r\nX-User: ".utf8) + userHeader + Data("\r\ncontent-type: application/json\r\n".utf8))
+            try
+                (Data("Authorization: Bearer \(key)\r\nX-User: ".utf8) + userHeader
+                + Data("\r\ncontent-type: application/json\r\n".utf8))
                 .write(to: headers)
             var statuses: [Int] = []
             for _ in 0..<10 {
                 let result = try curlWithStatus([
                     "http://127.0.0.1:\(port)/v1/chat/completions", "-H", "@\(headers.path)",
-                    "--data-binary", #"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#,
+                    "--data-binary",
+                    #"{"model":"gpt-4o-mini","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#,
                 ])
                 statuses.append(result.status)
                 if result.status == 429 { break }
@@ -269,15 +300,19 @@ final class HostileInputCollectorTests: XCTestCase {
         let plain = try spend(project: "plain", userHeader: Array("Jose".utf8))
         let latin1 = try spend(project: "latin-1", userHeader: Array("Jos".utf8) + [0xE9])
         XCTAssertEqual(plain.statuses.last, 429, "the budget never denied: \(plain.statuses)")
-        XCTAssertEqual(latin1.statuses, plain.statuses, "the same requests, one header byte apart, must be cut off alike")
+        XCTAssertEqual(
+            latin1.statuses, plain.statuses, "the same requests, one header byte apart, must be cut off alike")
         XCTAssertEqual(latin1.tokens, plain.tokens)
         XCTAssertGreaterThanOrEqual(latin1.tokens, 100)
         let statuses = plain.statuses + latin1.statuses
         // Stored with the exact bytes' readable form, and counted.
         var configuration = Configuration()
         configuration.readonly = true
-        let rows = try DatabaseQueue(path: fleet.databasePath, configuration: configuration).read { db in try ExchangeRecord.fetchAll(db) }
-        XCTAssertEqual(rows.filter { $0.status == 200 && $0.totalTokens > 0 }.count, statuses.filter { $0 == 200 }.count)
+        let rows = try DatabaseQueue(path: fleet.databasePath, configuration: configuration).read { db in
+            try ExchangeRecord.fetchAll(db)
+        }
+        XCTAssertEqual(
+            rows.filter { $0.status == 200 && $0.totalTokens > 0 }.count, statuses.filter { $0 == 200 }.count)
     }
 
     /// A peer that subscribes thousands of times, and a body nested thirty thousand deep: each is
@@ -295,13 +330,18 @@ final class HostileInputCollectorTests: XCTestCase {
         let metricsURL = fleet.api + "/metrics"
         func metric(_ name: String) -> Double {
             let body = (try? curl([metricsURL]).body).map { String(decoding: $0, as: UTF8.self) } ?? ""
-            return body.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+            return body.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap {
+                Double($0.split(separator: " ").last ?? "")
+            } ?? 0
         }
         XCTAssertTrue(eventually { metric("llmtap_policy_snapshots_refused_total") > 0 })
-        XCTAssertLessThan(metric("llmtap_policy_snapshots_sent_total"), 1_000, "snapshots past the budget were built and sent")
+        XCTAssertLessThan(
+            metric("llmtap_policy_snapshots_sent_total"), 1_000, "snapshots past the budget were built and sent")
         // A sidecar that joins now still gets its snapshot, and serves the key.
         let port = try fleet.startSidecar()
-        XCTAssertNotNil(try timeUntil(limit: .seconds(5), { try fleet.chat(port: port, key: key).status }, { $0 == 200 }), fleet.sidecarLog())
+        XCTAssertNotNil(
+            try timeUntil(limit: .seconds(5), { try fleet.chat(port: port, key: key).status }, { $0 == 200 }),
+            fleet.sidecarLog())
         flood.close()
 
         let deep = String(repeating: "[", count: 30_000) + String(repeating: "]", count: 30_000)
@@ -320,7 +360,8 @@ final class HostileInputCollectorTests: XCTestCase {
             (["--exchange-timeout", "99999999999"], [:], "--exchange-timeout"),
             (["--max-exchange-bytes", "9223372036854775807"], [:], "--max-exchange-bytes"),
         ] as [([String], [String: String], String)] {
-            let process = try RunningProcess(product: "llmtap-collector", arguments: arguments + ["--http", "127.0.0.1:0"], environment: environment)
+            let process = try RunningProcess(
+                product: "llmtap-collector", arguments: arguments + ["--http", "127.0.0.1:0"], environment: environment)
             XCTAssertEqual(process.waitForExit(), 64, "\(arguments) \(environment): \(process.stderr)")
             XCTAssertTrue(process.stderr.contains(expected), "\(expected): \(process.stderr)")
         }

@@ -14,7 +14,8 @@ final class SSEDecoderTests: XCTestCase {
     }
 
     func testLineEndsCommentsMultiLineDataAndTheLastUnclosedEvent() {
-        let stream = "\u{FEFF}: a comment\r\nevent: first\r\ndata: one\r\ndata:two\r\n\r\ndata: three\rid: 7\r\rdata: four\n\nretry: 10\n\ndata: unclosed"
+        let stream =
+            "\u{FEFF}: a comment\r\nevent: first\r\ndata: one\r\ndata:two\r\n\r\ndata: three\rid: 7\r\rdata: four\n\nretry: 10\n\ndata: unclosed"
         let expected = [
             SSEEvent(type: "first", data: Array("one\ntwo".utf8)),
             SSEEvent(type: "message", data: Array("three".utf8)),
@@ -31,7 +32,8 @@ final class SSEDecoderTests: XCTestCase {
     func testUTF8SplitAcrossPiecesComesOutWhole() {
         let bytes = Array("data: héllo ✓ 🙂\n\n".utf8)
         for cut in 0...bytes.count {
-            XCTAssertEqual(decode([Array(bytes[..<cut]), Array(bytes[cut...])]).map(\.dataString), ["héllo ✓ 🙂"], "cut at \(cut)")
+            XCTAssertEqual(
+                decode([Array(bytes[..<cut]), Array(bytes[cut...])]).map(\.dataString), ["héllo ✓ 🙂"], "cut at \(cut)")
         }
     }
 
@@ -59,7 +61,9 @@ final class ProviderParserTests: XCTestCase {
     }
 
     /// Parses a response body fed in two pieces cut at `cut`.
-    private func parse(host: String, path: String, request: String, response: [UInt8], cut: Int? = nil) -> ParsedExchange {
+    private func parse(host: String, path: String, request: String, response: [UInt8], cut: Int? = nil)
+        -> ParsedExchange
+    {
         var parser = ExchangeParser(host: host, path: path)
         parser.requestBody(Array(request.utf8), truncated: false)
         if let cut {
@@ -71,22 +75,38 @@ final class ProviderParserTests: XCTestCase {
         return parser.finish()
     }
 
-    private func usage(input: Int = 0, output: Int = 0, cached: Int = 0, creation: Int = 0, reasoning: Int = 0) -> TokenUsage {
+    private func usage(input: Int = 0, output: Int = 0, cached: Int = 0, creation: Int = 0, reasoning: Int = 0)
+        -> TokenUsage
+    {
         TokenUsage(input: input, output: output, cachedInput: cached, cacheCreation: creation, reasoning: reasoning)
     }
 
     func testTheSharedFixturesAtEveryChunkBoundary() throws {
         let cases: [(String, String, String, String, TokenUsage?, String, Bool)] = [
-            ("openai-chat.json", "api.openai.com", "/v1/chat/completions", #"{"model":"gpt-4o-mini","messages":[]}"#,
-             usage(input: 9, output: 12), "gpt-4o-mini-2024-07-18", false),
-            ("openai-chat-stream-usage.sse", "api.openai.com", "/v1/chat/completions",
-             #"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true}}"#, usage(input: 9, output: 12), "gpt-4o-mini-2024-07-18", true),
-            ("openai-chat-stream-nousage.sse", "api.openai.com", "/v1/chat/completions", #"{"model":"gpt-4o-mini","stream":true}"#,
-             nil, "gpt-4o-mini-2024-07-18", true),
-            ("anthropic-messages-stream.sse", "api.anthropic.com", "/v1/messages", #"{"model":"claude-sonnet-4-20250514","stream":true}"#,
-             usage(input: 25, output: 15, cached: 10), "claude-sonnet-4-20250514", true),
-            ("gemini-stream.sse", "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse", "{}",
-             usage(input: 8, output: 9), "gemini-2.0-flash", true),
+            (
+                "openai-chat.json", "api.openai.com", "/v1/chat/completions", #"{"model":"gpt-4o-mini","messages":[]}"#,
+                usage(input: 9, output: 12), "gpt-4o-mini-2024-07-18", false
+            ),
+            (
+                "openai-chat-stream-usage.sse", "api.openai.com", "/v1/chat/completions",
+                #"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true}}"#,
+                usage(input: 9, output: 12), "gpt-4o-mini-2024-07-18", true
+            ),
+            (
+                "openai-chat-stream-nousage.sse", "api.openai.com", "/v1/chat/completions",
+                #"{"model":"gpt-4o-mini","stream":true}"#,
+                nil, "gpt-4o-mini-2024-07-18", true
+            ),
+            (
+                "anthropic-messages-stream.sse", "api.anthropic.com", "/v1/messages",
+                #"{"model":"claude-sonnet-4-20250514","stream":true}"#,
+                usage(input: 25, output: 15, cached: 10), "claude-sonnet-4-20250514", true
+            ),
+            (
+                "gemini-stream.sse", "generativelanguage.googleapis.com",
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse", "{}",
+                usage(input: 8, output: 9), "gemini-2.0-flash", true
+            ),
         ]
         for (file, host, path, request, expected, served, stream) in cases {
             let body = try fixture(file)
@@ -105,72 +125,117 @@ final class ProviderParserTests: XCTestCase {
 
     func testTheOtherEndpointsAndTheirUsageShapes() {
         // OpenAI chat with cached and reasoning tokens: cached ones are part of prompt_tokens.
-        var parsed = parse(host: "api.openai.com", path: "/v1/chat/completions", request: #"{"model":"o3-mini"}"#, response: Array(#"""
-            {"model":"o3-mini-2025-01-31","usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,
-             "prompt_tokens_details":{"cached_tokens":1920},"completion_tokens_details":{"reasoning_tokens":256}}}
-            """#.utf8))
+        var parsed = parse(
+            host: "api.openai.com", path: "/v1/chat/completions", request: #"{"model":"o3-mini"}"#,
+            response: Array(
+                #"""
+                {"model":"o3-mini-2025-01-31","usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,
+                 "prompt_tokens_details":{"cached_tokens":1920},"completion_tokens_details":{"reasoning_tokens":256}}}
+                """#.utf8))
         XCTAssertEqual(parsed.usage, usage(input: 86, output: 300, cached: 1920, reasoning: 256))
         XCTAssertEqual(parsed.usage.total, 2306)
 
-        parsed = parse(host: "api.openai.com", path: "/v1/embeddings", request: #"{"model":"text-embedding-3-small","input":"x"}"#,
-                       response: Array(#"{"object":"list","data":[],"model":"text-embedding-3-small","usage":{"prompt_tokens":5,"total_tokens":5}}"#.utf8))
+        parsed = parse(
+            host: "api.openai.com", path: "/v1/embeddings", request: #"{"model":"text-embedding-3-small","input":"x"}"#,
+            response: Array(
+                #"{"object":"list","data":[],"model":"text-embedding-3-small","usage":{"prompt_tokens":5,"total_tokens":5}}"#
+                    .utf8))
         XCTAssertEqual([parsed.endpoint.rawValue, parsed.modelServed], ["embeddings", "text-embedding-3-small"])
         XCTAssertEqual(parsed.usage, usage(input: 5))
 
-        parsed = parse(host: "api.openai.com", path: "/v1/completions", request: #"{"model":"gpt-3.5-turbo-instruct"}"#,
-                       response: Array(#"{"model":"gpt-3.5-turbo-instruct","usage":{"prompt_tokens":4,"completion_tokens":7}}"#.utf8))
+        parsed = parse(
+            host: "api.openai.com", path: "/v1/completions", request: #"{"model":"gpt-3.5-turbo-instruct"}"#,
+            response: Array(
+                #"{"model":"gpt-3.5-turbo-instruct","usage":{"prompt_tokens":4,"completion_tokens":7}}"#.utf8))
         XCTAssertEqual([parsed.endpoint.rawValue, parsed.modelRequested], ["completions", "gpt-3.5-turbo-instruct"])
         XCTAssertEqual(parsed.usage, usage(input: 4, output: 7))
 
         // Responses API, JSON and stream.
-        let responseJSON = #"{"id":"resp_1","object":"response","model":"gpt-4.1-2025-04-14","output":[],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":4},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#
-        parsed = parse(host: "api.openai.com", path: "/v1/responses", request: #"{"model":"gpt-4.1"}"#, response: Array(responseJSON.utf8))
+        let responseJSON =
+            #"{"id":"resp_1","object":"response","model":"gpt-4.1-2025-04-14","output":[],"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":4},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":123}}"#
+        parsed = parse(
+            host: "api.openai.com", path: "/v1/responses", request: #"{"model":"gpt-4.1"}"#,
+            response: Array(responseJSON.utf8))
         XCTAssertEqual(parsed.usage, usage(input: 32, output: 87, cached: 4))
         let responseStream = """
             event: response.created\ndata: {"type":"response.created","response":{"id":"resp_1","model":"gpt-4.1-2025-04-14","usage":null}}\n\n\
             event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"Hi"}\n\n\
             event: response.completed\ndata: {"type":"response.completed","response":{"id":"resp_1","model":"gpt-4.1-2025-04-14","usage":{"input_tokens":36,"output_tokens":87,"total_tokens":123}}}\n\n
             """
-        parsed = parse(host: "api.openai.com", path: "/v1/responses", request: #"{"model":"gpt-4.1","stream":true}"#, response: Array(responseStream.utf8))
+        parsed = parse(
+            host: "api.openai.com", path: "/v1/responses", request: #"{"model":"gpt-4.1","stream":true}"#,
+            response: Array(responseStream.utf8))
         XCTAssertEqual(parsed.usage, usage(input: 36, output: 87))
         XCTAssertEqual(parsed.modelServed, "gpt-4.1-2025-04-14")
         XCTAssertTrue(parsed.stream)
 
         // Azure: the deployment stands for the model when the body names none.
-        parsed = parse(host: "x.openai.azure.com", path: "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21", request: #"{"messages":[]}"#,
-                       response: Array(#"{"model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":1,"completion_tokens":2}}"#.utf8))
-        XCTAssertEqual([parsed.provider.rawValue, parsed.modelRequested, parsed.modelServed], ["openai", "prod-gpt4o", "gpt-4o-2024-08-06"])
+        parsed = parse(
+            host: "x.openai.azure.com", path: "/openai/deployments/prod-gpt4o/chat/completions?api-version=2024-10-21",
+            request: #"{"messages":[]}"#,
+            response: Array(#"{"model":"gpt-4o-2024-08-06","usage":{"prompt_tokens":1,"completion_tokens":2}}"#.utf8))
+        XCTAssertEqual(
+            [parsed.provider.rawValue, parsed.modelRequested, parsed.modelServed],
+            ["openai", "prod-gpt4o", "gpt-4o-2024-08-06"])
 
         // Anthropic JSON with cache creation.
-        parsed = parse(host: "api.anthropic.com", path: "/v1/messages", request: #"{"model":"claude-3-5-haiku-latest"}"#, response: Array(#"""
-            {"id":"msg_1","type":"message","model":"claude-3-5-haiku-20241022","usage":{"input_tokens":12,"cache_creation_input_tokens":2048,"cache_read_input_tokens":0,"output_tokens":40}}
-            """#.utf8))
+        parsed = parse(
+            host: "api.anthropic.com", path: "/v1/messages", request: #"{"model":"claude-3-5-haiku-latest"}"#,
+            response: Array(
+                #"""
+                {"id":"msg_1","type":"message","model":"claude-3-5-haiku-20241022","usage":{"input_tokens":12,"cache_creation_input_tokens":2048,"cache_read_input_tokens":0,"output_tokens":40}}
+                """#.utf8))
         XCTAssertEqual(parsed.usage, usage(input: 12, output: 40, creation: 2048))
 
         // Gemini JSON with cached content and thoughts.
-        parsed = parse(host: "generativelanguage.googleapis.com", path: "/v1beta/models/gemini-2.5-flash:generateContent", request: "{}", response: Array(#"""
-            {"candidates":[],"usageMetadata":{"promptTokenCount":100,"cachedContentTokenCount":60,"candidatesTokenCount":20,"thoughtsTokenCount":30,"totalTokenCount":150},"modelVersion":"gemini-2.5-flash"}
-            """#.utf8))
+        parsed = parse(
+            host: "generativelanguage.googleapis.com", path: "/v1beta/models/gemini-2.5-flash:generateContent",
+            request: "{}",
+            response: Array(
+                #"""
+                {"candidates":[],"usageMetadata":{"promptTokenCount":100,"cachedContentTokenCount":60,"candidatesTokenCount":20,"thoughtsTokenCount":30,"totalTokenCount":150},"modelVersion":"gemini-2.5-flash"}
+                """#.utf8))
         XCTAssertEqual(parsed.usage, usage(input: 40, output: 50, cached: 60, reasoning: 30))
         XCTAssertEqual([parsed.modelRequested, parsed.endpoint.rawValue], ["gemini-2.5-flash", "generateContent"])
         XCTAssertFalse(parsed.stream)
 
         // Gemini streamGenerateContent without alt=sse: a JSON array.
-        parsed = parse(host: "generativelanguage.googleapis.com", path: "/v1beta/models/gemini-2.0-flash:streamGenerateContent", request: "{}", response: Array(#"""
-            [{"usageMetadata":{"promptTokenCount":8},"modelVersion":"gemini-2.0-flash"},{"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":9},"modelVersion":"gemini-2.0-flash"}]
-            """#.utf8))
+        parsed = parse(
+            host: "generativelanguage.googleapis.com", path: "/v1beta/models/gemini-2.0-flash:streamGenerateContent",
+            request: "{}",
+            response: Array(
+                #"""
+                [{"usageMetadata":{"promptTokenCount":8},"modelVersion":"gemini-2.0-flash"},{"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":9},"modelVersion":"gemini-2.0-flash"}]
+                """#.utf8))
         XCTAssertEqual(parsed.usage, usage(input: 8, output: 9))
         XCTAssertTrue(parsed.stream)
     }
 
     func testErrorBodiesGiveTheProvidersErrorType() {
         let cases: [(String, String, String, String)] = [
-            ("api.openai.com", "/v1/chat/completions", #"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#, "requests"),
-            ("api.openai.com", "/v1/chat/completions", #"{"error":{"message":"bad key","type":null,"code":"invalid_api_key"}}"#, "invalid_api_key"),
-            ("api.anthropic.com", "/v1/messages", #"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, "overloaded_error"),
-            ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent",
-             #"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#, "RESOURCE_EXHAUSTED"),
-            ("api.anthropic.com", "/v1/messages", "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n", "overloaded_error"),
+            (
+                "api.openai.com", "/v1/chat/completions",
+                #"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+                "requests"
+            ),
+            (
+                "api.openai.com", "/v1/chat/completions",
+                #"{"error":{"message":"bad key","type":null,"code":"invalid_api_key"}}"#, "invalid_api_key"
+            ),
+            (
+                "api.anthropic.com", "/v1/messages",
+                #"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#, "overloaded_error"
+            ),
+            (
+                "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent",
+                #"{"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}"#,
+                "RESOURCE_EXHAUSTED"
+            ),
+            (
+                "api.anthropic.com", "/v1/messages",
+                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":3,\"output_tokens\":1}}}\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+                "overloaded_error"
+            ),
         ]
         for (host, path, body, type) in cases {
             let parsed = parse(host: host, path: path, request: "{}", response: Array(body.utf8))
@@ -200,7 +265,8 @@ final class ProviderParserTests: XCTestCase {
         // A stream whose middle the sidecar did not capture: usage is in the tail.
         let stream = try fixture("openai-chat-stream-usage.sse")
         var parser = ExchangeParser(host: "api.openai.com", path: "/v1/chat/completions")
-        parser.requestBody(Array(#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"#.utf8), truncated: true)
+        parser.requestBody(
+            Array(#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"#.utf8), truncated: true)
         parser.responseBody(stream[..<400], afterHole: false)
         parser.responseBody(stream[(stream.count - 700)...], afterHole: true)
         var parsed = parser.finish()
@@ -224,12 +290,17 @@ final class ProviderParserTests: XCTestCase {
             ("localhost:8000", "/v1/chat/completions?x=1", .openai, .chatCompletions, ""),
             ("api.openai.com", "/v1/threads/t_1/messages", .openai, .other, ""),
             ("api.anthropic.com", "/v1/messages", .anthropic, .messages, ""),
-            ("generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent", .gemini, .generateContent, "gemini-2.0-flash"),
+            (
+                "generativelanguage.googleapis.com", "/v1beta/models/gemini-2.0-flash:generateContent", .gemini,
+                .generateContent, "gemini-2.0-flash"
+            ),
             ("api.openai.com", "/v1/models", .openai, .other, ""),
             ("example.com", "/healthz", .unknown, .other, ""),
         ]
         for (host, path, provider, endpoint, model) in cases {
-            XCTAssertEqual(ProviderRoute.detect(host: host, path: path), ProviderRoute(provider: provider, endpoint: endpoint, modelInPath: model), path)
+            XCTAssertEqual(
+                ProviderRoute.detect(host: host, path: path),
+                ProviderRoute(provider: provider, endpoint: endpoint, modelInPath: model), path)
         }
     }
 }

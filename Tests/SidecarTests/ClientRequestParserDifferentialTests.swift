@@ -12,7 +12,9 @@ import XCTest
 final class ClientRequestParserDifferentialTests: XCTestCase {
     private typealias Message = RequestDifferential.Message
     private func ours(_ input: [UInt8]) -> (messages: [Message], failed: Bool) { RequestDifferential.ours(input) }
-    private func llhttp(_ input: [UInt8]) -> (messages: [Message], error: (any Error)?) { RequestDifferential.llhttp(input) }
+    private func llhttp(_ input: [UInt8]) -> (messages: [Message], error: (any Error)?) {
+        RequestDifferential.llhttp(input)
+    }
 
     static let bases: [String] = [
         "POST /v1/chat/completions HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"model\":\"gpt-4\"}",
@@ -22,8 +24,10 @@ final class ClientRequestParserDifferentialTests: XCTestCase {
     ]
     static let insertions: [String] = [
         " ", "\t", "\r", "\n", "\r\n", ":", ",", "0", "9", "a", "\0", "-", ";",
-        "Content-Length: 5\r\n", "Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n", "Transfer-Encoding: identity\r\n",
-        "Transfer-Encoding: gzip, chunked\r\n", "Host: other\r\n", " folded\r\n", "X-A: b\rc\r\n", "Content-Length : 5\r\n",
+        "Content-Length: 5\r\n", "Content-Length: 0\r\n", "Transfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: identity\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n", "Host: other\r\n", " folded\r\n", "X-A: b\rc\r\n",
+        "Content-Length : 5\r\n",
         "Content-Length: 1, 1\r\n", "\r\n\r\n", "0\r\n\r\n", "ffffffffffffffffff\r\n",
     ]
 
@@ -40,7 +44,10 @@ final class ClientRequestParserDifferentialTests: XCTestCase {
                     switch generator.next() % 4 {
                     case 0 where !input.isEmpty && at < input.count: input.remove(at: at)
                     case 1 where at < input.count: input[at] = UInt8(truncatingIfNeeded: generator.next() % 128)
-                    default: input.insert(contentsOf: Array(Self.insertions[Int(generator.next() % UInt64(Self.insertions.count))].utf8), at: at)
+                    default:
+                        input.insert(
+                            contentsOf: Array(
+                                Self.insertions[Int(generator.next() % UInt64(Self.insertions.count))].utf8), at: at)
                     }
                 }
                 let mine = ours(input)
@@ -50,19 +57,25 @@ final class ClientRequestParserDifferentialTests: XCTestCase {
                 guard mine.messages.count <= reference.messages.count else {
                     // llhttp refusing what ours read is acceptable only for reasons that don't touch
                     // framing: it knows a fixed list of methods, and checks URLs by its own rules.
-                    if let error = reference.error as? HTTPParserError, [.invalidMethod, .invalidURL].contains(error) { continue }
-                    XCTFail("""
+                    if let error = reference.error as? HTTPParserError, [.invalidMethod, .invalidURL].contains(error) {
+                        continue
+                    }
+                    XCTFail(
+                        """
                         ours read \(mine.messages) where llhttp read \(reference.messages) and stopped on \(reference.error.map { "\($0)" } ?? "nothing"):
                         \(String(decoding: input, as: UTF8.self).debugDescription)
                         """)
                     continue
                 }
-                XCTAssertEqual(mine.messages, Array(reference.messages.prefix(mine.messages.count)), String(decoding: input, as: UTF8.self).debugDescription)
+                XCTAssertEqual(
+                    mine.messages, Array(reference.messages.prefix(mine.messages.count)),
+                    String(decoding: input, as: UTF8.self).debugDescription)
                 if !mine.failed && reference.error == nil { bothAccepted += 1 }
             }
         }
         // The mangling must leave plenty both accept, or the comparison says little.
-        XCTAssertGreaterThan(bothAccepted, compared / 10, "only \(bothAccepted) of \(compared) inputs were accepted by both")
+        XCTAssertGreaterThan(
+            bothAccepted, compared / 10, "only \(bothAccepted) of \(compared) inputs were accepted by both")
     }
 }
 
@@ -113,7 +126,8 @@ enum RequestDifferential {
 
     /// The messages llhttp reads whole, and the error it stopped on, if any.
     static func llhttp(_ input: [UInt8]) -> (messages: [Message], error: (any Error)?) {
-        let channel = EmbeddedChannel(handler: ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+        let channel = EmbeddedChannel(
+            handler: ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
         var thrown: (any Error)?
         var messages: [Message] = []
         var current: Message?
@@ -147,8 +161,11 @@ enum RequestDifferential {
         let mine = ours(input)
         let reference = llhttp(input)
         guard mine.messages.count <= reference.messages.count else {
-            if let error = reference.error as? HTTPParserError, [.invalidMethod, .invalidURL].contains(error) { return nil }
-            return "ours read \(mine.messages) where llhttp read \(reference.messages) and stopped on \(reference.error.map { "\($0)" } ?? "nothing")"
+            if let error = reference.error as? HTTPParserError, [.invalidMethod, .invalidURL].contains(error) {
+                return nil
+            }
+            return
+                "ours read \(mine.messages) where llhttp read \(reference.messages) and stopped on \(reference.error.map { "\($0)" } ?? "nothing")"
         }
         guard mine.messages == Array(reference.messages.prefix(mine.messages.count)) else {
             return "ours read \(mine.messages) where llhttp read \(reference.messages)"

@@ -11,7 +11,9 @@ final class ClientRequestParserTests: XCTestCase {
         case end
     }
 
-    private func parse(_ input: String, cuts: [Int] = [], maxHead: Int = 4096) throws(ClientRequestParser.Malformed) -> [Seen] {
+    private func parse(_ input: String, cuts: [Int] = [], maxHead: Int = 4096) throws(ClientRequestParser.Malformed)
+        -> [Seen]
+    {
         var parser = ClientRequestParser(maxHeadBytes: maxHead)
         var seen: [Seen] = []
         let bytes = Array(input.utf8)
@@ -20,7 +22,8 @@ final class ClientRequestParserTests: XCTestCase {
             parser.receive(ByteBuffer(bytes: bytes[start..<cut]))
             while let event = try parser.next() {
                 switch event {
-                case .head(let head): seen.append(.head(head.method.rawValue, head.uri, chunked: head.chunked, keepAlive: head.keepAlive))
+                case .head(let head):
+                    seen.append(.head(head.method.rawValue, head.uri, chunked: head.chunked, keepAlive: head.keepAlive))
                 case .body(let buffer):
                     if case .body(let before) = seen.last {
                         seen[seen.count - 1] = .body(before + String(buffer: buffer))
@@ -36,7 +39,8 @@ final class ClientRequestParserTests: XCTestCase {
     }
 
     func testPipelinedRequestsOfEveryFramingAtEveryCut() throws {
-        let input = "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
+        let input =
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}"
             + "POST /v1/x?y=1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;ext\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
             + "\r\nGET /v1/models HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
             + "GET http://api.openai.com/v1/models HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
@@ -64,17 +68,38 @@ final class ClientRequestParserTests: XCTestCase {
             ("whitespace before the colon", "POST / HTTP/1.1\r\nHost: a\r\nX-A : x\r\n\r\n"),
             ("a folded header", "POST / HTTP/1.1\r\nHost: a\r\nX-A: x\r\n  y\r\n\r\n"),
             ("a control character in a value", "POST / HTTP/1.1\r\nHost: a\r\nX-A: x\u{01}y\r\n\r\n"),
-            ("duplicate Content-Length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"),
+            (
+                "duplicate Content-Length",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}"
+            ),
             ("a Content-Length that is not a number", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +2\r\n\r\n{}"),
-            ("Content-Length with Transfer-Encoding", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            (
+                "Content-Length with Transfer-Encoding",
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+            ),
             ("a coding other than chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
-            ("a bad chunk size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n"),
-            ("a chunk longer than its size", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{}\r\n0\r\n\r\n"),
+            (
+                "a bad chunk size",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n"
+            ),
+            (
+                "a chunk longer than its size",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{}\r\n0\r\n\r\n"
+            ),
             ("no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n"),
             ("a bare LF ending a head line", "GET / HTTP/1.1\nHost: a\r\n\r\n"),
-            ("a bare LF ending a chunk line", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n"),
-            ("whitespace before a chunk extension", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2 ;a=b\r\nok\r\n0\r\n\r\n"),
-            ("a trailer field", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nContent-Length: 5\r\n\r\n"),
+            (
+                "a bare LF ending a chunk line",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\nok\r\n0\r\n\r\n"
+            ),
+            (
+                "whitespace before a chunk extension",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2 ;a=b\r\nok\r\n0\r\n\r\n"
+            ),
+            (
+                "a trailer field",
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nContent-Length: 5\r\n\r\n"
+            ),
             ("two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
         ]
         for (what, input) in bad {

@@ -9,7 +9,9 @@ import XCTest
 final class HeaderRulesTests: XCTestCase {
     func testUpstreamURLs() throws {
         let openai = try UpstreamTarget(url: "https://api.openai.com")
-        XCTAssertEqual([openai.scheme, openai.host, "\(openai.port)", openai.basePath, openai.authority], ["https", "api.openai.com", "443", "", "api.openai.com"])
+        XCTAssertEqual(
+            [openai.scheme, openai.host, "\(openai.port)", openai.basePath, openai.authority],
+            ["https", "api.openai.com", "443", "", "api.openai.com"])
         XCTAssertEqual(openai.serverName, "api.openai.com")
         let local = try UpstreamTarget(url: "http://127.0.0.1:8081/azure/")
         XCTAssertEqual([local.authority, local.basePath], ["127.0.0.1:8081", "/azure"])
@@ -24,7 +26,8 @@ final class HeaderRulesTests: XCTestCase {
 
     func testTheUpstreamRequestDropsHopByHopHeadersAndSaysWhoAsked() throws {
         let head = try requestHead(
-            "POST /v1/chat/completions?x=1 HTTP/1.1", "Host: localhost:3000", "Connection: keep-alive, X-Private", "X-Private: 1",
+            "POST /v1/chat/completions?x=1 HTTP/1.1", "Host: localhost:3000", "Connection: keep-alive, X-Private",
+            "X-Private: 1",
             "Keep-Alive: timeout=5", "Transfer-Encoding: chunked", "Expect: 100-continue", "Authorization: Bearer sk-x",
             "X-Forwarded-For: 10.0.0.1", "TE: trailers"
         )
@@ -39,10 +42,11 @@ final class HeaderRulesTests: XCTestCase {
         XCTAssertTrue(text.hasSuffix("\r\n\r\n"))
         var lines = text.components(separatedBy: "\r\n").dropLast(2)
         XCTAssertEqual(lines.removeFirst(), "POST /base/v1/chat/completions?x=1 HTTP/1.1")
-        let upstream = HTTPHeaders(lines.map { line in
-            let colon = line.firstIndex(of: ":")!
-            return (String(line[..<colon]), String(line[line.index(colon, offsetBy: 2)...]))
-        })
+        let upstream = HTTPHeaders(
+            lines.map { line in
+                let colon = line.firstIndex(of: ":")!
+                return (String(line[..<colon]), String(line[line.index(colon, offsetBy: 2)...]))
+            })
         XCTAssertEqual(upstream["host"], ["api.openai.com"])
         XCTAssertEqual(upstream["x-forwarded-for"], ["10.0.0.1, 127.0.0.1"])
         XCTAssertEqual(upstream["x-forwarded-host"], ["localhost:3000"])
@@ -57,16 +61,24 @@ final class HeaderRulesTests: XCTestCase {
     }
 
     func testTheClientResponseGetsTheExchangeIDAndLosesHopByHopHeaders() throws {
-        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\ncontent-type: text/event-stream\r\n\r\n"
+        let raw =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\ncontent-type: text/event-stream\r\n\r\n"
         let head = try UpstreamResponseParser.parseHead(ByteBuffer(string: raw), toHEAD: false)
         XCTAssertEqual(head.framing, .chunked)
         for (version, framing, expected) in [
-            (HTTPVersion.http1_0, HeaderRules.ClientFraming.untilClose, "HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\nx-llmtap-exchange-id: abc-1\r\nconnection: close\r\n\r\n"),
-            (.http1_1, .chunked, "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-llmtap-exchange-id: abc-1\r\n\r\n"),
+            (
+                HTTPVersion.http1_0, HeaderRules.ClientFraming.untilClose,
+                "HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\nx-llmtap-exchange-id: abc-1\r\nconnection: close\r\n\r\n"
+            ),
+            (
+                .http1_1, .chunked,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nx-llmtap-exchange-id: abc-1\r\n\r\n"
+            ),
         ] {
             XCTAssertEqual(HeaderRules.clientFraming(for: head.framing, clientVersion: version), framing)
             var bytes = ByteBuffer()
-            HeaderRules.writeClientResponseHead(head, exchangeID: "abc-1", framing: framing, close: version == .http1_0, version: version, into: &bytes)
+            HeaderRules.writeClientResponseHead(
+                head, exchangeID: "abc-1", framing: framing, close: version == .http1_0, version: version, into: &bytes)
             XCTAssertEqual(String(buffer: bytes), expected)
         }
     }
@@ -79,12 +91,21 @@ final class HeaderRulesTests: XCTestCase {
         XCTAssertEqual(try credential("authorization: bearer sk-lower"), "sk-lower")
         XCTAssertEqual(try credential("x-api-key: sk-ant-1"), "sk-ant-1")
         XCTAssertEqual(try credential("api-key: azure-1"), "azure-1")
-        XCTAssertEqual(try credential("x-goog-api-key: g-1", "Authorization: Bearer sk-first"), "sk-first", "Authorization is preferred")
+        XCTAssertEqual(
+            try credential("x-goog-api-key: g-1", "Authorization: Bearer sk-first"), "sk-first",
+            "Authorization is preferred")
         XCTAssertEqual(try credential(uri: "/v1beta/models/g:generateContent?key=AIzaFAKE&alt=sse"), "AIzaFAKE")
         XCTAssertNil(try credential(uri: "/v1/models"))
         XCTAssertEqual(HeaderRules.redactedPath("/v1beta/x?alt=sse&key=AIzaFAKE"), "/v1beta/x?alt=sse&key=[redacted]")
-        let headers = try requestHead("GET / HTTP/1.1", "Host: a", "Authorization: Bearer sk", "Cookie: s=1", "x-goog-api-key: g", "content-type: a").headers
-        guard case .responseDone(let wire) = try EncodedRecord.responseDone(ResponseDoneFields(), headers: headers, isSecret: { HeaderRules.secret.contains($0) }).decoded() else {
+        let headers = try requestHead(
+            "GET / HTTP/1.1", "Host: a", "Authorization: Bearer sk", "Cookie: s=1", "x-goog-api-key: g",
+            "content-type: a"
+        ).headers
+        guard
+            case .responseDone(let wire) = try EncodedRecord.responseDone(
+                ResponseDoneFields(), headers: headers, isSecret: { HeaderRules.secret.contains($0) }
+            ).decoded()
+        else {
             return XCTFail("not a ResponseDone")
         }
         XCTAssertEqual(wire.headers.map(\.name), ["Host", "Authorization", "Cookie", "x-goog-api-key", "content-type"])
@@ -114,8 +135,10 @@ final class ExchangeTapTests: XCTestCase {
 
     private func tap(cap: Int, tail: Int, into collector: Collector) -> ExchangeTap {
         ExchangeTap(
-            exchangeID: "ex-1", head: try! requestHead("POST /v1/x?key=AIzaSECRET HTTP/1.1", "Host: a", "authorization: Bearer s"),
-            upstream: try! UpstreamTarget(url: "https://api.openai.com"), path: "/v1/x?key=AIzaSECRET", clientAddress: "1.2.3.4:5",
+            exchangeID: "ex-1",
+            head: try! requestHead("POST /v1/x?key=AIzaSECRET HTTP/1.1", "Host: a", "authorization: Bearer s"),
+            upstream: try! UpstreamTarget(url: "https://api.openai.com"), path: "/v1/x?key=AIzaSECRET",
+            clientAddress: "1.2.3.4:5",
             tenant: "t", settings: TapSettings(app: "a", maxCaptureBytes: cap, tailBytes: tail), publisher: collector
         )
     }
@@ -129,7 +152,9 @@ final class ExchangeTapTests: XCTestCase {
         for piece in ["aaaaaa", "bbbbbb", "cccccc", "dddddd"] { tap.responseBody(ByteBuffer(string: piece)) }
         tap.finish(outcome: .completed)
 
-        guard case .request(let request) = collector.records.first, case .responseDone(let done) = collector.records.last else {
+        guard case .request(let request) = collector.records.first,
+            case .responseDone(let done) = collector.records.last
+        else {
             return XCTFail("\(collector.records.map(\.kindName))")
         }
         XCTAssertEqual(String(decoding: request.body, as: UTF8.self), "0123456789")

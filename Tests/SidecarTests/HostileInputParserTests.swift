@@ -219,24 +219,36 @@ final class HostileInputParserTests: XCTestCase {
             XCTAssertEqual(request(input, cuts: []).status, 400, value)
             XCTAssertNil(RequestDifferential.disagreement(input), value)
         }
-        XCTAssertEqual(request(bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"), cuts: []).events,
-                       ["head POST /", "body {}", "end"])
+        XCTAssertEqual(
+            request(
+                bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"), cuts: []
+            ).events,
+            ["head POST /", "body {}", "end"])
     }
 
     /// Found by the client-request fuzz target in a longer run: llhttp refuses bytes past ASCII in
     /// a chunk extension, and ours took them.
     func testARequestChunkExtensionIsVisibleASCII() throws {
-        let crash = bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a") + [0xC3, 0xA9, 0xFF] + bytes("=b\r\n{}\r\n0\r\n\r\n")
+        let crash =
+            bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a") + [0xC3, 0xA9, 0xFF]
+            + bytes("=b\r\n{}\r\n0\r\n\r\n")
         XCTAssertEqual(request(crash, cuts: []).status, 400)
         XCTAssertNil(RequestDifferential.disagreement(crash))
-        XCTAssertEqual(request(bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n"), cuts: []).events,
-                       ["head POST /", "body {}", "end"])
+        XCTAssertEqual(
+            request(
+                bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n"),
+                cuts: []
+            ).events,
+            ["head POST /", "body {}", "end"])
         // And the rest of the grammar, every form held to llhttp (the second finding: ':' in a name).
         for (ext, accepted) in [
-            (";x", true), (";x=y", true), (";x=y;z", true), (#";x="a b""#, false), (#";x="a\"b""#, true), (#";x="ab"#, false),
-            (";x4444-Le:44=y", false), (";", false), (";=y", false), (";x=", false), (";x=y=z", false), (";x;;y", false),
+            (";x", true), (";x=y", true), (";x=y;z", true), (#";x="a b""#, false), (#";x="a\"b""#, true),
+            (#";x="ab"#, false),
+            (";x4444-Le:44=y", false), (";", false), (";=y", false), (";x=", false), (";x=y=z", false),
+            (";x;;y", false),
         ] {
-            let input = bytes("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\(ext)\r\n{}\r\n0\r\n\r\n")
+            let input = bytes(
+                "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\(ext)\r\n{}\r\n0\r\n\r\n")
             XCTAssertEqual(request(input, cuts: []).error == nil, accepted, ext)
             XCTAssertNil(RequestDifferential.disagreement(input), ext)
         }

@@ -19,7 +19,9 @@ final class MITMTests: XCTestCase {
     /// A sidecar in both modes; `allowlisted` decides whether localhost is decrypted.
     private func startProxy(allowlisted: Bool = true, extra: [String] = []) throws -> Setup {
         let pki = try TestPKI.make()
-        let caDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-ca-\(UUID().uuidString)").path
+        let caDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "llmtap-ca-\(UUID().uuidString)"
+        ).path
         let mockPort = try freeTCPPort()
         let mitmPort = try freeTCPPort()
         let harness = try ProxyHarness(
@@ -41,12 +43,16 @@ final class MITMTests: XCTestCase {
         let through = ["-x", setup.proxy, "--cacert", setup.caCertificate, "--max-time", "5"]
         let url = "\(setup.upstreamURL)/v1/chat/completions"
         for name in ["content-length", "authorization"] {
-            let refused = try curlWithStatus(through + [url, "-H", "Connection: \(name)", "-H", "Authorization: Bearer sk-test", "-d", "{}"])
+            let refused = try curlWithStatus(
+                through + [url, "-H", "Connection: \(name)", "-H", "Authorization: Bearer sk-test", "-d", "{}"])
             XCTAssertEqual(refused.status, 400, "\(name): \(refused.headers)")
         }
         XCTAssertEqual(setup.harness.mockRequests().count, 0)
         // The upstream's answer naming its Content-Length in Connection keeps it.
-        let kept = try curlWithStatus(through + [url, "-H", "x-mock-response-header: connection: content-length", "-d", #"{"model":"gpt-4o-mini"}"#])
+        let kept = try curlWithStatus(
+            through + [
+                url, "-H", "x-mock-response-header: connection: content-length", "-d", #"{"model":"gpt-4o-mini"}"#,
+            ])
         XCTAssertEqual(kept.exitCode, 0)
         XCTAssertEqual(kept.status, 200)
         XCTAssertTrue(kept.headers.lowercased().contains("content-length:"), kept.headers)
@@ -68,16 +74,25 @@ final class MITMTests: XCTestCase {
             XCTAssertTrue(stream ? body.hasSuffix("data: [DONE]\n\n") : body.contains("chat.completion"), body)
             XCTAssertTrue(response.headers.lowercased().contains("x-llmtap-exchange-id"))
         }
-        XCTAssertTrue(eventually { setup.harness.collector.envelopes.filter { if case .responseDone = $0.record { true } else { false } }.count == 2 })
-        let requests = setup.harness.collector.envelopes.compactMap { if case .request(let request) = $0.record { request } else { nil } }
+        XCTAssertTrue(
+            eventually {
+                setup.harness.collector.envelopes.filter { if case .responseDone = $0.record { true } else { false } }
+                    .count == 2
+            })
+        let requests = setup.harness.collector.envelopes.compactMap {
+            if case .request(let request) = $0.record { request } else { nil }
+        }
         XCTAssertEqual(requests.map(\.ingress), [.mitm, .mitm])
-        XCTAssertEqual(requests.map(\.host), ["localhost:\(setup.harness.mockPort)", "localhost:\(setup.harness.mockPort)"])
+        XCTAssertEqual(
+            requests.map(\.host), ["localhost:\(setup.harness.mockPort)", "localhost:\(setup.harness.mockPort)"])
         XCTAssertEqual(requests.first?.scheme, "https")
         for frame in setup.harness.collector.rawFrames {
             XCTAssertNil(Data(frame).range(of: Data(secret.utf8)), "the credential reached the wire")
         }
         // The upstream saw its own host, over TLS it verified with --upstream-ca-file.
-        XCTAssertEqual((setup.harness.mockRequests().first?["headers"] as? [String: String])?["host"], "localhost:\(setup.harness.mockPort)")
+        XCTAssertEqual(
+            (setup.harness.mockRequests().first?["headers"] as? [String: String])?["host"],
+            "localhost:\(setup.harness.mockPort)")
     }
 
     func testTheOpenAIPackageWorksThroughTheProxyStreamingAndNot() throws {
@@ -96,18 +111,20 @@ final class MITMTests: XCTestCase {
                 if chunk.usage: usage = chunk.usage.total_tokens
             print("stream:", text, usage)
             """
-        let python = try RunningProcess(executable: URL(fileURLWithPath: try testPython()), arguments: ["-c", script, setup.upstreamURL],
-                                        environment: ["HTTPS_PROXY": setup.proxy, "SSL_CERT_FILE": setup.caCertificate, "NO_PROXY": ""])
+        let python = try RunningProcess(
+            executable: URL(fileURLWithPath: try testPython()), arguments: ["-c", script, setup.upstreamURL],
+            environment: ["HTTPS_PROXY": setup.proxy, "SSL_CERT_FILE": setup.caCertificate, "NO_PROXY": ""])
         XCTAssertEqual(python.waitForExit(timeout: .seconds(60)), 0, python.stderr)
         XCTAssertTrue(python.stdout.contains("plain: Hello"), python.stdout)
         XCTAssertTrue(python.stdout.contains("stream: Hello"), python.stdout)
-        XCTAssertTrue(eventually {
-            let ingress: [IngressMode] = setup.harness.collector.envelopes.compactMap { envelope -> IngressMode? in
-                if case .request(let request) = envelope.record { return request.ingress }
-                return nil
-            }
-            return ingress == [.mitm, .mitm]
-        })
+        XCTAssertTrue(
+            eventually {
+                let ingress: [IngressMode] = setup.harness.collector.envelopes.compactMap { envelope -> IngressMode? in
+                    if case .request(let request) = envelope.record { return request.ingress }
+                    return nil
+                }
+                return ingress == [.mitm, .mitm]
+            })
     }
 
     func testAHostOffTheAllowlistIsTunnelledUntouched() throws {
@@ -118,20 +135,25 @@ final class MITMTests: XCTestCase {
         let upload = folder.appendingPathComponent("tunnel-\(UUID().uuidString).bin")
         var generator = SystemRandomNumberGenerator()
         try Data((0..<(4 << 20)).map { _ in UInt8.random(in: 0...255, using: &generator) }).write(to: upload)
-        let response = try curlWithStatus(["-x", setup.proxy, "--cacert", setup.pki.caCertificate, "\(setup.upstreamURL)/echo",
-                                           "-H", "Content-Type: application/octet-stream", "--data-binary", "@\(upload.path)"])
+        let response = try curlWithStatus([
+            "-x", setup.proxy, "--cacert", setup.pki.caCertificate, "\(setup.upstreamURL)/echo",
+            "-H", "Content-Type: application/octet-stream", "--data-binary", "@\(upload.path)",
+        ])
         XCTAssertEqual(response.status, 200)
         let echoed = try XCTUnwrap(JSONSerialization.jsonObject(with: response.body) as? [String: Any])
         XCTAssertEqual(echoed["body_bytes"] as? Int, 4 << 20)
         XCTAssertEqual(echoed["body_sha256"] as? String, try Self.sha256(upload))
         Thread.sleep(forTimeInterval: 0.5)
-        XCTAssertTrue(setup.harness.collector.envelopes.allSatisfy { if case .request = $0.record { false } else { true } },
-                      "nothing of a tunnelled exchange is decrypted or published")
+        XCTAssertTrue(
+            setup.harness.collector.envelopes.allSatisfy { if case .request = $0.record { false } else { true } },
+            "nothing of a tunnelled exchange is decrypted or published")
 
         // With --deny-unlisted the same CONNECT is refused.
         let denied = try startProxy(allowlisted: false, extra: ["--deny-unlisted"])
         defer { denied.harness.stop() }
-        let refused = try curlWithStatus(["-x", denied.proxy, "--cacert", denied.pki.caCertificate, "\(denied.upstreamURL)/v1/models"])
+        let refused = try curlWithStatus([
+            "-x", denied.proxy, "--cacert", denied.pki.caCertificate, "\(denied.upstreamURL)/v1/models",
+        ])
         XCTAssertNotEqual(refused.exitCode, 0)
         XCTAssertTrue(refused.headers.contains("403"), refused.headers)
     }
@@ -140,22 +162,30 @@ final class MITMTests: XCTestCase {
         let setup = try startProxy()
         let sidecarCA = try String(contentsOfFile: setup.caCertificate, encoding: .utf8)
         // openssl fetches the leaf through the proxy; it must chain to our CA with the right SAN.
-        let fetched = try RunningProcess(executable: URL(fileURLWithPath: "/usr/bin/openssl"), arguments: [
-            "s_client", "-proxy", "127.0.0.1:\(setup.mitmPort)", "-connect", "localhost:\(setup.harness.mockPort)",
-            "-servername", "localhost", "-alpn", "http/1.1", "-showcerts",
-        ], stdinText: "")
+        let fetched = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
+            arguments: [
+                "s_client", "-proxy", "127.0.0.1:\(setup.mitmPort)", "-connect", "localhost:\(setup.harness.mockPort)",
+                "-servername", "localhost", "-alpn", "http/1.1", "-showcerts",
+            ], stdinText: "")
         XCTAssertEqual(fetched.waitForExit(), 0, fetched.stderr)
         let output = fetched.stdout
-        let leafPEM = try XCTUnwrap(output.range(of: "-----BEGIN CERTIFICATE-----").flatMap { start in
-            output.range(of: "-----END CERTIFICATE-----", range: start.lowerBound..<output.endIndex).map { String(output[start.lowerBound..<$0.upperBound]) }
-        })
+        let leafPEM = try XCTUnwrap(
+            output.range(of: "-----BEGIN CERTIFICATE-----").flatMap { start in
+                output.range(of: "-----END CERTIFICATE-----", range: start.lowerBound..<output.endIndex).map {
+                    String(output[start.lowerBound..<$0.upperBound])
+                }
+            })
         XCTAssertTrue(output.contains("ALPN protocol: http/1.1"), output)
         let leafFile = FileManager.default.temporaryDirectory.appendingPathComponent("leaf-\(UUID().uuidString).pem")
         try (leafPEM + "\n").write(to: leafFile, atomically: true, encoding: .utf8)
-        let verify = try RunningProcess(executable: URL(fileURLWithPath: "/usr/bin/openssl"),
-                                        arguments: ["verify", "-CAfile", setup.caCertificate, "-purpose", "sslserver", leafFile.path])
+        let verify = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
+            arguments: ["verify", "-CAfile", setup.caCertificate, "-purpose", "sslserver", leafFile.path])
         XCTAssertEqual(verify.waitForExit(), 0, verify.stdout + verify.stderr)
-        let text = try RunningProcess(executable: URL(fileURLWithPath: "/usr/bin/openssl"), arguments: ["x509", "-in", leafFile.path, "-noout", "-text"])
+        let text = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
+            arguments: ["x509", "-in", leafFile.path, "-noout", "-text"])
         XCTAssertEqual(text.waitForExit(), 0)
         XCTAssertTrue(text.stdout.contains("DNS:localhost"), text.stdout)
         XCTAssertTrue(text.stdout.contains("Digital Signature"), text.stdout)
@@ -164,19 +194,25 @@ final class MITMTests: XCTestCase {
         XCTAssertTrue(text.stdout.contains("ecdsa-with-SHA256"), text.stdout)
 
         // The key is private; the CA survives a restart unchanged; `ca path` and `ca export` show it.
-        let keyMode = try FileManager.default.attributesOfItem(atPath: setup.caDirectory + "/llmtap-ca-key.pem")[.posixPermissions] as? Int
+        let keyMode =
+            try FileManager.default.attributesOfItem(atPath: setup.caDirectory + "/llmtap-ca-key.pem")[
+                .posixPermissions] as? Int
         XCTAssertEqual(keyMode, 0o600)
         setup.harness.stop()
-        let path = try RunningProcess(product: "llmtap-sidecar", arguments: ["ca", "path", "--ca-dir", setup.caDirectory])
+        let path = try RunningProcess(
+            product: "llmtap-sidecar", arguments: ["ca", "path", "--ca-dir", setup.caDirectory])
         XCTAssertEqual(path.waitForExit(), 0)
         XCTAssertEqual(path.stdout.trimmingCharacters(in: .whitespacesAndNewlines), setup.caCertificate)
-        let exported = try RunningProcess(product: "llmtap-sidecar", arguments: ["ca", "export", "--ca-dir", setup.caDirectory])
+        let exported = try RunningProcess(
+            product: "llmtap-sidecar", arguments: ["ca", "export", "--ca-dir", setup.caDirectory])
         XCTAssertEqual(exported.waitForExit(), 0)
         XCTAssertEqual(exported.stdout, sidecarCA)
         XCTAssertFalse(exported.stdout.contains("PRIVATE KEY"))
-        let again = try RunningProcess(product: "llmtap-sidecar", arguments: [
-            "--mode", "mitm", "--mitm-listen", "127.0.0.1:\(try freeTCPPort())", "--ca-dir", setup.caDirectory,
-        ])
+        let again = try RunningProcess(
+            product: "llmtap-sidecar",
+            arguments: [
+                "--mode", "mitm", "--mitm-listen", "127.0.0.1:\(try freeTCPPort())", "--ca-dir", setup.caDirectory,
+            ])
         XCTAssertTrue(eventually { again.stderr.contains("MITM listener ready") }, again.stderr)
         XCTAssertTrue(again.stderr.contains("loaded the LLMTap CA"))
         XCTAssertEqual(try String(contentsOfFile: setup.caCertificate, encoding: .utf8), sidecarCA)
@@ -185,9 +221,11 @@ final class MITMTests: XCTestCase {
 
         // A damaged CA stops the start, naming the file; it is never replaced.
         try "garbage".write(toFile: setup.caCertificate, atomically: true, encoding: .utf8)
-        let broken = try RunningProcess(product: "llmtap-sidecar", arguments: [
-            "--mode", "mitm", "--mitm-listen", "127.0.0.1:\(try freeTCPPort())", "--ca-dir", setup.caDirectory,
-        ])
+        let broken = try RunningProcess(
+            product: "llmtap-sidecar",
+            arguments: [
+                "--mode", "mitm", "--mitm-listen", "127.0.0.1:\(try freeTCPPort())", "--ca-dir", setup.caDirectory,
+            ])
         XCTAssertNotEqual(broken.waitForExit(), 0)
         XCTAssertTrue(broken.stderr.contains(setup.caCertificate), broken.stderr)
         XCTAssertEqual(try String(contentsOfFile: setup.caCertificate, encoding: .utf8), "garbage")
@@ -212,19 +250,28 @@ final class MITMTests: XCTestCase {
             XCTAssertTrue(closed)
         }
         // Not TLS after a CONNECT that expects it: the connection is closed and the reason logged.
-        let (afterConnect, closed) = try rawHTTP(port: setup.mitmPort, Array(
-            "CONNECT localhost:\(setup.harness.mockPort) HTTP/1.1\r\nHost: localhost\r\n\r\nGET / HTTP/1.1\r\n\r\n".utf8))
+        let (afterConnect, closed) = try rawHTTP(
+            port: setup.mitmPort,
+            Array(
+                "CONNECT localhost:\(setup.harness.mockPort) HTTP/1.1\r\nHost: localhost\r\n\r\nGET / HTTP/1.1\r\n\r\n"
+                    .utf8))
         XCTAssertTrue(afterConnect.hasPrefix("HTTP/1.1 200"), afterConnect)
         XCTAssertTrue(closed)
-        func handshakeFailures() -> Int { setup.harness.sidecar.stderr.components(separatedBy: "TLS handshake failed").count - 1 }
+        func handshakeFailures() -> Int {
+            setup.harness.sidecar.stderr.components(separatedBy: "TLS handshake failed").count - 1
+        }
         XCTAssertTrue(eventually { handshakeFailures() > 0 })
         let before = handshakeFailures()
         // A client that doesn't trust our CA fails its handshake, which is logged too.
-        let untrusting = try curlWithStatus(["-x", setup.proxy, "--cacert", setup.pki.caCertificate, "\(setup.upstreamURL)/v1/models"])
+        let untrusting = try curlWithStatus([
+            "-x", setup.proxy, "--cacert", setup.pki.caCertificate, "\(setup.upstreamURL)/v1/models",
+        ])
         XCTAssertNotEqual(untrusting.exitCode, 0)
         XCTAssertTrue(eventually { handshakeFailures() > before })
         // Through all that, a good client is served.
-        let good = try curlWithStatus(["-x", setup.proxy, "--cacert", setup.caCertificate, "\(setup.upstreamURL)/v1/models"])
+        let good = try curlWithStatus([
+            "-x", setup.proxy, "--cacert", setup.caCertificate, "\(setup.upstreamURL)/v1/models",
+        ])
         XCTAssertEqual(good.status, 200)
         XCTAssertTrue(setup.harness.sidecar.stderr.contains("refused a proxy request"))
     }

@@ -10,7 +10,9 @@ import XCTest
 final class PolicyGateTests: XCTestCase {
     private func head(_ fields: [(String, String)], uri: String = "/v1/chat/completions") throws -> ClientRequestHead {
         var parser = ClientRequestParser(maxHeadBytes: 65536)
-        let text = "POST \(uri) HTTP/1.1\r\nhost: x\r\n" + fields.map { "\($0.0): \($0.1)\r\n" }.joined() + "content-length: 0\r\n\r\n"
+        let text =
+            "POST \(uri) HTTP/1.1\r\nhost: x\r\n" + fields.map { "\($0.0): \($0.1)\r\n" }.joined()
+            + "content-length: 0\r\n\r\n"
         parser.receive(ByteBuffer(string: text))
         guard case .head(let head) = try parser.next() else { throw XCTSkip("no head") }
         return head
@@ -19,13 +21,20 @@ final class PolicyGateTests: XCTestCase {
     private func table(keys: [(String, KeyEntry)], denied: Bool = false, credential: String? = "sk-up") -> PolicyTable {
         PolicyTable(
             keys: Dictionary(uniqueKeysWithValues: keys.map { (KeyHash.of($0.0), $0.1) }),
-            projects: ["p1": ProjectEntry(projectID: "p1", name: "billing", credentialRef: "main", credential: credential,
-                                          denied: denied, denialReason: "day budget reached", deniedUntilMs: 10_000)]
+            projects: [
+                "p1": ProjectEntry(
+                    projectID: "p1", name: "billing", credentialRef: "main", credential: credential,
+                    denied: denied, denialReason: "day budget reached", deniedUntilMs: 10_000)
+            ]
         )
     }
 
-    private func entry(expires: Int64 = 0, revoked: Bool = false, rate: Int = 0, parallel: Int = 0, models: Set<String> = []) -> KeyEntry {
-        KeyEntry(keyID: "key_1", projectID: "p1", expiresAtMs: expires, revoked: revoked, ratePerHour: rate, maxParallel: parallel, allowedModels: models)
+    private func entry(
+        expires: Int64 = 0, revoked: Bool = false, rate: Int = 0, parallel: Int = 0, models: Set<String> = []
+    ) -> KeyEntry {
+        KeyEntry(
+            keyID: "key_1", projectID: "p1", expiresAtMs: expires, revoked: revoked, ratePerHour: rate,
+            maxParallel: parallel, allowedModels: models)
     }
 
     private func reason(_ decision: PolicyDecision) -> String {
@@ -39,9 +48,12 @@ final class PolicyGateTests: XCTestCase {
     func testEveryRefusalHasItsStatusAndReason() throws {
         let gate = PolicyGate(requireVirtualKey: true)
         let vk = "llmtap-abc"
-        func decide(_ fields: [(String, String)], uri: String = "/v1/chat/completions", now: Int64 = 1_000) throws -> PolicyDecision {
+        func decide(_ fields: [(String, String)], uri: String = "/v1/chat/completions", now: Int64 = 1_000) throws
+            -> PolicyDecision
+        {
             let head = try head(fields, uri: uri)
-            return gate.decide(headers: head.headers, uri: head.uri, path: head.uri, nowMs: now, nowNanos: UInt64(now) * 1_000_000)
+            return gate.decide(
+                headers: head.headers, uri: head.uri, path: head.uri, nowMs: now, nowNanos: UInt64(now) * 1_000_000)
         }
         XCTAssertEqual(reason(try decide([("authorization", "Bearer \(vk)")])), "503 policy_unavailable")
         XCTAssertEqual(reason(try decide([("authorization", "Bearer sk-real")])), "401 key_required")
@@ -56,13 +68,20 @@ final class PolicyGateTests: XCTestCase {
         gate.install(table(keys: [(vk, entry(revoked: true))]))
         XCTAssertEqual(reason(try decide([("authorization", "Bearer \(vk)")])), "401 revoked_key")
         gate.install(table(keys: [(vk, entry())], denied: true))
-        guard case .reject(let budget, let keyID, let projectID) = try decide([("authorization", "Bearer \(vk)")]) else { return XCTFail() }
-        XCTAssertEqual([budget.rejectReason, "\(budget.status.code)", "\(budget.retryAfter ?? 0)", keyID, projectID], ["budget_exceeded", "429", "9", "key_1", "p1"])
+        guard case .reject(let budget, let keyID, let projectID) = try decide([("authorization", "Bearer \(vk)")])
+        else { return XCTFail() }
+        XCTAssertEqual(
+            [budget.rejectReason, "\(budget.status.code)", "\(budget.retryAfter ?? 0)", keyID, projectID],
+            ["budget_exceeded", "429", "9", "key_1", "p1"])
         gate.install(table(keys: [(vk, entry())], credential: nil))
         XCTAssertEqual(reason(try decide([("authorization", "Bearer \(vk)")])), "503 credential_missing")
         gate.install(table(keys: [(vk, entry(models: ["gemini-2.0-flash"]))]))
-        XCTAssertEqual(reason(try decide([("x-goog-api-key", vk)], uri: "/v1beta/models/gemini-1.5-pro:generateContent")), "403 model_not_allowed")
-        XCTAssertEqual(reason(try decide([("x-goog-api-key", vk)], uri: "/v1beta/models/gemini-2.0-flash:generateContent")), "allow")
+        XCTAssertEqual(
+            reason(try decide([("x-goog-api-key", vk)], uri: "/v1beta/models/gemini-1.5-pro:generateContent")),
+            "403 model_not_allowed")
+        XCTAssertEqual(
+            reason(try decide([("x-goog-api-key", vk)], uri: "/v1beta/models/gemini-2.0-flash:generateContent")),
+            "allow")
 
         // Parallelism is per key and given back when a request ends.
         gate.install(table(keys: [(vk, entry(parallel: 2))]))
@@ -76,9 +95,12 @@ final class PolicyGateTests: XCTestCase {
     func testWithoutRequireOtherKeysPassAndVirtualOnesAreStillChecked() throws {
         let gate = PolicyGate(requireVirtualKey: false)
         let head = try head([("authorization", "Bearer sk-real")])
-        XCTAssertEqual(reason(gate.decide(headers: head.headers, uri: head.uri, path: head.uri, nowMs: 0, nowNanos: 0)), "pass")
+        XCTAssertEqual(
+            reason(gate.decide(headers: head.headers, uri: head.uri, path: head.uri, nowMs: 0, nowNanos: 0)), "pass")
         let virtual = try self.head([("authorization", "Bearer llmtap-x")])
-        XCTAssertEqual(reason(gate.decide(headers: virtual.headers, uri: virtual.uri, path: virtual.uri, nowMs: 0, nowNanos: 0)), "503 policy_unavailable")
+        XCTAssertEqual(
+            reason(gate.decide(headers: virtual.headers, uri: virtual.uri, path: virtual.uri, nowMs: 0, nowNanos: 0)),
+            "503 policy_unavailable")
     }
 
     func testTheRateBucketRefillsAndSaysWhenToRetry() {
@@ -93,9 +115,13 @@ final class PolicyGateTests: XCTestCase {
 
     func testTheVirtualKeyIsReplacedWhicheverHeaderCarriedIt() throws {
         let target = try UpstreamTarget(url: "https://api.anthropic.com")
-        let head = try head([("x-api-key", "llmtap-vk"), ("authorization", "Bearer llmtap-vk"), ("api-key", "llmtap-vk"), ("x-goog-api-key", "llmtap-vk"), ("anthropic-version", "2023-06-01")])
+        let head = try head([
+            ("x-api-key", "llmtap-vk"), ("authorization", "Bearer llmtap-vk"), ("api-key", "llmtap-vk"),
+            ("x-goog-api-key", "llmtap-vk"), ("anthropic-version", "2023-06-01"),
+        ])
         var out = ByteBuffer()
-        HeaderRules.writeUpstreamRequestHead(head, uri: "/v1/messages", target: target, clientIP: nil, credential: (.xAPIKey, "sk-ant-real"), into: &out)
+        HeaderRules.writeUpstreamRequestHead(
+            head, uri: "/v1/messages", target: target, clientIP: nil, credential: (.xAPIKey, "sk-ant-real"), into: &out)
         let text = String(buffer: out)
         XCTAssertFalse(text.contains("llmtap-vk"), text)
         XCTAssertTrue(text.contains("x-api-key: sk-ant-real\r\n"), text)
@@ -107,17 +133,24 @@ final class PolicyGateTests: XCTestCase {
         let refusal = PolicyGate.refusal(.unauthorized, "revoked_key", "this virtual key has been revoked")
         XCTAssertEqual(ProxyErrorResponse.Shape.forPath("/v1/messages?beta=true"), .anthropic)
         XCTAssertEqual(ProxyErrorResponse.Shape.forPath("/v1/chat/completions"), .openAI)
-        let anthropic = try? JSONSerialization.jsonObject(with: Data(String(buffer: refusal.body(shape: .anthropic)).utf8)) as? [String: Any]
+        let anthropic =
+            try? JSONSerialization.jsonObject(with: Data(String(buffer: refusal.body(shape: .anthropic)).utf8))
+            as? [String: Any]
         XCTAssertEqual(anthropic?["type"] as? String, "error")
         XCTAssertEqual((anthropic?["error"] as? [String: Any])?["type"] as? String, "authentication_error")
-        let openAI = try? JSONSerialization.jsonObject(with: Data(String(buffer: refusal.body(shape: .openAI)).utf8)) as? [String: Any]
+        let openAI =
+            try? JSONSerialization.jsonObject(with: Data(String(buffer: refusal.body(shape: .openAI)).utf8))
+            as? [String: Any]
         XCTAssertEqual((openAI?["error"] as? [String: Any])?["code"] as? String, "invalid_api_key")
     }
 
     func testTheModelScannerReadsOnlyTheTopLevelModel() {
         func scan(_ text: String) -> ModelScanner.Result { ModelScanner.topLevelModel(Array(text.utf8)) }
         XCTAssertEqual(scan(#"{"model":"gpt-4o"}"#), .model("gpt-4o"))
-        XCTAssertEqual(scan(#" { "messages":[{"role":"user","content":"{\"model\":\"x\"}","model":"nested"}], "n":1, "stream":true, "model" : "gpt-4o-mini" }"#), .model("gpt-4o-mini"))
+        XCTAssertEqual(
+            scan(
+                #" { "messages":[{"role":"user","content":"{\"model\":\"x\"}","model":"nested"}], "n":1, "stream":true, "model" : "gpt-4o-mini" }"#
+            ), .model("gpt-4o-mini"))
         XCTAssertEqual(scan(#"{"metadata":{"model":"nested"},"temperature":0.2}"#), .none)
         XCTAssertEqual(scan(#"{"model":"gpt"#), .unreadable)
         XCTAssertEqual(scan("[1,2]"), .unreadable)
@@ -137,14 +170,18 @@ final class PolicyGateTests: XCTestCase {
         XCTAssertEqual(scan(#"{"model":5}"#), .none)
         XCTAssertEqual(scan(#"{}"#), .none)
         XCTAssertEqual(ModelScanner.topLevelModel(Array(#"{"model":"gpt-4o"#.utf8) + [0xFF, 0x22, 0x7D]), .unreadable)
-        XCTAssertEqual(ModelScanner.modelInPath("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"), "gemini-2.0-flash")
+        XCTAssertEqual(
+            ModelScanner.modelInPath("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse"),
+            "gemini-2.0-flash")
         XCTAssertNil(ModelScanner.modelInPath("/v1/chat/completions"))
     }
 
     func testCredentialsComeFromTheEnvironmentAndAFile() throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("creds-\(UUID().uuidString)")
-        try "# comment\nopenai-main=sk-one\n\nanthropic.team = ignored-spaces\n".write(to: file, atomically: true, encoding: .utf8)
-        let credentials = try UpstreamCredentials.load(file: file.path, environment: ["LLMTAP_CREDENTIAL_GEMINI_X": "g-key", "OTHER": "x"])
+        try "# comment\nopenai-main=sk-one\n\nanthropic.team = ignored-spaces\n".write(
+            to: file, atomically: true, encoding: .utf8)
+        let credentials = try UpstreamCredentials.load(
+            file: file.path, environment: ["LLMTAP_CREDENTIAL_GEMINI_X": "g-key", "OTHER": "x"])
         XCTAssertEqual(credentials.secret(for: "openai-main"), "sk-one")
         XCTAssertEqual(credentials.secret(for: "gemini-x"), "g-key")
         XCTAssertNil(credentials.secret(for: "missing"))

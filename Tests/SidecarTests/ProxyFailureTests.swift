@@ -14,26 +14,58 @@ final class ProxyFailureTests: XCTestCase {
 
         let cases: [(String, [UInt8], Int)] = [
             ("a bad request line", Array("GARBAGE\r\n\r\n".utf8), 400),
-            ("an invalid header", Array("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nBad Header: x\r\nContent-Length: 2\r\n\r\n{}".utf8), 400),
-            ("duplicate Content-Length", Array("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}".utf8), 400),
-            ("Content-Length with Transfer-Encoding", Array("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n".utf8), 400),
-            ("a bad chunk size", Array("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n".utf8), 400),
-            ("oversize headers", Array("POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nX-Big: \(String(repeating: "a", count: 70_000))\r\nContent-Length: 2\r\n\r\n{}".utf8), 431),
+            (
+                "an invalid header",
+                Array(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nBad Header: x\r\nContent-Length: 2\r\n\r\n{}".utf8
+                ), 400
+            ),
+            (
+                "duplicate Content-Length",
+                Array(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+                        .utf8), 400
+            ),
+            (
+                "Content-Length with Transfer-Encoding",
+                Array(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+                        .utf8), 400
+            ),
+            (
+                "a bad chunk size",
+                Array(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n"
+                        .utf8), 400
+            ),
+            (
+                "oversize headers",
+                Array(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nX-Big: \(String(repeating: "a", count: 70_000))\r\nContent-Length: 2\r\n\r\n{}"
+                        .utf8), 431
+            ),
         ]
         for (name, request, status) in cases {
             let (response, closed) = try rawHTTP(port: harness.sidecarPort, request)
             XCTAssertTrue(response.hasPrefix("HTTP/1.1 \(status) "), "\(name): \(response.prefix(80))")
             XCTAssertTrue(response.contains(#""error":{"message":"#), "\(name): not in the provider's error shape")
             XCTAssertTrue(closed, "\(name): the connection must be closed")
-            XCTAssertEqual(try keepAlive.get("/v1/models").status, 200, "after \(name), the other connection still works")
+            XCTAssertEqual(
+                try keepAlive.get("/v1/models").status, 200, "after \(name), the other connection still works")
         }
         // Only the keep-alive connection's requests reached the upstream.
         usleep(200_000)
-        XCTAssertEqual(harness.mockRequests().map { $0["path"] as? String }, Array(repeating: "/v1/models", count: cases.count + 1))
+        XCTAssertEqual(
+            harness.mockRequests().map { $0["path"] as? String }, Array(repeating: "/v1/models", count: cases.count + 1)
+        )
         // And the sidecar counted them, in its heartbeat.
-        let malformed = harness.collector.envelopes.compactMap { if case .heartbeat(let beat) = $0.record { beat.malformedRequests } else { nil } }
+        let malformed = harness.collector.envelopes.compactMap {
+            if case .heartbeat(let beat) = $0.record { beat.malformedRequests } else { nil }
+        }
         XCTAssertEqual(harness.stop(), 0)
-        let final = harness.collector.envelopes.compactMap { if case .heartbeat(let beat) = $0.record { beat.malformedRequests } else { nil } }.last
+        let final = harness.collector.envelopes.compactMap {
+            if case .heartbeat(let beat) = $0.record { beat.malformedRequests } else { nil }
+        }.last
         XCTAssertEqual(final, UInt64(cases.count), "\(malformed)")
     }
 
@@ -56,7 +88,9 @@ final class ProxyFailureTests: XCTestCase {
         XCTAssertEqual(timeoutError?["error"]?["code"] as? String, "upstream_timeout")
         XCTAssertTrue(eventually { self.done(in: silent)?.outcome == .timeout })
         // Silent mid-stream: the stream is cut, never completed.
-        let stalled = try curl([silent.baseURL + "/v1/chat/completions", "-H", "x-mock-fail: hang-after:2", "-d", #"{"stream":true}"#])
+        let stalled = try curl([
+            silent.baseURL + "/v1/chat/completions", "-H", "x-mock-fail: hang-after:2", "-d", #"{"stream":true}"#,
+        ])
         XCTAssertNotEqual(stalled.exitCode, 0, "curl must see an incomplete response")
         XCTAssertFalse(String(decoding: stalled.body, as: UTF8.self).contains("[DONE]"))
         XCTAssertTrue(eventually { self.outcomes(in: silent).filter { $0 == .timeout }.count == 2 })
@@ -81,7 +115,10 @@ final class ProxyFailureTests: XCTestCase {
         XCTAssertEqual(run.status, 0, run.stderr)
         XCTAssertTrue(eventually { self.done(in: harness)?.outcome == .clientAborted })
         // The upstream connection was closed, not kept for reuse, well before the stream's 2 s.
-        XCTAssertTrue(eventually(timeout: .seconds(1)) { harness.mockLog().contains { $0["event"] as? String == "connection_closed" } })
+        XCTAssertTrue(
+            eventually(timeout: .seconds(1)) {
+                harness.mockLog().contains { $0["event"] as? String == "connection_closed" }
+            })
         let sent = harness.mockLog().filter { $0["event"] as? String == "sent" }.count
         XCTAssertLessThan(sent, 20)
     }
@@ -89,7 +126,9 @@ final class ProxyFailureTests: XCTestCase {
     func testAnUpstreamThatResetsMidStreamClosesTheClientNeverAFakeSuccess() throws {
         let harness = try ProxyHarness(mockArguments: ["--event-delay-ms", "5"])
         defer { harness.stop() }
-        let response = try curl([harness.baseURL + "/v1/chat/completions", "-H", "x-mock-fail: reset-after:3", "-d", #"{"stream":true}"#])
+        let response = try curl([
+            harness.baseURL + "/v1/chat/completions", "-H", "x-mock-fail: reset-after:3", "-d", #"{"stream":true}"#,
+        ])
         XCTAssertEqual(response.exitCode, 18, "curl: transfer closed with outstanding read data remaining")
         XCTAssertTrue(response.headers.hasPrefix("HTTP/1.1 200"))
         XCTAssertTrue(eventually { self.done(in: harness)?.outcome == .upstreamError })
@@ -102,11 +141,14 @@ final class ProxyFailureTests: XCTestCase {
         let response = try curl([
             harness.baseURL + "/v1/echo?x=1", "-H", "authorization: Bearer sk-test-pass-through",
             "-H", "Connection: keep-alive, X-Drop-Me", "-H", "X-Drop-Me: 1", "-H", "Keep-Alive: timeout=5",
-            "-H", "TE: trailers", "-H", "Upgrade: h2c", "-H", "Proxy-Authorization: Basic abc", "-H", "X-Forwarded-For: 10.9.8.7",
+            "-H", "TE: trailers", "-H", "Upgrade: h2c", "-H", "Proxy-Authorization: Basic abc", "-H",
+            "X-Forwarded-For: 10.9.8.7",
             "-d", "hello",
         ])
         let echo = try XCTUnwrap(try JSONSerialization.jsonObject(with: response.body) as? [String: Any])
-        let headers = Dictionary((echo["headers"] as? [[String]] ?? []).map { ($0[0].lowercased(), $0[1]) }, uniquingKeysWith: { "\($0), \($1)" })
+        let headers = Dictionary(
+            (echo["headers"] as? [[String]] ?? []).map { ($0[0].lowercased(), $0[1]) },
+            uniquingKeysWith: { "\($0), \($1)" })
         XCTAssertEqual(echo["uri"] as? String, "/v1/echo?x=1")
         XCTAssertEqual(headers["host"], "127.0.0.1:\(harness.mockPort)")
         XCTAssertEqual(headers["authorization"], "Bearer sk-test-pass-through")
@@ -124,7 +166,8 @@ final class ProxyFailureTests: XCTestCase {
         defer { harness.stop() }
         // Three requests in one write: a stream, a plain one, and one that asks to close.
         let body = #"{"model":"gpt-4o-mini","stream":true}"#
-        let pipelined = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 2\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        let pipelined =
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 2\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
             + "GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
             + "GET /v1/echo?third HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         let (response, closed) = try rawHTTP(port: harness.sidecarPort, Array(pipelined.utf8))
@@ -134,18 +177,24 @@ final class ProxyFailureTests: XCTestCase {
         let stream = try XCTUnwrap(response.range(of: "data: [DONE]"))
         let models = try XCTUnwrap(response.range(of: "text-embedding-3-small"))
         let echo = try XCTUnwrap(response.range(of: "echo?third"))
-        XCTAssertTrue(stream.lowerBound < models.lowerBound && models.lowerBound < echo.lowerBound, "answers in request order")
-        XCTAssertEqual(harness.mockRequests().compactMap { $0["path"] as? String }, ["/v1/chat/completions", "/v1/models", "/v1/echo?third"])
+        XCTAssertTrue(
+            stream.lowerBound < models.lowerBound && models.lowerBound < echo.lowerBound, "answers in request order")
+        XCTAssertEqual(
+            harness.mockRequests().compactMap { $0["path"] as? String },
+            ["/v1/chat/completions", "/v1/models", "/v1/echo?third"])
     }
 
     // MARK: helpers
 
     private func outcomes(in harness: ProxyHarness) -> [Outcome] {
-        harness.collector.envelopes.compactMap { if case .responseDone(let done) = $0.record { done.outcome } else { nil } }
+        harness.collector.envelopes.compactMap {
+            if case .responseDone(let done) = $0.record { done.outcome } else { nil }
+        }
     }
 
     private func done(in harness: ProxyHarness) -> WireResponseDone? {
-        harness.collector.envelopes.compactMap { if case .responseDone(let done) = $0.record { done } else { nil } }.last
+        harness.collector.envelopes.compactMap { if case .responseDone(let done) = $0.record { done } else { nil } }
+            .last
     }
 }
 
@@ -169,7 +218,8 @@ final class KeepAliveConnection {
             let text = String(decoding: received, as: UTF8.self)
             if let end = text.range(of: "\r\n\r\n") {
                 let head = text[..<end.lowerBound]
-                let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                let length =
+                    head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
                     .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
                 let body = text[end.upperBound...]
                 if body.utf8.count >= length {
@@ -215,6 +265,8 @@ final class ClientTimeoutTests: XCTestCase {
         let response = readAll(idle)
         XCTAssertTrue(response.hasPrefix("HTTP/1.1 200"), response)
         XCTAssertTrue(harness.sidecar.stderr.contains("took too long to send a request head"))
-        XCTAssertTrue(harness.mockRequests().map { $0["path"] as? String } == ["/v1/models"], "the slow request never reached the upstream")
+        XCTAssertTrue(
+            harness.mockRequests().map { $0["path"] as? String } == ["/v1/models"],
+            "the slow request never reached the upstream")
     }
 }

@@ -26,8 +26,10 @@ final class ProxyLifecycleTests: XCTestCase {
         XCTAssertEqual(run.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "1000")
         XCTAssertEqual(harness.stop(), 0, harness.sidecar.stderr)
         // Each exchange is at least 3 records; with a queue of 100 and nobody listening, most were dropped, and said so.
-        let stopped = try XCTUnwrap(harness.sidecar.stderr.split(separator: "\n").last { $0.contains("llmtap-sidecar stopped") })
-        let dropped = stopped.split(separator: " ").first { $0.hasPrefix("dropped=") }.flatMap { Int($0.dropFirst(8)) } ?? 0
+        let stopped = try XCTUnwrap(
+            harness.sidecar.stderr.split(separator: "\n").last { $0.contains("llmtap-sidecar stopped") })
+        let dropped =
+            stopped.split(separator: " ").first { $0.hasPrefix("dropped=") }.flatMap { Int($0.dropFirst(8)) } ?? 0
         XCTAssertGreaterThan(dropped, 2_900, String(stopped))
     }
 
@@ -59,7 +61,10 @@ final class ProxyLifecycleTests: XCTestCase {
         XCTAssertEqual(result["stream_usage"] as? Int, 6)
         XCTAssertEqual(result["models"] as? [String], ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"])
         // The client's key went upstream untouched.
-        XCTAssertTrue(harness.mockRequests().allSatisfy { ($0["headers"] as? [String: String])?["authorization"] == "Bearer sk-test-openai-client-key" })
+        XCTAssertTrue(
+            harness.mockRequests().allSatisfy {
+                ($0["headers"] as? [String: String])?["authorization"] == "Bearer sk-test-openai-client-key"
+            })
     }
 
     func testSIGTERMLetsAStreamUnderWayFinishThenExitsZero() throws {
@@ -92,7 +97,9 @@ final class ProxyLifecycleTests: XCTestCase {
         // Nothing new is accepted once it has gone.
         XCTAssertNotEqual(try curl(["--max-time", "2", harness.baseURL + "/v1/models"]).exitCode, 0)
         harness.stop()
-        let outcomes = harness.collector.envelopes.compactMap { if case .responseDone(let done) = $0.record { done.outcome } else { nil } }
+        let outcomes = harness.collector.envelopes.compactMap {
+            if case .responseDone(let done) = $0.record { done.outcome } else { nil }
+        }
         XCTAssertEqual(outcomes, [.completed], "the final records were flushed to the collector before exit")
     }
 
@@ -102,7 +109,9 @@ final class ProxyLifecycleTests: XCTestCase {
             sidecarArguments: ["--upstream-ca-file", pki.caCertificate],
             mockArguments: ["--tls-cert", pki.serverCertificate, "--tls-key", pki.serverKey]
         )
-        let response = try curl([trusted.baseURL + "/v1/chat/completions", "-d", #"{"model":"gpt-4o-mini","stream":true}"#])
+        let response = try curl([
+            trusted.baseURL + "/v1/chat/completions", "-d", #"{"model":"gpt-4o-mini","stream":true}"#,
+        ])
         XCTAssertEqual(response.exitCode, 0)
         XCTAssertTrue(String(decoding: response.body, as: UTF8.self).hasSuffix("data: [DONE]\n\n"))
         let requests = trusted.mockRequests()
@@ -110,7 +119,9 @@ final class ProxyLifecycleTests: XCTestCase {
         trusted.stop()
 
         // Without our test CA the system roots don't know the certificate: 502, and the record says why.
-        let untrusted = try ProxyHarness(mockArguments: ["--tls-cert", pki.serverCertificate, "--tls-key", pki.serverKey])
+        let untrusted = try ProxyHarness(mockArguments: [
+            "--tls-cert", pki.serverCertificate, "--tls-key", pki.serverKey,
+        ])
         let refused = try curl([untrusted.baseURL + "/v1/models"])
         XCTAssertTrue(refused.headers.hasPrefix("HTTP/1.1 502"), refused.headers)
         XCTAssertTrue(String(decoding: refused.body, as: UTF8.self).contains("upstream_unreachable"))
@@ -120,9 +131,12 @@ final class ProxyLifecycleTests: XCTestCase {
         // A CA file that is not PEM stops the sidecar at start, naming the problem.
         let garbage = FileManager.default.temporaryDirectory.appendingPathComponent("not-a-ca-\(UUID().uuidString).pem")
         try "not a certificate".write(to: garbage, atomically: true, encoding: .utf8)
-        let bad = try RunningProcess(product: "llmtap-sidecar", arguments: [
-            "--upstream", "https://localhost:1", "--upstream-ca-file", garbage.path, "--listen", "127.0.0.1:\(try freeTCPPort())",
-        ])
+        let bad = try RunningProcess(
+            product: "llmtap-sidecar",
+            arguments: [
+                "--upstream", "https://localhost:1", "--upstream-ca-file", garbage.path, "--listen",
+                "127.0.0.1:\(try freeTCPPort())",
+            ])
         XCTAssertNotEqual(bad.waitForExit(), 0)
         XCTAssertTrue(bad.stderr.contains("cannot set up TLS to the upstream"), bad.stderr)
     }
@@ -148,14 +162,22 @@ struct TestPKI {
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-pki-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         let path = { (name: String) in folder.appendingPathComponent(name).path }
-        try "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n".write(toFile: path("ext.cnf"), atomically: true, encoding: .utf8)
+        try "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n".write(
+            toFile: path("ext.cnf"), atomically: true, encoding: .utf8)
         for arguments in [
-            ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-             "-subj", "/CN=LLMTap Test CA", "-keyout", path("ca.key"), "-out", path("ca.pem")],
-            ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-subj", "/CN=localhost", "-keyout", path("server.key"), "-out", path("server.csr")],
-            ["x509", "-req", "-in", path("server.csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"), "-CAcreateserial",
-             "-days", "2", "-extfile", path("ext.cnf"), "-out", path("server.pem")],
+            [
+                "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+                "-subj", "/CN=LLMTap Test CA", "-keyout", path("ca.key"), "-out", path("ca.pem"),
+            ],
+            [
+                "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-subj", "/CN=localhost", "-keyout", path("server.key"), "-out", path("server.csr"),
+            ],
+            [
+                "x509", "-req", "-in", path("server.csr"), "-CA", path("ca.pem"), "-CAkey", path("ca.key"),
+                "-CAcreateserial",
+                "-days", "2", "-extfile", path("ext.cnf"), "-out", path("server.pem"),
+            ],
         ] {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -166,7 +188,8 @@ struct TestPKI {
             process.waitUntilExit()
             guard process.terminationStatus == 0 else { throw TestFailure("openssl \(arguments[0]) failed") }
         }
-        return TestPKI(caCertificate: path("ca.pem"), serverCertificate: path("server.pem"), serverKey: path("server.key"))
+        return TestPKI(
+            caCertificate: path("ca.pem"), serverCertificate: path("server.pem"), serverKey: path("server.key"))
     }
 }
 
@@ -179,7 +202,9 @@ final class BackPressureTests: XCTestCase {
         // 400 events of 64 KiB, sent by the mock as fast as it can: 25 MiB in all.
         let fd = try connectTCP(port: harness.sidecarPort, receiveTimeout: .seconds(30))
         defer { close(fd) }
-        let request = Array("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 400\r\nx-mock-event-delay-ms: 0\r\nx-mock-event-bytes: 65536\r\nContent-Length: 16\r\n\r\n{\"stream\": true}".utf8)
+        let request = Array(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-mock-events: 400\r\nx-mock-event-delay-ms: 0\r\nx-mock-event-bytes: 65536\r\nContent-Length: 16\r\n\r\n{\"stream\": true}"
+                .utf8)
         _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var buffer = [UInt8](repeating: 0, count: 65536)
         var received = recv(fd, &buffer, 1024, 0)
@@ -189,7 +214,9 @@ final class BackPressureTests: XCTestCase {
         // kernel's socket buffers hold a few MiB of it; without back-pressure the sidecar would hold the rest.
         usleep(1_500_000)
         let during = try residentMegabytes(pid)
-        XCTAssertLessThan(during - before, 12, "the sidecar buffered the response instead of holding the upstream back (\(before) -> \(during) MB)")
+        XCTAssertLessThan(
+            during - before, 12,
+            "the sidecar buffered the response instead of holding the upstream back (\(before) -> \(during) MB)")
         // Then it reads it all: every byte arrives, and the stream ends properly.
         var tail: [UInt8] = []
         while true {
@@ -206,7 +233,8 @@ final class BackPressureTests: XCTestCase {
     private func residentMegabytes(_ pid: Int32) throws -> Double {
         let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
         guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
-              let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "") else {
+            let kilobytes = Double(line.split(separator: " ").dropFirst().first ?? "")
+        else {
             throw TestFailure("no VmRSS for \(pid)")
         }
         return kilobytes / 1024

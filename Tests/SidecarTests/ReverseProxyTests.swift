@@ -19,10 +19,24 @@ final class ReverseProxyTests: XCTestCase {
         let padding = String(repeating: "x", count: 2_000)
         let cases: [(String, [String])] = [
             ("/v1/chat/completions", chat(#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#)),
-            ("/v1/chat/completions", chat(#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"\#(padding)"}]}"#)),
+            (
+                "/v1/chat/completions",
+                chat(
+                    #"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"\#(padding)"}]}"#
+                )
+            ),
             ("/v1/chat/completions", chat(#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#)),
-            ("/v1/messages", ["-H", "x-api-key: \(apiKey)", "--data-binary", #"{"model":"claude-sonnet-4-20250514","stream":true,"max_tokens":64}"#]),
-            ("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse", ["-H", "x-goog-api-key: \(apiKey)", "--data-binary", #"{"contents":[]}"#]),
+            (
+                "/v1/messages",
+                [
+                    "-H", "x-api-key: \(apiKey)", "--data-binary",
+                    #"{"model":"claude-sonnet-4-20250514","stream":true,"max_tokens":64}"#,
+                ]
+            ),
+            (
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+                ["-H", "x-goog-api-key: \(apiKey)", "--data-binary", #"{"contents":[]}"#]
+            ),
             ("/v1/models", []),
         ]
         for (path, arguments) in cases {
@@ -40,13 +54,21 @@ final class ReverseProxyTests: XCTestCase {
         let harness = try ProxyHarness(mockArguments: ["--event-delay-ms", "2"])
         var exchanges: [(id: String, streamed: Bool)] = []
         for stream in [false, true, true] {
-            let response = try curl([harness.baseURL + "/v1/chat/completions"] + chat(#"{"model":"gpt-4o-mini","stream":\#(stream)}"#))
+            let response = try curl(
+                [harness.baseURL + "/v1/chat/completions"] + chat(#"{"model":"gpt-4o-mini","stream":\#(stream)}"#))
             XCTAssertEqual(response.exitCode, 0)
             let id = try XCTUnwrap(headerValue("x-llmtap-exchange-id", in: response.headers))
             exchanges.append((id, stream))
         }
         XCTAssertEqual(Set(exchanges.map(\.id)).count, 3, "exchange ids are unique")
-        XCTAssertTrue(eventually { exchanges.allSatisfy { id, _ in harness.collector.records(exchange: id).last.map { if case .responseDone = $0 { true } else { false } } ?? false } })
+        XCTAssertTrue(
+            eventually {
+                exchanges.allSatisfy { id, _ in
+                    harness.collector.records(exchange: id).last.map {
+                        if case .responseDone = $0 { true } else { false }
+                    } ?? false
+                }
+            })
         XCTAssertEqual(harness.stop(), 0)
 
         for (id, streamed) in exchanges {
@@ -57,20 +79,24 @@ final class ReverseProxyTests: XCTestCase {
             let chunks = records.dropFirst().dropLast()
             XCTAssertGreaterThanOrEqual(chunks.count, 1, id)
             XCTAssertTrue(chunks.allSatisfy { if case .streamChunk = $0 { true } else { false } })
-            XCTAssertEqual(chunks.compactMap { if case .streamChunk(let c) = $0 { c.index } else { nil } }, Array(0..<UInt64(chunks.count)))
+            XCTAssertEqual(
+                chunks.compactMap { if case .streamChunk(let c) = $0 { c.index } else { nil } },
+                Array(0..<UInt64(chunks.count)))
             XCTAssertEqual(request.method, "POST")
             XCTAssertEqual(request.path, "/v1/chat/completions")
             XCTAssertEqual(request.host, "127.0.0.1:\(harness.mockPort)")
             XCTAssertEqual(request.ingress, .reverse)
             XCTAssertEqual(request.app, "test-app")
             XCTAssertEqual(request.tenant.count, 16, "a 16-hex-character tenant")
-            XCTAssertTrue(request.headers.contains { $0.name.lowercased() == "authorization" && $0.value == "[redacted]" })
+            XCTAssertTrue(
+                request.headers.contains { $0.name.lowercased() == "authorization" && $0.value == "[redacted]" })
             XCTAssertEqual(done.status, 200)
             XCTAssertEqual(done.outcome, .completed)
             XCTAssertEqual(done.responseChunks, UInt64(chunks.count))
             XCTAssertGreaterThan(done.upstreamFirstByteUnixNanos, request.startUnixNanos)
             XCTAssertGreaterThanOrEqual(done.endUnixNanos, done.upstreamFirstByteUnixNanos)
-            let captured = chunks.compactMap { if case .streamChunk(let c) = $0 { c.data } else { nil } }.reduce(Data(), +)
+            let captured = chunks.compactMap { if case .streamChunk(let c) = $0 { c.data } else { nil } }.reduce(
+                Data(), +)
             XCTAssertEqual(UInt64(captured.count), done.responseBytes)
             XCTAssertEqual(String(decoding: captured, as: UTF8.self).contains("data: [DONE]"), streamed)
         }
@@ -81,7 +107,8 @@ final class ReverseProxyTests: XCTestCase {
             XCTAssertFalse(frames.contains { contains($0, Array(needle.utf8)) }, "\(needle) reached the wire")
         }
         // The tenant is the same for the same key, and not the key.
-        let tenants = Set(harness.collector.envelopes.compactMap { if case .request(let r) = $0.record { r.tenant } else { nil } })
+        let tenants = Set(
+            harness.collector.envelopes.compactMap { if case .request(let r) = $0.record { r.tenant } else { nil } })
         XCTAssertEqual(tenants.count, 1)
     }
 
@@ -108,12 +135,15 @@ final class ReverseProxyTests: XCTestCase {
         let run = try runPython(script, arguments: ["\(harness.sidecarPort)"])
         XCTAssertEqual(run.status, 0, run.stderr)
         let received = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [Int64])
-        let sent = harness.mockLog().filter { $0["event"] as? String == "sent" }.compactMap { ($0["time_unix_nanos"] as? NSNumber)?.int64Value }
+        let sent = harness.mockLog().filter { $0["event"] as? String == "sent" }.compactMap {
+            ($0["time_unix_nanos"] as? NSNumber)?.int64Value
+        }
         // role chunk, 3 content chunks, finish chunk, [DONE]: 6 events, 300 ms apart
         XCTAssertEqual(sent.count, 6)
         XCTAssertEqual(received.count, 6)
         for index in 0..<(sent.count - 1) {
-            XCTAssertLessThan(received[index], sent[index + 1], "event \(index) was held until the upstream sent event \(index + 1)")
+            XCTAssertLessThan(
+                received[index], sent[index + 1], "event \(index) was held until the upstream sent event \(index + 1)")
         }
     }
 
@@ -124,6 +154,8 @@ final class ReverseProxyTests: XCTestCase {
 
     private func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
         guard needle.count <= haystack.count else { return false }
-        return (0...(haystack.count - needle.count)).contains { start in haystack[start..<start + needle.count].elementsEqual(needle) }
+        return (0...(haystack.count - needle.count)).contains { start in
+            haystack[start..<start + needle.count].elementsEqual(needle)
+        }
     }
 }

@@ -13,24 +13,38 @@ import XCTest
 /// checks that the verdict is the same cut or whole.
 final class SidecarFuzzTargets: XCTestCase {
     func testClientRequest() throws {
-        let seeds = ClientRequestParserDifferentialTests.bases.map { [0x00] + Array($0.utf8) } + [
-            [0x07] + Array("POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n{}".utf8),
-            [0x13] + Array("GET / HTTP/1.1\r\nHost: h\r\nX-User: Jos\u{E9}\r\n\r\n".utf8) + [0xE9],
-            [0x21] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n".utf8),
-            // What libFuzzer found: bytes past ASCII in a chunk extension, and a list element left empty.
-            [0x21] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a".utf8) + Array(repeating: 0xB5, count: 12)
-                + Array("=bZZ\r\n{}\r\n0\r\n\r\n".utf8),
-            [0x00] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\n{}\r\n0\r\n\r\n".utf8),
-            [0x00] + Array("POST /v1/messages HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x4444-Le:44=y\r\n world\r\n0\r\n\r\n".utf8),
-        ]
+        let seeds =
+            ClientRequestParserDifferentialTests.bases.map { [0x00] + Array($0.utf8) } + [
+                [0x07]
+                    + Array(
+                        "POST / HTTP/1.1\r\nHost: h\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\n{}".utf8),
+                [0x13] + Array("GET / HTTP/1.1\r\nHost: h\r\nX-User: Jos\u{E9}\r\n\r\n".utf8) + [0xE9],
+                [0x21]
+                    + Array(
+                        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n".utf8),
+                // What libFuzzer found: bytes past ASCII in a chunk extension, and a list element left empty.
+                [0x21] + Array("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2;a".utf8)
+                    + Array(repeating: 0xB5, count: 12)
+                    + Array("=bZZ\r\n{}\r\n0\r\n\r\n".utf8),
+                [0x00]
+                    + Array(
+                        "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked,\r\n\r\n2\r\n{}\r\n0\r\n\r\n".utf8),
+                [0x00]
+                    + Array(
+                        "POST /v1/messages HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6;x4444-Le:44=y\r\n world\r\n0\r\n\r\n"
+                            .utf8),
+            ]
         try Fuzzing.run("client-request", seeds: seeds) { data in
             guard let first = data.first else { return }
             let input = Array(data.dropFirst())
             let whole = Self.client(input, cuts: [])
             let cut = Self.client(input, cuts: Fuzzing.cuts(first, input.count))
-            fuzzCheck(whole == cut, "the request parser's verdict depends on how the bytes are split: \(whole) vs \(cut)")
+            fuzzCheck(
+                whole == cut, "the request parser's verdict depends on how the bytes are split: \(whole) vs \(cut)")
             if input.count <= 4096, let disagreement = RequestDifferential.disagreement(input) {
-                fatalError("the request parser and llhttp disagree: \(disagreement) on \(String(decoding: input, as: UTF8.self).debugDescription)")
+                fatalError(
+                    "the request parser and llhttp disagree: \(disagreement) on \(String(decoding: input, as: UTF8.self).debugDescription)"
+                )
             }
         }
     }
@@ -50,7 +64,8 @@ final class SidecarFuzzTargets: XCTestCase {
             let input = Array(data.dropFirst())
             let whole = Self.response(input, cuts: [])
             let cut = Self.response(input, cuts: Fuzzing.cuts(first, input.count))
-            fuzzCheck(whole == cut, "the response parser's verdict depends on how the bytes are split: \(whole) vs \(cut)")
+            fuzzCheck(
+                whole == cut, "the response parser's verdict depends on how the bytes are split: \(whole) vs \(cut)")
             fuzzCheck(whole.bodyBytes <= input.count, "the response parser gave more body than it was given")
         }
     }
@@ -66,7 +81,8 @@ final class SidecarFuzzTargets: XCTestCase {
             let strict = first & 1 == 1
             let whole = Self.chunked(input, strict: strict, cuts: [])
             let cut = Self.chunked(input, strict: strict, cuts: Fuzzing.cuts(first >> 1, input.count))
-            fuzzCheck(whole == cut, "the chunked reader's verdict depends on how the bytes are split: \(whole) vs \(cut)")
+            fuzzCheck(
+                whole == cut, "the chunked reader's verdict depends on how the bytes are split: \(whole) vs \(cut)")
             fuzzCheck(whole.body.count <= input.count, "the chunked reader gave more body than it was given")
         }
     }
@@ -74,8 +90,10 @@ final class SidecarFuzzTargets: XCTestCase {
     /// The scanner must never name a model the upstream's JSON parser would read differently.
     func testModelScanner() throws {
         let seeds: [[UInt8]] = [
-            #"{"model":"gpt-4o"}"#, #"{"messages":[{"role":"user","content":"{\"model\":\"x\"}"}],"model":"gpt-4o-mini"}"#,
-            #"{"model":"a","model":"b"}"#, #"{"mod\u0065l":"gpt-4o"}"#, #"{"model":"\ud83d\ude00"}"#, #"{"a":[1,2,{"b":null}],"model":"m"}"#,
+            #"{"model":"gpt-4o"}"#,
+            #"{"messages":[{"role":"user","content":"{\"model\":\"x\"}"}],"model":"gpt-4o-mini"}"#,
+            #"{"model":"a","model":"b"}"#, #"{"mod\u0065l":"gpt-4o"}"#, #"{"model":"\ud83d\ude00"}"#,
+            #"{"a":[1,2,{"b":null}],"model":"m"}"#,
         ].map { Array($0.utf8) }
         try Fuzzing.run("model-scanner", seeds: seeds) { data in
             let bytes = Array(data)
@@ -84,7 +102,10 @@ final class SidecarFuzzTargets: XCTestCase {
                 // Not JSON to a real parser either: the upstream refuses it.
                 return
             }
-            fuzzCheck(object["model"] as? String == model, "the model scanner read \(model.debugDescription) where JSON says \(String(describing: object["model"]))")
+            fuzzCheck(
+                object["model"] as? String == model,
+                "the model scanner read \(model.debugDescription) where JSON says \(String(describing: object["model"]))"
+            )
         }
     }
 
@@ -105,7 +126,8 @@ final class SidecarFuzzTargets: XCTestCase {
                 parser.receive(ByteBuffer(bytes: read))
                 while let event = try parser.next() {
                     switch event {
-                    case .head(let head): verdict.events.append("head \(head.method.rawValue) \(head.uri) \(head.headers.count)")
+                    case .head(let head):
+                        verdict.events.append("head \(head.method.rawValue) \(head.uri) \(head.headers.count)")
                     case .body(let buffer): body += buffer.readableBytesView
                     case .end:
                         verdict.events.append("body \(body.count) \(body.hashValue) end")
@@ -133,7 +155,8 @@ final class SidecarFuzzTargets: XCTestCase {
                     switch event {
                     case .head(let head):
                         var out = ByteBuffer()
-                        HeaderRules.writeClientResponseHead(head, exchangeID: "e", framing: .chunked, close: false, version: .http1_1, into: &out)
+                        HeaderRules.writeClientResponseHead(
+                            head, exchangeID: "e", framing: .chunked, close: false, version: .http1_1, into: &out)
                         verdict.events.append("head \(head.status.code) \(head.framing) \(out.readableBytes)")
                     case .body(let buffer): body += buffer.readableBytesView
                     case .end:

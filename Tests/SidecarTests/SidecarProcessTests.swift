@@ -8,7 +8,10 @@ final class SidecarProcessTests: XCTestCase {
     func testHelpExplainsEveryOption() throws {
         let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--help"])
         XCTAssertEqual(sidecar.waitForExit(), 0)
-        for option in ["--collector", "--sidecar-id", "--app", "--heartbeat-interval", "--max-queued-records", "--max-queued-bytes", "--log-level", "LLMTAP_COLLECTOR"] {
+        for option in [
+            "--collector", "--sidecar-id", "--app", "--heartbeat-interval", "--max-queued-records",
+            "--max-queued-bytes", "--log-level", "LLMTAP_COLLECTOR",
+        ] {
             XCTAssertTrue(sidecar.stdout.contains(option), "--help does not mention \(option)")
         }
     }
@@ -19,9 +22,12 @@ final class SidecarProcessTests: XCTestCase {
             let receiver = try AnalysisReceiver(
                 configuration: AnalysisReceiverConfiguration(endpoint: "tcp://127.0.0.1:*"), logger: testLogger()
             ) { collected.append($0) }
-            let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: [
-                "--collector", receiver.boundEndpoint, "--sidecar-id", "test-sidecar", "--heartbeat-interval", "0.2",
-            ], environment: ["LLMTAP_APP": "checkout"])
+            let sidecar = try RunningProcess(
+                product: "llmtap-sidecar",
+                arguments: [
+                    "--collector", receiver.boundEndpoint, "--sidecar-id", "test-sidecar", "--heartbeat-interval",
+                    "0.2",
+                ], environment: ["LLMTAP_APP": "checkout"])
 
             XCTAssertTrue(eventually { collected.count >= 3 }, sidecar.stderr)
             sidecar.signal(signal)
@@ -47,9 +53,11 @@ final class SidecarProcessTests: XCTestCase {
     }
 
     func testWithNoCollectorItStillRunsAndStops() throws {
-        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: [
-            "--collector", "tcp://127.0.0.1:\(try freeTCPPort())", "--heartbeat-interval", "0.05",
-        ])
+        let sidecar = try RunningProcess(
+            product: "llmtap-sidecar",
+            arguments: [
+                "--collector", "tcp://127.0.0.1:\(try freeTCPPort())", "--heartbeat-interval", "0.05",
+            ])
         XCTAssertTrue(eventually { sidecar.stderr.contains("llmtap-sidecar started") }, sidecar.stderr)
         usleep(200_000)
         sidecar.signal(SIGTERM)

@@ -42,23 +42,42 @@ final class UpstreamResponseParserTests: XCTestCase {
 
     func testContentLengthChunkedAndUntilCloseBodiesAtEveryCut() throws {
         let cases: [(String, [Seen], Bool)] = [
-            ("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", [.head(200, .contentLength(5), keepAlive: true), .body("hello"), .end], false),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n",
-             [.head(200, .chunked, keepAlive: true), .body("helloabcdefghijklmnopqrstuvwxyz"), .end], false),
-            ("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close", [.head(200, .untilClose, keepAlive: false), .body("until close"), .end], true),
-            ("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", [.head(204, .none, keepAlive: true), .end], false),
-            ("HTTP/1.1 200 OK\nContent-Length: 2\nConnection: close\n\nok", [.head(200, .contentLength(2), keepAlive: false), .body("ok"), .end], false),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                [.head(200, .contentLength(5), keepAlive: true), .body("hello"), .end], false
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-trailer: 1\r\n\r\n",
+                [.head(200, .chunked, keepAlive: true), .body("helloabcdefghijklmnopqrstuvwxyz"), .end], false
+            ),
+            (
+                "HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close",
+                [.head(200, .untilClose, keepAlive: false), .body("until close"), .end], true
+            ),
+            (
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+                [.head(204, .none, keepAlive: true), .end], false
+            ),
+            (
+                "HTTP/1.1 200 OK\nContent-Length: 2\nConnection: close\n\nok",
+                [.head(200, .contentLength(2), keepAlive: false), .body("ok"), .end], false
+            ),
         ]
         for (input, expected, close) in cases {
             for cut in 0...input.utf8.count {
-                XCTAssertEqual(try parse(input, cuts: [cut], close: close), expected, "cut at \(cut) of \(input.debugDescription)")
+                XCTAssertEqual(
+                    try parse(input, cuts: [cut], close: close), expected, "cut at \(cut) of \(input.debugDescription)")
             }
-            XCTAssertEqual(try parse(input, cuts: Array(0...input.utf8.count), close: close), expected, "byte by byte: \(input.debugDescription)")
+            XCTAssertEqual(
+                try parse(input, cuts: Array(0...input.utf8.count), close: close), expected,
+                "byte by byte: \(input.debugDescription)")
         }
     }
 
     func testAHeadResponseHasNoBodyWhateverItsLength() throws {
-        XCTAssertEqual(try parse("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", toHEAD: true), [.head(200, .none, keepAlive: true), .end])
+        XCTAssertEqual(
+            try parse("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", toHEAD: true),
+            [.head(200, .none, keepAlive: true), .end])
     }
 
     func testTransferEncodingOverridesContentLength() throws {
@@ -83,7 +102,8 @@ final class UpstreamResponseParserTests: XCTestCase {
         for input in bad {
             XCTAssertThrowsError(try parse(input), input.debugDescription)
         }
-        XCTAssertThrowsError(try parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", close: true), "cut short by a close")
+        XCTAssertThrowsError(
+            try parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel", close: true), "cut short by a close")
         var parser = UpstreamResponseParser(maxHeadBytes: 64)
         parser.expectResponse(toHEAD: false)
         parser.receive(ByteBuffer(string: "HTTP/1.1 200 OK\r\nX: " + String(repeating: "a", count: 100)))

@@ -39,7 +39,9 @@ public enum ExchangeRecords {
         }
     }
 
-    public static func done(_ id: String, chunks: Int, status: UInt32 = 200, outcome: Outcome = .completed, responseBytes: UInt64 = 0) -> WireRecord {
+    public static func done(
+        _ id: String, chunks: Int, status: UInt32 = 200, outcome: Outcome = .completed, responseBytes: UInt64 = 0
+    ) -> WireRecord {
         var done = WireResponseDone()
         done.exchangeID = id
         done.status = status

@@ -20,7 +20,8 @@ public enum Fuzzing {
     /// Runs `target` over its seeds, and over seeded mutations of them: the fuzz targets' invariants
     /// hold in every test run, not only under libFuzzer. When this is a fuzz run for `name`, hands
     /// the target to libFuzzer instead (for `LLMTAP_FUZZ_SECONDS`), starting from the seeds.
-    public static func run(_ name: String, seeds: [[UInt8]], mutations: Int = 2_000, _ target: @escaping Target) throws {
+    public static func run(_ name: String, seeds: [[UInt8]], mutations: Int = 2_000, _ target: @escaping Target) throws
+    {
         if let requested = requestedTarget {
             guard requested == name else { return }
             try fuzz(name, seeds: seeds, target)
@@ -55,37 +56,42 @@ public enum Fuzzing {
 
     /// The corpus libFuzzer grows for a target, kept between runs (under the fuzz build folder).
     static func corpusDirectory(_ name: String) -> URL {
-        let base = ProcessInfo.processInfo.environment["LLMTAP_FUZZ_DIR"] ?? FileManager.default.currentDirectoryPath + "/.build-fuzz/fuzz"
+        let base =
+            ProcessInfo.processInfo.environment["LLMTAP_FUZZ_DIR"] ?? FileManager.default.currentDirectoryPath
+            + "/.build-fuzz/fuzz"
         return URL(fileURLWithPath: base).appendingPathComponent(name)
     }
 
     private static func fuzz(_ name: String, seeds: [[UInt8]], _ target: @escaping Target) throws {
         #if LLMTAP_FUZZ
-        let corpus = corpusDirectory(name).appendingPathComponent("corpus")
-        let artifacts = corpusDirectory(name).appendingPathComponent("crashes")
-        try FileManager.default.createDirectory(at: corpus, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(at: artifacts, withIntermediateDirectories: true)
-        for (index, seed) in seeds.enumerated() {
-            try Data(seed).write(to: corpus.appendingPathComponent("seed-\(index)"))
-        }
-        let environment = ProcessInfo.processInfo.environment
-        let seconds = environment["LLMTAP_FUZZ_SECONDS"] ?? "20"
-        var arguments = [
-            "fuzz-\(name)", "-max_total_time=\(seconds)", "-timeout=10", "-rss_limit_mb=2048", "-max_len=65536",
-            "-print_final_stats=1", "-artifact_prefix=\(artifacts.path)/",
-        ]
-        if let extra = environment["LLMTAP_FUZZ_ARGS"] { arguments += extra.split(separator: " ").map(String.init) }
-        arguments.append(corpus.path)
-        FuzzDriver.target = target
-        var cArguments: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
-        var count = Int32(arguments.count)
-        let status = cArguments.withUnsafeMutableBufferPointer { buffer -> Int32 in
-            var pointer: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = buffer.baseAddress
-            return LLVMFuzzerRunDriver(&count, &pointer, llmtapFuzzOneInput)
-        }
-        guard status == 0 else { throw TestFailure("libFuzzer stopped with status \(status) on \(name); inputs are in \(artifacts.path)") }
+            let corpus = corpusDirectory(name).appendingPathComponent("corpus")
+            let artifacts = corpusDirectory(name).appendingPathComponent("crashes")
+            try FileManager.default.createDirectory(at: corpus, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(at: artifacts, withIntermediateDirectories: true)
+            for (index, seed) in seeds.enumerated() {
+                try Data(seed).write(to: corpus.appendingPathComponent("seed-\(index)"))
+            }
+            let environment = ProcessInfo.processInfo.environment
+            let seconds = environment["LLMTAP_FUZZ_SECONDS"] ?? "20"
+            var arguments = [
+                "fuzz-\(name)", "-max_total_time=\(seconds)", "-timeout=10", "-rss_limit_mb=2048", "-max_len=65536",
+                "-print_final_stats=1", "-artifact_prefix=\(artifacts.path)/",
+            ]
+            if let extra = environment["LLMTAP_FUZZ_ARGS"] { arguments += extra.split(separator: " ").map(String.init) }
+            arguments.append(corpus.path)
+            FuzzDriver.target = target
+            var cArguments: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+            var count = Int32(arguments.count)
+            let status = cArguments.withUnsafeMutableBufferPointer { buffer -> Int32 in
+                var pointer: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = buffer.baseAddress
+                return LLVMFuzzerRunDriver(&count, &pointer, llmtapFuzzOneInput)
+            }
+            guard status == 0 else {
+                throw TestFailure("libFuzzer stopped with status \(status) on \(name); inputs are in \(artifacts.path)")
+            }
         #else
-        throw TestFailure("LLMTAP_FUZZ_TARGET is set, but this is not a fuzz build: run scripts/fuzz \(name) SECONDS")
+            throw TestFailure(
+                "LLMTAP_FUZZ_TARGET is set, but this is not a fuzz build: run scripts/fuzz \(name) SECONDS")
         #endif
     }
 }
@@ -96,24 +102,25 @@ public func fuzzCheck(_ condition: Bool, _ message: @autoclosure () -> String) {
 }
 
 #if LLMTAP_FUZZ
-// libFuzzer's C name.
-// swift-format-ignore: AlwaysUseLowerCamelCase
-@_silgen_name("LLVMFuzzerRunDriver")
-private func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<Int32>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
-) -> Int32
+    // libFuzzer's C name.
+    // swift-format-ignore: AlwaysUseLowerCamelCase
+    @_silgen_name("LLVMFuzzerRunDriver")
+    private func LLVMFuzzerRunDriver(
+        _ argc: UnsafeMutablePointer<Int32>,
+        _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+        _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
+    ) -> Int32
 
-private enum FuzzDriver {
-    nonisolated(unsafe) static var target: Fuzzing.Target?
-}
+    private enum FuzzDriver {
+        nonisolated(unsafe) static var target: Fuzzing.Target?
+    }
 
-/// libFuzzer's entry point: its driver calls it, and its runtime refers to it by name.
-@_cdecl("LLVMFuzzerTestOneInput")
-public func llmtapFuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
-    FuzzDriver.target?(UnsafeRawBufferPointer(start: data, count: size))
-    return 0
-}
+    /// libFuzzer's entry point: its driver calls it, and its runtime refers to it by name.
+    @_cdecl("LLVMFuzzerTestOneInput")
+    public func llmtapFuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+        FuzzDriver.target?(UnsafeRawBufferPointer(start: data, count: size))
+        return 0
+    }
 #endif
 
 /// Small, seeded changes to seeds: bytes flipped, cut, repeated and spliced from other seeds.
@@ -139,7 +146,10 @@ struct Mutator {
             switch below(6) {
             case 0 where at < input.count: input[at] = UInt8(truncatingIfNeeded: next())
             case 1 where at < input.count: input.remove(at: at)
-            case 2: input.insert(contentsOf: [0x0D, 0x0A, 0x3A, 0x20, 0x30, 0x7B, 0x22, 0xFF, 0x00, 0x2C].shuffledPrefix(below(4) + 1, &self), at: at)
+            case 2:
+                input.insert(
+                    contentsOf: [0x0D, 0x0A, 0x3A, 0x20, 0x30, 0x7B, 0x22, 0xFF, 0x00, 0x2C].shuffledPrefix(
+                        below(4) + 1, &self), at: at)
             case 3 where at < input.count:
                 let end = min(input.count, at + below(64) + 1)
                 input.insert(contentsOf: input[at..<end], at: at)

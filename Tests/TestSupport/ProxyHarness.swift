@@ -92,27 +92,36 @@ public final class ProxyHarness: @unchecked Sendable {
     /// - Parameters:
     ///   - upstream: overrides the upstream URL (for an unreachable one); by default the mock.
     ///   - collectorEndpoint: overrides where the sidecar publishes (for a missing collector).
-    public init(sidecarArguments: [String] = [], mockArguments: [String] = [], upstream: String? = nil,
-                collectorEndpoint: String? = nil, environment: [String: String] = [:], fixedMockPort: Int? = nil) throws {
+    public init(
+        sidecarArguments: [String] = [], mockArguments: [String] = [], upstream: String? = nil,
+        collectorEndpoint: String? = nil, environment: [String: String] = [:], fixedMockPort: Int? = nil
+    ) throws {
         collector = try RawFrameCollector()
         mockPort = try fixedMockPort ?? freeTCPPort()
-        mockLogURL = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-mock-\(UUID().uuidString).jsonl")
-        mock = try RunningProcess(product: "llmtap-mock-upstream", arguments: [
-            "--listen", "127.0.0.1:\(mockPort)", "--request-log", mockLogURL.path,
-        ] + mockArguments)
+        mockLogURL = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "llmtap-mock-\(UUID().uuidString).jsonl")
+        mock = try RunningProcess(
+            product: "llmtap-mock-upstream",
+            arguments: [
+                "--listen", "127.0.0.1:\(mockPort)", "--request-log", mockLogURL.path,
+            ] + mockArguments)
         sidecarPort = try freeTCPPort()
         let scheme = mockArguments.contains("--tls-cert") ? "https://localhost" : "http://127.0.0.1"
-        sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: [
-            "--listen", "127.0.0.1:\(sidecarPort)",
-            "--upstream", upstream ?? "\(scheme):\(mockPort)",
-            "--collector", collectorEndpoint ?? collector.endpoint,
-            "--sidecar-id", "test-sidecar", "--app", "test-app", "--threads", "2",
-        ] + sidecarArguments, environment: environment)
-        guard eventually({ mock.stdout.contains("listening on") || !mock.process.isRunning }), mock.process.isRunning else {
+        sidecar = try RunningProcess(
+            product: "llmtap-sidecar",
+            arguments: [
+                "--listen", "127.0.0.1:\(sidecarPort)",
+                "--upstream", upstream ?? "\(scheme):\(mockPort)",
+                "--collector", collectorEndpoint ?? collector.endpoint,
+                "--sidecar-id", "test-sidecar", "--app", "test-app", "--threads", "2",
+            ] + sidecarArguments, environment: environment)
+        guard eventually({ mock.stdout.contains("listening on") || !mock.process.isRunning }), mock.process.isRunning
+        else {
             throw TestFailure("the mock upstream did not start: \(mock.stderr)")
         }
         guard eventually({ sidecar.stderr.contains("reverse listener ready") || !sidecar.process.isRunning }),
-              sidecar.process.isRunning else {
+            sidecar.process.isRunning
+        else {
             throw TestFailure("the sidecar did not start: \(sidecar.stderr)")
         }
     }
@@ -152,13 +161,17 @@ public final class ProxyHarness: @unchecked Sendable {
 }
 
 /// Runs curl, the reference client, and returns its exit code, body and response headers.
-public func curl(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (exitCode: Int32, body: Data, headers: String) {
+public func curl(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (
+    exitCode: Int32, body: Data, headers: String
+) {
     let result = try curlWithStatus(arguments, timeout: timeout)
     return (result.exitCode, result.body, result.headers)
 }
 
 /// curl, with the HTTP status of the last response (0 when there was none).
-public func curlWithStatus(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (exitCode: Int32, status: Int, body: Data, headers: String) {
+public func curlWithStatus(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (
+    exitCode: Int32, status: Int, body: Data, headers: String
+) {
     let folder = FileManager.default.temporaryDirectory
     let headersFile = folder.appendingPathComponent("curl-headers-\(UUID().uuidString)")
     let bodyFile = folder.appendingPathComponent("curl-body-\(UUID().uuidString)")
@@ -177,7 +190,8 @@ public func curlWithStatus(_ arguments: [String], timeout: Duration = .seconds(3
     }
     let headers = (try? String(contentsOf: headersFile, encoding: .utf8)) ?? ""
     // The last status line wins: "HTTP/1.1 100 Continue" may come first.
-    let status = headers.components(separatedBy: "\r\n").last { $0.hasPrefix("HTTP/") }
+    let status =
+        headers.components(separatedBy: "\r\n").last { $0.hasPrefix("HTTP/") }
         .flatMap { $0.split(separator: " ").dropFirst().first.flatMap { Int($0) } } ?? 0
     return (process.terminationStatus, status, (try? Data(contentsOf: bodyFile)) ?? Data(), headers)
 }
@@ -191,7 +205,9 @@ public func connectTCP(port: Int, receiveTimeout: Duration = .seconds(10)) throw
     address.sin_port = in_port_t(UInt16(port).bigEndian)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
     }
     guard connected == 0 else {
         close(fd)
@@ -204,13 +220,17 @@ public func connectTCP(port: Int, receiveTimeout: Duration = .seconds(10)) throw
 
 /// Sends raw bytes on a new TCP connection and reads until the server closes it (or the timeout).
 /// Returns what came back and whether the server closed the connection.
-public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (response: String, closed: Bool) {
+public func rawHTTP(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (
+    response: String, closed: Bool
+) {
     let (bytes, closed) = try rawHTTPBytes(port: port, request, timeout: timeout)
     return (String(decoding: bytes, as: UTF8.self), closed)
 }
 
 /// `rawHTTP`, with the answer as the bytes that came (for bytes that are not UTF-8).
-public func rawHTTPBytes(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (response: [UInt8], closed: Bool) {
+public func rawHTTPBytes(port: Int, _ request: [UInt8], timeout: Duration = .seconds(10)) throws -> (
+    response: [UInt8], closed: Bool
+) {
     let fd = try connectTCP(port: port, receiveTimeout: timeout)
     defer { close(fd) }
     _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
@@ -225,10 +245,13 @@ public func rawHTTPBytes(port: Int, _ request: [UInt8], timeout: Duration = .sec
 }
 
 /// Runs a Python script with the test virtualenv's packages; returns its exit status and output.
-public func runPython(_ script: String, arguments: [String] = [], timeout: Duration = .seconds(60)) throws -> (status: Int32, stdout: String, stderr: String) {
+public func runPython(_ script: String, arguments: [String] = [], timeout: Duration = .seconds(60)) throws -> (
+    status: Int32, stdout: String, stderr: String
+) {
     let file = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(UUID().uuidString).py")
     try script.write(to: file, atomically: true, encoding: .utf8)
-    let python = try RunningProcess(executable: URL(fileURLWithPath: try testPython()), arguments: [file.path] + arguments)
+    let python = try RunningProcess(
+        executable: URL(fileURLWithPath: try testPython()), arguments: [file.path] + arguments)
     guard let status = python.waitForExit(timeout: timeout) else {
         python.process.terminate()
         throw TestFailure("the Python script did not finish: \(python.stderr)")

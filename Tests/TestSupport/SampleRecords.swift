@@ -76,7 +76,10 @@ public enum SampleRecords {
     }
 
     /// A whole envelope around `record`.
-    public static func envelope(_ record: WireRecord, seq: UInt64 = 7, sidecarID: String = "sidecar-a", bootID: String = "b00710000000000000000000000000a1") -> Envelope {
+    public static func envelope(
+        _ record: WireRecord, seq: UInt64 = 7, sidecarID: String = "sidecar-a",
+        bootID: String = "b00710000000000000000000000000a1"
+    ) -> Envelope {
         var envelope = Envelope()
         envelope.sidecarID = sidecarID
         envelope.bootID = bootID

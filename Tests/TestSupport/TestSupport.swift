@@ -109,8 +109,12 @@ public final class RunningProcess: @unchecked Sendable {
     }
 
     /// Any program (the test Python, say), run in `directory` if given.
-    public init(executable: URL, arguments: [String], environment: [String: String] = [:], directory: URL? = nil, stdinText: String? = nil) throws {
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(executable.lastPathComponent)-\(UUID().uuidString)")
+    public init(
+        executable: URL, arguments: [String], environment: [String: String] = [:], directory: URL? = nil,
+        stdinText: String? = nil
+    ) throws {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "llmtap-\(executable.lastPathComponent)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         stdoutURL = folder.appendingPathComponent("stdout")
         stderrURL = folder.appendingPathComponent("stderr")
@@ -157,12 +161,15 @@ public final class RunningProcess: @unchecked Sendable {
 /// The Python that has Tests/requirements.txt installed: `LLMTAP_PYTHON` (scripts/test sets it),
 /// or the virtualenv scripts/test makes in .build/python.
 public func testPython() throws -> String {
-    if let python = ProcessInfo.processInfo.environment["LLMTAP_PYTHON"], FileManager.default.isExecutableFile(atPath: python) {
+    if let python = ProcessInfo.processInfo.environment["LLMTAP_PYTHON"],
+        FileManager.default.isExecutableFile(atPath: python)
+    {
         return python
     }
     let venv = repositoryRoot.appendingPathComponent(".build/python/bin/python").path
     guard FileManager.default.isExecutableFile(atPath: venv) else {
-        throw TestFailure("no Python with the test packages: run scripts/test, which makes .build/python from Tests/requirements.txt")
+        throw TestFailure(
+            "no Python with the test packages: run scripts/test, which makes .build/python from Tests/requirements.txt")
     }
     return venv
 }

@@ -8,17 +8,23 @@ import XCTest
 /// protoc-c generates from the same analysis.proto at build time, reads what our publisher sends.
 final class CConsumerTests: XCTestCase {
     func testTheCConsumerReadsWhatTheSwiftPublisherSends() throws {
-        let out = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-c-consumer-\(UUID().uuidString)")
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "llmtap-c-consumer-\(UUID().uuidString)")
         let make = Process()
         make.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        make.arguments = ["make", "-s", "-C", repositoryRoot.appendingPathComponent("examples/c-consumer").path, "OUT=\(out.path)"]
+        make.arguments = [
+            "make", "-s", "-C", repositoryRoot.appendingPathComponent("examples/c-consumer").path, "OUT=\(out.path)",
+        ]
         let makeLog = Pipe()
         make.standardOutput = makeLog
         make.standardError = makeLog
         try make.run()
         let log = makeLog.fileHandleForReading.readDataToEndOfFile()
         make.waitUntilExit()
-        XCTAssertEqual(make.terminationStatus, 0, "building the C consumer failed (needs protobuf-c-compiler, libprotobuf-c-dev): \(String(decoding: log, as: UTF8.self))")
+        XCTAssertEqual(
+            make.terminationStatus, 0,
+            "building the C consumer failed (needs protobuf-c-compiler, libprotobuf-c-dev): \(String(decoding: log, as: UTF8.self))"
+        )
         guard make.terminationStatus == 0 else { return }
 
         let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
@@ -39,7 +45,8 @@ final class CConsumerTests: XCTestCase {
         try raw.set(.linger(milliseconds: 2_000))
         try raw.connect(endpoint)
         try raw.send(Array("not a record".utf8))
-        try raw.send(try WireFrame.encode(SampleRecords.envelope(SampleRecords.heartbeat, seq: 1, sidecarID: "raw-peer")))
+        try raw.send(
+            try WireFrame.encode(SampleRecords.envelope(SampleRecords.heartbeat, seq: 1, sidecarID: "raw-peer")))
 
         var configuration = AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "swift-sidecar")
         configuration.shutdownLinger = .seconds(5)
@@ -60,10 +67,22 @@ final class CConsumerTests: XCTestCase {
         guard lines.count == 5 else { return }
         let boot = configuration.bootID
         guard case .request(let request) = SampleRecords.request else { return XCTFail() }
-        XCTAssertEqual(lines[0], "sidecar=swift-sidecar boot=\(boot) seq=1 dropped_before=0 kind=request exchange=01JD7K3M2Q8X5V9T4N6B1C0R7W method=POST url=https://api.openai.com/v1/chat/completions?trace=1 app=checkout tenant=3f2a9c0d1e7b4a55 headers=2 body=\(request.body.count)/4096 truncated")
-        XCTAssertEqual(lines[1], "sidecar=swift-sidecar boot=\(boot) seq=2 dropped_before=0 kind=stream_chunk exchange=01JD7K3M2Q8X5V9T4N6B1C0R7W index=3 bytes=48")
-        XCTAssertEqual(lines[2], "sidecar=swift-sidecar boot=\(boot) seq=3 dropped_before=0 kind=response_done exchange=01JD7K3M2Q8X5V9T4N6B1C0R7W status=200 outcome=client_aborted response_bytes=18230 chunks=12")
-        XCTAssertEqual(lines[3], "sidecar=swift-sidecar boot=\(boot) seq=4 dropped_before=0 kind=heartbeat published=1000000 dropped=42 mode=reverse version=0.1.0")
+        XCTAssertEqual(
+            lines[0],
+            "sidecar=swift-sidecar boot=\(boot) seq=1 dropped_before=0 kind=request exchange=01JD7K3M2Q8X5V9T4N6B1C0R7W method=POST url=https://api.openai.com/v1/chat/completions?trace=1 app=checkout tenant=3f2a9c0d1e7b4a55 headers=2 body=\(request.body.count)/4096 truncated"
+        )
+        XCTAssertEqual(
+            lines[1],
+            "sidecar=swift-sidecar boot=\(boot) seq=2 dropped_before=0 kind=stream_chunk exchange=01JD7K3M2Q8X5V9T4N6B1C0R7W index=3 bytes=48"
+        )
+        XCTAssertEqual(
+            lines[2],
+            "sidecar=swift-sidecar boot=\(boot) seq=3 dropped_before=0 kind=response_done exchange=01JD7K3M2Q8X5V9T4N6B1C0R7W status=200 outcome=client_aborted response_bytes=18230 chunks=12"
+        )
+        XCTAssertEqual(
+            lines[3],
+            "sidecar=swift-sidecar boot=\(boot) seq=4 dropped_before=0 kind=heartbeat published=1000000 dropped=42 mode=reverse version=0.1.0"
+        )
         XCTAssertTrue(lines[4].contains("seq=5"))
         XCTAssertTrue(errors.contains("rejected: not an LLMTap frame"), errors)
     }

@@ -45,7 +45,8 @@ final class EncodedRecordTests: XCTestCase {
             let withHeaders = !fields.exchangeID.isEmpty
             if withHeaders { expected.headers = wireHeaders() }
             let record = body.withUnsafeBytes {
-                EncodedRecord.request(fields, headers: StringHeaderFields(withHeaders ? headers : []), isSecret: isSecret, body: $0)
+                EncodedRecord.request(
+                    fields, headers: StringHeaderFields(withHeaders ? headers : []), isSecret: isSecret, body: $0)
             }
             XCTAssertEqual(record.kind, .request)
             XCTAssertEqual(record.bytes, try expected.serializedBytes() as [UInt8])
@@ -67,7 +68,8 @@ final class EncodedRecordTests: XCTestCase {
             expected.unixNanos = nanos
             expected.offset = offset
             let record = data.withUnsafeBytes {
-                EncodedRecord.streamChunk(exchangeID: id, direction: .response, index: index, unixNanos: nanos, offset: offset, data: $0)
+                EncodedRecord.streamChunk(
+                    exchangeID: id, direction: .response, index: index, unixNanos: nanos, offset: offset, data: $0)
             }
             XCTAssertEqual(record.bytes, try expected.serializedBytes() as [UInt8], "chunk \(id) \(index)")
         }
@@ -100,7 +102,8 @@ final class EncodedRecordTests: XCTestCase {
             expected.responseChunks = fields.responseChunks
             expected.responseTruncated = fields.responseTruncated
             expected.rejectReason = fields.rejectReason
-            let record = EncodedRecord.responseDone(fields, headers: StringHeaderFields(withHeaders ? headers : []), isSecret: isSecret)
+            let record = EncodedRecord.responseDone(
+                fields, headers: StringHeaderFields(withHeaders ? headers : []), isSecret: isSecret)
             XCTAssertEqual(record.bytes, try expected.serializedBytes() as [UInt8])
             XCTAssertEqual(try record.decoded(), .responseDone(expected))
         }
@@ -111,16 +114,23 @@ final class EncodedRecordTests: XCTestCase {
     func testFramingAnEncodedRecordGivesTheSameFrame() throws {
         let encoder = try EnvelopeEncoder(sidecarID: "sidecar-a", bootID: "boot-1")
         let body = Array("{\"model\":\"gpt-4o-mini\"}".utf8)
-        let encoded = body.withUnsafeBytes { EncodedRecord.request(fullRequest(), headers: StringHeaderFields(headers), isSecret: isSecret, body: $0) }
+        let encoded = body.withUnsafeBytes {
+            EncodedRecord.request(fullRequest(), headers: StringHeaderFields(headers), isSecret: isSecret, body: $0)
+        }
         let fromBytes = encoder.encode(seq: 300, sentUnixNanos: 42, droppedBefore: 2, record: encoded)
-        let fromMessage = try encoder.encode(seq: 300, sentUnixNanos: 42, droppedBefore: 2, record: try encoded.decoded())
-        defer { fromBytes.release(); fromMessage.release() }
+        let fromMessage = try encoder.encode(
+            seq: 300, sentUnixNanos: 42, droppedBefore: 2, record: try encoded.decoded())
+        defer {
+            fromBytes.release()
+            fromMessage.release()
+        }
         XCTAssertEqual(fromBytes.bytes, fromMessage.bytes)
         var decoder = EnvelopeDecoder()
         let decoded = try fromBytes.bytes.withUnsafeBytes { try decoder.decode($0).get() }
         guard case .request(let request) = decoded.record else { return XCTFail("not a request") }
         XCTAssertEqual(request.headers.first { $0.name == "Authorization" }?.value, "[redacted]")
-        XCTAssertFalse(fromBytes.bytes.containsSequence(Array("sk-secret".utf8)), "a secret header value reached the frame")
+        XCTAssertFalse(
+            fromBytes.bytes.containsSequence(Array("sk-secret".utf8)), "a secret header value reached the frame")
     }
 
     private func fullRequest() -> RequestFields {

@@ -9,7 +9,7 @@ final class EnvelopeCodecTests: XCTestCase {
     func testFastEncoderWritesExactlyWhatSwiftProtobufWrites() throws {
         let cases: [(String, String, UInt64, Int64, UInt64)] = [
             ("sidecar-a", "b007", 1, 1_763_900_000_300_000_000, 0),
-            ("s", "b", UInt64.max, -1, UInt64.max),          // 10-byte varints, negative time
+            ("s", "b", UInt64.max, -1, UInt64.max), // 10-byte varints, negative time
             ("ünïcode-sidecar", String(repeating: "f", count: 64), 300, 0, 127),
             (String(repeating: "h", count: 255), "boot", 128, 1, 128),
         ]
@@ -131,10 +131,10 @@ final class EnvelopeCodecTests: XCTestCase {
 
     func testUnknownFieldsFromANewerSidecarAreSkipped() throws {
         var frame = try WireFrame.encode(SampleRecords.envelope(SampleRecords.heartbeat))
-        frame += [0xA0, 0x06, 0x2A]                      // field 100, varint 42
-        frame += [0xAA, 0x06, 0x03, 0x61, 0x62, 0x63]    // field 101, bytes "abc"
-        frame += [0xB1, 0x06] + [UInt8](repeating: 1, count: 8)  // field 102, fixed64
-        frame += [0xBD, 0x06] + [UInt8](repeating: 1, count: 4)  // field 103, fixed32
+        frame += [0xA0, 0x06, 0x2A] // field 100, varint 42
+        frame += [0xAA, 0x06, 0x03, 0x61, 0x62, 0x63] // field 101, bytes "abc"
+        frame += [0xB1, 0x06] + [UInt8](repeating: 1, count: 8) // field 102, fixed64
+        frame += [0xBD, 0x06] + [UInt8](repeating: 1, count: 4) // field 103, fixed32
         let decoded = try WireFrame.decode(frame).get()
         XCTAssertEqual(decoded.record, SampleRecords.heartbeat)
     }
@@ -148,7 +148,8 @@ final class EnvelopeCodecTests: XCTestCase {
         later.seq = 11
         later.sidecarID = envelope.sidecarID
         later.bootID = envelope.bootID
-        let frame = WireFrame.header + (try reordered.serializedBytes() as [UInt8]) + (try later.serializedBytes() as [UInt8])
+        let frame =
+            WireFrame.header + (try reordered.serializedBytes() as [UInt8]) + (try later.serializedBytes() as [UInt8])
         let decoded = try WireFrame.decode(frame).get()
         XCTAssertEqual(decoded.seq, 11)
         XCTAssertEqual(decoded.record, envelope.record)
@@ -172,7 +173,8 @@ final class EnvelopeCodecTests: XCTestCase {
     func testTheDecoderReusesIdentityStringsButNotStaleOnes() throws {
         var decoder = EnvelopeDecoder()
         for (sidecar, boot) in [("a", "1"), ("a", "1"), ("b", "1"), ("a", "2")] {
-            let frame = try WireFrame.encode(SampleRecords.envelope(SampleRecords.heartbeat, sidecarID: sidecar, bootID: boot))
+            let frame = try WireFrame.encode(
+                SampleRecords.envelope(SampleRecords.heartbeat, sidecarID: sidecar, bootID: boot))
             let decoded = try frame.withUnsafeBytes { try decoder.decode($0).get() }
             XCTAssertEqual(decoded.sidecarID, sidecar)
             XCTAssertEqual(decoded.bootID, boot)
@@ -222,11 +224,16 @@ final class StreamChunkDecoderTests: XCTestCase {
         var decoder = EnvelopeDecoder()
         for round in 0..<2_000 {
             var chunk = WireStreamChunk()
-            if Bool.random(using: &generator) { chunk.exchangeID = "ex-\(UInt32.random(in: 0...5, using: &generator))-é" }
+            if Bool.random(using: &generator) {
+                chunk.exchangeID = "ex-\(UInt32.random(in: 0...5, using: &generator))-é"
+            }
             chunk.direction = [.unspecified, .response, .request, .UNRECOGNIZED(7), .UNRECOGNIZED(-3)][round % 5]
             chunk.index = [0, 1, 127, 128, UInt64.max][Int.random(in: 0..<5, using: &generator)]
-            chunk.data = Data((0..<Int.random(in: 0...300, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) })
-            chunk.unixNanos = [0, 1, -1, Int64.min, Int64.max, 1_763_900_000_000_000_000][Int.random(in: 0..<6, using: &generator)]
+            chunk.data = Data(
+                (0..<Int.random(in: 0...300, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator)
+                })
+            chunk.unixNanos =
+                [0, 1, -1, Int64.min, Int64.max, 1_763_900_000_000_000_000][Int.random(in: 0..<6, using: &generator)]
             chunk.offset = [0, 1024, UInt64.max][round % 3]
             let bytes: [UInt8] = try chunk.serializedBytes()
             var fast = WireStreamChunk()
@@ -253,11 +260,14 @@ final class StreamChunkDecoderTests: XCTestCase {
 
         for broken: [UInt8] in [[0x0A, 0x05, 0x61], [0x18], [0x0B]] {
             var chunk = WireStreamChunk()
-            XCTAssertThrowsError(try broken.withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &chunk) }, "\(broken)")
+            XCTAssertThrowsError(
+                try broken.withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &chunk) }, "\(broken)")
         }
         // An exchange id that is not UTF-8 is read with U+FFFD, and said so.
         var chunk = WireStreamChunk()
-        let repaired = try ([0x0A, 0x02, 0xC3, 0x28] as [UInt8]).withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &chunk) }
+        let repaired = try ([0x0A, 0x02, 0xC3, 0x28] as [UInt8]).withUnsafeBytes {
+            try decoder.decodeStreamChunk($0, into: &chunk)
+        }
         XCTAssertTrue(repaired)
         XCTAssertEqual(chunk.exchangeID, "\u{FFFD}(")
     }

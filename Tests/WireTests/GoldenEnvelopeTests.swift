@@ -13,16 +13,19 @@ final class GoldenEnvelopeTests: XCTestCase {
     private let update = ProcessInfo.processInfo.environment["LLMTAP_UPDATE_GOLDEN"] == "1"
 
     private var cases: [(name: String, envelope: Envelope)] {
-        [("request", SampleRecords.request), ("stream_chunk", SampleRecords.streamChunk),
-         ("response_done", SampleRecords.responseDone), ("heartbeat", SampleRecords.heartbeat)]
-            .map { ($0.0, SampleRecords.envelope($0.1)) }
+        [
+            ("request", SampleRecords.request), ("stream_chunk", SampleRecords.streamChunk),
+            ("response_done", SampleRecords.responseDone), ("heartbeat", SampleRecords.heartbeat),
+        ]
+        .map { ($0.0, SampleRecords.envelope($0.1)) }
     }
 
     func testOurEncoderStillWritesTheCommittedBytes() throws {
         for (name, envelope) in cases {
             let encoder = try EnvelopeEncoder(sidecarID: envelope.sidecarID, bootID: envelope.bootID)
-            let frame = try encoder.encode(seq: envelope.seq, sentUnixNanos: envelope.sentUnixNanos,
-                                           droppedBefore: envelope.droppedBefore, record: envelope.record!)
+            let frame = try encoder.encode(
+                seq: envelope.seq, sentUnixNanos: envelope.sentUnixNanos,
+                droppedBefore: envelope.droppedBefore, record: envelope.record!)
             let bytes = frame.bytes
             frame.release()
             XCTAssertEqual(Array(bytes.prefix(4)), WireFrame.header)
@@ -30,9 +33,12 @@ final class GoldenEnvelopeTests: XCTestCase {
             let file = golden.appendingPathComponent("\(name).envelope.bin")
             if update {
                 try body.write(to: file)
-                try protocDecode(file).write(to: golden.appendingPathComponent("\(name).envelope.txt"), atomically: true, encoding: .utf8)
+                try protocDecode(file).write(
+                    to: golden.appendingPathComponent("\(name).envelope.txt"), atomically: true, encoding: .utf8)
             }
-            XCTAssertEqual(body, try Data(contentsOf: file), "\(name): the encoding changed; if on purpose, regenerate the goldens")
+            XCTAssertEqual(
+                body, try Data(contentsOf: file), "\(name): the encoding changed; if on purpose, regenerate the goldens"
+            )
             XCTAssertEqual(try WireFrame.decode(Array(bytes)).get(), envelope, name)
         }
     }
@@ -40,7 +46,8 @@ final class GoldenEnvelopeTests: XCTestCase {
     func testProtocDecodesTheCommittedBytesToTheCommittedText() throws {
         for (name, _) in cases {
             let text = try protocDecode(golden.appendingPathComponent("\(name).envelope.bin"))
-            let expected = try String(contentsOf: golden.appendingPathComponent("\(name).envelope.txt"), encoding: .utf8)
+            let expected = try String(
+                contentsOf: golden.appendingPathComponent("\(name).envelope.txt"), encoding: .utf8)
             XCTAssertEqual(text, expected, name)
         }
     }
@@ -52,7 +59,9 @@ final class GoldenEnvelopeTests: XCTestCase {
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: protoc)
-        process.arguments = ["--decode", "llmtap.wire.v1.Envelope", "-I", "Sources/Wire", "Sources/Wire/analysis.proto"]
+        process.arguments = [
+            "--decode", "llmtap.wire.v1.Envelope", "-I", "Sources/Wire", "Sources/Wire/analysis.proto",
+        ]
         process.currentDirectoryURL = repositoryRoot
         process.standardInput = try FileHandle(forReadingFrom: file)
         let output = Pipe()
@@ -64,7 +73,8 @@ final class GoldenEnvelopeTests: XCTestCase {
         let problems = errors.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
         guard process.terminationStatus == 0 else {
-            throw TestFailure("protoc --decode failed on \(file.lastPathComponent): \(String(decoding: problems, as: UTF8.self))")
+            throw TestFailure(
+                "protoc --decode failed on \(file.lastPathComponent): \(String(decoding: problems, as: UTF8.self))")
         }
         return String(decoding: text, as: UTF8.self)
     }

@@ -148,8 +148,8 @@ final class WireTextTests: XCTestCase {
         let at = try XCTUnwrap(bytes.indices.first { bytes[$0...].starts(with: placeholder) })
         bytes.replaceSubrange(at..<at + placeholder.count, with: latin1)
         let shrink = UInt8(placeholder.count - latin1.count)
-        bytes[at - 1] -= shrink  // the value's length
-        bytes[at - 11] -= shrink  // the header message's length: before its tag, name and value tag
+        bytes[at - 1] -= shrink // the value's length
+        bytes[at - 11] -= shrink // the header message's length: before its tag, name and value tag
         XCTAssertThrowsError(try WireRequest(serializedBytes: bytes), "SwiftProtobuf refuses it")
 
         var envelope = Envelope()

@@ -10,19 +10,21 @@ final class PublisherQueueTests: XCTestCase {
         var queue = PublisherQueue(maxRecords: 2, maxBytes: 1 << 20)
         XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .accepted(wakeConsumer: false))
         XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .accepted(wakeConsumer: false))
-        XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .dropped)  // seq 3
-        XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .dropped)  // seq 4
+        XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .dropped) // seq 3
+        XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .dropped) // seq 4
         guard case .records(let taken) = queue.take() else { return XCTFail("nothing to take") }
         XCTAssertEqual(taken.map(\.seq), [1, 2])
         XCTAssertEqual(taken.map(\.droppedBefore), [0, 0])
         // Taken records still count against the limit until they are sent.
-        XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .dropped)  // seq 5
+        XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .dropped) // seq 5
         queue.sent(count: 2, cost: 20)
-        XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .accepted(wakeConsumer: false))  // seq 6
+        XCTAssertEqual(queue.enqueue(.message(record), cost: 10), .accepted(wakeConsumer: false)) // seq 6
         guard case .records(let next) = queue.take() else { return XCTFail("nothing to take") }
         XCTAssertEqual(next.map(\.seq), [6])
         XCTAssertEqual(next.map(\.droppedBefore), [3], "seqs 3, 4 and 5 were dropped before seq 6")
-        XCTAssertEqual(queue.stats, PublisherStats(accepted: 3, published: 2, dropped: 3, queueDepth: 1, queueBytes: 10, lastSeq: 6))
+        XCTAssertEqual(
+            queue.stats,
+            PublisherStats(accepted: 3, published: 2, dropped: 3, queueDepth: 1, queueBytes: 10, lastSeq: 6))
     }
 
     func testTheByteLimitDropsAndAnOversizeRecordStillFitsAnEmptyQueue() {
@@ -32,7 +34,9 @@ final class PublisherQueueTests: XCTestCase {
         XCTAssertEqual(queue.enqueue(.message(record), cost: 40), .accepted(wakeConsumer: false))
         guard case .records(let taken) = queue.take() else { return XCTFail() }
         queue.sent(count: taken.count, cost: 100)
-        XCTAssertEqual(queue.enqueue(.message(record), cost: 5_000), .accepted(wakeConsumer: false), "one big record must not be refused forever")
+        XCTAssertEqual(
+            queue.enqueue(.message(record), cost: 5_000), .accepted(wakeConsumer: false),
+            "one big record must not be refused forever")
         XCTAssertEqual(queue.enqueue(.message(record), cost: 1), .dropped)
     }
 
@@ -48,8 +52,11 @@ final class PublisherQueueTests: XCTestCase {
         guard case .idle = queue.take() else { return XCTFail() }
         XCTAssertEqual(queue.enqueue(.message(record), cost: 1), .accepted(wakeConsumer: false))
         XCTAssertEqual(queue.enqueue(.message(record), cost: 1), .accepted(wakeConsumer: false))
-        XCTAssertEqual(queue.enqueue(.message(record), cost: 1), .accepted(wakeConsumer: true), "the third record crosses the threshold")
-        XCTAssertEqual(queue.enqueue(.message(record), cost: 1), .accepted(wakeConsumer: false), "once woken, not again")
+        XCTAssertEqual(
+            queue.enqueue(.message(record), cost: 1), .accepted(wakeConsumer: true),
+            "the third record crosses the threshold")
+        XCTAssertEqual(
+            queue.enqueue(.message(record), cost: 1), .accepted(wakeConsumer: false), "once woken, not again")
         guard case .records = queue.take() else { return XCTFail() }
         guard case .idle = queue.take() else { return XCTFail() }
         XCTAssertEqual(queue.enqueue(.message(record), cost: 600), .accepted(wakeConsumer: true), "bytes count too")

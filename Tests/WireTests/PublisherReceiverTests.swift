@@ -6,13 +6,17 @@ import XCTest
 
 /// The publisher and the receiver over real libzmq sockets on loopback.
 final class PublisherReceiverTests: XCTestCase {
-    private func receiver(_ endpoint: String = "tcp://127.0.0.1:*", into collected: Collected<ReceivedRecord>) throws -> AnalysisReceiver {
+    private func receiver(_ endpoint: String = "tcp://127.0.0.1:*", into collected: Collected<ReceivedRecord>) throws
+        -> AnalysisReceiver
+    {
         try AnalysisReceiver(configuration: AnalysisReceiverConfiguration(endpoint: endpoint), logger: testLogger()) {
             collected.append($0)
         }
     }
 
-    private func publisher(_ endpoint: String, sidecarID: String = "sidecar-a", maxRecords: Int = 65_536) throws -> AnalysisPublisher {
+    private func publisher(_ endpoint: String, sidecarID: String = "sidecar-a", maxRecords: Int = 65_536) throws
+        -> AnalysisPublisher
+    {
         var configuration = AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: sidecarID)
         configuration.maxQueuedRecords = maxRecords
         configuration.shutdownLinger = .seconds(5)
@@ -20,7 +24,8 @@ final class PublisherReceiverTests: XCTestCase {
     }
 
     func testEveryKindRoundTripsOverTCPAndIPC() throws {
-        let ipcPath = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(UUID().uuidString).sock").path
+        let ipcPath = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(UUID().uuidString).sock")
+            .path
         defer { try? FileManager.default.removeItem(atPath: ipcPath) }
         for endpoint in ["tcp://127.0.0.1:*", "ipc://\(ipcPath)"] {
             let collected = Collected<ReceivedRecord>()
@@ -34,7 +39,10 @@ final class PublisherReceiverTests: XCTestCase {
             let received = collected.all
             XCTAssertEqual(received.map(\.envelope.record), SampleRecords.all, endpoint)
             XCTAssertEqual(received.map(\.envelope.seq), [1, 2, 3, 4])
-            XCTAssertTrue(received.allSatisfy { $0.envelope.sidecarID == "sidecar-a" && $0.envelope.bootID == publisher.configuration.bootID })
+            XCTAssertTrue(
+                received.allSatisfy {
+                    $0.envelope.sidecarID == "sidecar-a" && $0.envelope.bootID == publisher.configuration.bootID
+                })
             XCTAssertTrue(received.allSatisfy { $0.gap == nil && $0.envelope.sentUnixNanos > 0 })
             XCTAssertEqual(receiver.stats.received, 4)
             XCTAssertEqual(publisher.stats.published, 4)
@@ -73,8 +81,10 @@ final class PublisherReceiverTests: XCTestCase {
             XCTAssertEqual(gap.lostInTransit, 0, "every missing record was one the sidecar dropped: \(gap)")
         }
         XCTAssertEqual(reportedMissing.count, dropped.count)
-        XCTAssertTrue(reportedMissing.symmetricDifference(dropped).isEmpty,
-                      "the receiver must name exactly the sequence numbers the publisher dropped; these differ: \(reportedMissing.symmetricDifference(dropped).sorted().prefix(20))")
+        XCTAssertTrue(
+            reportedMissing.symmetricDifference(dropped).isEmpty,
+            "the receiver must name exactly the sequence numbers the publisher dropped; these differ: \(reportedMissing.symmetricDifference(dropped).sorted().prefix(20))"
+        )
         XCTAssertEqual(UInt64(received.count) + UInt64(reportedMissing.count), lastSeq)
         let stream = receiver.stats.streams.first!
         XCTAssertEqual(stream.droppedBySender, UInt64(dropped.count))
@@ -133,7 +143,8 @@ final class PublisherReceiverTests: XCTestCase {
         var seq: UInt64 = 0
         func sendValid() throws {
             seq += 1
-            let frame = try encoder.encode(seq: seq, sentUnixNanos: 1, droppedBefore: 0, record: SampleRecords.heartbeat)
+            let frame = try encoder.encode(
+                seq: seq, sentUnixNanos: 1, droppedBefore: 0, record: SampleRecords.heartbeat)
             try push.send(frame.bytes)
             frame.release()
         }
@@ -152,17 +163,19 @@ final class PublisherReceiverTests: XCTestCase {
         try sendValid()
         try push.send(multipart: [WireFrame.header, Array(valid.dropFirst(4))])
         try sendValid()
-        try push.send(WireFrame.header)  // a marker and nothing else
+        try push.send(WireFrame.header) // a marker and nothing else
         try sendValid()
 
         XCTAssertTrue(eventually { collected.count == 7 && receiver.stats.totalRejected == 6 })
         receiver.shutdown()
         XCTAssertEqual(collected.all.map(\.envelope.seq), Array(1...7))
         XCTAssertTrue(collected.all.allSatisfy { $0.gap == nil })
-        XCTAssertEqual(receiver.stats.rejected, [
-            .badMarker: 1, .emptyFrame: 1, .undecodable: 1, .unsupportedVersion: 1,
-            .unexpectedMultipart: 1, .incompleteEnvelope: 1,
-        ])
+        XCTAssertEqual(
+            receiver.stats.rejected,
+            [
+                .badMarker: 1, .emptyFrame: 1, .undecodable: 1, .unsupportedVersion: 1,
+                .unexpectedMultipart: 1, .incompleteEnvelope: 1,
+            ])
     }
 
     func testAPeerThatIsNotZeroMQIsCountedAndDoesNotDisturbOthers() throws {
@@ -178,7 +191,8 @@ final class PublisherReceiverTests: XCTestCase {
         let publisher = try publisher(receiver.boundEndpoint)
         XCTAssertTrue(publisher.publish(SampleRecords.heartbeat))
         XCTAssertTrue(eventually { collected.count == 1 })
-        XCTAssertTrue(eventually { receiver.stats.handshakeFailures + receiver.stats.disconnects >= 1 }, "\(receiver.stats)")
+        XCTAssertTrue(
+            eventually { receiver.stats.handshakeFailures + receiver.stats.disconnects >= 1 }, "\(receiver.stats)")
         close(fd)
         XCTAssertTrue(publisher.publish(SampleRecords.heartbeat))
         XCTAssertTrue(eventually { collected.count == 2 })
@@ -202,22 +216,30 @@ final class PublisherReceiverTests: XCTestCase {
     }
 
     func testShutdownWithTheCollectorAwayGivesUpAfterTheLingerAndCountsIt() throws {
-        var configuration = AnalysisPublisherConfiguration(endpoint: "tcp://127.0.0.1:\(try freeTCPPort())", sidecarID: "s")
+        var configuration = AnalysisPublisherConfiguration(
+            endpoint: "tcp://127.0.0.1:\(try freeTCPPort())", sidecarID: "s")
         configuration.shutdownLinger = .milliseconds(200)
         let publisher = try AnalysisPublisher(configuration: configuration, logger: testLogger())
         for _ in 0..<100 { XCTAssertTrue(publisher.publish(SampleRecords.heartbeat)) }
         publisher.shutdown()
-        publisher.shutdown()  // a second call returns too
-        XCTAssertEqual(publisher.stats, PublisherStats(accepted: 100, published: 0, dropped: 100, queueDepth: 0, queueBytes: 0, lastSeq: 100))
+        publisher.shutdown() // a second call returns too
+        XCTAssertEqual(
+            publisher.stats,
+            PublisherStats(accepted: 100, published: 0, dropped: 100, queueDepth: 0, queueBytes: 0, lastSeq: 100))
     }
 
     func testAMalformedEndpointIsRefusedAtStart() {
-        XCTAssertThrowsError(try AnalysisPublisher(
-            configuration: AnalysisPublisherConfiguration(endpoint: "tcp//nowhere", sidecarID: "s"), logger: testLogger()
-        )) { XCTAssertTrue("\($0)".contains("zmq_connect(tcp//nowhere)"), "\($0)") }
-        XCTAssertThrowsError(try AnalysisReceiver(
-            configuration: AnalysisReceiverConfiguration(endpoint: "tcp://256.0.0.1:1"), logger: testLogger(), handler: { _ in }
-        ))
+        XCTAssertThrowsError(
+            try AnalysisPublisher(
+                configuration: AnalysisPublisherConfiguration(endpoint: "tcp//nowhere", sidecarID: "s"),
+                logger: testLogger()
+            )
+        ) { XCTAssertTrue("\($0)".contains("zmq_connect(tcp//nowhere)"), "\($0)") }
+        XCTAssertThrowsError(
+            try AnalysisReceiver(
+                configuration: AnalysisReceiverConfiguration(endpoint: "tcp://256.0.0.1:1"), logger: testLogger(),
+                handler: { _ in }
+            ))
     }
 
     func testPublishIsSafeFromManyThreadsAtOnce() throws {

@@ -9,13 +9,18 @@ import XCTest
 final class PythonConsumerTests: XCTestCase {
     func testThePythonConsumerInTheWireDocsReadsOurRecords() throws {
         let doc = try String(contentsOf: repositoryRoot.appendingPathComponent("docs/wire.md"), encoding: .utf8)
-        guard let start = doc.range(of: "```python\n"), let end = doc.range(of: "```", range: start.upperBound..<doc.endIndex) else {
+        guard let start = doc.range(of: "```python\n"),
+            let end = doc.range(of: "```", range: start.upperBound..<doc.endIndex)
+        else {
             return XCTFail("docs/wire.md has no python block")
         }
         let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-py-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try String(doc[start.upperBound..<end.lowerBound]).write(to: folder.appendingPathComponent("consume.py"), atomically: true, encoding: .utf8)
-        try run("/usr/bin/env", ["protoc", "--python_out=\(folder.path)", "-I", "Sources/Wire", "Sources/Wire/analysis.proto"])
+        try String(doc[start.upperBound..<end.lowerBound]).write(
+            to: folder.appendingPathComponent("consume.py"), atomically: true, encoding: .utf8)
+        try run(
+            "/usr/bin/env",
+            ["protoc", "--python_out=\(folder.path)", "-I", "Sources/Wire", "Sources/Wire/analysis.proto"])
 
         let endpoint = "tcp://127.0.0.1:\(try freeTCPPort())"
         // Two records dropped on purpose (a queue of 2, and the consumer not started yet), so the
@@ -23,10 +28,13 @@ final class PythonConsumerTests: XCTestCase {
         var configuration = AnalysisPublisherConfiguration(endpoint: endpoint, sidecarID: "py-sidecar")
         configuration.maxQueuedRecords = 2
         let publisher = try AnalysisPublisher(configuration: configuration, logger: testLogger())
-        for record in [SampleRecords.request, SampleRecords.streamChunk, SampleRecords.responseDone, SampleRecords.heartbeat] {
+        for record in [
+            SampleRecords.request, SampleRecords.streamChunk, SampleRecords.responseDone, SampleRecords.heartbeat,
+        ] {
             publisher.publish(record)
         }
-        let consumer = try RunningProcess(executable: URL(fileURLWithPath: try testPython()), arguments: ["consume.py", endpoint], directory: folder)
+        let consumer = try RunningProcess(
+            executable: URL(fileURLWithPath: try testPython()), arguments: ["consume.py", endpoint], directory: folder)
 
         let context = try ZMQContext()
         let raw = try ZMQSocket(context: context, kind: .push)
@@ -39,10 +47,12 @@ final class PythonConsumerTests: XCTestCase {
 
         func output() -> String { consumer.stdout }
         func errors() -> String { consumer.stderr }
-        XCTAssertTrue(eventually { output().contains("py-sidecar 2 stream_chunk") }, "stdout: \(output())\nstderr: \(errors())")
+        XCTAssertTrue(
+            eventually { output().contains("py-sidecar 2 stream_chunk") }, "stdout: \(output())\nstderr: \(errors())")
         XCTAssertTrue(eventually { publisher.stats.queueDepth < 2 })
-        XCTAssertTrue(publisher.publish(SampleRecords.heartbeat))  // seq 5, after the two drops
-        XCTAssertTrue(eventually { output().contains("py-sidecar 5 heartbeat") }, "stdout: \(output())\nstderr: \(errors())")
+        XCTAssertTrue(publisher.publish(SampleRecords.heartbeat)) // seq 5, after the two drops
+        XCTAssertTrue(
+            eventually { output().contains("py-sidecar 5 heartbeat") }, "stdout: \(output())\nstderr: \(errors())")
         publisher.shutdown()
 
         XCTAssertTrue(output().contains("py-sidecar 1 request"), output())

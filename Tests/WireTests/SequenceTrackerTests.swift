@@ -17,7 +17,9 @@ final class SequenceTrackerTests: XCTestCase {
         _ = tracker.observe(sidecarID: "a", bootID: "1", seq: 1, droppedBefore: 0)
         // seqs 2...6 missing; the sidecar says it dropped 3 of them itself.
         let observation = tracker.observe(sidecarID: "a", bootID: "1", seq: 7, droppedBefore: 3)
-        XCTAssertEqual(observation, .gap(SequenceGap(sidecarID: "a", bootID: "1", firstMissing: 2, lastMissing: 6, droppedBySender: 3)))
+        XCTAssertEqual(
+            observation,
+            .gap(SequenceGap(sidecarID: "a", bootID: "1", firstMissing: 2, lastMissing: 6, droppedBySender: 3)))
         let stream = tracker.stream(sidecarID: "a", bootID: "1")!
         XCTAssertEqual(stream.missing, 5)
         XCTAssertEqual(stream.droppedBySender, 3)
@@ -37,9 +39,13 @@ final class SequenceTrackerTests: XCTestCase {
     func testImplausibleDropCountsGetNoCredit() {
         var tracker = SequenceTracker()
         _ = tracker.observe(sidecarID: "a", bootID: "1", seq: 1, droppedBefore: 10)
-        guard case .gap(let shrinking) = tracker.observe(sidecarID: "a", bootID: "1", seq: 3, droppedBefore: 4) else { return XCTFail() }
+        guard case .gap(let shrinking) = tracker.observe(sidecarID: "a", bootID: "1", seq: 3, droppedBefore: 4) else {
+            return XCTFail()
+        }
         XCTAssertEqual(shrinking.droppedBySender, 0)
-        guard case .gap(let tooMany) = tracker.observe(sidecarID: "a", bootID: "1", seq: 5, droppedBefore: 1_000) else { return XCTFail() }
+        guard case .gap(let tooMany) = tracker.observe(sidecarID: "a", bootID: "1", seq: 5, droppedBefore: 1_000) else {
+            return XCTFail()
+        }
         XCTAssertEqual(tooMany.droppedBySender, 1, "no more can have been dropped than are missing")
     }
 
@@ -61,13 +67,14 @@ final class SequenceTrackerTests: XCTestCase {
         // A restart: the new boot starts again at 1.
         XCTAssertEqual(tracker.observe(sidecarID: "a", bootID: "2", seq: 1, droppedBefore: 0), .inOrder)
         XCTAssertEqual(tracker.observe(sidecarID: "b", bootID: "1", seq: 2, droppedBefore: 0), .inOrder)
-        XCTAssertEqual(tracker.allStreams.map { "\($0.sidecarID)/\($0.bootID):\($0.lastSeq)" }, ["a/1:2", "a/2:1", "b/1:2"])
+        XCTAssertEqual(
+            tracker.allStreams.map { "\($0.sidecarID)/\($0.bootID):\($0.lastSeq)" }, ["a/1:2", "a/2:1", "b/1:2"])
     }
 
     func testTheQuietestStreamIsForgottenPastTheBound() {
         var tracker = SequenceTracker(maxStreams: 3)
         for boot in ["1", "2", "3"] { _ = tracker.observe(sidecarID: "a", bootID: boot, seq: 1, droppedBefore: 0) }
-        _ = tracker.observe(sidecarID: "a", bootID: "1", seq: 2, droppedBefore: 0)  // boot 2 is now the quietest
+        _ = tracker.observe(sidecarID: "a", bootID: "1", seq: 2, droppedBefore: 0) // boot 2 is now the quietest
         _ = tracker.observe(sidecarID: "a", bootID: "4", seq: 1, droppedBefore: 0)
         XCTAssertEqual(tracker.allStreams.map(\.bootID), ["1", "3", "4"])
         XCTAssertEqual(tracker.observe(sidecarID: "a", bootID: "3", seq: 2, droppedBefore: 0), .inOrder)
@@ -87,6 +94,7 @@ final class SequenceTrackerResumeTests: XCTestCase {
         XCTAssertEqual(tracker.observe(sidecarID: "s", bootID: "b", seq: 111, droppedBefore: 8), .inOrder)
         let stats = tracker.stream(sidecarID: "s", bootID: "b")
         XCTAssertEqual([stats?.received, stats?.missing, stats?.lostInTransit, stats?.droppedBySender], [2, 9, 6, 3])
-        XCTAssertEqual(stats?.resumePoint, SequenceResumePoint(sidecarID: "s", bootID: "b", lastSeq: 111, lastDroppedBefore: 8))
+        XCTAssertEqual(
+            stats?.resumePoint, SequenceResumePoint(sidecarID: "s", bootID: "b", lastSeq: 111, lastDroppedBefore: 8))
     }
 }

@@ -7,7 +7,8 @@ import XCTest
 
 /// The wire's decoders as fuzz targets (`Fuzzing`): `envelope`, `policy-frame`.
 final class WireFuzzTargets: XCTestCase {
-    private static let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Golden")
+    private static let golden = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+        "Golden")
 
     /// Where both read a frame, the envelope decoder and SwiftProtobuf must agree on it.
     func testEnvelope() throws {
@@ -18,7 +19,7 @@ final class WireFuzzTargets: XCTestCase {
         try Fuzzing.run("envelope", seeds: seeds) { data in
             var decoder = EnvelopeDecoder()
             guard case .success(let ours) = decoder.decode(data), !ours.textRepaired, data.count >= 4,
-                  let reference = try? Envelope(serializedBytes: Array(data.dropFirst(4)))
+                let reference = try? Envelope(serializedBytes: Array(data.dropFirst(4)))
             else { return }
             fuzzCheck(
                 ours.sidecarID == reference.sidecarID && ours.bootID == reference.bootID && ours.seq == reference.seq
@@ -29,7 +30,8 @@ final class WireFuzzTargets: XCTestCase {
             case (.streamChunk(let mine), .streamChunk(let theirs)):
                 fuzzCheck(
                     mine.exchangeID == theirs.exchangeID && mine.index == theirs.index && mine.offset == theirs.offset
-                        && mine.data == theirs.data && mine.unixNanos == theirs.unixNanos && mine.direction == theirs.direction,
+                        && mine.data == theirs.data && mine.unixNanos == theirs.unixNanos
+                        && mine.direction == theirs.direction,
                     "the stream chunk decoder and SwiftProtobuf read different chunks"
                 )
             case (.request, .request), (.responseDone, .responseDone), (.heartbeat, .heartbeat):
@@ -71,7 +73,9 @@ final class WireFuzzTargets: XCTestCase {
             var current = PolicyReplica()
             _ = current.apply(base)
             let outcome = current.apply(message)
-            fuzzCheck(outcome != .applied || current.version == message.version, "a change applied without taking its version")
+            fuzzCheck(
+                outcome != .applied || current.version == message.version, "a change applied without taking its version"
+            )
         }
     }
 }

@@ -6,7 +6,8 @@ import XCTest
 
 final class ZMQSocketTests: XCTestCase {
     func testMultipartPushPullOverTCPAndIPC() throws {
-        let ipcPath = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(UUID().uuidString).sock").path
+        let ipcPath = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-\(UUID().uuidString).sock")
+            .path
         defer { try? FileManager.default.removeItem(atPath: ipcPath) }
         for endpoint in ["tcp://127.0.0.1:*", "ipc://\(ipcPath)"] {
             let context = try ZMQContext()
@@ -35,12 +36,13 @@ final class ZMQSocketTests: XCTestCase {
         try sub.connect(try pub.lastEndpoint())
         // A subscription takes a moment to reach the publisher: publish until one arrives.
         var received: [[UInt8]]?
-        XCTAssertTrue(try eventually {
-            try pub.send(multipart: [Array("budget.x".utf8), [1]])
-            try pub.send(multipart: [Array("keys.a".utf8), [2]])
-            received = try sub.receiveMultipart(timeoutMilliseconds: 10)
-            return received != nil
-        })
+        XCTAssertTrue(
+            try eventually {
+                try pub.send(multipart: [Array("budget.x".utf8), [1]])
+                try pub.send(multipart: [Array("keys.a".utf8), [2]])
+                received = try sub.receiveMultipart(timeoutMilliseconds: 10)
+                return received != nil
+            })
         XCTAssertEqual(received?.first, Array("keys.a".utf8))
         try sub.set(.unsubscribe(Array("keys.".utf8)))
     }

@@ -119,7 +119,9 @@ struct ExchangeAssembler {
     ///
     /// - Parameter textRepaired: the record held text that was not UTF-8 and was read with
     ///   U+FFFD (`DecodedEnvelope.textRepaired`): the exchange still counts, with a parse error.
-    mutating func add(sidecarID: String, bootID: String, record: WireRecord, nowNanos: Int64, textRepaired: Bool = false) -> [Output] {
+    mutating func add(
+        sidecarID: String, bootID: String, record: WireRecord, nowNanos: Int64, textRepaired: Bool = false
+    ) -> [Output] {
         switch record {
         case .request(let request):
             let key = Key(sidecarID: sidecarID, exchangeID: request.exchangeID)
@@ -131,8 +133,12 @@ struct ExchangeAssembler {
                 exchange.attach(request)
                 return [.anomaly(.requestAfterChunks, sidecarID: sidecarID)]
             }
-            guard open.count < limits.maxOpenExchanges else { return [.anomaly(.tooManyOpenExchanges, sidecarID: sidecarID)] }
-            let exchange = OpenExchange(sidecarID: sidecarID, bootID: bootID, exchangeID: request.exchangeID, nowNanos: nowNanos, limits: limits)
+            guard open.count < limits.maxOpenExchanges else {
+                return [.anomaly(.tooManyOpenExchanges, sidecarID: sidecarID)]
+            }
+            let exchange = OpenExchange(
+                sidecarID: sidecarID, bootID: bootID, exchangeID: request.exchangeID, nowNanos: nowNanos, limits: limits
+            )
             exchange.attach(request)
             exchange.textRepaired = textRepaired
             open[key] = exchange
@@ -143,7 +149,10 @@ struct ExchangeAssembler {
             if open[key] == nil && !ended.contains(key) && open.count >= limits.maxOpenExchanges {
                 return [.anomaly(.tooManyOpenExchanges, sidecarID: sidecarID)]
             }
-            guard let exchange = open[key] ?? (ended.contains(key) ? nil : startWithoutRequest(key, bootID: bootID, nowNanos: nowNanos)) else {
+            guard
+                let exchange = open[key]
+                    ?? (ended.contains(key) ? nil : startWithoutRequest(key, bootID: bootID, nowNanos: nowNanos))
+            else {
                 return [.anomaly(.chunkForUnknownExchange, sidecarID: sidecarID)]
             }
             exchange.lastActivityNanos = nowNanos
@@ -184,7 +193,8 @@ struct ExchangeAssembler {
 
     /// A chunk whose `Request` was lost: the exchange still counts, read without a provider.
     private mutating func startWithoutRequest(_ key: Key, bootID: String, nowNanos: Int64) -> OpenExchange {
-        let exchange = OpenExchange(sidecarID: key.sidecarID, bootID: bootID, exchangeID: key.exchangeID, nowNanos: nowNanos, limits: limits)
+        let exchange = OpenExchange(
+            sidecarID: key.sidecarID, bootID: bootID, exchangeID: key.exchangeID, nowNanos: nowNanos, limits: limits)
         open[key] = exchange
         return exchange
     }
@@ -234,7 +244,8 @@ private final class OpenExchange {
     }
 
     var heldBytes: Int {
-        waitingBytes + min(parsedBytes, limits.maxExchangeBytes) + (requestBody?.count ?? 0) + (responseBody?.count ?? 0)
+        waitingBytes + min(parsedBytes, limits.maxExchangeBytes) + (requestBody?.count ?? 0)
+            + (responseBody?.count ?? 0)
     }
 
     func attach(_ wire: WireRequest) {
@@ -259,7 +270,8 @@ private final class OpenExchange {
                 feed(next)
             }
         } else if heldBytes + chunk.data.count + Self.waitingOverhead <= limits.maxExchangeBytes
-                    && chunk.data.count + Self.waitingOverhead <= memoryLeft {
+            && chunk.data.count + Self.waitingOverhead <= memoryLeft
+        {
             waiting[chunk.index] = chunk
             waitingBytes += chunk.data.count + Self.waitingOverhead
         } else {

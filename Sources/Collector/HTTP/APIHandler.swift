@@ -49,7 +49,9 @@ final class APIHandler: ChannelInboundHandler {
             guard let head else { return }
             self.head = nil
             if bodyTooLarge {
-                return respond(context, head, .payloadTooLarge, json: ["error": "request bodies here are at most \(Self.maxBodyBytes) bytes"])
+                return respond(
+                    context, head, .payloadTooLarge,
+                    json: ["error": "request bodies here are at most \(Self.maxBodyBytes) bytes"])
             }
             route(head, context: context)
         }
@@ -70,23 +72,30 @@ final class APIHandler: ChannelInboundHandler {
             return respond(context, head, .methodNotAllowed, json: ["error": "only GET is served here"])
         }
         if path.hasPrefix("/api/"), !api.apiAccess.authorizes(head.headers.first(name: "authorization")) {
-            return respond(context, head, .unauthorized, json: ["error": "a valid API token is required (Authorization: Bearer <LLMTAP_API_TOKEN>)"])
+            return respond(
+                context, head, .unauthorized,
+                json: ["error": "a valid API token is required (Authorization: Bearer <LLMTAP_API_TOKEN>)"])
         }
         switch path {
         case "/metrics":
             api.metrics.storage(api.writer.health)
-            respond(context, head, .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: api.metrics.emit())
+            respond(
+                context, head, .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: api.metrics.emit())
         case "/healthz":
             respond(context, head, .ok, json: ["status": "ok"])
         case "/readyz":
             let health = api.writer.health
             var problems: [String] = []
-            if !health.healthy { problems.append("the database cannot be written: \(health.lastError ?? "unknown error")") }
+            if !health.healthy {
+                problems.append("the database cannot be written: \(health.lastError ?? "unknown error")")
+            }
             if !api.isReceiving() { problems.append("the analysis socket is not receiving") }
             if problems.isEmpty {
                 respond(context, head, .ok, json: ["status": "ready"])
             } else {
-                respond(context, head, .serviceUnavailable, json: ["status": "not ready", "problems": problems.joined(separator: "; ")])
+                respond(
+                    context, head, .serviceUnavailable,
+                    json: ["status": "not ready", "problems": problems.joined(separator: "; ")])
             }
         case "/api/exchanges":
             do {
@@ -116,20 +125,25 @@ final class APIHandler: ChannelInboundHandler {
         }
     }
 
-    private func manage(_ head: HTTPRequestHead, path: String, query: [String: String], context: ChannelHandlerContext) {
+    private func manage(_ head: HTTPRequestHead, path: String, query: [String: String], context: ChannelHandlerContext)
+    {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let body = self.body
         self.body = []
-        api.management.handle(method: head.method, path: path, query: query, headers: head.headers, body: body, eventLoop: context.eventLoop)
-            .whenSuccess { response in
-                let (handler, context) = loopBound.value
-                handler.respond(context, head, response.status, contentType: "application/json", body: response.body)
-            }
+        api.management.handle(
+            method: head.method, path: path, query: query, headers: head.headers, body: body,
+            eventLoop: context.eventLoop
+        )
+        .whenSuccess { response in
+            let (handler, context) = loopBound.value
+            handler.respond(context, head, response.status, contentType: "application/json", body: response.body)
+        }
     }
 
     /// Runs a database read off the loop and writes its JSON back on it.
     private func answerAsync<Result: Encodable & Sendable>(
-        _ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ read: @escaping @Sendable (AppDatabase) async throws -> Result
+        _ context: ChannelHandlerContext, _ head: HTTPRequestHead,
+        _ read: @escaping @Sendable (AppDatabase) async throws -> Result
     ) {
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         let database = api.database
@@ -152,25 +166,37 @@ final class APIHandler: ChannelInboundHandler {
                     handler.respond(context, head, .ok, contentType: "application/json", body: body)
                 case .failure(let error):
                     logger.error("an API query failed", metadata: ["uri": "\(head.uri)", "error": "\(error)"])
-                    handler.respond(context, head, .internalServerError, json: ["error": "the database query failed: \(error)"])
+                    handler.respond(
+                        context, head, .internalServerError, json: ["error": "the database query failed: \(error)"])
                 }
             }
         }
     }
 
-    private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, json: [String: String]) {
+    private func respond(
+        _ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus,
+        json: [String: String]
+    ) {
         let body = (try? JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])) ?? Data()
         respond(context, request, status, contentType: "application/json", body: Array(body))
     }
 
-    private func respond(_ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, contentType: String, body: [UInt8]) {
+    private func respond(
+        _ context: ChannelHandlerContext, _ request: HTTPRequestHead, _ status: HTTPResponseStatus, contentType: String,
+        body: [UInt8]
+    ) {
         // A 204 has neither a body nor a length (RFC 9110, section 8.6).
-        var headers = status == .noContent ? HTTPHeaders() : HTTPHeaders([("content-type", contentType), ("content-length", "\(body.count)")])
+        var headers =
+            status == .noContent
+            ? HTTPHeaders() : HTTPHeaders([("content-type", contentType), ("content-length", "\(body.count)")])
         if status == .unauthorized { headers.add(name: "www-authenticate", value: "Bearer") }
         if !request.isKeepAlive { headers.add(name: "connection", value: "close") }
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
+            promise: nil)
         if request.method != .HEAD && status != .noContent {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+            context.write(
+                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
         }
         let keepAlive = request.isKeepAlive
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { [channel = context.channel] _ in
@@ -188,7 +214,10 @@ final class APIHandler: ChannelInboundHandler {
             guard let name = String(parts[0]).removingPercentEncoding else {
                 throw APIError("a query parameter's name is not valid percent-encoded UTF-8: \(parts[0].prefix(64))")
             }
-            guard let value = parts.count > 1 ? String(parts[1]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding : "" else {
+            guard
+                let value = parts.count > 1
+                    ? String(parts[1]).replacingOccurrences(of: "+", with: " ").removingPercentEncoding : ""
+            else {
                 throw APIError("the query parameter \(name.prefix(64)) is not valid percent-encoded UTF-8")
             }
             query[name] = value
@@ -204,7 +233,9 @@ final class APIHandler: ChannelInboundHandler {
     /// age reaching before 1970) is refused with a message naming `since`.
     static func since(_ text: String?, now: Date = Date()) throws(APIError) -> Int64? {
         guard let text, !text.isEmpty else { return nil }
-        let outOfRange = APIError("since must be a time from 1970 to 9999: Unix seconds, an ISO 8601 time, or an age such as 30m, 24h or 7d; not \(text.prefix(64))")
+        let outOfRange = APIError(
+            "since must be a time from 1970 to 9999: Unix seconds, an ISO 8601 time, or an age such as 30m, 24h or 7d; not \(text.prefix(64))"
+        )
         func milliseconds(_ value: Double) throws(APIError) -> Int64 {
             guard let ms = Int64(checkedTruncating: value), (0...latestSinceMs).contains(ms) else { throw outOfRange }
             return ms
@@ -214,13 +245,14 @@ final class APIHandler: ChannelInboundHandler {
             return try milliseconds(number > 1e12 ? number : number * 1000)
         }
         if let unit = text.last, let amount = Double(text.dropLast()) {
-            let seconds: Double? = switch unit {
-            case "s": amount
-            case "m": amount * 60
-            case "h": amount * 3600
-            case "d": amount * 86_400
-            default: nil
-            }
+            let seconds: Double? =
+                switch unit {
+                case "s": amount
+                case "m": amount * 60
+                case "h": amount * 3600
+                case "d": amount * 86_400
+                default: nil
+                }
             if let seconds {
                 guard seconds.isFinite, seconds >= 0 else { throw outOfRange }
                 return try milliseconds((now.timeIntervalSince1970 - seconds) * 1000)
@@ -229,12 +261,15 @@ final class APIHandler: ChannelInboundHandler {
         if let date = try? Date(text, strategy: .iso8601) {
             return try milliseconds(date.timeIntervalSince1970 * 1000)
         }
-        throw APIError("since must be Unix seconds, an ISO 8601 time, or an age such as 30m, 24h or 7d; not \(text.prefix(64))")
+        throw APIError(
+            "since must be Unix seconds, an ISO 8601 time, or an age such as 30m, 24h or 7d; not \(text.prefix(64))")
     }
 
     static func limit(_ text: String?) throws(APIError) -> Int {
         guard let text else { return 100 }
-        guard let limit = Int(text), (1...1_000).contains(limit) else { throw APIError("limit must be a whole number from 1 to 1000, not \(text.prefix(64))") }
+        guard let limit = Int(text), (1...1_000).contains(limit) else {
+            throw APIError("limit must be a whole number from 1 to 1000, not \(text.prefix(64))")
+        }
         return limit
     }
 }

@@ -7,7 +7,9 @@ import ServiceLifecycle
 /// The collector's HTTP listener (`--http`, default 0.0.0.0:9464).
 enum CollectorHTTPServer {
     /// Binds now, so a bad address fails the start rather than later.
-    static func bind(host: String, port: Int, group: MultiThreadedEventLoopGroup, api: APIContext, logger: Logger) async throws -> (any Channel) {
+    static func bind(host: String, port: Int, group: MultiThreadedEventLoopGroup, api: APIContext, logger: Logger)
+        async throws -> (any Channel)
+    {
         try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in

@@ -18,7 +18,9 @@ struct AccessToken: Sendable {
 
     /// Whether an `Authorization` header carries the token as a Bearer credential.
     func authorizes(_ authorization: String?) -> Bool {
-        guard let authorization, authorization.count > 7, authorization.prefix(7).lowercased() == "bearer " else { return false }
+        guard let authorization, authorization.count > 7, authorization.prefix(7).lowercased() == "bearer " else {
+            return false
+        }
         let presented = Array(SHA256.hash(data: Data(authorization.dropFirst(7).utf8)))
         var difference: UInt8 = 0
         for (a, b) in zip(presented, digest) { difference |= a ^ b }
@@ -54,12 +56,19 @@ struct ManagementAPI: Sendable {
     let policy: PolicyEngine?
     let token: AccessToken?
 
-    func handle(method: HTTPMethod, path: String, query: [String: String], headers: HTTPHeaders, body: [UInt8], eventLoop: any EventLoop) -> EventLoopFuture<Response> {
+    func handle(
+        method: HTTPMethod, path: String, query: [String: String], headers: HTTPHeaders, body: [UInt8],
+        eventLoop: any EventLoop
+    ) -> EventLoopFuture<Response> {
         guard let policy, let token else {
-            return eventLoop.makeSucceededFuture(Self.error(.serviceUnavailable, "the management API is off: start the collector with MANAGEMENT_TOKEN set"))
+            return eventLoop.makeSucceededFuture(
+                Self.error(
+                    .serviceUnavailable, "the management API is off: start the collector with MANAGEMENT_TOKEN set"))
         }
         guard token.authorizes(headers.first(name: "authorization")) else {
-            return eventLoop.makeSucceededFuture(Self.error(.unauthorized, "a valid management token is required (Authorization: Bearer <MANAGEMENT_TOKEN>)"))
+            return eventLoop.makeSucceededFuture(
+                Self.error(
+                    .unauthorized, "a valid management token is required (Authorization: Bearer <MANAGEMENT_TOKEN>)"))
         }
         let route: @Sendable (PolicyCore) throws -> Response
         do {
@@ -83,16 +92,22 @@ struct ManagementAPI: Sendable {
     }
 
     /// Validates the request on the loop and returns the work to do on the engine's thread.
-    private static func route(method: HTTPMethod, path: String, query: [String: String], body: [UInt8]) throws -> @Sendable (PolicyCore) throws -> Response {
+    private static func route(method: HTTPMethod, path: String, query: [String: String], body: [UInt8]) throws
+        -> @Sendable (PolicyCore) throws -> Response
+    {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst(2).map(String.init)
         switch (method, parts) {
         case (.POST, ["projects"]):
             let request = try decode(NewProject.self, body)
             let name = request.name.trimmingCharacters(in: .whitespaces)
-            guard !name.isEmpty, name.count <= 128 else { throw PolicyError.invalid("name must be 1 to 128 characters") }
+            guard !name.isEmpty, name.count <= 128 else {
+                throw PolicyError.invalid("name must be 1 to 128 characters")
+            }
             let credentialRef = request.credentialRef ?? "default"
             guard isCredentialRef(credentialRef) else {
-                throw PolicyError.invalid("credential_ref must be 1 to 64 letters, digits, '-', '_' or '.': it names a credential the sidecars hold, not the credential itself")
+                throw PolicyError.invalid(
+                    "credential_ref must be 1 to 64 letters, digits, '-', '_' or '.': it names a credential the sidecars hold, not the credential itself"
+                )
             }
             return { core in
                 let project = try core.createProject(name: name, credentialRef: credentialRef)
@@ -100,7 +115,13 @@ struct ManagementAPI: Sendable {
             }
         case (.GET, ["projects"]):
             return { core in
-                json(.ok, ["projects": core.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map { projectJSON($0, core) }])
+                json(
+                    .ok,
+                    [
+                        "projects": core.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map {
+                            projectJSON($0, core)
+                        }
+                    ])
             }
         case (.DELETE, let parts) where parts.count == 2 && parts[0] == "projects":
             let id = parts[1]
@@ -111,8 +132,12 @@ struct ManagementAPI: Sendable {
         case (.PUT, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "budget":
             let id = parts[1]
             let request = try decode(NewBudget.self, body)
-            guard let period = BudgetPeriod(rawValue: request.period) else { throw PolicyError.invalid("period must be day, month or total") }
-            guard request.maxUSD != nil || request.maxTokens != nil else { throw PolicyError.invalid("give max_usd, max_tokens or both") }
+            guard let period = BudgetPeriod(rawValue: request.period) else {
+                throw PolicyError.invalid("period must be day, month or total")
+            }
+            guard request.maxUSD != nil || request.maxTokens != nil else {
+                throw PolicyError.invalid("give max_usd, max_tokens or both")
+            }
             if let max = request.maxUSD, !(max >= 0 && max <= Self.maxBudgetUSD) {
                 throw PolicyError.invalid("max_usd must be zero or more, up to \(Int(Self.maxBudgetUSD)), not \(max)")
             }
@@ -120,7 +145,8 @@ struct ManagementAPI: Sendable {
                 throw PolicyError.invalid("max_tokens must be zero or more, up to \(Self.maxBudgetTokens), not \(max)")
             }
             return { core in
-                let project = try core.setBudget(projectID: id, period: period, maxUSD: request.maxUSD, maxTokens: request.maxTokens)
+                let project = try core.setBudget(
+                    projectID: id, period: period, maxUSD: request.maxUSD, maxTokens: request.maxTokens)
                 return json(.ok, projectJSON(project, core))
             }
         case (.DELETE, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "budget":
@@ -152,18 +178,24 @@ struct ManagementAPI: Sendable {
                 throw PolicyError.invalid("allowed_models must be a list of model names")
             }
             let newKey = PolicyCore.NewKey(
-                projectID: request.projectID, durationHours: request.durationHours, rateLimitPerHour: request.rateLimitPerHour,
+                projectID: request.projectID, durationHours: request.durationHours,
+                rateLimitPerHour: request.rateLimitPerHour,
                 maxParallel: request.maxParallel, allowedModels: models
             )
             return { core in
                 let (secret, key) = try core.createKey(newKey)
-                return json(.created, [
-                    "token": secret, "expires_at": iso8601(key.expiresAtMs), "key_id": key.id, "project_id": key.projectID,
-                ])
+                return json(
+                    .created,
+                    [
+                        "token": secret, "expires_at": iso8601(key.expiresAtMs), "key_id": key.id,
+                        "project_id": key.projectID,
+                    ])
             }
         case (.DELETE, ["tokens"]):
             let request = try decode(RevokeToken.self, body)
-            guard request.token != nil || request.keyID != nil else { throw PolicyError.invalid("give the token, or its key_id") }
+            guard request.token != nil || request.keyID != nil else {
+                throw PolicyError.invalid("give the token, or its key_id")
+            }
             return { core in
                 _ = try core.revokeKey(secret: request.token, keyID: request.keyID)
                 return Response(status: .noContent, body: [])
@@ -172,10 +204,18 @@ struct ManagementAPI: Sendable {
             let projectID = query["project_id"]
             return { core in
                 if let projectID {
-                    guard let project = core.projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
+                    guard let project = core.projects[projectID] else {
+                        throw PolicyError.notFound("no project \(projectID)")
+                    }
                     return json(.ok, try usageJSON(project, core))
                 }
-                return json(.ok, ["projects": try core.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map { try usageJSON($0, core) }])
+                return json(
+                    .ok,
+                    [
+                        "projects": try core.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map {
+                            try usageJSON($0, core)
+                        }
+                    ])
             }
         case (_, ["projects"]), (_, ["tokens"]), (_, ["usage"]):
             throw MethodNotAllowed(method: method)
@@ -197,14 +237,21 @@ struct ManagementAPI: Sendable {
     private struct NewProject: Decodable {
         var name: String
         var credentialRef: String?
-        enum CodingKeys: String, CodingKey { case name, credentialRef = "credential_ref" }
+        enum CodingKeys: String, CodingKey {
+            case name
+            case credentialRef = "credential_ref"
+        }
     }
 
     private struct NewBudget: Decodable {
         var period: String
         var maxUSD: Double?
         var maxTokens: Int64?
-        enum CodingKeys: String, CodingKey { case period, maxUSD = "max_usd", maxTokens = "max_tokens" }
+        enum CodingKeys: String, CodingKey {
+            case period
+            case maxUSD = "max_usd"
+            case maxTokens = "max_tokens"
+        }
     }
 
     private struct NewToken: Decodable {
@@ -214,21 +261,29 @@ struct ManagementAPI: Sendable {
         var maxParallel: Int?
         var allowedModels: [String]?
         enum CodingKeys: String, CodingKey {
-            case projectID = "project_id", durationHours = "duration_hours", rateLimitPerHour = "rate_limit_per_hour"
-            case maxParallel = "max_parallel", allowedModels = "allowed_models"
+            case projectID = "project_id"
+            case durationHours = "duration_hours"
+            case rateLimitPerHour = "rate_limit_per_hour"
+            case maxParallel = "max_parallel"
+            case allowedModels = "allowed_models"
         }
     }
 
     private struct RevokeToken: Decodable {
         var token: String?
         var keyID: String?
-        enum CodingKeys: String, CodingKey { case token, keyID = "key_id" }
+        enum CodingKeys: String, CodingKey {
+            case token
+            case keyID = "key_id"
+        }
     }
 
     private static func isCredentialRef(_ text: String) -> Bool {
-        !text.isEmpty && text.utf8.count <= 64 && text.utf8.allSatisfy { byte in
-            (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7A) || byte == 0x2D || byte == 0x5F || byte == 0x2E
-        }
+        !text.isEmpty && text.utf8.count <= 64
+            && text.utf8.allSatisfy { byte in
+                (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7A) || byte == 0x2D
+                    || byte == 0x5F || byte == 0x2E
+            }
     }
 
     /// Decodes a JSON body, with a message a person can act on when it does not fit.
@@ -243,7 +298,8 @@ struct ManagementAPI: Sendable {
             return try JSONDecoder().decode(type, from: Data(body))
         } catch let error as DecodingError {
             func field(_ path: [any CodingKey], _ key: (any CodingKey)? = nil) -> String {
-                ((path + (key.map { [$0] } ?? [])).map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }).joined(separator: ".")
+                ((path + (key.map { [$0] } ?? [])).map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }).joined(
+                    separator: ".")
             }
             switch error {
             case .keyNotFound(let key, let context):
@@ -252,10 +308,12 @@ struct ManagementAPI: Sendable {
                 if context.codingPath.isEmpty { throw PolicyError.invalid("the body must be a JSON object") }
                 throw PolicyError.invalid("field \"\(field(context.codingPath))\" must be a \(typeName(expected))")
             case .valueNotFound(let expected, let context):
-                throw PolicyError.invalid("field \"\(field(context.codingPath))\" must be a \(typeName(expected)), not null")
+                throw PolicyError.invalid(
+                    "field \"\(field(context.codingPath))\" must be a \(typeName(expected)), not null")
             case .dataCorrupted(let context):
                 if context.codingPath.isEmpty { throw PolicyError.invalid("the body is not valid JSON") }
-                throw PolicyError.invalid("field \"\(field(context.codingPath))\" is not valid: \(context.debugDescription)")
+                throw PolicyError.invalid(
+                    "field \"\(field(context.codingPath))\" is not valid: \(context.debugDescription)")
             @unknown default:
                 throw PolicyError.invalid("the body does not fit: \(error)")
             }
@@ -280,7 +338,8 @@ struct ManagementAPI: Sendable {
 
     private static func projectJSON(_ project: ProjectRecord, _ core: PolicyCore) -> [String: Any] {
         var out: [String: Any] = [
-            "id": project.id, "name": project.name, "credential_ref": project.credentialRef, "created_at": iso8601(project.createdAtMs),
+            "id": project.id, "name": project.name, "credential_ref": project.credentialRef,
+            "created_at": iso8601(project.createdAtMs),
             "keys": core.keys.values.filter { $0.projectID == project.id && !$0.revoked }.count,
         ]
         if let period = project.budgetPeriod {
@@ -313,8 +372,11 @@ struct ManagementAPI: Sendable {
         ]
         let since = (project.budgetPeriod ?? .month).bounds(containing: now).start
         out["keys_usage"] = try core.keyUsage(projectID: project.id, sinceMs: since).map { row -> [String: Any] in
-            ["key_id": row["key_id"] as String, "requests": row["requests"] as Int, "rejected": row["rejected"] as Int,
-             "cost_usd": row["cost_usd"] as Double, "tokens": Int64(clampingFinite: row["tokens"] as Double)]
+            [
+                "key_id": row["key_id"] as String, "requests": row["requests"] as Int,
+                "rejected": row["rejected"] as Int,
+                "cost_usd": row["cost_usd"] as Double, "tokens": Int64(clampingFinite: row["tokens"] as Double),
+            ]
         }
         out["keys_usage_since"] = iso8601(since)
         return out
@@ -327,7 +389,9 @@ struct ManagementAPI: Sendable {
     }
 
     private static func json(_ status: HTTPResponseStatus, _ object: [String: Any]) -> Response {
-        let body = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        let body =
+            (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data("{}".utf8)
         return Response(status: status, body: Array(body))
     }
 

@@ -34,8 +34,11 @@ final class IngestPipeline: Sendable {
     private let onCycle: @Sendable () -> Void
 
     /// - Parameter onCycle: run on the assembly thread every quarter second (metric refreshes).
-    init(settings: Settings, prices: PriceTable, metrics: CollectorMetrics, writer: ExchangeWriter, links: SidecarLinks, policy: PolicyEngine? = nil,
-         logger: Logger, onCycle: @escaping @Sendable () -> Void) {
+    init(
+        settings: Settings, prices: PriceTable, metrics: CollectorMetrics, writer: ExchangeWriter, links: SidecarLinks,
+        policy: PolicyEngine? = nil,
+        logger: Logger, onCycle: @escaping @Sendable () -> Void
+    ) {
         self.settings = settings
         self.prices = prices
         self.metrics = metrics
@@ -100,13 +103,15 @@ final class IngestPipeline: Sendable {
                 if let gap = received.gap { metrics.recordsLost(sidecar: envelope.sidecarID, count: gap.lostInTransit) }
                 if case .heartbeat(let beat) = envelope.record {
                     links.observe(received)
-                    metrics.heartbeat(sidecar: envelope.sidecarID, bootID: envelope.bootID, beat: beat, nowUnix: Double(now) / 1e9)
+                    metrics.heartbeat(
+                        sidecar: envelope.sidecarID, bootID: envelope.bootID, beat: beat, nowUnix: Double(now) / 1e9)
                     continue
                 }
-                handle(assembler.add(
-                    sidecarID: envelope.sidecarID, bootID: envelope.bootID, record: envelope.record, nowNanos: now,
-                    textRepaired: envelope.textRepaired
-                ))
+                handle(
+                    assembler.add(
+                        sidecarID: envelope.sidecarID, bootID: envelope.bootID, record: envelope.record, nowNanos: now,
+                        textRepaired: envelope.textRepaired
+                    ))
             }
             for (sidecar, count) in perSidecar { metrics.recordsReceived(sidecar: sidecar, count: count) }
             if ContinuousClock.now - lastCycle >= .milliseconds(250) {
@@ -130,19 +135,27 @@ final class IngestPipeline: Sendable {
                 metrics.record(row)
                 writer.enqueue(row)
                 if let policy, !row.projectID.isEmpty, (row.costUSD ?? 0) > 0 || row.totalTokens > 0 {
-                    policy.account(SpendEvent(projectID: row.projectID, costUSD: row.costUSD ?? 0, tokens: Int64(clamping: row.totalTokens), startedAtMs: row.startedAtMs))
+                    policy.account(
+                        SpendEvent(
+                            projectID: row.projectID, costUSD: row.costUSD ?? 0,
+                            tokens: Int64(clamping: row.totalTokens), startedAtMs: row.startedAtMs))
                 }
                 if !row.parseError.isEmpty, firstTime("parse/\(row.provider)/\(row.parseError.prefix(24))") {
-                    logger.warning("an exchange's body could not be read; it is stored with the reason (logged once per kind)", metadata: [
-                        "sidecar": "\(row.sidecarID)", "exchange_id": "\(row.exchangeID)", "provider": "\(row.provider)", "error": "\(row.parseError)",
-                    ])
+                    logger.warning(
+                        "an exchange's body could not be read; it is stored with the reason (logged once per kind)",
+                        metadata: [
+                            "sidecar": "\(row.sidecarID)", "exchange_id": "\(row.exchangeID)",
+                            "provider": "\(row.provider)", "error": "\(row.parseError)",
+                        ])
                 }
             case .anomaly(let kind, let sidecar):
                 metrics.anomaly(kind, sidecar: sidecar)
                 if firstTime("anomaly/\(kind.rawValue)") {
-                    logger.warning("a record fits no exchange; counted in llmtap_assembly_anomalies_total (logged once per kind)", metadata: [
-                        "sidecar": "\(sidecar)", "kind": "\(kind.rawValue)",
-                    ])
+                    logger.warning(
+                        "a record fits no exchange; counted in llmtap_assembly_anomalies_total (logged once per kind)",
+                        metadata: [
+                            "sidecar": "\(sidecar)", "kind": "\(kind.rawValue)",
+                        ])
                 }
             }
         }

@@ -63,75 +63,128 @@ final class CollectorMetrics: Sendable {
         let sidecar = sidecars.label(row.sidecarID)
         let model = models.label(row.model)
         let provider = row.provider
-        registry.makeCounter(descriptor: descriptor("requests", "total", "Exchanges seen, by app, sidecar, provider, model, status class, outcome and stream."), labels: [
-            ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model),
-            ("status_class", row.statusClass), ("outcome", row.outcome), ("stream", row.stream ? "true" : "false"),
-        ]).increment()
+        registry.makeCounter(
+            descriptor: descriptor(
+                "requests", "total",
+                "Exchanges seen, by app, sidecar, provider, model, status class, outcome and stream."),
+            labels: [
+                ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model),
+                ("status_class", row.statusClass), ("outcome", row.outcome), ("stream", row.stream ? "true" : "false"),
+            ]
+        ).increment()
         if row.usageSource == UsageSource.reported.rawValue {
-            for (type, count) in [("input", row.inputTokens), ("output", row.outputTokens), ("cached_input", row.cachedInputTokens),
-                                  ("cache_creation", row.cacheCreationTokens), ("reasoning", row.reasoningTokens)] where count > 0 {
-                registry.makeCounter(descriptor: descriptor("tokens", "total", "Tokens reported by the providers. input, cached_input, cache_creation and output are disjoint; reasoning is part of output."), labels: [
-                    ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model), ("type", type),
-                ]).increment(by: Int64(count))
+            for (type, count) in [
+                ("input", row.inputTokens), ("output", row.outputTokens), ("cached_input", row.cachedInputTokens),
+                ("cache_creation", row.cacheCreationTokens), ("reasoning", row.reasoningTokens),
+            ] where count > 0 {
+                registry.makeCounter(
+                    descriptor: descriptor(
+                        "tokens", "total",
+                        "Tokens reported by the providers. input, cached_input, cache_creation and output are disjoint; reasoning is part of output."
+                    ),
+                    labels: [
+                        ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model), ("type", type),
+                    ]
+                ).increment(by: Int64(count))
             }
         }
         if let cost = row.costUSD, cost > 0 {
-            registry.makeCounter(descriptor: descriptor("cost_usd", "total", "Cost in USD from the price table, of exchanges with reported usage."), labels: [
-                ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model),
-            ]).increment(by: cost)
+            registry.makeCounter(
+                descriptor: descriptor(
+                    "cost_usd", "total", "Cost in USD from the price table, of exchanges with reported usage."),
+                labels: [
+                    ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model),
+                ]
+            ).increment(by: cost)
         }
         if !row.priced && !row.model.isEmpty {
-            registry.makeCounter(descriptor: descriptor("unpriced_exchanges", "total", "Exchanges whose model is not in the price table (they cost nothing here)."), labels: [
-                ("provider", provider), ("model", model),
-            ]).increment()
+            registry.makeCounter(
+                descriptor: descriptor(
+                    "unpriced_exchanges", "total",
+                    "Exchanges whose model is not in the price table (they cost nothing here)."),
+                labels: [
+                    ("provider", provider), ("model", model),
+                ]
+            ).increment()
         }
         if !row.parseError.isEmpty {
-            registry.makeCounter(descriptor: descriptor("parse_errors", "total", "Exchanges whose bodies could not be read (invalid JSON, broken streams)."), labels: [
-                ("provider", provider),
-            ]).increment()
+            registry.makeCounter(
+                descriptor: descriptor(
+                    "parse_errors", "total", "Exchanges whose bodies could not be read (invalid JSON, broken streams)."),
+                labels: [
+                    ("provider", provider)
+                ]
+            ).increment()
         }
         if !row.rejectReason.isEmpty {
             let reason = Self.rejectReasons.contains(row.rejectReason) ? row.rejectReason : "other"
-            registry.makeCounter(descriptor: descriptor("policy_rejections", "total", "Requests the sidecars refused by policy, by reason."), labels: [
-                ("reason", reason),
-            ]).increment()
+            registry.makeCounter(
+                descriptor: descriptor(
+                    "policy_rejections", "total", "Requests the sidecars refused by policy, by reason."),
+                labels: [
+                    ("reason", reason)
+                ]
+            ).increment()
         }
         if let duration = row.durationMs {
-            registry.makeValueHistogram(descriptor: descriptor("request_duration", "seconds", "From the request's arrival at the sidecar to the response's end."), labels: [
-                ("app", app), ("provider", provider), ("model", model),
-            ], buckets: Self.durationBuckets).record(duration / 1000)
+            registry.makeValueHistogram(
+                descriptor: descriptor(
+                    "request_duration", "seconds", "From the request's arrival at the sidecar to the response's end."),
+                labels: [
+                    ("app", app), ("provider", provider), ("model", model),
+                ], buckets: Self.durationBuckets
+            ).record(duration / 1000)
         }
         if let ttfb = row.ttfbMs {
-            registry.makeValueHistogram(descriptor: descriptor("time_to_first_byte", "seconds", "From the request's arrival at the sidecar to the upstream's first response byte."), labels: [
-                ("app", app), ("provider", provider), ("model", model),
-            ], buckets: Self.ttfbBuckets).record(ttfb / 1000)
+            registry.makeValueHistogram(
+                descriptor: descriptor(
+                    "time_to_first_byte", "seconds",
+                    "From the request's arrival at the sidecar to the upstream's first response byte."),
+                labels: [
+                    ("app", app), ("provider", provider), ("model", model),
+                ], buckets: Self.ttfbBuckets
+            ).record(ttfb / 1000)
         }
     }
 
     var inFlight: Gauge {
-        registry.makeGauge(descriptor: descriptor("in_flight_exchanges", "", "Exchanges begun and not yet ended, as the collector sees them."))
+        registry.makeGauge(
+            descriptor: descriptor(
+                "in_flight_exchanges", "", "Exchanges begun and not yet ended, as the collector sees them."))
     }
 
     func anomaly(_ kind: ExchangeAssembler.Anomaly, sidecar: String) {
-        registry.makeCounter(descriptor: descriptor("assembly_anomalies", "total", "Records that fit no exchange: for an unknown exchange, or repeated."), labels: [
-            ("sidecar", sidecars.label(sidecar)), ("kind", kind.rawValue),
-        ]).increment()
+        registry.makeCounter(
+            descriptor: descriptor(
+                "assembly_anomalies", "total", "Records that fit no exchange: for an unknown exchange, or repeated."),
+            labels: [
+                ("sidecar", sidecars.label(sidecar)), ("kind", kind.rawValue),
+            ]
+        ).increment()
     }
 
     // MARK: Link health
 
     func recordsReceived(sidecar: String, count: Int = 1) {
-        registry.makeCounter(descriptor: descriptor("records_received", "total", "Wire records received and decoded, per sidecar."), labels: [
-            ("sidecar", sidecars.label(sidecar)),
-        ]).increment(by: Int64(count))
+        registry.makeCounter(
+            descriptor: descriptor("records_received", "total", "Wire records received and decoded, per sidecar."),
+            labels: [
+                ("sidecar", sidecars.label(sidecar))
+            ]
+        ).increment(by: Int64(count))
     }
 
     /// A sequence gap: records lost between the sockets.
     func recordsLost(sidecar: String, count: UInt64) {
         guard count > 0 else { return }
-        registry.makeCounter(descriptor: descriptor("records_lost", "total", "Wire records missing from a sidecar's sequence and not dropped by the sidecar itself."), labels: [
-            ("sidecar", sidecars.label(sidecar)),
-        ]).increment(by: Int64(clamping: count))
+        registry.makeCounter(
+            descriptor: descriptor(
+                "records_lost", "total",
+                "Wire records missing from a sidecar's sequence and not dropped by the sidecar itself."),
+            labels: [
+                ("sidecar", sidecars.label(sidecar))
+            ]
+        ).increment(by: Int64(clamping: count))
     }
 
     /// Brings `decode_errors_total` up to the receiver's own counts (refused frames by reason, and
@@ -141,13 +194,17 @@ final class CollectorMetrics: Sendable {
         current[Self.handshakeFailed] = stats.handshakeFailures
         let increases = receiverSeen.withLock { seen -> [(String, UInt64)] in
             defer { seen = current }
-            return current.compactMap { reason, count in count > (seen[reason] ?? 0) ? (reason, count - (seen[reason] ?? 0)) : nil }
+            return current.compactMap { reason, count in
+                count > (seen[reason] ?? 0) ? (reason, count - (seen[reason] ?? 0)) : nil
+            }
         }
         for (reason, increase) in increases { decodeErrors(reason).increment(by: Int64(clamping: increase)) }
     }
 
     func decodeErrors(_ reason: String) -> Counter {
-        registry.makeCounter(descriptor: descriptor("decode_errors", "total", "Frames refused on the analysis socket, by reason."), labels: [("reason", reason)])
+        registry.makeCounter(
+            descriptor: descriptor("decode_errors", "total", "Frames refused on the analysis socket, by reason."),
+            labels: [("reason", reason)])
     }
 
     func heartbeat(sidecar: String, bootID: String, beat: WireHeartbeat, nowUnix: Double) {
@@ -160,45 +217,83 @@ final class CollectorMetrics: Sendable {
         }
         let key = BootKey(sidecarID: sidecar, bootID: bootID)
         let increase = droppedByBoot.withLock { dropped -> UInt64 in
-            if dropped[key] == nil && dropped.count >= Self.maxRememberedBoots, let any = dropped.keys.first { dropped[any] = nil }
+            if dropped[key] == nil && dropped.count >= Self.maxRememberedBoots, let any = dropped.keys.first {
+                dropped[any] = nil
+            }
             let before = dropped[key] ?? 0
             dropped[key] = max(before, beat.dropped)
             return beat.dropped > before ? beat.dropped - before : 0
         }
         // What the sidecar says of itself, so an operator sees its load and any attack on it.
         let counted: [(String, String)] = [
-            ("sidecar_malformed_requests", "Requests each sidecar refused as malformed HTTP (400, 431), from its heartbeats."),
-            ("sidecar_refused_connections", "Connections each sidecar refused at --max-connections (503), from its heartbeats."),
-            ("sidecar_stalled_clients", "Exchanges each sidecar ended because the client stopped reading, from its heartbeats."),
+            (
+                "sidecar_malformed_requests",
+                "Requests each sidecar refused as malformed HTTP (400, 431), from its heartbeats."
+            ),
+            (
+                "sidecar_refused_connections",
+                "Connections each sidecar refused at --max-connections (503), from its heartbeats."
+            ),
+            (
+                "sidecar_stalled_clients",
+                "Exchanges each sidecar ended because the client stopped reading, from its heartbeats."
+            ),
         ]
         let now = [beat.malformedRequests, beat.refusedConnections, beat.stalledClients]
         let increases = countsByBoot.withLock { counts -> [UInt64] in
-            if counts[key] == nil && counts.count >= Self.maxRememberedBoots, let any = counts.keys.first { counts[any] = nil }
+            if counts[key] == nil && counts.count >= Self.maxRememberedBoots, let any = counts.keys.first {
+                counts[any] = nil
+            }
             let before = counts[key] ?? Array(repeating: 0, count: now.count)
             counts[key] = zip(before, now).map { max($0, $1) }
             return zip(before, now).map { $1 > $0 ? $1 - $0 : 0 }
         }
         for ((name, help), increase) in zip(counted, increases) {
-            registry.makeCounter(descriptor: descriptor(name, "total", help), labels: [("sidecar", label)]).increment(by: Int64(clamping: increase))
+            registry.makeCounter(descriptor: descriptor(name, "total", help), labels: [("sidecar", label)]).increment(
+                by: Int64(clamping: increase))
         }
         for (name, help, value) in [
             ("sidecar_in_flight_exchanges", "Exchanges under way on each sidecar, from its heartbeats.", beat.inFlight),
-            ("sidecar_open_connections", "Client connections open on each sidecar, from its heartbeats.", beat.openConnections),
-            ("sidecar_queue_depth", "Records waiting in each sidecar's publisher queue, from its heartbeats.", beat.queueDepth),
-            ("sidecar_queue_bytes", "Bytes waiting in each sidecar's publisher queue, from its heartbeats.", beat.queueBytes),
-            ("sidecar_published_records", "Records each sidecar has handed to ZeroMQ since it started, from its heartbeats.", beat.published),
+            (
+                "sidecar_open_connections", "Client connections open on each sidecar, from its heartbeats.",
+                beat.openConnections
+            ),
+            (
+                "sidecar_queue_depth", "Records waiting in each sidecar's publisher queue, from its heartbeats.",
+                beat.queueDepth
+            ),
+            (
+                "sidecar_queue_bytes", "Bytes waiting in each sidecar's publisher queue, from its heartbeats.",
+                beat.queueBytes
+            ),
+            (
+                "sidecar_published_records",
+                "Records each sidecar has handed to ZeroMQ since it started, from its heartbeats.", beat.published
+            ),
         ] {
-            registry.makeGauge(descriptor: descriptor(name, "", help), labels: [("sidecar", label)]).set(to: Double(value))
+            registry.makeGauge(descriptor: descriptor(name, "", help), labels: [("sidecar", label)]).set(
+                to: Double(value))
         }
-        registry.makeGauge(descriptor: descriptor("sidecar_uptime", "seconds", "Each sidecar's uptime, from its heartbeats."), labels: [
-            ("sidecar", label),
-        ]).set(to: Double(beat.uptimeMs) / 1000)
-        registry.makeGauge(descriptor: descriptor("last_heartbeat_timestamp", "seconds", "When each sidecar's last heartbeat arrived, Unix seconds."), labels: [
-            ("sidecar", label),
-        ]).set(to: nowUnix)
-        let dropped = registry.makeCounter(descriptor: descriptor("records_dropped_by_sidecar", "total", "Wire records each sidecar dropped itself (queue full, collector away), from its heartbeats."), labels: [
-            ("sidecar", label),
-        ])
+        registry.makeGauge(
+            descriptor: descriptor("sidecar_uptime", "seconds", "Each sidecar's uptime, from its heartbeats."),
+            labels: [
+                ("sidecar", label)
+            ]
+        ).set(to: Double(beat.uptimeMs) / 1000)
+        registry.makeGauge(
+            descriptor: descriptor(
+                "last_heartbeat_timestamp", "seconds", "When each sidecar's last heartbeat arrived, Unix seconds."),
+            labels: [
+                ("sidecar", label)
+            ]
+        ).set(to: nowUnix)
+        let dropped = registry.makeCounter(
+            descriptor: descriptor(
+                "records_dropped_by_sidecar", "total",
+                "Wire records each sidecar dropped itself (queue full, collector away), from its heartbeats."),
+            labels: [
+                ("sidecar", label)
+            ])
         if increase > 0 { dropped.increment(by: Int64(clamping: increase)) }
         updateSidecarUp(nowUnix: nowUnix)
     }
@@ -217,45 +312,72 @@ final class CollectorMetrics: Sendable {
         let states = links.withLock { $0 }
         for (sidecar, link) in states {
             let up = nowUnix - link.lastHeartbeatUnix <= 3 * link.intervalSeconds
-            registry.makeGauge(descriptor: descriptor("sidecar_up", "", "1 while a sidecar's heartbeats arrive on time, else 0."), labels: [
-                ("sidecar", sidecar),
-            ]).set(to: up ? 1 : 0)
+            registry.makeGauge(
+                descriptor: descriptor("sidecar_up", "", "1 while a sidecar's heartbeats arrive on time, else 0."),
+                labels: [
+                    ("sidecar", sidecar)
+                ]
+            ).set(to: up ? 1 : 0)
         }
     }
 
     // MARK: Storage
 
     func storage(_ health: ExchangeWriter.Health) {
-        registry.makeGauge(descriptor: descriptor("storage_queue_depth", "", "Exchange rows waiting to be written to SQLite.")).set(to: Double(health.pending))
-        registry.makeGauge(descriptor: descriptor("storage_rows_written", "", "Exchange rows written to SQLite since start.")).set(to: Double(health.written))
-        registry.makeGauge(descriptor: descriptor("storage_rows_dropped", "", "Exchange rows dropped because the storage queue was full.")).set(to: Double(health.dropped))
-        registry.makeGauge(descriptor: descriptor("storage_write_failures", "", "Failed database writes since start.")).set(to: Double(health.failures))
-        registry.makeGauge(descriptor: descriptor("storage_healthy", "", "1 when the last database write succeeded.")).set(to: health.healthy ? 1 : 0)
+        registry.makeGauge(
+            descriptor: descriptor("storage_queue_depth", "", "Exchange rows waiting to be written to SQLite.")
+        ).set(to: Double(health.pending))
+        registry.makeGauge(
+            descriptor: descriptor("storage_rows_written", "", "Exchange rows written to SQLite since start.")
+        ).set(to: Double(health.written))
+        registry.makeGauge(
+            descriptor: descriptor(
+                "storage_rows_dropped", "", "Exchange rows dropped because the storage queue was full.")
+        ).set(to: Double(health.dropped))
+        registry.makeGauge(descriptor: descriptor("storage_write_failures", "", "Failed database writes since start."))
+            .set(to: Double(health.failures))
+        registry.makeGauge(descriptor: descriptor("storage_healthy", "", "1 when the last database write succeeded."))
+            .set(to: health.healthy ? 1 : 0)
     }
 
     // MARK: Policy
 
     /// The reasons a sidecar gives (analysis.proto, ResponseDone.reject_reason); others are "other".
     static let rejectReasons: Set<String> = [
-        "unknown_key", "expired_key", "revoked_key", "rate_limited", "parallel_limit", "budget_exceeded", "model_not_allowed",
+        "unknown_key", "expired_key", "revoked_key", "rate_limited", "parallel_limit", "budget_exceeded",
+        "model_not_allowed",
         "key_required", "policy_unavailable", "credential_missing",
     ]
 
     func policySnapshotsRefused(_ count: Int) {
-        registry.makeCounter(descriptor: descriptor("policy_snapshots_refused", "total", "Snapshot subscriptions refused past the snapshot budget (the sidecar asks again).")).increment(by: Int64(count))
+        registry.makeCounter(
+            descriptor: descriptor(
+                "policy_snapshots_refused", "total",
+                "Snapshot subscriptions refused past the snapshot budget (the sidecar asks again).")
+        ).increment(by: Int64(count))
     }
 
     func policySnapshotSent() {
-        registry.makeCounter(descriptor: descriptor("policy_snapshots_sent", "total", "Full policy snapshots sent to sidecars that joined, rejoined or fell behind.")).increment()
+        registry.makeCounter(
+            descriptor: descriptor(
+                "policy_snapshots_sent", "total",
+                "Full policy snapshots sent to sidecars that joined, rejoined or fell behind.")
+        ).increment()
     }
 
     func policyState(version: UInt64, keys: Int) {
-        registry.makeGauge(descriptor: descriptor("policy_version", "", "The policy state's version; it grows with every change sent.")).set(to: Double(version))
-        registry.makeGauge(descriptor: descriptor("policy_keys", "", "Virtual keys known, revoked and expired included.")).set(to: Double(keys))
+        registry.makeGauge(
+            descriptor: descriptor("policy_version", "", "The policy state's version; it grows with every change sent.")
+        ).set(to: Double(version))
+        registry.makeGauge(
+            descriptor: descriptor("policy_keys", "", "Virtual keys known, revoked and expired included.")
+        ).set(to: Double(keys))
     }
 
     /// A project's budget state. Projects are few (operators create them), so they are labels; keys are not.
-    func budget(project: String, spentUSD: Double, limitUSD: Double?, spentTokens: Int64, limitTokens: Int64?, denied: Bool) {
+    func budget(
+        project: String, spentUSD: Double, limitUSD: Double?, spentTokens: Int64, limitTokens: Int64?, denied: Bool
+    ) {
         let gauges = budgetGauges(project: project)
         gauges[0].set(to: spentUSD)
         gauges[1].set(to: Double(spentTokens))
@@ -272,11 +394,24 @@ final class CollectorMetrics: Sendable {
     private func budgetGauges(project: String) -> [Gauge] {
         let labels = [("project", project)]
         return [
-            registry.makeGauge(descriptor: descriptor("budget_spend", "usd", "Spend in the project's budget period, USD."), labels: labels),
-            registry.makeGauge(descriptor: descriptor("budget_spend", "tokens", "Tokens in the project's budget period."), labels: labels),
-            registry.makeGauge(descriptor: descriptor("budget_limit", "usd", "The project's USD budget for its period; absent when none."), labels: labels),
-            registry.makeGauge(descriptor: descriptor("budget_limit", "tokens", "The project's token budget for its period; absent when none."), labels: labels),
-            registry.makeGauge(descriptor: descriptor("budget_denied", "", "1 while the project is over its budget and its requests get 429."), labels: labels),
+            registry.makeGauge(
+                descriptor: descriptor("budget_spend", "usd", "Spend in the project's budget period, USD."),
+                labels: labels),
+            registry.makeGauge(
+                descriptor: descriptor("budget_spend", "tokens", "Tokens in the project's budget period."),
+                labels: labels),
+            registry.makeGauge(
+                descriptor: descriptor(
+                    "budget_limit", "usd", "The project's USD budget for its period; absent when none."), labels: labels
+            ),
+            registry.makeGauge(
+                descriptor: descriptor(
+                    "budget_limit", "tokens", "The project's token budget for its period; absent when none."),
+                labels: labels),
+            registry.makeGauge(
+                descriptor: descriptor(
+                    "budget_denied", "", "1 while the project is over its budget and its requests get 429."),
+                labels: labels),
         ]
     }
 
@@ -285,4 +420,3 @@ final class CollectorMetrics: Sendable {
         return registry.emitToBuffer()
     }
 }
-

@@ -55,7 +55,8 @@ final class PolicyEngine: Sendable {
         let thread = Thread { [inbox, finished] in
             let core: PolicyCore
             do {
-                core = try PolicyCore(database: database, settings: settings, metrics: metrics, logger: logger, wakeup: wakeup)
+                core = try PolicyCore(
+                    database: database, settings: settings, metrics: metrics, logger: logger, wakeup: wakeup)
                 startup.result.withLock { $0 = .success(core.boundEndpoint) }
             } catch {
                 startup.result.withLock { $0 = .failure(error) }
@@ -66,7 +67,10 @@ final class PolicyEngine: Sendable {
             started.signal()
             core.run(take: {
                 inbox.mutex.withLock { inbox in
-                    defer { inbox.jobs = []; inbox.spend = [] }
+                    defer {
+                        inbox.jobs = []
+                        inbox.spend = []
+                    }
                     return (inbox.jobs, inbox.spend, inbox.closing)
                 }
             })
@@ -192,7 +196,8 @@ final class PolicyCore {
     private let collectorID: String
     private var version: UInt64 = 0
     /// How many snapshots may go out now (`Settings.snapshotsPerSecond`).
-    private lazy var snapshotBudget = RateBudget(perSecond: settings.snapshotsPerSecond, burst: settings.snapshotBurst, now: .now)
+    private lazy var snapshotBudget = RateBudget(
+        perSecond: settings.snapshotsPerSecond, burst: settings.snapshotBurst, now: .now)
     private var snapshotsRefused = 0
     private var refusalPasses: UInt64 = 0
 
@@ -204,7 +209,9 @@ final class PolicyCore {
     private var changedKeys: Set<String> = []
     private var removedProjects: Set<String> = []
 
-    init(database: AppDatabase, settings: PolicyEngine.Settings, metrics: CollectorMetrics, logger: Logger, wakeup: Int32) throws {
+    init(
+        database: AppDatabase, settings: PolicyEngine.Settings, metrics: CollectorMetrics, logger: Logger, wakeup: Int32
+    ) throws {
         self.database = database
         self.wakeup = wakeup
         self.settings = settings
@@ -232,28 +239,36 @@ final class PolicyCore {
         try database.writer.read { db in
             for project in try ProjectRecord.fetchAll(db) { projects[project.id] = project }
             for key in try VirtualKeyRecord.fetchAll(db) { keys[key.id] = key }
-            let rows = try Row.fetchAll(db, sql: """
-                SELECT project_id,
-                       TOTAL(cost_usd) AS usd, TOTAL(total_tokens) AS tokens,
-                       TOTAL(CASE WHEN started_at_ms >= ? THEN cost_usd END) AS month_usd,
-                       TOTAL(CASE WHEN started_at_ms >= ? THEN total_tokens END) AS month_tokens,
-                       TOTAL(CASE WHEN started_at_ms >= ? THEN cost_usd END) AS day_usd,
-                       TOTAL(CASE WHEN started_at_ms >= ? THEN total_tokens END) AS day_tokens
-                FROM exchange WHERE project_id != '' GROUP BY project_id
-                """, arguments: [month, month, day, day])
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT project_id,
+                           TOTAL(cost_usd) AS usd, TOTAL(total_tokens) AS tokens,
+                           TOTAL(CASE WHEN started_at_ms >= ? THEN cost_usd END) AS month_usd,
+                           TOTAL(CASE WHEN started_at_ms >= ? THEN total_tokens END) AS month_tokens,
+                           TOTAL(CASE WHEN started_at_ms >= ? THEN cost_usd END) AS day_usd,
+                           TOTAL(CASE WHEN started_at_ms >= ? THEN total_tokens END) AS day_tokens
+                    FROM exchange WHERE project_id != '' GROUP BY project_id
+                    """, arguments: [month, month, day, day])
             for row in rows {
                 let id: String = row["project_id"]
                 spend[id] = ProjectSpend(
-                    dayStartMs: day, dayUSD: row["day_usd"], dayTokens: Int64(clampingFinite: row["day_tokens"] as Double),
-                    monthStartMs: month, monthUSD: row["month_usd"], monthTokens: Int64(clampingFinite: row["month_tokens"] as Double),
+                    dayStartMs: day, dayUSD: row["day_usd"],
+                    dayTokens: Int64(clampingFinite: row["day_tokens"] as Double),
+                    monthStartMs: month, monthUSD: row["month_usd"],
+                    monthTokens: Int64(clampingFinite: row["month_tokens"] as Double),
                     totalUSD: row["usd"], totalTokens: Int64(clampingFinite: row["tokens"] as Double)
                 )
             }
         }
-        for id in projects.keys where spend[id] == nil { spend[id] = ProjectSpend(dayStartMs: day, monthStartMs: month) }
+        for id in projects.keys where spend[id] == nil {
+            spend[id] = ProjectSpend(dayStartMs: day, monthStartMs: month)
+        }
         sentProjects = projects.mapValues { wireProject($0, now: now) }
         version = 1
-        logger.info("policy loaded", metadata: ["projects": "\(projects.count)", "keys": "\(keys.count)", "policy": "\(boundEndpoint)"])
+        logger.info(
+            "policy loaded",
+            metadata: ["projects": "\(projects.count)", "keys": "\(keys.count)", "policy": "\(boundEndpoint)"])
     }
 
     func run(take: () -> ([@Sendable (PolicyCore) -> Void], [SpendEvent], Bool)) {
@@ -276,7 +291,9 @@ final class PolicyCore {
                 beat()
             }
             if closing { break }
-            if let ready = try? socket.poll(.readable, orReadable: wakeup, timeoutMilliseconds: settings.pollMilliseconds), ready.fdReadable {
+            if let ready = try? socket.poll(
+                .readable, orReadable: wakeup, timeoutMilliseconds: settings.pollMilliseconds), ready.fdReadable
+            {
                 var drain = [UInt8](repeating: 0, count: 64)
                 while read(wakeup, &drain, drain.count) > 0 {}
             }
@@ -294,7 +311,8 @@ final class PolicyCore {
         var encoded: [UInt8]?
         var refused = 0
         while let frames = try? socket.receiveMultipart(dontWait: true) {
-            guard let event = frames.first, event.count >= 2, event[0] == 1, event[1] == PolicyFrame.snapshotTopicPrefix else { continue }
+            guard let event = frames.first, event.count >= 2, event[0] == 1, event[1] == PolicyFrame.snapshotTopicPrefix
+            else { continue }
             guard snapshotBudget.take(now: .now) else {
                 refused += 1
                 continue
@@ -319,9 +337,11 @@ final class PolicyCore {
             snapshotsRefused += refused
             refusalPasses += 1
             if LogSampling.isWorthLogging(occurrence: refusalPasses) {
-                logger.warning("snapshot subscriptions past the budget were refused (a peer subscribing over and over?)", metadata: [
-                    "refused": "\(snapshotsRefused)", "per_second": "\(settings.snapshotsPerSecond)",
-                ])
+                logger.warning(
+                    "snapshot subscriptions past the budget were refused (a peer subscribing over and over?)",
+                    metadata: [
+                        "refused": "\(snapshotsRefused)", "per_second": "\(settings.snapshotsPerSecond)",
+                    ])
             }
         }
     }
@@ -363,7 +383,9 @@ final class PolicyCore {
         for id in removedProjects { sentProjects[id] = nil }
         changedKeys = []
         removedProjects = []
-        guard !message.keys.isEmpty || !message.projects.isEmpty || !message.removedProjects.isEmpty else { return false }
+        guard !message.keys.isEmpty || !message.projects.isEmpty || !message.removedProjects.isEmpty else {
+            return false
+        }
         version += 1
         message.baseVersion = version - 1
         message.version = version
@@ -415,7 +437,10 @@ final class PolicyCore {
         if let lifted = project.denialLiftedPeriodStartMs, lifted == bounds.start { return nil }
         let figures = (spend[project.id] ?? ProjectSpend()).figures(for: period)
         if let max = project.budgetMaxUSD, figures.usd >= max {
-            return ("\(period.rawValue) budget of $\(Self.dollars(max)) reached ($\(Self.dollars(figures.usd)) spent)", bounds.end)
+            return (
+                "\(period.rawValue) budget of $\(Self.dollars(max)) reached ($\(Self.dollars(figures.usd)) spent)",
+                bounds.end
+            )
         }
         if let max = project.budgetMaxTokens, figures.tokens >= max {
             return ("\(period.rawValue) budget of \(max) tokens reached (\(figures.tokens) used)", bounds.end)
@@ -442,15 +467,19 @@ final class PolicyCore {
         for id in projects.keys { spend[id, default: ProjectSpend()].roll(to: now) }
         for project in projects.values {
             let figures = project.budgetPeriod.map { spend[project.id, default: ProjectSpend()].figures(for: $0) }
-            metrics.budget(project: project.name, spentUSD: figures?.usd ?? 0, limitUSD: project.budgetMaxUSD,
-                           spentTokens: figures?.tokens ?? 0, limitTokens: project.budgetMaxTokens, denied: denial(of: project, now: now) != nil)
+            metrics.budget(
+                project: project.name, spentUSD: figures?.usd ?? 0, limitUSD: project.budgetMaxUSD,
+                spentTokens: figures?.tokens ?? 0, limitTokens: project.budgetMaxTokens,
+                denied: denial(of: project, now: now) != nil)
         }
     }
 
     // MARK: Management
 
     func createProject(name: String, credentialRef: String) throws -> ProjectRecord {
-        guard !projects.values.contains(where: { $0.name == name }) else { throw PolicyError.conflict("a project named \(name) already exists") }
+        guard !projects.values.contains(where: { $0.name == name }) else {
+            throw PolicyError.conflict("a project named \(name) already exists")
+        }
         let id = VirtualKeySecret.randomID(prefix: "proj_", bytes: 6)
         let project = ProjectRecord(id: id, name: name, credentialRef: credentialRef, createdAtMs: nowMs)
         try database.writer.write { db in try project.insert(db) }
@@ -458,7 +487,9 @@ final class PolicyCore {
         spend[id] = ProjectSpend()
         spend[id]!.roll(to: nowMs)
         publishChanges()
-        logger.notice("project created", metadata: ["project_id": "\(id)", "name": "\(name)", "credential_ref": "\(credentialRef)"])
+        logger.notice(
+            "project created",
+            metadata: ["project_id": "\(id)", "name": "\(name)", "credential_ref": "\(credentialRef)"])
         return project
     }
 
@@ -488,7 +519,8 @@ final class PolicyCore {
         let now = nowMs
         let models = String(decoding: try JSONEncoder().encode(request.allowedModels), as: UTF8.self)
         let key = VirtualKeyRecord(
-            id: id, projectID: request.projectID, secretSHA256: Data(SHA256.hash(data: Data(secret.utf8))), createdAtMs: now,
+            id: id, projectID: request.projectID, secretSHA256: Data(SHA256.hash(data: Data(secret.utf8))),
+            createdAtMs: now,
             expiresAtMs: now + Int64(request.durationHours * 3_600_000), revoked: false, revokedAtMs: nil,
             rateLimitPerHour: request.rateLimitPerHour, maxParallel: request.maxParallel, allowedModels: models
         )
@@ -524,17 +556,22 @@ final class PolicyCore {
 
     /// Sets a project's budget, or with a nil period removes it.
     @discardableResult
-    func setBudget(projectID: String, period: BudgetPeriod?, maxUSD: Double? = nil, maxTokens: Int64? = nil) throws -> ProjectRecord {
+    func setBudget(projectID: String, period: BudgetPeriod?, maxUSD: Double? = nil, maxTokens: Int64? = nil) throws
+        -> ProjectRecord
+    {
         guard var project = projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
         project.budgetPeriod = period
         project.budgetMaxUSD = maxUSD
         project.budgetMaxTokens = maxTokens
         project.denialLiftedPeriodStartMs = nil
         try save(project)
-        logger.notice(period == nil ? "budget removed" : "budget set", metadata: [
-            "project_id": "\(projectID)", "period": "\(period?.rawValue ?? "-")", "max_usd": "\(maxUSD.map { "\($0)" } ?? "-")",
-            "max_tokens": "\(maxTokens.map { "\($0)" } ?? "-")",
-        ])
+        logger.notice(
+            period == nil ? "budget removed" : "budget set",
+            metadata: [
+                "project_id": "\(projectID)", "period": "\(period?.rawValue ?? "-")",
+                "max_usd": "\(maxUSD.map { "\($0)" } ?? "-")",
+                "max_tokens": "\(maxTokens.map { "\($0)" } ?? "-")",
+            ])
         return project
     }
 
@@ -560,11 +597,13 @@ final class PolicyCore {
     /// Requests and spend per key of a project in its budget period (or this month), from storage.
     func keyUsage(projectID: String, sinceMs: Int64) throws -> [Row] {
         try database.writer.read { db in
-            try Row.fetchAll(db, sql: """
-                SELECT key_id, COUNT(*) AS requests, SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS rejected,
-                       TOTAL(cost_usd) AS cost_usd, TOTAL(total_tokens) AS tokens
-                FROM exchange WHERE project_id = ? AND started_at_ms >= ? GROUP BY key_id ORDER BY cost_usd DESC
-                """, arguments: [projectID, sinceMs])
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT key_id, COUNT(*) AS requests, SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS rejected,
+                           TOTAL(cost_usd) AS cost_usd, TOTAL(total_tokens) AS tokens
+                    FROM exchange WHERE project_id = ? AND started_at_ms >= ? GROUP BY key_id ORDER BY cost_usd DESC
+                    """, arguments: [projectID, sinceMs])
         }
     }
 }

@@ -17,8 +17,13 @@ struct ProjectRecord: Codable, Sendable, Equatable, FetchableRecord, Persistable
     var denialLiftedPeriodStartMs: Int64?
 
     enum CodingKeys: String, CodingKey {
-        case id, name, credentialRef = "credential_ref", createdAtMs = "created_at_ms", budgetPeriod = "budget_period"
-        case budgetMaxUSD = "budget_max_usd", budgetMaxTokens = "budget_max_tokens", denialLiftedPeriodStartMs = "denial_lifted_period_start_ms"
+        case id, name
+        case credentialRef = "credential_ref"
+        case createdAtMs = "created_at_ms"
+        case budgetPeriod = "budget_period"
+        case budgetMaxUSD = "budget_max_usd"
+        case budgetMaxTokens = "budget_max_tokens"
+        case denialLiftedPeriodStartMs = "denial_lifted_period_start_ms"
     }
 
     var hasBudget: Bool { budgetPeriod != nil && (budgetMaxUSD != nil || budgetMaxTokens != nil) }
@@ -41,8 +46,15 @@ struct VirtualKeyRecord: Codable, Sendable, Equatable, FetchableRecord, Persista
     var allowedModels: String
 
     enum CodingKeys: String, CodingKey {
-        case id, projectID = "project_id", secretSHA256 = "secret_sha256", createdAtMs = "created_at_ms", expiresAtMs = "expires_at_ms"
-        case revoked, revokedAtMs = "revoked_at_ms", rateLimitPerHour = "rate_limit_per_hour", maxParallel = "max_parallel"
+        case id
+        case projectID = "project_id"
+        case secretSHA256 = "secret_sha256"
+        case createdAtMs = "created_at_ms"
+        case expiresAtMs = "expires_at_ms"
+        case revoked
+        case revokedAtMs = "revoked_at_ms"
+        case rateLimitPerHour = "rate_limit_per_hour"
+        case maxParallel = "max_parallel"
         case allowedModels = "allowed_models"
     }
 
@@ -98,6 +110,7 @@ enum VirtualKeySecret {
 
     static func base64URL(_ bytes: [UInt8]) -> String {
         Data(bytes).base64EncodedString()
-            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(of: "=", with: "")
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_").replacingOccurrences(
+                of: "=", with: "")
     }
 }

@@ -13,7 +13,8 @@ struct ModelPrice: Codable, Equatable, Sendable {
     /// The cost of `usage`: each kind of token at its own price, cache prices falling back to input.
     func cost(of usage: TokenUsage) -> Double {
         let perToken = 1.0 / 1_000_000
-        return (Double(usage.input) * input
+        return
+            (Double(usage.input) * input
             + Double(usage.cachedInput) * (cached_input ?? input)
             + Double(usage.cacheCreation) * (cache_creation ?? input)
             + Double(usage.output) * output) * perToken
@@ -38,7 +39,8 @@ struct PriceTable: Sendable {
     init(file: File) throws(PriceTableError) {
         var byName: [String: ModelPrice] = [:]
         for price in file.models {
-            guard price.input >= 0, price.output >= 0, (price.cached_input ?? 0) >= 0, (price.cache_creation ?? 0) >= 0 else {
+            guard price.input >= 0, price.output >= 0, (price.cached_input ?? 0) >= 0, (price.cache_creation ?? 0) >= 0
+            else {
                 throw PriceTableError("the price of \(price.model) is negative")
             }
             let name = Self.normalise(price.model)
@@ -61,8 +63,11 @@ struct PriceTable: Sendable {
 
     /// The table shipped with the collector.
     static func shipped() throws(PriceTableError) -> PriceTable {
-        guard let url = Bundle.module.url(forResource: "prices", withExtension: "json"), let data = try? Data(contentsOf: url) else {
-            throw PriceTableError("the shipped price table (prices.json) is missing next to the binary; give one with --prices")
+        guard let url = Bundle.module.url(forResource: "prices", withExtension: "json"),
+            let data = try? Data(contentsOf: url)
+        else {
+            throw PriceTableError(
+                "the shipped price table (prices.json) is missing next to the binary; give one with --prices")
         }
         return try PriceTable(json: data)
     }
@@ -97,10 +102,11 @@ struct PriceTable: Sendable {
         while parts.count > 1 {
             let last = parts[parts.count - 1]
             if ["latest", "preview", "exp"].contains(last) || digits(last, 8) || digits(last, 4) || digits(last, 3) {
-                parts.removeLast()  // -latest, -20241022, -0125, -001
+                parts.removeLast() // -latest, -20241022, -0125, -001
             } else if parts.count > 3, digits(last, 2), digits(parts[parts.count - 2], 2),
-                      digits(parts[parts.count - 3], 4) || parts[parts.count - 3] == "preview" {
-                parts.removeLast(3)  // -2024-07-18, -preview-05-20
+                digits(parts[parts.count - 3], 4) || parts[parts.count - 3] == "preview"
+            {
+                parts.removeLast(3) // -2024-07-18, -preview-05-20
             } else {
                 break
             }

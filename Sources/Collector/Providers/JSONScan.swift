@@ -143,7 +143,9 @@ enum JSONScan {
         let last = haystack.endIndex - needle.count
         while index <= last {
             guard let candidate = haystack[index...last].firstIndex(of: first) else { return nil }
-            if haystack[candidate..<candidate + needle.count].elementsEqual(needle) { return candidate..<candidate + needle.count }
+            if haystack[candidate..<candidate + needle.count].elementsEqual(needle) {
+                return candidate..<candidate + needle.count
+            }
             index = candidate + 1
         }
         return nil

@@ -114,16 +114,20 @@ extension UsageFields {
         usage.cachedInput = min(cached, prompt)
         usage.input = prompt - usage.cachedInput
         usage.output = count(completion_tokens ?? output_tokens)
-        usage.reasoning = min(count(completion_tokens_details?.reasoning_tokens ?? output_tokens_details?.reasoning_tokens), usage.output)
+        usage.reasoning = min(
+            count(completion_tokens_details?.reasoning_tokens ?? output_tokens_details?.reasoning_tokens), usage.output)
         return usage
     }
 
     /// Whether a count is negative or past `TokenUsage.maximumCount`: not a count a provider
     /// reports, so the exchange is stored with a parse error (and the count held to the range).
     var hasImplausibleCount: Bool {
-        [prompt_tokens, completion_tokens, input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens,
-         prompt_tokens_details?.cached_tokens, completion_tokens_details?.reasoning_tokens,
-         input_tokens_details?.cached_tokens, output_tokens_details?.reasoning_tokens].contains { !TokenUsage.isPlausible($0) }
+        [
+            prompt_tokens, completion_tokens, input_tokens, output_tokens, cache_creation_input_tokens,
+            cache_read_input_tokens,
+            prompt_tokens_details?.cached_tokens, completion_tokens_details?.reasoning_tokens,
+            input_tokens_details?.cached_tokens, output_tokens_details?.reasoning_tokens,
+        ].contains { !TokenUsage.isPlausible($0) }
     }
 
     var isEmpty: Bool {

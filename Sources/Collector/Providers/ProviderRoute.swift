@@ -9,7 +9,8 @@ struct ProviderRoute: Equatable, Sendable {
     var modelInPath = ""
 
     static func detect(host: String, path: String) -> ProviderRoute {
-        let path = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? path
+        let path =
+            path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? path
         let host = host.lowercased()
         let segments = path.split(separator: "/")
 
@@ -17,8 +18,10 @@ struct ProviderRoute: Equatable, Sendable {
             let method = last[last.index(after: colon)...]
             let model = String(last[..<colon])
             switch method {
-            case "generateContent": return ProviderRoute(provider: .gemini, endpoint: .generateContent, modelInPath: model)
-            case "streamGenerateContent": return ProviderRoute(provider: .gemini, endpoint: .streamGenerateContent, modelInPath: model)
+            case "generateContent":
+                return ProviderRoute(provider: .gemini, endpoint: .generateContent, modelInPath: model)
+            case "streamGenerateContent":
+                return ProviderRoute(provider: .gemini, endpoint: .streamGenerateContent, modelInPath: model)
             default: break
             }
         }
@@ -45,7 +48,9 @@ struct ProviderRoute: Equatable, Sendable {
         }
         if host.hasSuffix("anthropic.com") { return ProviderRoute(provider: .anthropic, endpoint: .other) }
         if host.hasSuffix("googleapis.com") { return ProviderRoute(provider: .gemini, endpoint: .other) }
-        if host.hasSuffix("openai.com") || host.hasSuffix("openai.azure.com") { return ProviderRoute(provider: .openai, endpoint: .other) }
+        if host.hasSuffix("openai.com") || host.hasSuffix("openai.azure.com") {
+            return ProviderRoute(provider: .openai, endpoint: .other)
+        }
         return ProviderRoute(provider: .unknown, endpoint: .other)
     }
 }

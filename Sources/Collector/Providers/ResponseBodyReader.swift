@@ -53,7 +53,9 @@ struct ResponseBodyReader {
     /// The next piece of the body; `afterHole` when bytes before it were never captured.
     mutating func append<Bytes: Collection>(_ bytes: Bytes, afterHole: Bool) where Bytes.Element == UInt8 {
         if mode == .undecided {
-            guard let first = bytes.first(where: { !($0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09) }) else { return }
+            guard let first = bytes.first(where: { !($0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09) }) else {
+                return
+            }
             mode = first == UInt8(ascii: "{") || first == UInt8(ascii: "[") ? .json : .eventStream
             findings.isEventStream = mode == .eventStream
         }
@@ -112,7 +114,8 @@ struct ResponseBodyReader {
             implausible = usage.hasImplausibleCount
         }
         if implausible && findings.parseError.isEmpty {
-            findings.parseError = "the usage holds a negative or implausibly large token count (counted as 0 to \(TokenUsage.maximumCount))"
+            findings.parseError =
+                "the usage holds a negative or implausibly large token count (counted as 0 to \(TokenUsage.maximumCount))"
         }
         return findings
     }
@@ -130,7 +133,8 @@ struct ResponseBodyReader {
             return
         }
         // Cut: the model from the start, the usage (or error) from the end, each as its own object.
-        if let model = JSONScan.stringValue(of: "model", in: json) ?? JSONScan.stringValue(of: "modelVersion", in: json) {
+        if let model = JSONScan.stringValue(of: "model", in: json) ?? JSONScan.stringValue(of: "modelVersion", in: json)
+        {
             findings.modelServed = model
         }
         let end = jsonTail.isEmpty ? json : jsonTail
@@ -140,7 +144,8 @@ struct ResponseBodyReader {
             usage = try? decoder.decode(UsageFields.self, from: Data(object))
         }
         if let object = JSONScan.lastObject(named: "error", in: json + jsonTail),
-           let error = try? decoder.decode(ProviderError.self, from: Data(object)) {
+            let error = try? decoder.decode(ProviderError.self, from: Data(object))
+        {
             findings.errorType = error.name
         }
     }
@@ -166,7 +171,8 @@ struct ResponseBodyReader {
             }
         case .openai, .unknown:
             if event.data.elementsEqual("[DONE]".utf8) { return }
-            let relevant = first
+            let relevant =
+                first
                 || event.type.hasPrefix("response.completed") || event.type.hasPrefix("response.incomplete")
                 || event.type.hasPrefix("response.failed") || event.type == "error"
                 || JSONScan.hasObject(named: "usage", in: event.data) || JSONScan.contains(key: "error", in: event.data)
@@ -177,7 +183,9 @@ struct ResponseBodyReader {
     // MARK: Documents
 
     private mutating func take(_ document: ProviderDocument) {
-        if let model = document.model ?? document.modelVersion ?? document.message?.model ?? document.response?.model, !model.isEmpty {
+        if let model = document.model ?? document.modelVersion ?? document.message?.model ?? document.response?.model,
+            !model.isEmpty
+        {
             findings.modelServed = model
         }
         for fields in [document.usage, document.message?.usage, document.response?.usage].compactMap({ $0 }) {
@@ -193,7 +201,9 @@ struct ResponseBodyReader {
         do {
             return try decoder.decode(ProviderDocument.self, from: Data(bytes))
         } catch {
-            if findings.parseError.isEmpty { findings.parseError = "\(what) is not valid JSON: \(Self.describe(error))" }
+            if findings.parseError.isEmpty {
+                findings.parseError = "\(what) is not valid JSON: \(Self.describe(error))"
+            }
             return nil
         }
     }
@@ -202,7 +212,9 @@ struct ResponseBodyReader {
         do {
             return try decoder.decode([ProviderDocument].self, from: Data(bytes))
         } catch {
-            if findings.parseError.isEmpty { findings.parseError = "the response body is not valid JSON: \(Self.describe(error))" }
+            if findings.parseError.isEmpty {
+                findings.parseError = "the response body is not valid JSON: \(Self.describe(error))"
+            }
             return nil
         }
     }
@@ -211,7 +223,8 @@ struct ResponseBodyReader {
     static func describe(_ error: any Error) -> String {
         switch error {
         case DecodingError.dataCorrupted(let context): context.debugDescription
-        case DecodingError.typeMismatch(_, let context): "\(context.codingPath.map(\.stringValue).joined(separator: ".")): \(context.debugDescription)"
+        case DecodingError.typeMismatch(_, let context):
+            "\(context.codingPath.map(\.stringValue).joined(separator: ".")): \(context.debugDescription)"
         default: "\(error)"
         }
     }

@@ -69,8 +69,11 @@ struct AppDatabase: Sendable {
                 t.column("request_body", .blob)
                 t.column("response_body", .blob)
             }
-            try db.create(index: "exchange_app_started", on: ExchangeRecord.databaseTableName, columns: ["app", "started_at_ms"])
-            try db.create(index: "exchange_model_started", on: ExchangeRecord.databaseTableName, columns: ["model_served", "started_at_ms"])
+            try db.create(
+                index: "exchange_app_started", on: ExchangeRecord.databaseTableName, columns: ["app", "started_at_ms"])
+            try db.create(
+                index: "exchange_model_started", on: ExchangeRecord.databaseTableName,
+                columns: ["model_served", "started_at_ms"])
         }
         migrator.registerMigration("v2: sequence streams") { db in
             // Where each sidecar boot's sequence stood, so that a restarted collector counts what it
@@ -91,7 +94,9 @@ struct AppDatabase: Sendable {
                 t.add(column: "project_id", .text).notNull().defaults(to: "")
                 t.add(column: "reject_reason", .text).notNull().defaults(to: "")
             }
-            try db.create(index: "exchange_project_started", on: ExchangeRecord.databaseTableName, columns: ["project_id", "started_at_ms"])
+            try db.create(
+                index: "exchange_project_started", on: ExchangeRecord.databaseTableName,
+                columns: ["project_id", "started_at_ms"])
             try db.create(table: ProjectRecord.databaseTableName) { t in
                 t.primaryKey("id", .text)
                 t.column("name", .text).notNull().unique()
@@ -155,7 +160,9 @@ struct AppDatabase: Sendable {
             var request = ExchangeRecord.all()
             if let sinceMs { request = request.filter(Column("started_at_ms") >= sinceMs) }
             if let app { request = request.filter(Column("app") == app) }
-            if let model { request = request.filter(Column("model_served") == model || Column("model_requested") == model) }
+            if let model {
+                request = request.filter(Column("model_served") == model || Column("model_requested") == model)
+            }
             return try request.order(Column("started_at_ms").desc).limit(limit).fetchAll(db).map { row in
                 var row = row
                 row.requestBody = nil
@@ -184,31 +191,42 @@ struct AppDatabase: Sendable {
         var unpricedExchanges: Int
 
         enum CodingKeys: String, CodingKey {
-            case key, exchanges, inputTokens = "input_tokens", outputTokens = "output_tokens", cachedInputTokens = "cached_input_tokens"
-            case cacheCreationTokens = "cache_creation_tokens", reasoningTokens = "reasoning_tokens", totalTokens = "total_tokens"
-            case costUSD = "cost_usd", unpricedExchanges = "unpriced_exchanges"
+            case key, exchanges
+            case inputTokens = "input_tokens"
+            case outputTokens = "output_tokens"
+            case cachedInputTokens = "cached_input_tokens"
+            case cacheCreationTokens = "cache_creation_tokens"
+            case reasoningTokens = "reasoning_tokens"
+            case totalTokens = "total_tokens"
+            case costUSD = "cost_usd"
+            case unpricedExchanges = "unpriced_exchanges"
         }
     }
 
     /// Sums per app, model (the one that answered, else the one asked for) or tenant.
     func usage(groupBy grouping: UsageGrouping, sinceMs: Int64?) async throws -> [UsageSum] {
-        let key = switch grouping {
-        case .app: "app"
-        case .tenant: "tenant"
-        case .model: "CASE WHEN model_served = '' THEN model_requested ELSE model_served END"
-        }
+        let key =
+            switch grouping {
+            case .app: "app"
+            case .tenant: "tenant"
+            case .model: "CASE WHEN model_served = '' THEN model_requested ELSE model_served END"
+            }
         return try await writer.read { db in
-            let rows = try Row.fetchAll(db, sql: """
-                SELECT \(key) AS key, COUNT(*) AS exchanges,
-                       SUM(input_tokens) AS input, SUM(output_tokens) AS output, SUM(cached_input_tokens) AS cached,
-                       SUM(cache_creation_tokens) AS creation, SUM(reasoning_tokens) AS reasoning, SUM(total_tokens) AS total,
-                       TOTAL(cost_usd) AS cost, SUM(CASE WHEN priced THEN 0 ELSE 1 END) AS unpriced
-                FROM exchange WHERE started_at_ms >= ? GROUP BY 1 ORDER BY cost DESC, total DESC
-                """, arguments: [sinceMs ?? 0])
+            let rows = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT \(key) AS key, COUNT(*) AS exchanges,
+                           SUM(input_tokens) AS input, SUM(output_tokens) AS output, SUM(cached_input_tokens) AS cached,
+                           SUM(cache_creation_tokens) AS creation, SUM(reasoning_tokens) AS reasoning, SUM(total_tokens) AS total,
+                           TOTAL(cost_usd) AS cost, SUM(CASE WHEN priced THEN 0 ELSE 1 END) AS unpriced
+                    FROM exchange WHERE started_at_ms >= ? GROUP BY 1 ORDER BY cost DESC, total DESC
+                    """, arguments: [sinceMs ?? 0])
             return rows.map { row in
                 UsageSum(
-                    key: row["key"], exchanges: row["exchanges"], inputTokens: row["input"], outputTokens: row["output"],
-                    cachedInputTokens: row["cached"], cacheCreationTokens: row["creation"], reasoningTokens: row["reasoning"],
+                    key: row["key"], exchanges: row["exchanges"], inputTokens: row["input"],
+                    outputTokens: row["output"],
+                    cachedInputTokens: row["cached"], cacheCreationTokens: row["creation"],
+                    reasoningTokens: row["reasoning"],
                     totalTokens: row["total"], costUSD: row["cost"], unpricedExchanges: row["unpriced"]
                 )
             }
@@ -230,7 +248,11 @@ struct StreamCheckpoint: Codable, Sendable, Equatable, FetchableRecord, Persista
     var updatedAtMs: Int64
 
     enum CodingKeys: String, CodingKey {
-        case sidecarID = "sidecar_id", bootID = "boot_id", lastSeq = "last_seq", lastDroppedBefore = "last_dropped_before"
-        case heartbeatDropped = "heartbeat_dropped", updatedAtMs = "updated_at_ms"
+        case sidecarID = "sidecar_id"
+        case bootID = "boot_id"
+        case lastSeq = "last_seq"
+        case lastDroppedBefore = "last_dropped_before"
+        case heartbeatDropped = "heartbeat_dropped"
+        case updatedAtMs = "updated_at_ms"
     }
 }

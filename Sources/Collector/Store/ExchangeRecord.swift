@@ -51,15 +51,37 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
     var rejectReason = ""
 
     enum CodingKeys: String, CodingKey {
-        case sidecarID = "sidecar_id", exchangeID = "exchange_id", bootID = "boot_id", app, tenant, provider, endpoint, method, host, path
-        case modelRequested = "model_requested", modelServed = "model_served", stream, status, outcome
-        case errorType = "error_type", parseError = "parse_error", startedAtMs = "started_at_ms", endedAtMs = "ended_at_ms"
-        case ttfbMs = "ttfb_ms", durationMs = "duration_ms", requestBytes = "request_bytes", responseBytes = "response_bytes"
-        case inputTokens = "input_tokens", outputTokens = "output_tokens", cachedInputTokens = "cached_input_tokens"
-        case cacheCreationTokens = "cache_creation_tokens", reasoningTokens = "reasoning_tokens", totalTokens = "total_tokens"
-        case usageSource = "usage_source", costUSD = "cost_usd", priced, captureComplete = "capture_complete", truncated
-        case requestBody = "request_body", responseBody = "response_body"
-        case keyID = "key_id", projectID = "project_id", rejectReason = "reject_reason"
+        case sidecarID = "sidecar_id"
+        case exchangeID = "exchange_id"
+        case bootID = "boot_id"
+        case app, tenant, provider, endpoint, method, host, path
+        case modelRequested = "model_requested"
+        case modelServed = "model_served"
+        case stream, status, outcome
+        case errorType = "error_type"
+        case parseError = "parse_error"
+        case startedAtMs = "started_at_ms"
+        case endedAtMs = "ended_at_ms"
+        case ttfbMs = "ttfb_ms"
+        case durationMs = "duration_ms"
+        case requestBytes = "request_bytes"
+        case responseBytes = "response_bytes"
+        case inputTokens = "input_tokens"
+        case outputTokens = "output_tokens"
+        case cachedInputTokens = "cached_input_tokens"
+        case cacheCreationTokens = "cache_creation_tokens"
+        case reasoningTokens = "reasoning_tokens"
+        case totalTokens = "total_tokens"
+        case usageSource = "usage_source"
+        case costUSD = "cost_usd"
+        case priced
+        case captureComplete = "capture_complete"
+        case truncated
+        case requestBody = "request_body"
+        case responseBody = "response_body"
+        case keyID = "key_id"
+        case projectID = "project_id"
+        case rejectReason = "reject_reason"
     }
 
     /// "2xx", "4xx", ...; "none" when the client received no status.

@@ -85,7 +85,8 @@ final class ExchangeWriter: Sendable {
         if dropped {
             let count = health.dropped
             if LogSampling.isWorthLogging(occurrence: count) {
-                logger.error("the storage queue is full; dropping the oldest exchange rows", metadata: ["dropped": "\(count)"])
+                logger.error(
+                    "the storage queue is full; dropping the oldest exchange rows", metadata: ["dropped": "\(count)"])
             }
         }
         if wake { wakeup.signal() }
@@ -129,7 +130,9 @@ final class ExchangeWriter: Sendable {
                 do {
                     try jsonl?.append(batch)
                 } catch {
-                    logger.error("cannot append to the JSONL log", metadata: ["path": "\(jsonl?.path ?? "")", "error": "\(error)"])
+                    logger.error(
+                        "cannot append to the JSONL log",
+                        metadata: ["path": "\(jsonl?.path ?? "")", "error": "\(error)"])
                 }
                 let recovered = state.withLock { state -> Bool in
                     state.writing = 0
@@ -155,9 +158,11 @@ final class ExchangeWriter: Sendable {
                     return state.health.failures
                 }
                 if LogSampling.isWorthLogging(occurrence: failures) {
-                    logger.error("cannot write exchanges to the database; they wait in memory", metadata: [
-                        "error": "\(error)", "pending": "\(health.pending)", "failures": "\(failures)",
-                    ])
+                    logger.error(
+                        "cannot write exchanges to the database; they wait in memory",
+                        metadata: [
+                            "error": "\(error)", "pending": "\(health.pending)", "failures": "\(failures)",
+                        ])
                 }
                 if closing { return }
                 _ = wakeup.wait(timeout: .now() + .milliseconds(Int(pause.inMilliseconds)))
@@ -167,7 +172,12 @@ final class ExchangeWriter: Sendable {
     }
 
     private func saveCheckpoints() {
-        guard let checkpoints = state.withLock({ state in defer { state.checkpoints = nil }; return state.checkpoints }) else { return }
+        guard
+            let checkpoints = state.withLock({ state in
+                defer { state.checkpoints = nil }
+                return state.checkpoints
+            })
+        else { return }
         do {
             try database.save(checkpoints)
         } catch {
@@ -182,7 +192,10 @@ final class ExchangeWriter: Sendable {
         let cutoff = Int64(Date().timeIntervalSince1970 * 1000) - Int64(days) * 86_400_000
         do {
             let deleted = try database.deleteRows(startedBefore: cutoff)
-            if deleted > 0 { logger.info("deleted exchanges past the retention", metadata: ["rows": "\(deleted)", "days": "\(days)"]) }
+            if deleted > 0 {
+                logger.info(
+                    "deleted exchanges past the retention", metadata: ["rows": "\(deleted)", "days": "\(days)"])
+            }
         } catch {
             logger.warning("cannot apply the retention", metadata: ["error": "\(error)"])
         }

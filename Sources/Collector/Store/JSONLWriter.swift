@@ -51,7 +51,8 @@ final class JSONLWriter {
 
     static func line(for row: ExchangeRecord) -> Line {
         Line(
-            timestamp: Self.iso8601(milliseconds: row.startedAtMs), tenant: row.tenant, endpoint: row.path, method: row.method,
+            timestamp: Self.iso8601(milliseconds: row.startedAtMs), tenant: row.tenant, endpoint: row.path,
+            method: row.method,
             status_code: row.status, duration_ms: row.durationMs ?? 0,
             metadata: Line.Metadata(
                 // Provider-style counts: the prompt includes what was read from or written to the cache.
@@ -73,6 +74,9 @@ final class JSONLWriter {
 
     static func iso8601(milliseconds: Int64) -> String {
         let date = Date(timeIntervalSince1970: Double(milliseconds) / 1000)
-        return date.formatted(.iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(.colon).timeZone(separator: .omitted))
+        return date.formatted(
+            .iso8601.year().month().day().dateSeparator(.dash).time(includingFractionalSeconds: true).timeSeparator(
+                .colon
+            ).timeZone(separator: .omitted))
     }
 }

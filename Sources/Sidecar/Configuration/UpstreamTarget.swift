@@ -43,7 +43,9 @@ struct UpstreamTarget: Sendable, Hashable, CustomStringConvertible {
         var host = String(rest)
         var port = scheme == "https" ? 443 : 80
         if host.hasPrefix("[") {
-            guard let close = host.firstIndex(of: "]") else { throw ConfigurationError("the upstream \(url) has an unclosed [") }
+            guard let close = host.firstIndex(of: "]") else {
+                throw ConfigurationError("the upstream \(url) has an unclosed [")
+            }
             let after = host[host.index(after: close)...]
             if after.hasPrefix(":") {
                 guard let parsed = Int(after.dropFirst()), (1...65535).contains(parsed) else {

@@ -12,10 +12,13 @@ struct Allowlist: Sendable, Equatable, CustomStringConvertible {
     init(_ list: String) throws(ConfigurationError) {
         var exact: Set<String> = []
         var suffixes: [String] = []
-        for entry in list.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) where !entry.isEmpty {
+        for entry in list.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() })
+        where !entry.isEmpty {
             if entry.hasPrefix("*.") {
                 let suffix = String(entry.dropFirst(1))
-                guard suffix.count > 1, !suffix.dropFirst().contains("*") else { throw ConfigurationError("--allowlist: \(entry) is not a valid pattern") }
+                guard suffix.count > 1, !suffix.dropFirst().contains("*") else {
+                    throw ConfigurationError("--allowlist: \(entry) is not a valid pattern")
+                }
                 suffixes.append(suffix)
             } else {
                 guard !entry.contains("*"), !entry.contains("/"), !entry.contains(":") else {

@@ -23,7 +23,9 @@ struct CertificateAuthority: Sendable {
     }
 
     /// Loads the CA from `directory`, or creates it there if neither file exists yet.
-    static func loadOrCreate(directory: String) throws(CertificateAuthorityError) -> (authority: CertificateAuthority, created: Bool) {
+    static func loadOrCreate(directory: String) throws(CertificateAuthorityError) -> (
+        authority: CertificateAuthority, created: Bool
+    ) {
         let certificatePath = (directory as NSString).appendingPathComponent(certificateFile)
         let keyPath = (directory as NSString).appendingPathComponent(keyFile)
         let manager = FileManager.default
@@ -33,34 +35,46 @@ struct CertificateAuthority: Sendable {
         case (false, false):
             return (try create(directory: directory, certificatePath: certificatePath, keyPath: keyPath), true)
         case (true, false):
-            throw CertificateAuthorityError("\(certificatePath) exists but its key \(keyPath) does not; restore the key, or remove both files to make a new CA (every client must then trust the new one)")
+            throw CertificateAuthorityError(
+                "\(certificatePath) exists but its key \(keyPath) does not; restore the key, or remove both files to make a new CA (every client must then trust the new one)"
+            )
         case (false, true):
-            throw CertificateAuthorityError("\(keyPath) exists but its certificate \(certificatePath) does not; restore it, or remove both files to make a new CA (every client must then trust the new one)")
+            throw CertificateAuthorityError(
+                "\(keyPath) exists but its certificate \(certificatePath) does not; restore it, or remove both files to make a new CA (every client must then trust the new one)"
+            )
         }
     }
 
-    static func load(certificatePath: String, keyPath: String) throws(CertificateAuthorityError) -> CertificateAuthority {
+    static func load(certificatePath: String, keyPath: String) throws(CertificateAuthorityError) -> CertificateAuthority
+    {
         let certificate: Certificate
         do {
             certificate = try Certificate(pemEncoded: try String(contentsOfFile: certificatePath, encoding: .utf8))
         } catch {
-            throw CertificateAuthorityError("cannot read the CA certificate \(certificatePath): \(error); fix or restore it (it is never replaced silently)")
+            throw CertificateAuthorityError(
+                "cannot read the CA certificate \(certificatePath): \(error); fix or restore it (it is never replaced silently)"
+            )
         }
         let key: P256.Signing.PrivateKey
         do {
             key = try P256.Signing.PrivateKey(pemRepresentation: try String(contentsOfFile: keyPath, encoding: .utf8))
         } catch {
-            throw CertificateAuthorityError("cannot read the CA key \(keyPath): \(error); fix or restore it (it is never replaced silently)")
+            throw CertificateAuthorityError(
+                "cannot read the CA key \(keyPath): \(error); fix or restore it (it is never replaced silently)")
         }
         guard certificate.publicKey == Certificate.PublicKey(key.publicKey) else {
-            throw CertificateAuthorityError("the CA key \(keyPath) does not belong to the certificate \(certificatePath)")
+            throw CertificateAuthorityError(
+                "the CA key \(keyPath) does not belong to the certificate \(certificatePath)")
         }
         return CertificateAuthority(certificate: certificate, key: key, certificatePath: certificatePath)
     }
 
-    private static func create(directory: String, certificatePath: String, keyPath: String) throws(CertificateAuthorityError) -> CertificateAuthority {
+    private static func create(directory: String, certificatePath: String, keyPath: String)
+        throws(CertificateAuthorityError) -> CertificateAuthority
+    {
         do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try FileManager.default.createDirectory(
+                atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             let key = P256.Signing.PrivateKey()
             let name = try DistinguishedName {
                 OrganizationName("LLMTap")
@@ -79,7 +93,8 @@ struct CertificateAuthority: Sendable {
                 issuerPrivateKey: .init(key)
             )
             // The key first, with its mode set before any byte is written.
-            guard FileManager.default.createFile(atPath: keyPath, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+            guard FileManager.default.createFile(atPath: keyPath, contents: nil, attributes: [.posixPermissions: 0o600])
+            else {
                 throw CertificateAuthorityError("cannot create \(keyPath)")
             }
             try Data(key.pemRepresentation.utf8).write(to: URL(fileURLWithPath: keyPath))
@@ -95,10 +110,13 @@ struct CertificateAuthority: Sendable {
     }
 
     /// A leaf certificate for `host`: P-256, SAN = host, server auth, valid for `validity`.
-    func mintLeaf(for host: String, validity: TimeInterval = 7 * 86_400) throws -> (certificate: Certificate, key: P256.Signing.PrivateKey) {
+    func mintLeaf(for host: String, validity: TimeInterval = 7 * 86_400) throws -> (
+        certificate: Certificate, key: P256.Signing.PrivateKey
+    ) {
         let key = P256.Signing.PrivateKey()
         let now = Date()
-        let san: GeneralName = ipv4AddressBytes(host).map { .ipAddress(ASN1OctetString(contentBytes: ArraySlice($0))) } ?? .dnsName(host)
+        let san: GeneralName =
+            ipv4AddressBytes(host).map { .ipAddress(ASN1OctetString(contentBytes: ArraySlice($0))) } ?? .dnsName(host)
         let certificate = try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
             notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(validity),
@@ -109,7 +127,8 @@ struct CertificateAuthority: Sendable {
                 Critical(KeyUsage(digitalSignature: true))
                 try ExtendedKeyUsage([.serverAuth])
                 SubjectAlternativeNames([san])
-                AuthorityKeyIdentifier(keyIdentifier: try? self.certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+                AuthorityKeyIdentifier(
+                    keyIdentifier: try? self.certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
             },
             issuerPrivateKey: .init(self.key)
         )

@@ -58,7 +58,11 @@ final class LeafContextCache: Sendable {
         do {
             let (certificate, key) = try authority.mintLeaf(for: host, validity: Self.validity)
             var configuration = TLSConfiguration.makeServerConfiguration(
-                certificateChain: [.certificate(try NIOSSLCertificate(bytes: Array(try certificate.serializeAsPEM().pemString.utf8), format: .pem))],
+                certificateChain: [
+                    .certificate(
+                        try NIOSSLCertificate(
+                            bytes: Array(try certificate.serializeAsPEM().pemString.utf8), format: .pem))
+                ],
                 privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(key.pemRepresentation.utf8), format: .pem))
             )
             configuration.applicationProtocols = ["http/1.1"]
@@ -69,14 +73,17 @@ final class LeafContextCache: Sendable {
         let waiting = entries.withLock { entries -> [EventLoopPromise<NIOSSLContext>] in
             guard case .minting(let waiting) = entries[host] else { return [] }
             switch result {
-            case .success(let context): entries[host] = .ready(context, expires: Date().addingTimeInterval(Self.validity))
+            case .success(let context):
+                entries[host] = .ready(context, expires: Date().addingTimeInterval(Self.validity))
             case .failure: entries[host] = nil
             }
             return waiting
         }
         switch result {
         case .success:
-            logger.debug("minted a leaf certificate", metadata: ["host": "\(host)", "ms": "\((ContinuousClock.now - started).inMilliseconds)"])
+            logger.debug(
+                "minted a leaf certificate",
+                metadata: ["host": "\(host)", "ms": "\((ContinuousClock.now - started).inMilliseconds)"])
         case .failure(let error):
             logger.error("cannot mint a leaf certificate", metadata: ["host": "\(host)", "error": "\(error)"])
         }

@@ -46,8 +46,10 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var received = ByteBuffer()
     private var held = ByteBuffer()
 
-    init(settings: MITMSettings, pools: UpstreamPools, leaves: LeafContextCache, publisher: any RecordPublishing,
-         counters: SidecarCounters, logger: Logger) {
+    init(
+        settings: MITMSettings, pools: UpstreamPools, leaves: LeafContextCache, publisher: any RecordPublishing,
+        counters: SidecarCounters, logger: Logger
+    ) {
         self.settings = settings
         self.pools = pools
         self.leaves = leaves
@@ -63,7 +65,9 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.eventLoop.scheduleTask(in: settings.proxy.clientTimeout) {
             let (handler, context) = loopBound.value
             guard case .reading = handler.state, context.channel.isActive else { return }
-            handler.refuse(context, .requestTimeout(handler.settings.proxy.clientTimeout), why: "no proxy request within the client timeout")
+            handler.refuse(
+                context, .requestTimeout(handler.settings.proxy.clientTimeout),
+                why: "no proxy request within the client timeout")
         }
     }
 
@@ -82,8 +86,11 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                 state = .switching
                 route(head, context: context)
             } catch {
-                refuse(context, error.status == .requestHeaderFieldsTooLarge ? .headersTooLarge(limit: settings.proxy.maxHeaderBytes) : .badRequest(error.description),
-                       why: error.description)
+                refuse(
+                    context,
+                    error.status == .requestHeaderFieldsTooLarge
+                        ? .headersTooLarge(limit: settings.proxy.maxHeaderBytes) : .badRequest(error.description),
+                    why: error.description)
             }
         }
     }
@@ -91,35 +98,51 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func route(_ head: ClientRequestHead, context: ChannelHandlerContext) {
         if head.method == .CONNECT {
             guard let (host, port) = Self.authority(head.uri) else {
-                return refuse(context, .badRequest("CONNECT needs host:port, not \(head.uri)"), why: "CONNECT without a port: \(head.uri)")
+                return refuse(
+                    context, .badRequest("CONNECT needs host:port, not \(head.uri)"),
+                    why: "CONNECT without a port: \(head.uri)")
             }
             guard settings.ports.contains(port) else {
-                return refuse(context, .forbidden("CONNECT to port \(port) is not allowed (--mitm-ports)"), why: "CONNECT to \(host):\(port), outside --mitm-ports")
+                return refuse(
+                    context, .forbidden("CONNECT to port \(port) is not allowed (--mitm-ports)"),
+                    why: "CONNECT to \(host):\(port), outside --mitm-ports")
             }
             let tunnelBytes = parser.takeBuffered()
             held.writeImmutableBuffer(tunnelBytes)
             if settings.allowlist.contains(host) {
                 intercept(host: host, port: port, context: context)
             } else if settings.denyUnlisted {
-                refuse(context, .forbidden("\(host) is not on the allowlist"), why: "CONNECT to \(host), not allowlisted (--deny-unlisted)")
+                refuse(
+                    context, .forbidden("\(host) is not on the allowlist"),
+                    why: "CONNECT to \(host), not allowlisted (--deny-unlisted)")
             } else {
                 tunnel(host: host, port: port, context: context)
             }
             return
         }
         guard let (scheme, host, port) = Self.absoluteURL(head.uri) else {
-            return refuse(context, .badRequest("this is an HTTP proxy: send CONNECT host:port, or an absolute http:// URL"), why: "a request in origin form: \(head.uri)")
+            return refuse(
+                context, .badRequest("this is an HTTP proxy: send CONNECT host:port, or an absolute http:// URL"),
+                why: "a request in origin form: \(head.uri)")
         }
         guard scheme == "http" else {
-            return refuse(context, .badRequest("\(scheme):// requests go through CONNECT"), why: "absolute-form \(scheme):// request")
+            return refuse(
+                context, .badRequest("\(scheme):// requests go through CONNECT"),
+                why: "absolute-form \(scheme):// request")
         }
         let allowlisted = settings.allowlist.contains(host)
         if !allowlisted && settings.denyUnlisted {
-            return refuse(context, .forbidden("\(host) is not on the allowlist"), why: "a request for \(host), not allowlisted (--deny-unlisted)")
+            return refuse(
+                context, .forbidden("\(host) is not on the allowlist"),
+                why: "a request for \(host), not allowlisted (--deny-unlisted)")
         }
         // Allowlisted hosts are reached over https, as the app meant to; others as asked, unanalysed.
-        let target = (try? UpstreamTarget(url: allowlisted ? "https://\(Self.bracketed(host))" : "http://\(Self.bracketed(host)):\(port)"))
-        guard let target else { return refuse(context, .badRequest("cannot forward to \(host)"), why: "unusable host \(host)") }
+        let target =
+            (try? UpstreamTarget(
+                url: allowlisted ? "https://\(Self.bracketed(host))" : "http://\(Self.bracketed(host)):\(port)"))
+        guard let target else {
+            return refuse(context, .badRequest("cannot forward to \(host)"), why: "unusable host \(host)")
+        }
         let handler = ReverseProxyHandler(
             settings: settings.proxy, target: target, ingress: .mitm, requiredHost: host, pools: pools,
             publisher: allowlisted ? publisher : NoRecords(), counters: counters, logger: logger
@@ -134,14 +157,20 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         respond200(context)
         let channel = context.channel
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        leaves.context(for: host, on: context.eventLoop).whenComplete { [settings, pools, publisher, counters, logger] result in
+        leaves.context(for: host, on: context.eventLoop).whenComplete {
+            [settings, pools, publisher, counters, logger] result in
             let (handler, context) = loopBound.value
             switch result {
             case .failure(let error):
-                logger.error("closing a MITM connection: no certificate for its host", metadata: ["host": "\(host)", "error": "\(error)"])
+                logger.error(
+                    "closing a MITM connection: no certificate for its host",
+                    metadata: ["host": "\(host)", "error": "\(error)"])
                 channel.close(promise: nil)
             case .success(let tlsContext):
-                guard let target = try? UpstreamTarget(url: "https://\(Self.bracketed(host))\(port == 443 ? "" : ":\(port)")") else {
+                guard
+                    let target = try? UpstreamTarget(
+                        url: "https://\(Self.bracketed(host))\(port == 443 ? "" : ":\(port)")")
+                else {
                     channel.close(promise: nil)
                     return
                 }
@@ -151,12 +180,15 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                     let tls = try operations.handler(type: NIOSSLServerHandler.self)
                     try operations.addHandler(TLSFailureLogger(host: host, logger: logger), position: .after(tls))
                     let logging = try operations.handler(type: TLSFailureLogger.self)
-                    try operations.addHandler(ReverseProxyHandler(
-                        settings: settings.proxy, target: target, ingress: .mitm, pools: pools,
-                        publisher: publisher, counters: counters, logger: logger
-                    ), position: .after(logging))
+                    try operations.addHandler(
+                        ReverseProxyHandler(
+                            settings: settings.proxy, target: target, ingress: .mitm, pools: pools,
+                            publisher: publisher, counters: counters, logger: logger
+                        ), position: .after(logging))
                 } catch {
-                    logger.error("closing a MITM connection: cannot set up TLS", metadata: ["host": "\(host)", "error": "\(error)"])
+                    logger.error(
+                        "closing a MITM connection: cannot set up TLS",
+                        metadata: ["host": "\(host)", "error": "\(error)"])
                     channel.close(promise: nil)
                     return
                 }
@@ -171,8 +203,12 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         let started = NIODeadline.now()
         let logger = self.logger
         let (inside, outside) = TunnelHandler.matchedPair { bytes in
-            logger.debug("tunnel closed", metadata: ["host": "\(host)", "port": "\(port)", "bytes": "\(bytes)",
-                                                     "ms": "\((NIODeadline.now() - started).nanoseconds / 1_000_000)"])
+            logger.debug(
+                "tunnel closed",
+                metadata: [
+                    "host": "\(host)", "port": "\(port)", "bytes": "\(bytes)",
+                    "ms": "\((NIODeadline.now() - started).nanoseconds / 1_000_000)",
+                ])
         }
         // Both ends live on this connection's loop (the upstream channel is made on it too).
         let ends = NIOLoopBound((inside, outside), eventLoop: context.eventLoop)
@@ -187,8 +223,9 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                 let (handler, context) = loopBound.value
                 switch result {
                 case .failure(let error):
-                    handler.refuse(context, .tunnelUnreachable(host: host, port: port, error),
-                                   why: "cannot open a tunnel to \(host):\(port): \(error)")
+                    handler.refuse(
+                        context, .tunnelUnreachable(host: host, port: port, error),
+                        why: "cannot open a tunnel to \(host):\(port): \(error)")
                 case .success:
                     handler.respond200(context)
                     _ = channel.setOption(.allowRemoteHalfClosure, value: true)
@@ -238,12 +275,16 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func refuse(_ context: ChannelHandlerContext, _ response: ProxyErrorResponse, why: String) {
         state = .done
-        logger.warning("refused a proxy request", metadata: [
-            "client": "\(context.channel.remoteAddress.map { "\($0)" } ?? "")", "status": "\(response.status.code)", "reason": "\(why)",
-        ])
+        logger.warning(
+            "refused a proxy request",
+            metadata: [
+                "client": "\(context.channel.remoteAddress.map { "\($0)" } ?? "")", "status": "\(response.status.code)",
+                "reason": "\(why)",
+            ])
         var bytes = context.channel.allocator.buffer(capacity: 256)
-        HeaderRules.writeLocalResponse(status: response.status, contentType: "application/json", body: response.body,
-                                       exchangeID: nil, close: true, version: .http1_1, into: &bytes)
+        HeaderRules.writeLocalResponse(
+            status: response.status, contentType: "application/json", body: response.body,
+            exchangeID: nil, close: true, version: .http1_1, into: &bytes)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
     }
@@ -256,11 +297,14 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let address = try? ListenAddress(text), (1...65535).contains(address.port) else { return nil }
         let host = address.host.lowercased()
         let isName = host.utf8.allSatisfy { byte in
-            (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39) || byte == 0x2D || byte == 0x2E || byte == 0x5F
+            (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39) || byte == 0x2D || byte == 0x2E
+                || byte == 0x5F
         }
-        let isIPv6 = host.contains(":") && host.utf8.allSatisfy { byte in
-            (byte >= 0x61 && byte <= 0x66) || (byte >= 0x30 && byte <= 0x39) || byte == 0x3A || byte == 0x2E
-        }
+        let isIPv6 =
+            host.contains(":")
+            && host.utf8.allSatisfy { byte in
+                (byte >= 0x61 && byte <= 0x66) || (byte >= 0x30 && byte <= 0x39) || byte == 0x3A || byte == 0x2E
+            }
         return isName || isIPv6 ? (host, address.port) : nil
     }
 
@@ -271,7 +315,9 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         let rest = uri[schemeEnd.upperBound...]
         let authority = rest.prefix { $0 != "/" && $0 != "?" }
         // Without a port, the scheme's; the host is checked the same way either way.
-        let withPort = authority.last == "]" || !authority.contains(":") ? "\(authority):\(scheme == "https" ? 443 : 80)" : String(authority)
+        let withPort =
+            authority.last == "]" || !authority.contains(":")
+            ? "\(authority):\(scheme == "https" ? 443 : 80)" : String(authority)
         return self.authority(withPort).map { (scheme, $0.0, $0.1) }
     }
 
@@ -301,9 +347,12 @@ final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.warning("a MITM client's TLS handshake failed: it may not trust the LLMTap CA (llmtap-sidecar ca export), or not speak TLS", metadata: [
-            "host": "\(host)", "client": "\(context.channel.remoteAddress.map { "\($0)" } ?? "")", "error": "\(error)",
-        ])
+        logger.warning(
+            "a MITM client's TLS handshake failed: it may not trust the LLMTap CA (llmtap-sidecar ca export), or not speak TLS",
+            metadata: [
+                "host": "\(host)", "client": "\(context.channel.remoteAddress.map { "\($0)" } ?? "")",
+                "error": "\(error)",
+            ])
         context.fireErrorCaught(error)
     }
 }

@@ -18,22 +18,29 @@ struct MITMProxyServer: Service {
     let logger: Logger
 
     func run() async throws {
-        let (settings, pools, leaves, publisher, counters, logger) = (self.settings, self.pools, self.leaves, self.publisher, self.counters, self.logger)
+        let (settings, pools, leaves, publisher, counters, logger) = (
+            self.settings, self.pools, self.leaves, self.publisher, self.counters, self.logger
+        )
         let listener = DrainingListener(
             name: "mitm", flag: "--mitm-listen", listen: listen, group: group, drainTimeout: drainTimeout,
             maxConnections: settings.proxy.maxConnections, counters: counters, logger: logger
         )
         try await listener.run(
             childInitializer: { channel in
-                try channel.pipeline.syncOperations.addHandler(MITMFrontHandler(
-                    settings: settings, pools: pools, leaves: leaves, publisher: publisher, counters: counters, logger: logger
-                ))
+                try channel.pipeline.syncOperations.addHandler(
+                    MITMFrontHandler(
+                        settings: settings, pools: pools, leaves: leaves, publisher: publisher, counters: counters,
+                        logger: logger
+                    ))
             },
             ready: { channel in
-                logger.info("MITM listener ready", metadata: [
-                    "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")", "allowlist": "\(settings.allowlist)",
-                    "ports": "\(settings.ports.sorted())", "deny_unlisted": "\(settings.denyUnlisted)",
-                ])
+                logger.info(
+                    "MITM listener ready",
+                    metadata: [
+                        "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")",
+                        "allowlist": "\(settings.allowlist)",
+                        "ports": "\(settings.ports.sorted())", "deny_unlisted": "\(settings.denyUnlisted)",
+                    ])
             },
             untilShutdown: { try? await gracefulShutdown() }
         )

@@ -29,7 +29,9 @@ enum ModelScanner {
     static func topLevelModel(_ bytes: [UInt8]) -> Result {
         var index = 0
         func skipSpace() {
-            while index < bytes.count, bytes[index] == 0x20 || bytes[index] == 0x0A || bytes[index] == 0x0D || bytes[index] == 0x09 { index += 1 }
+            while index < bytes.count,
+                bytes[index] == 0x20 || bytes[index] == 0x0A || bytes[index] == 0x0D || bytes[index] == 0x09
+            { index += 1 }
         }
         func hex(_ at: Int) -> UInt32? {
             guard at + 4 <= bytes.count else { return nil }
@@ -69,7 +71,8 @@ enum ModelScanner {
                         if (0xD800..<0xDC00).contains(scalar) {
                             // A high surrogate must be followed by its low half.
                             guard index + 6 <= bytes.count, bytes[index] == 0x5C, bytes[index + 1] == 0x75,
-                                  let low = hex(index + 2), (0xDC00..<0xE000).contains(low) else { return nil }
+                                let low = hex(index + 2), (0xDC00..<0xE000).contains(low)
+                            else { return nil }
                             index += 6
                             scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
                         }
@@ -117,7 +120,9 @@ enum ModelScanner {
                 return false
             default:
                 let start = index
-                while index < bytes.count, ![0x2C, 0x7D, 0x5D, 0x20, 0x0A, 0x0D, 0x09].contains(bytes[index]) { index += 1 }
+                while index < bytes.count, ![0x2C, 0x7D, 0x5D, 0x20, 0x0A, 0x0D, 0x09].contains(bytes[index]) {
+                    index += 1
+                }
                 return index > start
             }
         }

@@ -25,7 +25,9 @@ final class PolicySubscriber: Sendable {
         try probe.connect(endpoint)
         probe.close()
         let thread = Thread { [shared, finished] in
-            Self.run(endpoint: endpoint, bootID: bootID, gate: gate, credentials: credentials, shared: shared, logger: logger)
+            Self.run(
+                endpoint: endpoint, bootID: bootID, gate: gate, credentials: credentials, shared: shared, logger: logger
+            )
             finished.signal()
         }
         thread.name = "llmtap-policy"
@@ -38,7 +40,10 @@ final class PolicySubscriber: Sendable {
         finished.signal()
     }
 
-    private static func run(endpoint: String, bootID: String, gate: PolicyGate, credentials: UpstreamCredentials, shared: Shared, logger: Logger) {
+    private static func run(
+        endpoint: String, bootID: String, gate: PolicyGate, credentials: UpstreamCredentials, shared: Shared,
+        logger: Logger
+    ) {
         let socket: ZMQSocket
         do {
             let context = try ZMQContext()
@@ -51,7 +56,8 @@ final class PolicySubscriber: Sendable {
             try socket.set(.subscribe(PolicyFrame.broadcastTopic))
             try socket.connect(endpoint)
         } catch {
-            logger.critical("the policy socket could not be set up; virtual-key requests get 503", metadata: ["error": "\(error)"])
+            logger.critical(
+                "the policy socket could not be set up; virtual-key requests get 503", metadata: ["error": "\(error)"])
             return
         }
         var replica = PolicyReplica()
@@ -83,7 +89,9 @@ final class PolicySubscriber: Sendable {
                 // What arrived together is applied together: one table is built for a burst of changes.
                 if let first = try socket.receiveMultipart(timeoutMilliseconds: 50) {
                     batch.append(first)
-                    while batch.count < 10_000, let more = try socket.receiveMultipart(dontWait: true) { batch.append(more) }
+                    while batch.count < 10_000, let more = try socket.receiveMultipart(dontWait: true) {
+                        batch.append(more)
+                    }
                 }
             } catch {
                 logger.error("policy socket receive failed", metadata: ["error": "\(error)"])
@@ -115,17 +123,23 @@ final class PolicySubscriber: Sendable {
                 case .applied:
                     changed = true
                     if message.full {
-                        logger.log(level: hadSnapshot ? .debug : .notice, "policy snapshot received", metadata: [
-                            "version": "\(replica.version)", "keys": "\(replica.keys.count)", "projects": "\(replica.projects.count)",
-                            "missing_credentials": "\(Set(replica.projects.values.map(\.credentialRef)).filter { credentials.secret(for: $0) == nil }.sorted())",
-                        ])
+                        logger.log(
+                            level: hadSnapshot ? .debug : .notice, "policy snapshot received",
+                            metadata: [
+                                "version": "\(replica.version)", "keys": "\(replica.keys.count)",
+                                "projects": "\(replica.projects.count)",
+                                "missing_credentials":
+                                    "\(Set(replica.projects.values.map(\.credentialRef)).filter { credentials.secret(for: $0) == nil }.sorted())",
+                            ])
                     }
                 case .unchanged:
                     break
                 case .needsSnapshot:
                     // Ask again only when the last ask has had time to be answered.
                     if now - askedAt >= .milliseconds(replica.hasSnapshot ? 200 : 1000) {
-                        logger.debug("policy version gap; asking for a snapshot", metadata: ["have": "\(replica.version)", "got": "\(message.version)"])
+                        logger.debug(
+                            "policy version gap; asking for a snapshot",
+                            metadata: ["have": "\(replica.version)", "got": "\(message.version)"])
                         askForSnapshot()
                     }
                 }
@@ -136,9 +150,11 @@ final class PolicySubscriber: Sendable {
             }
             if !linkStale && now - lastMessage >= .seconds(3) {
                 linkStale = true
-                logger.warning("no policy message for 3 s: keeping the last policy (expiry still applies) until the collector is back", metadata: [
-                    "policy": "\(endpoint)", "version": "\(replica.version)",
-                ])
+                logger.warning(
+                    "no policy message for 3 s: keeping the last policy (expiry still applies) until the collector is back",
+                    metadata: [
+                        "policy": "\(endpoint)", "version": "\(replica.version)",
+                    ])
             }
         }
         socket.close()

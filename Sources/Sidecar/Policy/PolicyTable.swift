@@ -68,7 +68,8 @@ final class PolicyTable: Sendable {
             guard let hash = KeyHash(key.secretSha256) else { continue }
             keys[hash] = KeyEntry(
                 keyID: key.keyID, projectID: key.projectID, expiresAtMs: key.expiresUnixMs, revoked: key.revoked,
-                ratePerHour: Int(key.rateLimitPerHour), maxParallel: Int(key.maxParallel), allowedModels: Set(key.allowedModels)
+                ratePerHour: Int(key.rateLimitPerHour), maxParallel: Int(key.maxParallel),
+                allowedModels: Set(key.allowedModels)
             )
         }
         let projects = replica.projects.mapValues { project in

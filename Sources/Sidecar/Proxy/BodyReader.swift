@@ -121,7 +121,10 @@ struct BodyReader {
                 if strictLineEndings { throw Malformed(description: "trailer fields are not accepted in requests") }
                 let total = bytes + line.readableBytes
                 guard total <= Self.maxTrailerBytes, fields < Self.maxTrailerFields else {
-                    throw Malformed(description: "the trailer section is over \(Self.maxTrailerBytes) bytes or \(Self.maxTrailerFields) fields")
+                    throw Malformed(
+                        description:
+                            "the trailer section is over \(Self.maxTrailerBytes) bytes or \(Self.maxTrailerFields) fields"
+                    )
                 }
                 state = .trailers(bytes: total, fields: fields + 1)
             }
@@ -129,7 +132,9 @@ struct BodyReader {
     }
 
     /// The next part of the message for a parser in its body state; `ended` once the body is over.
-    mutating func nextPart<Head>(from pending: inout ByteBuffer) throws(Malformed) -> (part: HTTPMessagePart<Head>?, ended: Bool) {
+    mutating func nextPart<Head>(from pending: inout ByteBuffer) throws(Malformed) -> (
+        part: HTTPMessagePart<Head>?, ended: Bool
+    ) {
         switch try next(from: &pending) {
         case .body(let buffer): (.body(buffer), false)
         case .end: (.end, true)
@@ -142,10 +147,14 @@ struct BodyReader {
         // The limit holds whether the line's end came in the same read or not.
         let window = pending.readableBytesView.prefix(Self.maxLineBytes + 2)
         guard let lf = window.firstIndex(of: 0x0A) else {
-            guard pending.readableBytes <= Self.maxLineBytes else { throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes") }
+            guard pending.readableBytes <= Self.maxLineBytes else {
+                throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes")
+            }
             return nil
         }
-        guard lf - pending.readerIndex <= Self.maxLineBytes else { throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes") }
+        guard lf - pending.readerIndex <= Self.maxLineBytes else {
+            throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes")
+        }
         var line = pending.readSlice(length: lf - pending.readerIndex + 1)!
         line.moveWriterIndex(to: line.writerIndex - 1)
         if line.readableBytesView.last == 0x0D {
@@ -211,11 +220,14 @@ struct BodyReader {
             case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
                 // Chunk extensions (and the whitespace some servers put before them) carry nothing we use.
                 guard digits > 0 else { throw Malformed(description: "a chunk size line has no size") }
-                if strict && byte != UInt8(ascii: ";") { throw Malformed(description: "whitespace before a chunk extension") }
+                if strict && byte != UInt8(ascii: ";") {
+                    throw Malformed(description: "whitespace before a chunk extension")
+                }
                 if strict {
                     let extensions = line.readableBytesView.dropFirst(digits)
                     guard Self.isStrictChunkExtension(extensions) else {
-                        throw Malformed(description: "a chunk extension is not ;name or ;name=value of tokens or a quoted string")
+                        throw Malformed(
+                            description: "a chunk extension is not ;name or ;name=value of tokens or a quoted string")
                     }
                 }
                 return size

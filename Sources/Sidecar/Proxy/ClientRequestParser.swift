@@ -100,11 +100,15 @@ struct ClientRequestParser {
         case .head:
             // Empty lines before a request line are ignored (RFC 9112, section 2.2).
             if headScanned == 0 {
-                while let first = pending.readableBytesView.first, first == 0x0D || first == 0x0A { pending.moveReaderIndex(forwardBy: 1) }
+                while let first = pending.readableBytesView.first, first == 0x0D || first == 0x0A {
+                    pending.moveReaderIndex(forwardBy: 1)
+                }
             }
             guard pending.readableBytes > 0 else { return nil }
             let scanned = pending.withUnsafeReadableBytes { [headScanned] raw in
-                Result { () throws(HeaderLineScanner.Malformed) -> Int? in try HeaderLineScanner.headEnd(raw, strict: true, from: headScanned) }
+                Result { () throws(HeaderLineScanner.Malformed) -> Int? in
+                    try HeaderLineScanner.headEnd(raw, strict: true, from: headScanned)
+                }
             }
             let end: Int?
             do {
@@ -115,7 +119,8 @@ struct ClientRequestParser {
             // The same limit whether the head came in one read or a thousand.
             guard let end else {
                 guard pending.readableBytes <= maxHeadBytes else {
-                    throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
+                    throw Malformed(
+                        "the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
                 }
                 headScanned = HeaderLineScanner.resumePoint(afterScanning: pending.readableBytes)
                 return nil
@@ -125,7 +130,9 @@ struct ClientRequestParser {
             }
             headScanned = 0
             let head = try Self.parseHead(pending.readSlice(length: end)!)
-            state = .body(BodyReader(head.chunked ? .chunked : .length(head.contentLength ?? 0), strictLineEndings: true), keepAlive: head.keepAlive)
+            state = .body(
+                BodyReader(head.chunked ? .chunked : .length(head.contentLength ?? 0), strictLineEndings: true),
+                keepAlive: head.keepAlive)
             return .head(head)
         }
     }
@@ -136,22 +143,32 @@ struct ClientRequestParser {
         }.get()
     }
 
-    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer) throws(Malformed) -> ClientRequestHead {
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer) throws(Malformed)
+        -> ClientRequestHead
+    {
         var position = 0
         // "METHOD SP request-target SP HTTP/1.x"
         guard let line = HeaderLineScanner.nextLine(raw, &position) else { throw Malformed("no request line") }
         guard let firstSpace = raw[line].firstIndex(of: 0x20), firstSpace > line.lowerBound,
-              let secondSpace = raw[(firstSpace + 1)..<line.upperBound].firstIndex(of: 0x20), secondSpace > firstSpace + 1
+            let secondSpace = raw[(firstSpace + 1)..<line.upperBound].firstIndex(of: 0x20), secondSpace > firstSpace + 1
         else { throw Malformed("the request line is not \"METHOD target HTTP/1.1\"") }
         let methodBytes = raw[line.lowerBound..<firstSpace]
-        guard HeaderLineScanner.allTokenBytes(raw, line.lowerBound..<firstSpace) else { throw Malformed("the method is not a token") }
+        guard HeaderLineScanner.allTokenBytes(raw, line.lowerBound..<firstSpace) else {
+            throw Malformed("the method is not a token")
+        }
         let target = raw[(firstSpace + 1)..<secondSpace]
         // Visible ASCII only: no whitespace, controls or raw non-ASCII bytes in a request target.
-        guard target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { throw Malformed("the request target holds a byte it can't") }
+        guard target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+            throw Malformed("the request target holds a byte it can't")
+        }
         let versionBytes = raw[(secondSpace + 1)..<line.upperBound]
-        guard versionBytes.count == 8, versionBytes.starts(with: "HTTP/1.".utf8) else { throw Malformed("the request line's version is not HTTP/1.x") }
+        guard versionBytes.count == 8, versionBytes.starts(with: "HTTP/1.".utf8) else {
+            throw Malformed("the request line's version is not HTTP/1.x")
+        }
         let minor = versionBytes.last!
-        guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else { throw Malformed("the request line's version is not HTTP/1.0 or HTTP/1.1") }
+        guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else {
+            throw Malformed("the request line's version is not HTTP/1.0 or HTTP/1.1")
+        }
         let version = HTTPVersion(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0)
 
         var contentLength: Int?
@@ -163,50 +180,58 @@ struct ClientRequestParser {
         var hosts = 0
         let fields: [RawHeaderFields.Field]
         do {
-            fields = try HeaderLineScanner.fields(raw, from: &position) { (name, value) throws(HeaderLineScanner.Malformed) in
-            let valueBytes = UnsafeRawBufferPointer(rebasing: raw[value])
-            switch name.count {
-            case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
-                hosts += 1
-            case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
-                expectsContinue = RawHeaderFields.equalsIgnoringCase(valueBytes, "100-continue")
-            case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
-                var nominatesProtected = false
-                HeaderLineScanner.forEachToken(raw, value) { token in
-                    if RawHeaderFields.equalsIgnoringCase(token, "close") { close = true }
-                    if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { keepAlive = true }
-                    if HeaderRules.neverConnectionNominated.contains(token) { nominatesProtected = true }
+            fields = try HeaderLineScanner.fields(raw, from: &position) {
+                (name, value) throws(HeaderLineScanner.Malformed) in
+                let valueBytes = UnsafeRawBufferPointer(rebasing: raw[value])
+                switch name.count {
+                case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
+                    hosts += 1
+                case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
+                    expectsContinue = RawHeaderFields.equalsIgnoringCase(valueBytes, "100-continue")
+                case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
+                    var nominatesProtected = false
+                    HeaderLineScanner.forEachToken(raw, value) { token in
+                        if RawHeaderFields.equalsIgnoringCase(token, "close") { close = true }
+                        if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { keepAlive = true }
+                        if HeaderRules.neverConnectionNominated.contains(token) { nominatesProtected = true }
+                    }
+                    // A proxy drops what Connection names (RFC 9110, section 7.6.1); a header that frames,
+                    // routes or authorises the request can't go that way: the upstream would read the
+                    // body as another request, or the policy would judge a credential that never arrives.
+                    guard !nominatesProtected else {
+                        throw HeaderLineScanner.Malformed(
+                            description: "Connection names a header that frames, routes or authorises the request")
+                    }
+                case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
+                    guard contentLength == nil else {
+                        throw HeaderLineScanner.Malformed(description: "two Content-Length fields")
+                    }
+                    guard let length = HeaderLineScanner.decimal(valueBytes) else {
+                        throw HeaderLineScanner.Malformed(description: "Content-Length is not a number")
+                    }
+                    contentLength = length
+                case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
+                    guard !transferEncoded else {
+                        throw HeaderLineScanner.Malformed(description: "two Transfer-Encoding fields")
+                    }
+                    transferEncoded = true
+                    // A request body must end where both sides agree: only "chunked", alone, with no
+                    // empty list elements beside it ("chunked," is refused by llhttp, so by us too).
+                    chunked = RawHeaderFields.equalsIgnoringCase(valueBytes, "chunked")
+                    guard chunked else {
+                        throw HeaderLineScanner.Malformed(description: "Transfer-Encoding other than chunked")
+                    }
+                default:
+                    break
                 }
-                // A proxy drops what Connection names (RFC 9110, section 7.6.1); a header that frames,
-                // routes or authorises the request can't go that way: the upstream would read the
-                // body as another request, or the policy would judge a credential that never arrives.
-                guard !nominatesProtected else {
-                    throw HeaderLineScanner.Malformed(description: "Connection names a header that frames, routes or authorises the request")
-                }
-            case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
-                guard contentLength == nil else { throw HeaderLineScanner.Malformed(description: "two Content-Length fields") }
-                guard let length = HeaderLineScanner.decimal(valueBytes) else {
-                    throw HeaderLineScanner.Malformed(description: "Content-Length is not a number")
-                }
-                contentLength = length
-            case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
-                guard !transferEncoded else { throw HeaderLineScanner.Malformed(description: "two Transfer-Encoding fields") }
-                transferEncoded = true
-                // A request body must end where both sides agree: only "chunked", alone, with no
-                // empty list elements beside it ("chunked," is refused by llhttp, so by us too).
-                chunked = RawHeaderFields.equalsIgnoringCase(valueBytes, "chunked")
-                guard chunked else {
-                    throw HeaderLineScanner.Malformed(description: "Transfer-Encoding other than chunked")
-                }
-            default:
-                break
-            }
             }
         } catch {
             throw Malformed(error.description, status: error.overLimit ? .requestHeaderFieldsTooLarge : .badRequest)
         }
         if transferEncoded, contentLength != nil { throw Malformed("Content-Length together with Transfer-Encoding") }
-        if version.minor == 1, hosts != 1 { throw Malformed(hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host field") }
+        if version.minor == 1, hosts != 1 {
+            throw Malformed(hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host field")
+        }
 
         let method: HTTPMethod
         if methodBytes.elementsEqual("POST".utf8) {

@@ -28,18 +28,26 @@ enum HeaderRules {
 
     /// Visits the fields that go to the next hop: not hop-by-hop, and not named by the message's own
     /// `Connection` header (RFC 9110, section 7.6.1).
-    static func forEachEndToEndField(_ headers: RawHeaderFields, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void) {
+    static func forEachEndToEndField(
+        _ headers: RawHeaderFields, _ body: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) -> Void
+    ) {
         // The header names a Connection header lists beyond the usual keep-alive and close: rare.
         var named: [[UInt8]] = []
         headers.forEachField { name, value in
             guard RawHeaderFields.equalsIgnoringCase(name, "connection") else { return }
             HeaderLineScanner.forEachToken(value, 0..<value.count) { token in
-                if !hopByHop.contains(token) && !neverConnectionNominated.contains(token) { named.append(token.map(RawHeaderFields.lowered)) }
+                if !hopByHop.contains(token) && !neverConnectionNominated.contains(token) {
+                    named.append(token.map(RawHeaderFields.lowered))
+                }
             }
         }
         headers.forEachField { name, value in
             if hopByHop.contains(name) { return }
-            if !named.isEmpty, named.contains(where: { $0.count == name.count && zip($0, name).allSatisfy { $0 == RawHeaderFields.lowered($1) } }) {
+            if !named.isEmpty,
+                named.contains(where: {
+                    $0.count == name.count && zip($0, name).allSatisfy { $0 == RawHeaderFields.lowered($1) }
+                })
+            {
                 return
             }
             body(name, value)
@@ -130,7 +138,8 @@ enum HeaderRules {
     /// Writes the response head as it goes to the client: hop-by-hop headers gone, the framing the
     /// proxy chose, the exchange id added.
     static func writeClientResponseHead(
-        _ head: UpstreamResponseHead, exchangeID: String, framing: ClientFraming, close: Bool, version: HTTPVersion, into out: inout ByteBuffer
+        _ head: UpstreamResponseHead, exchangeID: String, framing: ClientFraming, close: Bool, version: HTTPVersion,
+        into out: inout ByteBuffer
     ) {
         writeStatusLineStart(version: version, code: head.status.code, into: &out)
         out.writeImmutableBuffer(head.reasonBytes)
@@ -145,7 +154,8 @@ enum HeaderRules {
 
     /// A whole response of the sidecar's own, with a body of `contentType`.
     static func writeLocalResponse(
-        status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool, version: HTTPVersion,
+        status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool,
+        version: HTTPVersion,
         retryAfter: Int? = nil, into out: inout ByteBuffer
     ) {
         writeStatusLineStart(version: version, code: status.code, into: &out)
@@ -173,7 +183,8 @@ enum HeaderRules {
         out.writeStaticString(" ")
     }
 
-    private static func writeEnding(exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer) {
+    private static func writeEnding(exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer)
+    {
         if let exchangeID {
             out.writeStaticString("x-llmtap-exchange-id: ")
             out.writeString(exchangeID)
@@ -187,7 +198,9 @@ enum HeaderRules {
         out.writeStaticString("\r\n")
     }
 
-    private static func writeField(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+    private static func writeField(
+        _ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, into out: inout ByteBuffer
+    ) {
         out.writeBytes(name)
         out.writeStaticString(": ")
         out.writeBytes(value)
@@ -227,10 +240,14 @@ enum HeaderRules {
             guard let header = CredentialHeader(name) else { return }
             guard best.map({ header.rawValue < $0.header.rawValue }) ?? true else { return }
             var token = value
-            if header == .authorization, token.count > 7, RawHeaderFields.equalsIgnoringCase(UnsafeRawBufferPointer(rebasing: token[0..<7]), "bearer ") {
+            if header == .authorization, token.count > 7,
+                RawHeaderFields.equalsIgnoringCase(UnsafeRawBufferPointer(rebasing: token[0..<7]), "bearer ")
+            {
                 token = UnsafeRawBufferPointer(rebasing: token[7...])
             }
-            while let first = token.first, first == 0x20 || first == 0x09 { token = UnsafeRawBufferPointer(rebasing: token.dropFirst()) }
+            while let first = token.first, first == 0x20 || first == 0x09 {
+                token = UnsafeRawBufferPointer(rebasing: token.dropFirst())
+            }
             guard !token.isEmpty else { return }
             best = (header, credentialText(token))
         }
@@ -250,7 +267,8 @@ enum HeaderRules {
     /// The path and query with secret query parameters (`key`) redacted, for the wire.
     static func redactedPath(_ path: String) -> String {
         guard path.utf8.contains(UInt8(ascii: "?")), let question = path.firstIndex(of: "?") else { return path }
-        let query = path[path.index(after: question)...].split(separator: "&", omittingEmptySubsequences: false).map { pair -> String in
+        let query = path[path.index(after: question)...].split(separator: "&", omittingEmptySubsequences: false).map {
+            pair -> String in
             let name = pair.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
             return name.lowercased() == "key" ? "\(name)=\(redactedValue)" : String(pair)
         }
@@ -306,7 +324,8 @@ struct HeaderNameSet: Sendable {
 
     /// - Parameter names: lower-case header names.
     init(_ names: [String]) {
-        precondition(names.allSatisfy { $0 == $0.lowercased() }, "header names in a HeaderNameSet are given in lower case")
+        precondition(
+            names.allSatisfy { $0 == $0.lowercased() }, "header names in a HeaderNameSet are given in lower case")
         precondition(names.allSatisfy { $0.utf8.count < 64 }, "header names in a HeaderNameSet are under 64 bytes")
         self.names = names.map { Array($0.utf8) }
         self.lengths = names.reduce(0) { $0 | 1 << UInt64($1.utf8.count) }
@@ -317,10 +336,13 @@ struct HeaderNameSet: Sendable {
         let length = name.count
         guard length < 64, lengths & (1 << UInt64(length)) != 0 else { return false }
         return names.contains { candidate in
-            candidate.count == length && candidate.withUnsafeBufferPointer { expected in
-                for index in 0..<length where RawHeaderFields.lowered(name[index]) != expected[index] { return false }
-                return true
-            }
+            candidate.count == length
+                && candidate.withUnsafeBufferPointer { expected in
+                    for index in 0..<length where RawHeaderFields.lowered(name[index]) != expected[index] {
+                        return false
+                    }
+                    return true
+                }
         }
     }
 

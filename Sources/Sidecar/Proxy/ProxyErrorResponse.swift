@@ -15,7 +15,10 @@ struct ProxyErrorResponse {
     /// For a policy refusal: the reason the wire records (ResponseDone.reject_reason).
     var rejectReason = ""
 
-    init(status: HTTPResponseStatus, type: String, code: String, message: String, retryAfter: Int? = nil, rejectReason: String = "") {
+    init(
+        status: HTTPResponseStatus, type: String, code: String, message: String, retryAfter: Int? = nil,
+        rejectReason: String = ""
+    ) {
         self.status = status
         self.type = type
         self.code = code
@@ -36,15 +39,17 @@ struct ProxyErrorResponse {
     }
 
     static func badRequest(_ detail: String) -> ProxyErrorResponse {
-        ProxyErrorResponse(status: .badRequest, type: "invalid_request_error", code: "malformed_request",
-                           message: "llmtap-sidecar could not parse the request: \(detail)")
+        ProxyErrorResponse(
+            status: .badRequest, type: "invalid_request_error", code: "malformed_request",
+            message: "llmtap-sidecar could not parse the request: \(detail)")
     }
 
     static func requestTimeout(_ timeout: TimeAmount, body: Bool = false) -> ProxyErrorResponse {
-        ProxyErrorResponse(status: .requestTimeout, type: "invalid_request_error", code: "request_timeout",
-                           message: body
-                               ? "the client stopped sending: the request body did not arrive within \(timeout.nanoseconds / 1_000_000_000) s"
-                               : "the request head did not arrive within \(timeout.nanoseconds / 1_000_000_000) s")
+        ProxyErrorResponse(
+            status: .requestTimeout, type: "invalid_request_error", code: "request_timeout",
+            message: body
+                ? "the client stopped sending: the request body did not arrive within \(timeout.nanoseconds / 1_000_000_000) s"
+                : "the request head did not arrive within \(timeout.nanoseconds / 1_000_000_000) s")
     }
 
     static func forbidden(_ detail: String) -> ProxyErrorResponse {
@@ -52,27 +57,32 @@ struct ProxyErrorResponse {
     }
 
     static func misdirected(_ detail: String) -> ProxyErrorResponse {
-        ProxyErrorResponse(status: .misdirectedRequest, type: "llmtap_proxy_error", code: "misdirected_request", message: detail)
+        ProxyErrorResponse(
+            status: .misdirectedRequest, type: "llmtap_proxy_error", code: "misdirected_request", message: detail)
     }
 
     static func headersTooLarge(limit: Int) -> ProxyErrorResponse {
-        ProxyErrorResponse(status: .requestHeaderFieldsTooLarge, type: "invalid_request_error", code: "request_headers_too_large",
-                           message: "the request headers are larger than the sidecar accepts (\(limit) bytes)")
+        ProxyErrorResponse(
+            status: .requestHeaderFieldsTooLarge, type: "invalid_request_error", code: "request_headers_too_large",
+            message: "the request headers are larger than the sidecar accepts (\(limit) bytes)")
     }
 
     static func upstreamUnreachable(_ upstream: UpstreamTarget, _ error: any Error) -> ProxyErrorResponse {
-        ProxyErrorResponse(status: .badGateway, type: "llmtap_upstream_error", code: "upstream_unreachable",
-                           message: "llmtap-sidecar could not reach the upstream \(upstream): \(error)")
+        ProxyErrorResponse(
+            status: .badGateway, type: "llmtap_upstream_error", code: "upstream_unreachable",
+            message: "llmtap-sidecar could not reach the upstream \(upstream): \(error)")
     }
 
     static func tunnelUnreachable(host: String, port: Int, _ error: any Error) -> ProxyErrorResponse {
-        ProxyErrorResponse(status: .badGateway, type: "llmtap_upstream_error", code: "upstream_unreachable",
-                           message: "llmtap-sidecar could not open a tunnel to \(host):\(port): \(error)")
+        ProxyErrorResponse(
+            status: .badGateway, type: "llmtap_upstream_error", code: "upstream_unreachable",
+            message: "llmtap-sidecar could not open a tunnel to \(host):\(port): \(error)")
     }
 
     static func upstreamTimeout(_ upstream: UpstreamTarget, _ timeout: TimeAmount) -> ProxyErrorResponse {
-        ProxyErrorResponse(status: .gatewayTimeout, type: "llmtap_upstream_error", code: "upstream_timeout",
-                           message: "the upstream \(upstream) sent nothing for \(timeout.nanoseconds / 1_000_000_000) s")
+        ProxyErrorResponse(
+            status: .gatewayTimeout, type: "llmtap_upstream_error", code: "upstream_timeout",
+            message: "the upstream \(upstream) sent nothing for \(timeout.nanoseconds / 1_000_000_000) s")
     }
 
     var body: ByteBuffer { body(shape: .openAI) }
@@ -80,9 +90,15 @@ struct ProxyErrorResponse {
     func body(shape: Shape) -> ByteBuffer {
         switch shape {
         case .openAI:
-            ByteBuffer(string: #"{"error":{"message":\#(jsonString(message)),"type":\#(jsonString(type)),"param":null,"code":\#(jsonString(code))}}"#)
+            ByteBuffer(
+                string:
+                    #"{"error":{"message":\#(jsonString(message)),"type":\#(jsonString(type)),"param":null,"code":\#(jsonString(code))}}"#
+            )
         case .anthropic:
-            ByteBuffer(string: #"{"type":"error","error":{"type":\#(jsonString(anthropicType)),"message":\#(jsonString(message))}}"#)
+            ByteBuffer(
+                string:
+                    #"{"type":"error","error":{"type":\#(jsonString(anthropicType)),"message":\#(jsonString(message))}}"#
+            )
         }
     }
 

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import NIOCore
 import Wire
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// The header fields of a request or response head, kept as the bytes they arrived in plus where
 /// each name and value sits. The proxy copies them onward, hashes a credential from them and
@@ -88,7 +89,9 @@ enum HeaderLineScanner {
         var fields: [RawHeaderFields.Field] = []
         fields.reserveCapacity(16)
         while true {
-            guard let line = nextLine(raw, &position) else { throw Malformed(description: "the head has no empty line at its end") }
+            guard let line = nextLine(raw, &position) else {
+                throw Malformed(description: "the head has no empty line at its end")
+            }
             if line.isEmpty { return fields }
             // A line must end in CRLF or LF; a CR elsewhere is refused by the value check below.
             guard let colon = find(UInt8(ascii: ":"), in: raw, line), colon > line.lowerBound else {
@@ -98,25 +101,35 @@ enum HeaderLineScanner {
                 throw Malformed(description: "a header line without a name and colon")
             }
             let name = line.lowerBound..<colon
-            guard allTokenBytes(raw, name) else { throw Malformed(description: "a header name holds a byte a token can't") }
-            guard fields.count < maxFields else { throw Malformed(description: "the head has more than \(maxFields) header fields", overLimit: true) }
+            guard allTokenBytes(raw, name) else {
+                throw Malformed(description: "a header name holds a byte a token can't")
+            }
+            guard fields.count < maxFields else {
+                throw Malformed(description: "the head has more than \(maxFields) header fields", overLimit: true)
+            }
             var valueStart = colon + 1
             var valueEnd = line.upperBound
             while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
             while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
             for index in valueStart..<valueEnd {
                 let byte = raw[index]
-                if (byte < 0x20 && byte != 0x09) || byte == 0x7F { throw Malformed(description: "a header value holds a control character") }
+                if (byte < 0x20 && byte != 0x09) || byte == 0x7F {
+                    throw Malformed(description: "a header value holds a control character")
+                }
             }
             try inspect(UnsafeRawBufferPointer(rebasing: raw[name]), valueStart..<valueEnd)
-            fields.append(RawHeaderFields.Field(
-                nameStart: Int32(name.lowerBound), nameEnd: Int32(name.upperBound), valueStart: Int32(valueStart), valueEnd: Int32(valueEnd)
-            ))
+            fields.append(
+                RawHeaderFields.Field(
+                    nameStart: Int32(name.lowerBound), nameEnd: Int32(name.upperBound), valueStart: Int32(valueStart),
+                    valueEnd: Int32(valueEnd)
+                ))
         }
     }
 
     /// The comma-separated tokens of a header value, their surrounding whitespace dropped.
-    static func forEachToken(_ raw: UnsafeRawBufferPointer, _ value: Range<Int>, _ body: (UnsafeRawBufferPointer) -> Void) {
+    static func forEachToken(
+        _ raw: UnsafeRawBufferPointer, _ value: Range<Int>, _ body: (UnsafeRawBufferPointer) -> Void
+    ) {
         var start = value.lowerBound
         while start <= value.upperBound {
             let comma = find(UInt8(ascii: ","), in: raw, start..<value.upperBound) ?? value.upperBound
@@ -152,7 +165,9 @@ enum HeaderLineScanner {
         var index = min(from, raw.count)
         while let lf = find(0x0A, in: raw, index..<raw.count) {
             if strict {
-                guard lf > 0, raw[lf - 1] == 0x0D else { throw Malformed(description: "a line of the head ends in a bare LF, not CRLF") }
+                guard lf > 0, raw[lf - 1] == 0x0D else {
+                    throw Malformed(description: "a line of the head ends in a bare LF, not CRLF")
+                }
                 if lf + 2 < raw.count, raw[lf + 1] == 0x0D, raw[lf + 2] == 0x0A { return lf + 3 }
             } else {
                 if lf + 1 < raw.count, raw[lf + 1] == 0x0A { return lf + 2 }
@@ -188,10 +203,13 @@ enum HeaderLineScanner {
     /// RFC 9110 `tchar`.
     static func isTokenByte(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
             true
-        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
-            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"),
+            UInt8(ascii: "'"),
+            UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"),
+            UInt8(ascii: "_"),
             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"):
             true
         default:

@@ -76,8 +76,10 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private var idleCheck: Scheduled<Void>?
     private var idleSince = NIODeadline.now()
 
-    init(settings: ProxySettings, target: UpstreamTarget, ingress: IngressMode = .reverse, requiredHost: String? = nil,
-         pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger) {
+    init(
+        settings: ProxySettings, target: UpstreamTarget, ingress: IngressMode = .reverse, requiredHost: String? = nil,
+        pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger
+    ) {
         self.settings = settings
         self.target = target
         self.ingress = ingress
@@ -122,7 +124,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         timeoutCheck = nil
         if case .exchanging(let exchange) = state, !exchange.finished {
             detachUpstream(exchange, reusable: false)
-            exchange.tap.finish(outcome: .clientAborted, error: "the client closed the connection before the response ended")
+            exchange.tap.finish(
+                outcome: .clientAborted, error: "the client closed the connection before the response ended")
             markFinished(exchange)
         }
         state = .closed
@@ -162,7 +165,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
 
     /// Sends what was written upstream since the last flush: once per read of the client.
     private func flushUpstream() {
-        if upstreamNeedsFlush, case .exchanging(let exchange) = state, case .attached(let upstream) = exchange.upstream {
+        if upstreamNeedsFlush, case .exchanging(let exchange) = state, case .attached(let upstream) = exchange.upstream
+        {
             upstream.handler.flush()
         }
         upstreamNeedsFlush = false
@@ -228,13 +232,17 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     /// connection closed, since where the next request would start is unknown.
     private func refuseMalformed(_ error: ClientRequestParser.Malformed) {
         let count = counters.malformedRequests.add(1, ordering: .relaxed).newValue
-        let response = error.status == .requestHeaderFieldsTooLarge
+        let response =
+            error.status == .requestHeaderFieldsTooLarge
             ? ProxyErrorResponse.headersTooLarge(limit: settings.maxHeaderBytes)
             : ProxyErrorResponse.badRequest(error.description)
         if LogSampling.isWorthLogging(occurrence: count) {
-            logger.warning("refused a malformed request", metadata: [
-                "client": "\(clientAddress)", "status": "\(response.status.code)", "error": "\(error)", "count": "\(count)",
-            ])
+            logger.warning(
+                "refused a malformed request",
+                metadata: [
+                    "client": "\(clientAddress)", "status": "\(response.status.code)", "error": "\(error)",
+                    "count": "\(count)",
+                ])
         }
         switch state {
         case .idle:
@@ -275,7 +283,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                 if let rejection = exchange.pendingRejection {
                     // Refused by policy: answered now the body is read, so the connection stays usable.
                     exchange.pendingRejection = nil
-                    return respondLocally(rejection, exchange: exchange, outcome: .rejected, error: rejection.message, forceClose: false)
+                    return respondLocally(
+                        rejection, exchange: exchange, outcome: .rejected, error: rejection.message, forceClose: false)
                 }
                 forward(.end, exchange)
                 if case .holding(let parts, _) = exchange.upstream, let allowed = exchange.allowedModels {
@@ -289,17 +298,21 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private func begin(_ head: ClientRequestHead) {
         if let requiredHost, let (_, host, _) = MITMFrontHandler.absoluteURL(head.uri), host != requiredHost {
             // One proxy connection, one host: this one was set up for another.
-            respondLocally(.misdirected("this proxy connection serves \(requiredHost); open another for \(host)"),
-                           exchange: nil, outcome: .rejected, error: "misdirected", forceClose: true)
+            respondLocally(
+                .misdirected("this proxy connection serves \(requiredHost); open another for \(host)"),
+                exchange: nil, outcome: .rejected, error: "misdirected", forceClose: true)
             state = .closed
             return
         }
         counters.inFlight.add(1, ordering: .relaxed)
         let uri = target.basePath + HeaderRules.originForm(head.uri)
         let presented = HeaderRules.presentedCredential(in: head.headers)
-        let decision = settings.policy.map {
-            $0.decide(presented: presented, uri: head.uri, path: uri, nowMs: WallClock.nowUnixNanos() / 1_000_000, nowNanos: NIODeadline.now().uptimeNanoseconds)
-        } ?? .passThrough
+        let decision =
+            settings.policy.map {
+                $0.decide(
+                    presented: presented, uri: head.uri, path: uri, nowMs: WallClock.nowUnixNanos() / 1_000_000,
+                    nowNanos: NIODeadline.now().uptimeNanoseconds)
+            } ?? .passThrough
         let tenant = tenant(for: presented?.value ?? HeaderRules.queryCredential(head.uri))
         let tap = ExchangeTap(
             exchangeID: counters.makeExchangeID(), head: head, upstream: target, path: uri,
@@ -316,7 +329,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             logPolicyRefusal(response, exchange: exchange, keyID: keyID)
             if head.expectsContinue {
                 // The client waits before sending its body: answer now, and close (its body may still come).
-                respondLocally(response, exchange: exchange, outcome: .rejected, error: response.message, forceClose: true)
+                respondLocally(
+                    response, exchange: exchange, outcome: .rejected, error: response.message, forceClose: true)
             } else {
                 exchange.pendingRejection = response
                 watchClientBody(exchange)
@@ -327,10 +341,13 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             exchange.keyID = grant.keyID
             exchange.holdsPolicySlot = grant.holdsSlot
             credential = (grant.header, grant.upstreamCredential)
-            if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil { exchange.allowedModels = grant.allowedModels }
+            if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil {
+                exchange.allowedModels = grant.allowedModels
+            }
         }
         var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
-        HeaderRules.writeUpstreamRequestHead(head, uri: uri, target: target, clientIP: clientIP, credential: credential, into: &upstreamHead)
+        HeaderRules.writeUpstreamRequestHead(
+            head, uri: uri, target: target, clientIP: clientIP, credential: credential, into: &upstreamHead)
         let headPart = UpstreamRequestPart.head(upstreamHead, chunked: head.chunked, isHEAD: head.method == .HEAD)
         if exchange.allowedModels != nil {
             // The model is in the body: hold the request until it has all come, then decide.
@@ -345,7 +362,8 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     private func sendContinue(version: HTTPVersion) {
-        let status: StaticString = version.minor >= 1 ? "HTTP/1.1 100 Continue\r\n\r\n" : "HTTP/1.0 100 Continue\r\n\r\n"
+        let status: StaticString =
+            version.minor >= 1 ? "HTTP/1.1 100 Continue\r\n\r\n" : "HTTP/1.0 100 Continue\r\n\r\n"
         var interim = context.channel.allocator.buffer(capacity: 32)
         interim.writeStaticString(status)
         context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
@@ -354,10 +372,13 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private func logPolicyRefusal(_ response: ProxyErrorResponse, exchange: Exchange, keyID: String) {
         let count = counters.policyRejections.add(1, ordering: .relaxed).newValue
         if LogSampling.isWorthLogging(occurrence: count) {
-            logger.info("refused a request by policy", metadata: [
-                "exchange_id": "\(exchange.tap.exchangeID)", "status": "\(response.status.code)", "reason": "\(response.rejectReason)",
-                "key_id": "\(keyID)", "client": "\(clientAddress)", "count": "\(count)",
-            ])
+            logger.info(
+                "refused a request by policy",
+                metadata: [
+                    "exchange_id": "\(exchange.tap.exchangeID)", "status": "\(response.status.code)",
+                    "reason": "\(response.rejectReason)",
+                    "key_id": "\(keyID)", "client": "\(clientAddress)", "count": "\(count)",
+                ])
         }
     }
 
@@ -371,14 +392,18 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         case .model(let model) where allowed.contains(model):
             refusal = nil
         case .model(let model):
-            refusal = PolicyGate.refusal(.forbidden, "model_not_allowed", "this virtual key may not use the model \(model)")
+            refusal = PolicyGate.refusal(
+                .forbidden, "model_not_allowed", "this virtual key may not use the model \(model)")
         case .none, .unreadable:
-            refusal = PolicyGate.refusal(.forbidden, "model_not_allowed", "this virtual key is limited to some models, and the request names none")
+            refusal = PolicyGate.refusal(
+                .forbidden, "model_not_allowed",
+                "this virtual key is limited to some models, and the request names none")
         }
         if let refusal {
             exchange.upstream = .detached
             logPolicyRefusal(refusal, exchange: exchange, keyID: exchange.keyID)
-            return respondLocally(refusal, exchange: exchange, outcome: .rejected, error: refusal.message, forceClose: false)
+            return respondLocally(
+                refusal, exchange: exchange, outcome: .rejected, error: refusal.message, forceClose: false)
         }
         exchange.upstream = .connecting(buffered: parts)
         connectUpstream(exchange)
@@ -406,7 +431,10 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         return lastTenant
     }
 
-    private func connected(_ result: Result<UpstreamConnection, any Error>, exchange: Exchange, pool: UpstreamConnectionPool, flushNow: Bool) {
+    private func connected(
+        _ result: Result<UpstreamConnection, any Error>, exchange: Exchange, pool: UpstreamConnectionPool,
+        flushNow: Bool
+    ) {
         guard case .connecting(let buffered) = exchange.upstream, !exchange.finished else {
             // The exchange ended while connecting (the client left, or a malformed body): the
             // connection was never used, so it can serve the next one.
@@ -426,8 +454,11 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             if flushNow { connection.handler.flush() } else { upstreamNeedsFlush = true }
             exchange.lastUpstreamActivity = .now()
             // No body piece yet: the body's clock starts now.
-            if !exchange.requestEnded && exchange.lastClientActivity == .distantPast { exchange.lastClientActivity = exchange.lastUpstreamActivity }
-            ensureTimeoutCheck(by: exchange.lastUpstreamActivity + min(settings.upstreamTimeout, settings.clientTimeout))
+            if !exchange.requestEnded && exchange.lastClientActivity == .distantPast {
+                exchange.lastClientActivity = exchange.lastUpstreamActivity
+            }
+            ensureTimeoutCheck(
+                by: exchange.lastUpstreamActivity + min(settings.upstreamTimeout, settings.clientTimeout))
             if readPending && connection.channel.isWritable {
                 readPending = false
                 context.read()
@@ -450,10 +481,12 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                 exchange.allowedModels = nil
                 let response = ProxyErrorResponse(
                     status: .payloadTooLarge, type: "invalid_request_error", code: "request_too_large",
-                    message: "this virtual key is limited to some models, and a request body over \(settings.maxModelCheckBytes) bytes can't be checked",
+                    message:
+                        "this virtual key is limited to some models, and a request body over \(settings.maxModelCheckBytes) bytes can't be checked",
                     rejectReason: "model_not_allowed"
                 )
-                respondLocally(response, exchange: exchange, outcome: .rejected, error: response.message, forceClose: true)
+                respondLocally(
+                    response, exchange: exchange, outcome: .rejected, error: response.message, forceClose: true)
             }
         case .attached(let upstream):
             upstream.handler.send(part)
@@ -504,18 +537,26 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
         detachUpstream(exchange, reusable: false)
         let timedOut = error is UpstreamTimedOut
         if !exchange.responseStarted {
-            let response = timedOut
+            let response =
+                timedOut
                 ? ProxyErrorResponse.upstreamTimeout(target, settings.upstreamTimeout)
                 : ProxyErrorResponse.upstreamUnreachable(target, error)
-            logger.warning("upstream failed", metadata: [
-                "exchange_id": "\(exchange.tap.exchangeID)", "status": "\(response.status.code)", "error": "\(error)",
-            ])
-            respondLocally(response, exchange: exchange, outcome: timedOut ? .timeout : .upstreamError, error: "\(error)", forceClose: false)
+            logger.warning(
+                "upstream failed",
+                metadata: [
+                    "exchange_id": "\(exchange.tap.exchangeID)", "status": "\(response.status.code)",
+                    "error": "\(error)",
+                ])
+            respondLocally(
+                response, exchange: exchange, outcome: timedOut ? .timeout : .upstreamError, error: "\(error)",
+                forceClose: false)
         } else {
             // Mid-response: closing is the only honest answer; a client must never take a cut-short body for a whole one.
-            logger.warning("upstream failed mid-response; closing the client connection", metadata: [
-                "exchange_id": "\(exchange.tap.exchangeID)", "error": "\(error)",
-            ])
+            logger.warning(
+                "upstream failed mid-response; closing the client connection",
+                metadata: [
+                    "exchange_id": "\(exchange.tap.exchangeID)", "error": "\(error)",
+                ])
             exchange.tap.finish(outcome: timedOut ? .timeout : .upstreamError, error: "\(error)")
             markFinished(exchange)
             state = .closed
@@ -524,18 +565,24 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     }
 
     /// Answers in the provider's error shape, and settles the exchange if there is one.
-    private func respondLocally(_ response: ProxyErrorResponse, exchange: Exchange?, outcome: Outcome, error: String, forceClose: Bool) {
+    private func respondLocally(
+        _ response: ProxyErrorResponse, exchange: Exchange?, outcome: Outcome, error: String, forceClose: Bool
+    ) {
         let close = forceClose || quiescing || exchange.map { !$0.requestEnded || !$0.clientKeepAlive } ?? true
         var bytes = context.channel.allocator.buffer(capacity: 512)
         HeaderRules.writeLocalResponse(
-            status: response.status, contentType: "application/json", body: response.body(shape: exchange.map { .forPath($0.path) } ?? .openAI),
-            exchangeID: exchange?.tap.exchangeID, close: close, version: exchange?.version ?? .http1_1, retryAfter: response.retryAfter, into: &bytes
+            status: response.status, contentType: "application/json",
+            body: response.body(shape: exchange.map { .forPath($0.path) } ?? .openAI),
+            exchangeID: exchange?.tap.exchangeID, close: close, version: exchange?.version ?? .http1_1,
+            retryAfter: response.retryAfter, into: &bytes
         )
         context.write(wrapOutboundOut(bytes), promise: nil)
         if let exchange {
             exchange.responseStarted = true
             exchange.closeAfterResponse = close
-            exchange.tap.finish(outcome: outcome, status: UInt32(response.status.code), error: error, rejectReason: response.rejectReason)
+            exchange.tap.finish(
+                outcome: outcome, status: UInt32(response.status.code), error: error,
+                rejectReason: response.rejectReason)
             markFinished(exchange)
         }
         endResponse(close: close, requestEnded: exchange?.requestEnded == true, terminator: nil)
@@ -581,13 +628,16 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                     if self.readPending { exchange.lastClientActivity = now }
                     let clientDue = exchange.lastClientActivity + self.settings.clientTimeout
                     if now >= clientDue {
-                        self.logger.warning("a client stopped sending its request body", metadata: [
-                            "exchange_id": "\(exchange.tap.exchangeID)", "client": "\(self.clientAddress)",
-                            "timeout_s": "\(self.settings.clientTimeout.nanoseconds / 1_000_000_000)",
-                        ])
+                        self.logger.warning(
+                            "a client stopped sending its request body",
+                            metadata: [
+                                "exchange_id": "\(exchange.tap.exchangeID)", "client": "\(self.clientAddress)",
+                                "timeout_s": "\(self.settings.clientTimeout.nanoseconds / 1_000_000_000)",
+                            ])
                         self.detachUpstream(exchange, reusable: false)
-                        return self.respondLocally(.requestTimeout(self.settings.clientTimeout, body: true), exchange: exchange,
-                                                   outcome: .rejected, error: "request body timeout", forceClose: true)
+                        return self.respondLocally(
+                            .requestTimeout(self.settings.clientTimeout, body: true), exchange: exchange,
+                            outcome: .rejected, error: "request body timeout", forceClose: true)
                     }
                     due = min(due, clientDue)
                 }
@@ -598,15 +648,18 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
                     // deadline is never earlier than this timer, and it need not be set again.
                     self.scheduleTimeoutCheck(at: min(due, now + self.settings.clientTimeout))
                 }
-            case .holding, .detached where exchange.pendingRejection != nil:
+            case .holding,
+                .detached where exchange.pendingRejection != nil:
                 // The request is being read before anything is sent (a model check, or a refusal
                 // waiting for the body's end): the client has --client-timeout between two pieces.
                 let due = exchange.lastClientActivity + self.settings.clientTimeout
                 if NIODeadline.now() >= due {
                     exchange.upstream = .detached
                     exchange.pendingRejection = nil
-                    self.respondLocally(.requestTimeout(self.settings.clientTimeout, body: true), exchange: exchange, outcome: .rejected,
-                                        error: "request body timeout", forceClose: true)
+                    self.respondLocally(
+                        .requestTimeout(self.settings.clientTimeout, body: true), exchange: exchange,
+                        outcome: .rejected,
+                        error: "request body timeout", forceClose: true)
                 } else {
                     self.scheduleTimeoutCheck(at: due)
                 }
@@ -621,13 +674,18 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
     private func clientStoppedReading(_ exchange: Exchange) {
         let count = counters.stalledClients.add(1, ordering: .relaxed).newValue
         if LogSampling.isWorthLogging(occurrence: count) {
-            logger.warning("a client stopped reading its response; closing", metadata: [
-                "exchange_id": "\(exchange.tap.exchangeID)", "client": "\(clientAddress)", "count": "\(count)",
-                "timeout_s": "\(settings.clientTimeout.nanoseconds / 1_000_000_000)",
-            ])
+            logger.warning(
+                "a client stopped reading its response; closing",
+                metadata: [
+                    "exchange_id": "\(exchange.tap.exchangeID)", "client": "\(clientAddress)", "count": "\(count)",
+                    "timeout_s": "\(settings.clientTimeout.nanoseconds / 1_000_000_000)",
+                ])
         }
         detachUpstream(exchange, reusable: false)
-        exchange.tap.finish(outcome: .clientAborted, error: "the client stopped reading the response for \(settings.clientTimeout.nanoseconds / 1_000_000_000) s")
+        exchange.tap.finish(
+            outcome: .clientAborted,
+            error: "the client stopped reading the response for \(settings.clientTimeout.nanoseconds / 1_000_000_000) s"
+        )
         markFinished(exchange)
         state = .closed
         context.close(promise: nil)
@@ -666,10 +724,15 @@ final class ReverseProxyHandler: ChannelDuplexHandler {
             let due = self.idleSince + self.settings.clientTimeout
             guard NIODeadline.now() >= due else { return self.scheduleIdleCheck(at: due, context: context) }
             if self.parser.bufferedBytes > 0 {
-                self.logger.warning("a client took too long to send a request head", metadata: [
-                    "client": "\(self.clientAddress)", "timeout_s": "\(self.settings.clientTimeout.nanoseconds / 1_000_000_000)",
-                ])
-                self.respondLocally(.requestTimeout(self.settings.clientTimeout), exchange: nil, outcome: .rejected, error: "request head timeout", forceClose: true)
+                self.logger.warning(
+                    "a client took too long to send a request head",
+                    metadata: [
+                        "client": "\(self.clientAddress)",
+                        "timeout_s": "\(self.settings.clientTimeout.nanoseconds / 1_000_000_000)",
+                    ])
+                self.respondLocally(
+                    .requestTimeout(self.settings.clientTimeout), exchange: nil, outcome: .rejected,
+                    error: "request head timeout", forceClose: true)
             } else {
                 self.state = .closed
                 context.close(promise: nil)
@@ -694,7 +757,8 @@ extension ReverseProxyHandler: UpstreamResponseSink {
         exchange.framing = HeaderRules.clientFraming(for: head.framing, clientVersion: exchange.version)
         // A response that starts before the request ended can't leave the connection reusable,
         // nor can a body that only its close delimits.
-        exchange.closeAfterResponse = !exchange.clientKeepAlive || !exchange.requestEnded || quiescing || exchange.framing == .untilClose
+        exchange.closeAfterResponse =
+            !exchange.clientKeepAlive || !exchange.requestEnded || quiescing || exchange.framing == .untilClose
         exchange.responseStarted = true
         var bytes = context.channel.allocator.buffer(capacity: 1024)
         HeaderRules.writeClientResponseHead(
@@ -715,7 +779,8 @@ extension ReverseProxyHandler: UpstreamResponseSink {
         guard let exchange = currentExchange, buffer.readableBytes > 0 else { return }
         exchange.lastUpstreamActivity = .now()
         exchange.tap.responseBody(buffer)
-        if var pending = pendingResponse, pending.readableBytes + buffer.readableBytes <= UpstreamHandler.coalesceLimit {
+        if var pending = pendingResponse, pending.readableBytes + buffer.readableBytes <= UpstreamHandler.coalesceLimit
+        {
             if exchange.framing == .chunked {
                 ChunkedFraming.writeSizeLine(buffer.readableBytes, into: &pending)
                 pending.writeImmutableBuffer(buffer)
@@ -728,7 +793,9 @@ extension ReverseProxyHandler: UpstreamResponseSink {
         }
         writePendingResponse()
         if exchange.framing == .chunked {
-            context.write(wrapOutboundOut(ChunkedFraming.sizeLine(buffer.readableBytes, allocator: context.channel.allocator)), promise: nil)
+            context.write(
+                wrapOutboundOut(ChunkedFraming.sizeLine(buffer.readableBytes, allocator: context.channel.allocator)),
+                promise: nil)
             context.write(wrapOutboundOut(buffer), promise: nil)
             context.write(wrapOutboundOut(ChunkedFraming.crlf), promise: nil)
         } else {

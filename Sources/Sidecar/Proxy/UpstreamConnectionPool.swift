@@ -54,8 +54,6 @@ final class UpstreamConnectionPool {
         return nil
     }
 
-
-
     /// Takes back a connection whose last exchange ended cleanly, or closes it if there is no room.
     func release(_ connection: UpstreamConnection) {
         eventLoop.preconditionInEventLoop()
@@ -99,12 +97,14 @@ final class UpstreamConnectionPool {
                         let tls = try NIOSSLClientHandler(context: sslContext, serverHostname: target.serverName)
                         try channel.pipeline.syncOperations.addHandler(tls)
                     }
-                    try channel.pipeline.syncOperations.addHandler(UpstreamHandler(maxHeadBytes: Self.maxResponseHeadBytes))
+                    try channel.pipeline.syncOperations.addHandler(
+                        UpstreamHandler(maxHeadBytes: Self.maxResponseHeadBytes))
                 }
             }
             .connect(host: target.host, port: target.port)
             .flatMapThrowing { channel in
-                UpstreamConnection(channel: channel, handler: try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self))
+                UpstreamConnection(
+                    channel: channel, handler: try channel.pipeline.syncOperations.handler(type: UpstreamHandler.self))
             }
     }
 
@@ -159,7 +159,9 @@ final class UpstreamPools: Sendable {
         self.loops = loops
     }
 
-    static func make(group: MultiThreadedEventLoopGroup, settings: UpstreamConnectionPool.Settings) async throws -> UpstreamPools {
+    static func make(group: MultiThreadedEventLoopGroup, settings: UpstreamConnectionPool.Settings) async throws
+        -> UpstreamPools
+    {
         var loops: [ObjectIdentifier: NIOLoopBound<LoopPools>] = [:]
         for loop in group.makeIterator() {
             loops[ObjectIdentifier(loop)] = try await loop.submit {
@@ -172,7 +174,8 @@ final class UpstreamPools: Sendable {
     /// The pool for `target` on the loop the caller runs on.
     func pool(for eventLoop: any EventLoop, target: UpstreamTarget) -> UpstreamConnectionPool {
         guard let loop = loops[ObjectIdentifier(eventLoop)] else {
-            preconditionFailure("no upstream pools for event loop \(eventLoop): channels must use the proxy's own group")
+            preconditionFailure(
+                "no upstream pools for event loop \(eventLoop): channels must use the proxy's own group")
         }
         return loop.value.pool(for: target)
     }

@@ -63,14 +63,18 @@ final class UpstreamHandler: ChannelDuplexHandler {
             pendingHead = head
         case .body(let buffer):
             guard buffer.readableBytes > 0 else { return }
-            if !requestChunked, var head = pendingHead, head.readableBytes + buffer.readableBytes <= Self.coalesceLimit {
+            if !requestChunked, var head = pendingHead, head.readableBytes + buffer.readableBytes <= Self.coalesceLimit
+            {
                 head.writeImmutableBuffer(buffer)
                 pendingHead = head
                 return
             }
             writePendingHead(context)
             if requestChunked {
-                context.write(wrapOutboundOut(ChunkedFraming.sizeLine(buffer.readableBytes, allocator: context.channel.allocator)), promise: nil)
+                context.write(
+                    wrapOutboundOut(
+                        ChunkedFraming.sizeLine(buffer.readableBytes, allocator: context.channel.allocator)),
+                    promise: nil)
                 context.write(wrapOutboundOut(buffer), promise: nil)
                 context.write(wrapOutboundOut(ChunkedFraming.crlf), promise: nil)
             } else {

@@ -115,7 +115,8 @@ struct UpstreamResponseParser {
                 throw Malformed(description: "the connection already failed")
             case .idle:
                 guard pending.readableBytes == 0 else {
-                    throw Malformed(description: "the upstream sent \(pending.readableBytes) bytes with no request outstanding")
+                    throw Malformed(
+                        description: "the upstream sent \(pending.readableBytes) bytes with no request outstanding")
                 }
                 return nil
             case .body(var reader):
@@ -130,7 +131,11 @@ struct UpstreamResponseParser {
                 // Non-strict: headEnd then can't throw. The limit holds however the head was split
                 // into reads: a whole head in one read is measured as one that trickled in.
                 let from = headScanned
-                guard let end = pending.withUnsafeReadableBytes({ try? HeaderLineScanner.headEnd($0, strict: false, from: from) }) ?? nil else {
+                guard
+                    let end = pending.withUnsafeReadableBytes({
+                        try? HeaderLineScanner.headEnd($0, strict: false, from: from)
+                    }) ?? nil
+                else {
                     guard pending.readableBytes <= maxHeadBytes else {
                         throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
                     }
@@ -167,10 +172,14 @@ struct UpstreamResponseParser {
     }
 
     /// Parses a whole head over its raw bytes: one pass, no reference counting, no string per header.
-    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer, toHEAD: Bool) throws(Malformed)
+        -> UpstreamResponseHead
+    {
         var position = 0
         // "HTTP/1.1 200 OK": the version, a space, three digits, then a space and a reason, or nothing.
-        guard let status = HeaderLineScanner.nextLine(raw, &position) else { throw Malformed(description: "the response head has no status line") }
+        guard let status = HeaderLineScanner.nextLine(raw, &position) else {
+            throw Malformed(description: "the response head has no status line")
+        }
         let s = status.lowerBound
         guard status.count >= 12, raw[s..<s + 7].elementsEqual("HTTP/1.".utf8), raw[s + 8] == UInt8(ascii: " ") else {
             throw Malformed(description: "the status line is not HTTP/1.x")
@@ -179,12 +188,15 @@ struct UpstreamResponseParser {
         guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else {
             throw Malformed(description: "the status line is not HTTP/1.0 or HTTP/1.1")
         }
-        guard let code = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[s + 9..<s + 12])), code >= 100 else {
+        guard let code = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[s + 9..<s + 12])), code >= 100
+        else {
             throw Malformed(description: "the status code is not three digits")
         }
         var reason = ByteBuffer()
         if status.count > 12 {
-            guard raw[s + 12] == UInt8(ascii: " ") else { throw Malformed(description: "the status code is not three digits") }
+            guard raw[s + 12] == UInt8(ascii: " ") else {
+                throw Malformed(description: "the status code is not three digits")
+            }
             // RFC 9112, section 4: HTAB, SP, VCHAR and obs-text; no other control byte.
             let phrase = UnsafeRawBufferPointer(rebasing: raw[s + 13..<status.upperBound])
             guard !phrase.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) else {
@@ -201,7 +213,8 @@ struct UpstreamResponseParser {
         var connectionKeepAlive = false
         let fields: [RawHeaderFields.Field]
         do {
-            fields = try HeaderLineScanner.fields(raw, from: &position) { (name, value) throws(HeaderLineScanner.Malformed) in
+            fields = try HeaderLineScanner.fields(raw, from: &position) {
+                (name, value) throws(HeaderLineScanner.Malformed) in
                 switch name.count {
                 case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
                     guard let length = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[value])) else {
@@ -214,7 +227,9 @@ struct UpstreamResponseParser {
                 case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
                     transferEncoded = true
                     // Only the final coding decides the framing (RFC 9112, section 6.3).
-                    HeaderLineScanner.forEachToken(raw, value) { chunked = RawHeaderFields.equalsIgnoringCase($0, "chunked") }
+                    HeaderLineScanner.forEachToken(raw, value) {
+                        chunked = RawHeaderFields.equalsIgnoringCase($0, "chunked")
+                    }
                 case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
                     HeaderLineScanner.forEachToken(raw, value) { token in
                         if RawHeaderFields.equalsIgnoringCase(token, "close") { connectionClose = true }

@@ -32,7 +32,8 @@ struct DrainingListener {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .serverChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                        try channel.pipeline.syncOperations.addHandler(
+                            quiesce.makeServerChannelHandler(channel: channel))
                     }
                 }
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -40,8 +41,11 @@ struct DrainingListener {
                 .childChannelInitializer { [counters, logger, name, maxConnections] channel in
                     channel.eventLoop.makeCompletedFuture {
                         guard counters.openConnections.load(ordering: .relaxed) < maxConnections else {
-                            Self.logRefusal(channel, maxConnections: maxConnections, listener: name, counters: counters, logger: logger)
-                            return try channel.pipeline.syncOperations.addHandler(RefusingHandler(maxConnections: maxConnections))
+                            Self.logRefusal(
+                                channel, maxConnections: maxConnections, listener: name, counters: counters,
+                                logger: logger)
+                            return try channel.pipeline.syncOperations.addHandler(
+                                RefusingHandler(maxConnections: maxConnections))
                         }
                         try childInitializer(channel)
                     }
@@ -53,10 +57,12 @@ struct DrainingListener {
         ready(channel)
 
         await untilShutdown()
-        logger.info("draining", metadata: [
-            "listener": "\(name)", "in_flight": "\(counters.inFlight.load(ordering: .relaxed))",
-            "drain_timeout_s": "\(drainTimeout.nanoseconds / 1_000_000_000)",
-        ])
+        logger.info(
+            "draining",
+            metadata: [
+                "listener": "\(name)", "in_flight": "\(counters.inFlight.load(ordering: .relaxed))",
+                "drain_timeout_s": "\(drainTimeout.nanoseconds / 1_000_000_000)",
+            ])
         let drained = group.next().makePromise(of: Void.self)
         quiesce.initiateShutdown(promise: drained)
         let timer = group.next().scheduleTask(in: drainTimeout) {
@@ -66,9 +72,11 @@ struct DrainingListener {
             try await drained.futureResult.get()
             timer.cancel()
         } catch {
-            logger.warning("the drain timeout passed with exchanges still under way; closing them", metadata: [
-                "listener": "\(name)", "in_flight": "\(counters.inFlight.load(ordering: .relaxed))",
-            ])
+            logger.warning(
+                "the drain timeout passed with exchanges still under way; closing them",
+                metadata: [
+                    "listener": "\(name)", "in_flight": "\(counters.inFlight.load(ordering: .relaxed))",
+                ])
         }
     }
 }
@@ -76,13 +84,17 @@ struct DrainingListener {
 struct DrainTimedOut: Error {}
 
 extension DrainingListener {
-    static func logRefusal(_ channel: any Channel, maxConnections: Int, listener: String, counters: SidecarCounters, logger: Logger) {
+    static func logRefusal(
+        _ channel: any Channel, maxConnections: Int, listener: String, counters: SidecarCounters, logger: Logger
+    ) {
         let count = counters.refusedConnections.add(1, ordering: .relaxed).newValue
         if LogSampling.isWorthLogging(occurrence: count) {
-            logger.warning("refused a connection: --max-connections are open", metadata: [
-                "listener": "\(listener)", "max_connections": "\(maxConnections)", "count": "\(count)",
-                "client": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
-            ])
+            logger.warning(
+                "refused a connection: --max-connections are open",
+                metadata: [
+                    "listener": "\(listener)", "max_connections": "\(maxConnections)", "count": "\(count)",
+                    "client": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+                ])
         }
     }
 }

@@ -20,21 +20,27 @@ struct ReverseProxyServer: Service {
     let logger: Logger
 
     func run() async throws {
-        let (settings, target, pools, publisher, counters, logger) = (self.settings, self.target, self.pools, self.publisher, self.counters, self.logger)
+        let (settings, target, pools, publisher, counters, logger) = (
+            self.settings, self.target, self.pools, self.publisher, self.counters, self.logger
+        )
         let listener = DrainingListener(
             name: "reverse", flag: "--listen", listen: listen, group: group, drainTimeout: drainTimeout,
             maxConnections: settings.maxConnections, counters: counters, logger: logger
         )
         try await listener.run(
             childInitializer: { channel in
-                try channel.pipeline.syncOperations.addHandler(ReverseProxyHandler(
-                    settings: settings, target: target, pools: pools, publisher: publisher, counters: counters, logger: logger
-                ))
+                try channel.pipeline.syncOperations.addHandler(
+                    ReverseProxyHandler(
+                        settings: settings, target: target, pools: pools, publisher: publisher, counters: counters,
+                        logger: logger
+                    ))
             },
             ready: { channel in
-                logger.info("reverse listener ready", metadata: [
-                    "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")", "upstream": "\(target)",
-                ])
+                logger.info(
+                    "reverse listener ready",
+                    metadata: [
+                        "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")", "upstream": "\(target)",
+                    ])
             },
             untilShutdown: { try? await gracefulShutdown() }
         )

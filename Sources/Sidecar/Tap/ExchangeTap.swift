@@ -52,7 +52,8 @@ final class ExchangeTap {
 
     init(
         exchangeID: String, head: ClientRequestHead, upstream: UpstreamTarget, path: String,
-        clientAddress: String, tenant: String, settings: TapSettings, ingress: IngressMode = .reverse, publisher: any RecordPublishing
+        clientAddress: String, tenant: String, settings: TapSettings, ingress: IngressMode = .reverse,
+        publisher: any RecordPublishing
     ) {
         self.exchangeID = exchangeID
         self.publisher = publisher
@@ -115,7 +116,9 @@ final class ExchangeTap {
             return
         }
         if room > 0 {
-            buffer.withUnsafeReadableBytes { publishChunk(UnsafeRawBufferPointer(rebasing: $0.prefix(room)), offset: offset) }
+            buffer.withUnsafeReadableBytes {
+                publishChunk(UnsafeRawBufferPointer(rebasing: $0.prefix(room)), offset: offset)
+            }
             responseCaptured += room
         }
         responseTruncated = true
@@ -137,7 +140,10 @@ final class ExchangeTap {
         publishRequest()
         if !tail.isEmpty {
             let keep = min(tail.count, settings.tailBytes)
-            tail.withUnsafeBytes { publishChunk(UnsafeRawBufferPointer(rebasing: $0.suffix(keep)), offset: tailOffset + UInt64(tail.count - keep)) }
+            tail.withUnsafeBytes {
+                publishChunk(
+                    UnsafeRawBufferPointer(rebasing: $0.suffix(keep)), offset: tailOffset + UInt64(tail.count - keep))
+            }
             tail = []
         }
         var done = ResponseDoneFields()
@@ -170,7 +176,8 @@ final class ExchangeTap {
 
     private func publishChunk(_ data: UnsafeRawBufferPointer, offset: UInt64) {
         let record = EncodedRecord.streamChunk(
-            exchangeID: exchangeID, direction: .response, index: chunkIndex, unixNanos: WallClock.nowUnixNanos(), offset: offset, data: data
+            exchangeID: exchangeID, direction: .response, index: chunkIndex, unixNanos: WallClock.nowUnixNanos(),
+            offset: offset, data: data
         )
         chunkIndex += 1
         publisher.publish(record)

@@ -64,7 +64,9 @@ public struct StringHeaderFields: RecordHeaderFields, Sendable {
         for (name, value) in pairs {
             var name = name
             var value = value
-            name.withUTF8 { nameBytes in value.withUTF8 { body(UnsafeRawBufferPointer(nameBytes), UnsafeRawBufferPointer($0)) } }
+            name.withUTF8 { nameBytes in
+                value.withUTF8 { body(UnsafeRawBufferPointer(nameBytes), UnsafeRawBufferPointer($0)) }
+            }
         }
     }
 }
@@ -115,7 +117,8 @@ extension EncodedRecord {
     /// A `Request`. Headers `isSecret` names go out with `redactedValue`.
     @inlinable
     public static func request<Headers: RecordHeaderFields>(
-        _ request: RequestFields, headers: Headers, isSecret: (UnsafeRawBufferPointer) -> Bool, body: UnsafeRawBufferPointer
+        _ request: RequestFields, headers: Headers, isSecret: (UnsafeRawBufferPointer) -> Bool,
+        body: UnsafeRawBufferPointer
     ) -> EncodedRecord {
         make(.request) { out in
             out.string(1, request.exchangeID)
@@ -140,7 +143,8 @@ extension EncodedRecord {
 
     /// A `StreamChunk` carrying `data`.
     public static func streamChunk(
-        exchangeID: String, direction: Direction, index: UInt64, unixNanos: Int64, offset: UInt64, data: UnsafeRawBufferPointer
+        exchangeID: String, direction: Direction, index: UInt64, unixNanos: Int64, offset: UInt64,
+        data: UnsafeRawBufferPointer
     ) -> EncodedRecord {
         make(.streamChunk) { out in
             out.string(1, exchangeID)
@@ -225,7 +229,11 @@ struct ProtobufFieldWriter {
         guard base != nil else {
             // Sizing needs only the length, which a native string knows without a scan.
             let count = value.utf8.count
-            if count > 0 { offset += ProtobufWireFormat.varintSize(ProtobufWireFormat.tag(field: field, .lengthDelimited)) + ProtobufWireFormat.varintSize(UInt64(count)) + count }
+            if count > 0 {
+                offset +=
+                    ProtobufWireFormat.varintSize(ProtobufWireFormat.tag(field: field, .lengthDelimited))
+                    + ProtobufWireFormat.varintSize(UInt64(count)) + count
+            }
             return
         }
         var value = value
@@ -234,7 +242,9 @@ struct ProtobufFieldWriter {
 
     /// Repeated `Header` messages: each is a length-delimited message of name (1) and value (2).
     @inlinable
-    mutating func headers<Headers: RecordHeaderFields>(_ field: Int, _ headers: Headers, isSecret: (UnsafeRawBufferPointer) -> Bool) {
+    mutating func headers<Headers: RecordHeaderFields>(
+        _ field: Int, _ headers: Headers, isSecret: (UnsafeRawBufferPointer) -> Bool
+    ) {
         headers.forEachField { name, value in
             if isSecret(name) {
                 EncodedRecord.redactedValueBytes.withUnsafeBytes { header(field, name: name, value: $0) }
@@ -258,7 +268,9 @@ struct ProtobufFieldWriter {
     }
 
     @inlinable
-    mutating func header(_ field: Int, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, raw: UnsafeRawBufferPointer) {
+    mutating func header(
+        _ field: Int, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, raw: UnsafeRawBufferPointer
+    ) {
         var size = 0
         if !name.isEmpty { size += 1 + ProtobufWireFormat.varintSize(UInt64(name.count)) + name.count }
         if !value.isEmpty { size += 1 + ProtobufWireFormat.varintSize(UInt64(value.count)) + value.count }

@@ -1,10 +1,11 @@
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 import Foundation
 import SwiftProtobuf
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// An envelope as the receiver hands it on: the envelope's fields, flat.
 ///
@@ -37,7 +38,8 @@ public final class DecodedEnvelope: Sendable, Equatable, CustomStringConvertible
 
     public static func == (lhs: DecodedEnvelope, rhs: DecodedEnvelope) -> Bool {
         lhs.sidecarID == rhs.sidecarID && lhs.bootID == rhs.bootID && lhs.seq == rhs.seq
-            && lhs.sentUnixNanos == rhs.sentUnixNanos && lhs.droppedBefore == rhs.droppedBefore && lhs.record == rhs.record
+            && lhs.sentUnixNanos == rhs.sentUnixNanos && lhs.droppedBefore == rhs.droppedBefore
+            && lhs.record == rhs.record
             && lhs.textRepaired == rhs.textRepaired
     }
 
@@ -83,20 +85,26 @@ public struct EnvelopeDecoder {
             return .failure(WireFrameError(.badMarker, "the frame does not start with \"LTW\" (it starts \(start))"))
         }
         guard frame[3] == WireFrame.version else {
-            return .failure(WireFrameError(.unsupportedVersion,
-                "wire version \(frame[3]); this build reads version \(WireFrame.version)"))
+            return .failure(
+                WireFrameError(
+                    .unsupportedVersion,
+                    "wire version \(frame[3]); this build reads version \(WireFrame.version)"))
         }
         let body = UnsafeRawBufferPointer(rebasing: frame[4...])
         do {
             return try decodeEnvelope(body)
         } catch let error as ProtobufWireFormat.Malformed {
-            return .failure(WireFrameError(.undecodable, "the envelope is not valid protobuf: \(error) (\(body.count) bytes)"))
+            return .failure(
+                WireFrameError(.undecodable, "the envelope is not valid protobuf: \(error) (\(body.count) bytes)"))
         } catch {
-            return .failure(WireFrameError(.undecodable, "the envelope's record does not decode: \(error) (\(body.count) bytes)"))
+            return .failure(
+                WireFrameError(.undecodable, "the envelope's record does not decode: \(error) (\(body.count) bytes)"))
         }
     }
 
-    private mutating func decodeEnvelope(_ body: UnsafeRawBufferPointer) throws -> Result<DecodedEnvelope, WireFrameError> {
+    private mutating func decodeEnvelope(_ body: UnsafeRawBufferPointer) throws -> Result<
+        DecodedEnvelope, WireFrameError
+    > {
         var reader = ProtobufWireFormat.Reader(body)
         var sidecarBytes = UnsafeRawBufferPointer(start: nil, count: 0)
         var bootBytes = UnsafeRawBufferPointer(start: nil, count: 0)
@@ -128,7 +136,9 @@ public struct EnvelopeDecoder {
                     // A string field that is not UTF-8 (an older sidecar's header value, say) costs
                     // the record nothing but that field's exact bytes: it is read with U+FFFD.
                     let fixed = try UTF8Repair.repair(bytes, schema: UTF8Repair.schema(ofRecord: field))
-                    record = try fixed.withUnsafeBytes { try Self.decodeRecord(field: field, bytes: $0, mergingInto: record) }
+                    record = try fixed.withUnsafeBytes {
+                        try Self.decodeRecord(field: field, bytes: $0, mergingInto: record)
+                    }
                     repaired = true
                 }
             default:
@@ -144,16 +154,20 @@ public struct EnvelopeDecoder {
             return .failure(WireFrameError(.incompleteEnvelope, "the envelope from \(sidecarID) has no boot_id"))
         }
         guard seq != 0 else {
-            return .failure(WireFrameError(.incompleteEnvelope, "the envelope from \(sidecarID) has seq 0; sequences start at 1"))
+            return .failure(
+                WireFrameError(.incompleteEnvelope, "the envelope from \(sidecarID) has seq 0; sequences start at 1"))
         }
         guard let record else {
-            return .failure(WireFrameError(.incompleteEnvelope,
-                "the envelope \(sidecarID)#\(seq) carries no record, or only one this build does not know"))
+            return .failure(
+                WireFrameError(
+                    .incompleteEnvelope,
+                    "the envelope \(sidecarID)#\(seq) carries no record, or only one this build does not know"))
         }
-        return .success(DecodedEnvelope(
-            sidecarID: sidecarID, bootID: bootID, seq: seq,
-            sentUnixNanos: sent, droppedBefore: droppedBefore, record: record, textRepaired: repaired
-        ))
+        return .success(
+            DecodedEnvelope(
+                sidecarID: sidecarID, bootID: bootID, seq: seq,
+                sentUnixNanos: sent, droppedBefore: droppedBefore, record: record, textRepaired: repaired
+            ))
     }
 
     /// Decodes a `StreamChunk` as SwiftProtobuf would, merging into `chunk` (for its scalar and bytes
@@ -189,7 +203,9 @@ public struct EnvelopeDecoder {
         return repaired
     }
 
-    private static func decodeRecord(field: Int, bytes: UnsafeRawBufferPointer, mergingInto previous: WireRecord?) throws -> WireRecord {
+    private static func decodeRecord(field: Int, bytes: UnsafeRawBufferPointer, mergingInto previous: WireRecord?)
+        throws -> WireRecord
+    {
         // Protobuf merges repeated occurrences of one message field; a different oneof member replaces.
         func decode<M: SwiftProtobuf.Message>(_ type: M.Type, into existing: M?) throws -> M {
             var message = existing ?? M()
@@ -201,10 +217,14 @@ public struct EnvelopeDecoder {
             if case .request(let existing) = previous { return .request(try decode(WireRequest.self, into: existing)) }
             return .request(try decode(WireRequest.self, into: nil))
         case 12:
-            if case .responseDone(let existing) = previous { return .responseDone(try decode(WireResponseDone.self, into: existing)) }
+            if case .responseDone(let existing) = previous {
+                return .responseDone(try decode(WireResponseDone.self, into: existing))
+            }
             return .responseDone(try decode(WireResponseDone.self, into: nil))
         default:
-            if case .heartbeat(let existing) = previous { return .heartbeat(try decode(WireHeartbeat.self, into: existing)) }
+            if case .heartbeat(let existing) = previous {
+                return .heartbeat(try decode(WireHeartbeat.self, into: existing))
+            }
             return .heartbeat(try decode(WireHeartbeat.self, into: nil))
         }
     }
@@ -220,7 +240,8 @@ private struct InternedString {
     /// `repaired` is set.
     mutating func string(for field: UnsafeRawBufferPointer, repaired: inout Bool) -> String? {
         if field.isEmpty { return nil }
-        let same = field.count == bytes.count
+        let same =
+            field.count == bytes.count
             && bytes.withUnsafeBytes { memcmp($0.baseAddress!, field.baseAddress!, field.count) == 0 }
         if same {
             if !valid { repaired = true }
@@ -271,7 +292,9 @@ enum UTF8Repair {
         }
     }
 
-    static func repair(_ bytes: UnsafeRawBufferPointer, schema: [Int: Field], depth: Int = 0) throws(ProtobufWireFormat.Malformed) -> [UInt8] {
+    static func repair(_ bytes: UnsafeRawBufferPointer, schema: [Int: Field], depth: Int = 0) throws(ProtobufWireFormat
+        .Malformed) -> [UInt8]
+    {
         guard depth < 8 else { throw ProtobufWireFormat.Malformed(description: "messages nested too deep") }
         var reader = ProtobufWireFormat.Reader(bytes)
         var out: [UInt8] = []
@@ -289,7 +312,8 @@ enum UTF8Repair {
             let replaced: [UInt8]
             switch kind {
             case .string:
-                replaced = WireText.isValidUTF8(content) ? Array(content) : Array(WireText.replacingInvalidUTF8(content).utf8)
+                replaced =
+                    WireText.isValidUTF8(content) ? Array(content) : Array(WireText.replacingInvalidUTF8(content).utf8)
             case .message(let nested):
                 replaced = try repair(content, schema: nested, depth: depth + 1)
             }

@@ -17,7 +17,8 @@ public struct EnvelopeEncoder: Sendable {
 
     public init(sidecarID: String, bootID: String) throws(WireConfigurationError) {
         guard !sidecarID.isEmpty, sidecarID.utf8.count <= Self.maxIdentityBytes else {
-            throw WireConfigurationError("the sidecar id must be 1 to \(Self.maxIdentityBytes) bytes long, not \(sidecarID.utf8.count)")
+            throw WireConfigurationError(
+                "the sidecar id must be 1 to \(Self.maxIdentityBytes) bytes long, not \(sidecarID.utf8.count)")
         }
         guard !bootID.isEmpty, bootID.utf8.count <= 64 else {
             throw WireConfigurationError("the boot id must be 1 to 64 bytes long, not \(bootID.utf8.count)")
@@ -33,7 +34,9 @@ public struct EnvelopeEncoder: Sendable {
         self.prefix = prefix
     }
 
-    public func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: WireRecord) throws -> OutboundFrame {
+    public func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: WireRecord) throws
+        -> OutboundFrame
+    {
         let frame: OutboundFrame
         let field: Int
         switch record {
@@ -46,20 +49,28 @@ public struct EnvelopeEncoder: Sendable {
     }
 
     /// Frames a record encoded already.
-    public func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: EncodedRecord) -> OutboundFrame {
+    public func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: EncodedRecord) -> OutboundFrame
+    {
         let frame = record.bytes.withUnsafeBytes { OutboundFrame(copying: $0) }
-        return frameRecord(frame, field: record.kind.rawValue, seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore)
+        return frameRecord(
+            frame, field: record.kind.rawValue, seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore)
     }
 
-    func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: PublishedRecord) throws -> OutboundFrame {
+    func encode(seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64, record: PublishedRecord) throws
+        -> OutboundFrame
+    {
         switch record {
-        case .message(let message): try encode(seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore, record: message)
-        case .encoded(let encoded): encode(seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore, record: encoded)
+        case .message(let message):
+            try encode(seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore, record: message)
+        case .encoded(let encoded):
+            encode(seq: seq, sentUnixNanos: sentUnixNanos, droppedBefore: droppedBefore, record: encoded)
         }
     }
 
     /// Puts the envelope's own fields, the record's key and length, and the marker in front of a record's bytes.
-    private func frameRecord(_ record: OutboundFrame, field: Int, seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64) -> OutboundFrame {
+    private func frameRecord(
+        _ record: OutboundFrame, field: Int, seq: UInt64, sentUnixNanos: Int64, droppedBefore: UInt64
+    ) -> OutboundFrame {
         var frame = record
         // Fields 3, 4, 5 (omitted when zero, as proto3 does), then the record's tag and length.
         var header: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
@@ -68,13 +79,15 @@ public struct EnvelopeEncoder: Sendable {
             let out = scratch.baseAddress!
             func put(_ number: Int, _ value: UInt64) {
                 guard value != 0 else { return }
-                length += ProtobufWireFormat.writeVarint(ProtobufWireFormat.tag(field: number, .varint), at: out + length)
+                length += ProtobufWireFormat.writeVarint(
+                    ProtobufWireFormat.tag(field: number, .varint), at: out + length)
                 length += ProtobufWireFormat.writeVarint(value, at: out + length)
             }
             put(3, seq)
             put(4, UInt64(bitPattern: sentUnixNanos))
             put(5, droppedBefore)
-            length += ProtobufWireFormat.writeVarint(ProtobufWireFormat.tag(field: field, .lengthDelimited), at: out + length)
+            length += ProtobufWireFormat.writeVarint(
+                ProtobufWireFormat.tag(field: field, .lengthDelimited), at: out + length)
             length += ProtobufWireFormat.writeVarint(UInt64(frame.count), at: out + length)
         }
         let destination = frame.prepend(length)

@@ -59,7 +59,9 @@ enum ProtobufWireFormat {
             while offset < bytes.count {
                 let byte = bytes[offset]
                 offset += 1
-                if shift == 63 && byte > 1 { throw Malformed(description: "a varint overflows 64 bits at byte \(offset - 1)") }
+                if shift == 63 && byte > 1 {
+                    throw Malformed(description: "a varint overflows 64 bits at byte \(offset - 1)")
+                }
                 result |= UInt64(byte & 0x7F) << shift
                 if byte < 0x80 { return result }
                 shift += 7
@@ -72,7 +74,9 @@ enum ProtobufWireFormat {
             let at = offset
             let key = try varint()
             let field = key >> 3
-            guard field > 0, field <= 536_870_911 else { throw Malformed(description: "field number \(field) at byte \(at)") }
+            guard field > 0, field <= 536_870_911 else {
+                throw Malformed(description: "field number \(field) at byte \(at)")
+            }
             guard let wireType = WireType(rawValue: key & 7) else {
                 throw Malformed(description: "wire type \(key & 7) at byte \(at)")
             }
@@ -82,7 +86,8 @@ enum ProtobufWireFormat {
         mutating func lengthDelimited() throws(Malformed) -> UnsafeRawBufferPointer {
             let length = try varint()
             guard length <= UInt64(bytes.count - offset) else {
-                throw Malformed(description: "a field of \(length) bytes runs past the end (\(bytes.count - offset) left)")
+                throw Malformed(
+                    description: "a field of \(length) bytes runs past the end (\(bytes.count - offset) left)")
             }
             let slice = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + Int(length)])
             offset += Int(length)
@@ -96,7 +101,8 @@ enum ProtobufWireFormat {
             case .lengthDelimited: _ = try lengthDelimited()
             case .fixed64: try advance(8)
             case .fixed32: try advance(4)
-            case .startGroup, .endGroup: throw Malformed(description: "groups are not used by this wire (byte \(offset))")
+            case .startGroup, .endGroup:
+                throw Malformed(description: "groups are not used by this wire (byte \(offset))")
             }
         }
 

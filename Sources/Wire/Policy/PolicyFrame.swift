@@ -28,7 +28,9 @@ public enum PolicyFrame {
             return .failure(WireFrameError(.badMarker, "the frame does not start with LTP"))
         }
         guard frame[3] == WireFrame.version else {
-            return .failure(WireFrameError(.unsupportedVersion, "policy version \(frame[3]); this build reads \(WireFrame.version)"))
+            return .failure(
+                WireFrameError(.unsupportedVersion, "policy version \(frame[3]); this build reads \(WireFrame.version)")
+            )
         }
         do {
             return .success(try PolicyMessage(serializedBytes: frame[header.count...]))

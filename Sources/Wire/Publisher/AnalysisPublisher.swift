@@ -27,12 +27,13 @@ public final class AnalysisPublisher: Sendable {
     public init(configuration: AnalysisPublisherConfiguration, logger: Logger) throws {
         self.configuration = configuration
         self.logger = logger
-        self.queue = Mutex(PublisherQueue(
-            maxRecords: configuration.maxQueuedRecords,
-            maxBytes: configuration.maxQueuedBytes,
-            wakeRecords: configuration.wakeRecords,
-            wakeBytes: configuration.wakeBytes
-        ))
+        self.queue = Mutex(
+            PublisherQueue(
+                maxRecords: configuration.maxQueuedRecords,
+                maxBytes: configuration.maxQueuedBytes,
+                wakeRecords: configuration.wakeRecords,
+                wakeBytes: configuration.wakeBytes
+            ))
         let encoder = try EnvelopeEncoder(sidecarID: configuration.sidecarID, bootID: configuration.bootID)
 
         let started = Mutex<Result<Void, ZMQError>?>(nil)
@@ -51,9 +52,11 @@ public final class AnalysisPublisher: Sendable {
         if case .failure(let error) = started.withLock({ $0 }) {
             throw error
         }
-        logger.debug("analysis publisher started", metadata: [
-            "endpoint": "\(configuration.endpoint)", "boot_id": "\(configuration.bootID)",
-        ])
+        logger.debug(
+            "analysis publisher started",
+            metadata: [
+                "endpoint": "\(configuration.endpoint)", "boot_id": "\(configuration.bootID)",
+            ])
     }
 
     /// The I/O thread's whole life: it owns the context and the socket, so that closing them, and
@@ -130,12 +133,14 @@ public final class AnalysisPublisher: Sendable {
         }
         if !alreadyClosing, queue.withLock({ $0.close() }) { wakeup.signal() }
         finished.wait()
-        finished.signal()  // let any other caller through as well
+        finished.signal() // let any other caller through as well
         if !alreadyClosing {
             let stats = self.stats
-            logger.debug("analysis publisher stopped", metadata: [
-                "published": "\(stats.published)", "dropped": "\(stats.dropped)",
-            ])
+            logger.debug(
+                "analysis publisher stopped",
+                metadata: [
+                    "published": "\(stats.published)", "dropped": "\(stats.dropped)",
+                ])
         }
     }
 
@@ -189,15 +194,18 @@ public final class AnalysisPublisher: Sendable {
                     let rest = batch[index...]
                     queue.withLock { queue in
                         queue.sent(count: sent.count, cost: sent.cost)
-                        queue.abandoned(count: skipped.count + rest.count, cost: skipped.cost + rest.reduce(0) { $0 + $1.cost })
+                        queue.abandoned(
+                            count: skipped.count + rest.count, cost: skipped.cost + rest.reduce(0) { $0 + $1.cost })
                         // Anything queued behind this batch is given up on too.
                         while case .records(let records) = queue.take() {
                             queue.abandoned(count: records.count, cost: records.reduce(0) { $0 + $1.cost })
                         }
                     }
-                    logger.warning("analysis records were still queued when the shutdown linger ran out", metadata: [
-                        "abandoned": "\(rest.count)", "endpoint": "\(configuration.endpoint)",
-                    ])
+                    logger.warning(
+                        "analysis records were still queued when the shutdown linger ran out",
+                        metadata: [
+                            "abandoned": "\(rest.count)", "endpoint": "\(configuration.endpoint)",
+                        ])
                     return
                 }
                 if sent.count + skipped.count == reportEvery {
@@ -234,9 +242,11 @@ public final class AnalysisPublisher: Sendable {
                 droppedBefore: pending.droppedBefore, record: pending.record
             )
         } catch {
-            logger.error("dropping an analysis record that did not encode", metadata: [
-                "seq": "\(pending.seq)", "kind": "\(pending.record.kindName)", "error": "\(error)",
-            ])
+            logger.error(
+                "dropping an analysis record that did not encode",
+                metadata: [
+                    "seq": "\(pending.seq)", "kind": "\(pending.record.kindName)", "error": "\(error)",
+                ])
             return .skipped
         }
         var deadlinePassed = false
@@ -253,9 +263,11 @@ public final class AnalysisPublisher: Sendable {
             if sent { return .sent }
             return deadlinePassed ? .deadlinePassed : .skipped
         } catch {
-            logger.error("the analysis socket refused a record; dropping it", metadata: [
-                "endpoint": "\(configuration.endpoint)", "error": "\(error)",
-            ])
+            logger.error(
+                "the analysis socket refused a record; dropping it",
+                metadata: [
+                    "endpoint": "\(configuration.endpoint)", "error": "\(error)",
+                ])
             return .skipped
         }
     }

@@ -106,7 +106,7 @@ public final class AnalysisReceiver: Sendable {
     public func shutdown() {
         let first = !core.stopping.exchange(true, ordering: .acquiringAndReleasing)
         core.finished.wait()
-        core.finished.signal()  // let any other caller through as well
+        core.finished.signal() // let any other caller through as well
         if first {
             core.logger.info("analysis receiver stopped", metadata: ["received": "\(stats.received)"])
         }
@@ -171,7 +171,8 @@ extension AnalysisReceiver {
                 do {
                     ready = try ZMQSocket.poll([(pull, .readable), (monitor, .readable)], timeoutMilliseconds: 100)
                 } catch {
-                    logger.error("polling the analysis socket failed; stopping the receiver", metadata: ["error": "\(error)"])
+                    logger.error(
+                        "polling the analysis socket failed; stopping the receiver", metadata: ["error": "\(error)"])
                     return
                 }
                 if ready[1].contains(.readable) { readLinkEvents(monitor) }
@@ -180,7 +181,9 @@ extension AnalysisReceiver {
                     do {
                         guard try receiveOne(pull, decoder: &decoder) else { break }
                     } catch {
-                        logger.error("receiving on the analysis socket failed; stopping the receiver", metadata: ["error": "\(error)"])
+                        logger.error(
+                            "receiving on the analysis socket failed; stopping the receiver",
+                            metadata: ["error": "\(error)"])
                         return
                     }
                 }
@@ -232,11 +235,13 @@ extension AnalysisReceiver {
                 return nil
             }
             if let gap {
-                logger.warning("analysis records missing", metadata: [
-                    "sidecar": "\(gap.sidecarID)", "boot_id": "\(gap.bootID)",
-                    "first_missing": "\(gap.firstMissing)", "last_missing": "\(gap.lastMissing)",
-                    "dropped_by_sidecar": "\(gap.droppedBySender)", "lost_in_transit": "\(gap.lostInTransit)",
-                ])
+                logger.warning(
+                    "analysis records missing",
+                    metadata: [
+                        "sidecar": "\(gap.sidecarID)", "boot_id": "\(gap.bootID)",
+                        "first_missing": "\(gap.firstMissing)", "last_missing": "\(gap.lastMissing)",
+                        "dropped_by_sidecar": "\(gap.droppedBySender)", "lost_in_transit": "\(gap.lostInTransit)",
+                    ])
             }
             handler(ReceivedRecord(envelope: envelope, gap: gap))
         }
@@ -248,9 +253,11 @@ extension AnalysisReceiver {
                 return count
             }
             if LogSampling.isWorthLogging(occurrence: count) {
-                logger.warning("rejected a message on the analysis socket", metadata: [
-                    "reason": "\(error.rejection)", "detail": "\(error.detail)", "count": "\(count)",
-                ])
+                logger.warning(
+                    "rejected a message on the analysis socket",
+                    metadata: [
+                        "reason": "\(error.rejection)", "detail": "\(error.detail)", "count": "\(count)",
+                    ])
             }
         }
 
@@ -266,9 +273,11 @@ extension AnalysisReceiver {
                 }
                 switch event.kind {
                 case .handshakeFailed:
-                    logger.warning("a peer on the analysis socket failed the ZeroMQ handshake (not a ZeroMQ peer?)", metadata: [
-                        "endpoint": "\(event.endpoint)", "zmq_event": "\(event.rawEvent)",
-                    ])
+                    logger.warning(
+                        "a peer on the analysis socket failed the ZeroMQ handshake (not a ZeroMQ peer?)",
+                        metadata: [
+                            "endpoint": "\(event.endpoint)", "zmq_event": "\(event.rawEvent)",
+                        ])
                 case .accepted, .disconnected:
                     logger.debug("analysis link \(event.kind)", metadata: ["endpoint": "\(event.endpoint)"])
                 }
@@ -281,7 +290,8 @@ extension AnalysisReceiver {
 struct LinkEvent {
     enum Kind { case accepted, disconnected, handshakeFailed }
 
-    static let mask: Int32 = ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED
+    static let mask: Int32 =
+        ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED
         | ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL | ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH
 
     let kind: Kind

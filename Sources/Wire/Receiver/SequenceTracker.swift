@@ -33,7 +33,8 @@ public struct SequenceResumePoint: Sendable, Equatable {
 
 extension SequenceStreamStats {
     public var resumePoint: SequenceResumePoint {
-        SequenceResumePoint(sidecarID: sidecarID, bootID: bootID, lastSeq: lastSeq, lastDroppedBefore: lastDroppedBefore)
+        SequenceResumePoint(
+            sidecarID: sidecarID, bootID: bootID, lastSeq: lastSeq, lastDroppedBefore: lastDroppedBefore)
     }
 }
 
@@ -137,7 +138,8 @@ public struct SequenceTracker: Sendable {
 }
 
 extension SequenceStreamStats {
-    fileprivate mutating func observe(seq: UInt64, droppedBefore: UInt64, clock: UInt64) -> SequenceTracker.Observation {
+    fileprivate mutating func observe(seq: UInt64, droppedBefore: UInt64, clock: UInt64) -> SequenceTracker.Observation
+    {
         lastTouched = clock
         received += 1
         guard seq > lastSeq else {

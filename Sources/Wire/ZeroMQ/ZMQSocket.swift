@@ -96,7 +96,9 @@ public final class ZMQSocket {
     /// (`EAGAIN`: no peer, or the peer's high-water mark is reached) and `dontWait` is set.
     /// - Parameter more: another frame of the same message follows.
     @discardableResult
-    public func send(_ bytes: UnsafeRawBufferPointer, more: Bool = false, dontWait: Bool = false) throws(ZMQError) -> Bool {
+    public func send(_ bytes: UnsafeRawBufferPointer, more: Bool = false, dontWait: Bool = false) throws(ZMQError)
+        -> Bool
+    {
         let handle = try open("zmq_send")
         let flags = (more ? ZMQ_SNDMORE : 0) | (dontWait ? ZMQ_DONTWAIT : 0)
         while true {
@@ -190,7 +192,9 @@ public final class ZMQSocket {
     public func receiveMultipart(dontWait: Bool = false) throws(ZMQError) -> [[UInt8]]? {
         var frames: [[UInt8]] = []
         while true {
-            let frame = try receiveFrame(dontWait: dontWait && frames.isEmpty) { bytes, more in (bytes: Array(bytes), more: more) }
+            let frame = try receiveFrame(dontWait: dontWait && frames.isEmpty) { bytes, more in
+                (bytes: Array(bytes), more: more)
+            }
             guard let frame else { return nil }
             frames.append(frame.bytes)
             if !frame.more { return frames }
@@ -228,7 +232,9 @@ public final class ZMQSocket {
 
     /// Waits until the socket is ready for `events` or `fd` (a plain file descriptor, such as an
     /// eventfd other threads write to wake this one) is readable, or the timeout passes.
-    public func poll(_ events: Events, orReadable fd: Int32, timeoutMilliseconds: Int) throws(ZMQError) -> (socket: Events, fdReadable: Bool) {
+    public func poll(_ events: Events, orReadable fd: Int32, timeoutMilliseconds: Int) throws(ZMQError) -> (
+        socket: Events, fdReadable: Bool
+    ) {
         let handle = try open("zmq_poll")
         var items = [
             zmq_pollitem_t(socket: handle, fd: -1, events: events.rawValue, revents: 0),
@@ -250,7 +256,8 @@ public final class ZMQSocket {
         var items: [zmq_pollitem_t] = []
         items.reserveCapacity(sockets.count)
         for (socket, events) in sockets {
-            items.append(zmq_pollitem_t(socket: try socket.open("zmq_poll"), fd: -1, events: events.rawValue, revents: 0))
+            items.append(
+                zmq_pollitem_t(socket: try socket.open("zmq_poll"), fd: -1, events: events.rawValue, revents: 0))
         }
         while zmq_poll(&items, Int32(items.count), timeoutMilliseconds) < 0 {
             let error = ZMQError.last("zmq_poll")
