@@ -17,7 +17,7 @@ struct MITMSettings: Sendable {
 /// The first handler of a connection to the MITM listener (an app's `HTTPS_PROXY`). It reads the
 /// first request and turns the connection into what it asks for:
 /// - `CONNECT` to an allowlisted host: 200, then TLS with a leaf minted for that host, then the
-///   same proxy path as reverse mode (`ReverseProxyHandler`), ingress `mitm`;
+///   same proxy path as reverse mode (`ClientConnectionHandler`), ingress `mitm`;
 /// - `CONNECT` to any other host: 200, then a blind tunnel (or 403 with `--deny-unlisted`);
 /// - an absolute-form `http://` request: to an allowlisted host, forwarded over https; to any
 ///   other, as plain HTTP without analysis (or 403).
@@ -143,7 +143,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let target else {
             return refuse(context, .badRequest("cannot forward to \(host)"), why: "unusable host \(host)")
         }
-        let handler = ReverseProxyHandler(
+        let handler = ClientConnectionHandler(
             settings: settings.proxy, target: target, ingress: .mitm, requiredHost: host, pools: pools,
             publisher: allowlisted ? publisher : NoRecords(), counters: counters, logger: logger
         )
@@ -181,7 +181,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                     try operations.addHandler(TLSFailureLogger(host: host, logger: logger), position: .after(tls))
                     let logging = try operations.handler(type: TLSFailureLogger.self)
                     try operations.addHandler(
-                        ReverseProxyHandler(
+                        ClientConnectionHandler(
                             settings: settings.proxy, target: target, ingress: .mitm, pools: pools,
                             publisher: publisher, counters: counters, logger: logger
                         ), position: .after(logging))

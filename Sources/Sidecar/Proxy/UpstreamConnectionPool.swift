@@ -171,6 +171,13 @@ final class UpstreamPools: Sendable {
         return UpstreamPools(loops: loops)
     }
 
+    /// The pools of one loop, made on it: for a handler driven on an `EmbeddedEventLoop`.
+    static func single(loop: any EventLoop, settings: UpstreamConnectionPool.Settings) -> UpstreamPools {
+        UpstreamPools(loops: [
+            ObjectIdentifier(loop): NIOLoopBound(LoopPools(eventLoop: loop, settings: settings), eventLoop: loop)
+        ])
+    }
+
     /// The pool for `target` on the loop the caller runs on.
     func pool(for eventLoop: any EventLoop, target: UpstreamTarget) -> UpstreamConnectionPool {
         guard let loop = loops[ObjectIdentifier(eventLoop)] else {

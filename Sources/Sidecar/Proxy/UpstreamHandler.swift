@@ -187,24 +187,6 @@ final class UpstreamHandler: ChannelDuplexHandler {
     }
 }
 
-/// The framing bytes of chunked transfer coding (RFC 9112, section 7.1).
-enum ChunkedFraming {
-    static let crlf = ByteBuffer(string: "\r\n")
-    static let lastChunk = ByteBuffer(string: "0\r\n\r\n")
-
-    static func sizeLine(_ size: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
-        var line = allocator.buffer(capacity: 18)
-        writeSizeLine(size, into: &line)
-        return line
-    }
-
-    /// "1a2\r\n": a chunk's size in hex, as its line.
-    static func writeSizeLine(_ size: Int, into buffer: inout ByteBuffer) {
-        buffer.writeString(String(size, radix: 16))
-        buffer.writeStaticString("\r\n")
-    }
-}
-
 /// The upstream broke HTTP/1.1: its response can't be relayed or its connection reused.
 struct UpstreamProtocolError: Error, CustomStringConvertible {
     let detail: String

@@ -30,7 +30,7 @@ struct ReverseProxyServer: Service {
         try await listener.run(
             childInitializer: { channel in
                 try channel.pipeline.syncOperations.addHandler(
-                    ReverseProxyHandler(
+                    ClientConnectionHandler(
                         settings: settings, target: target, pools: pools, publisher: publisher, counters: counters,
                         logger: logger
                     ))

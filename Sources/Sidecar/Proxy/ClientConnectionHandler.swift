@@ -1,0 +1,573 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import Wire
+
+/// One client connection, of the reverse listener or of a MITM tunnel: each request becomes an
+/// exchange forwarded to the upstream over a pooled connection, with bodies streamed both ways and
+/// copied onto the wire. What an exchange does next is `ExchangeStateMachine`'s decision; this
+/// handler feeds it what happens and does what it says.
+///
+/// Back-pressure holds `read()` on whichever side is ahead: the client's while the upstream can't
+/// take more, the upstream's while the client can't. Requests pipelined behind the current one wait
+/// in the parser, so the sidecar may answer early (an error while the body still arrives) without
+/// breaking order.
+final class ClientConnectionHandler: ChannelDuplexHandler {
+    /// The client's bytes, read by `ClientRequestParser`: the only other handler is the socket (or TLS).
+    typealias InboundIn = ByteBuffer
+    /// Responses are written as bytes: the upstream's head re-written by `HeaderRules`, its body
+    /// slices as they were read. No HTTP encoder sits in the pipeline.
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    typealias Machine = ExchangeStateMachine<UpstreamConnection, ExchangeTap>
+
+    private let settings: ProxySettings
+    /// Where this connection's requests go: the reverse listener's upstream, or the host a MITM
+    /// client reached.
+    private let target: UpstreamTarget
+    private let ingress: IngressMode
+    /// For a MITM connection carrying absolute-form requests: the host they must all name.
+    private let requiredHost: String?
+    private let pools: UpstreamPools
+    private let publisher: any RecordPublishing
+    private let counters: SidecarCounters
+    /// With the client's address as metadata, once it is known.
+    private var logger: Logger
+    private var machine: Machine
+    private var parser: ClientRequestParser
+    private var response = ClientResponseWriter()
+    private var context: ChannelHandlerContext!
+    private var pool: UpstreamConnectionPool?
+    private var clientAddress = ""
+    private var clientIP: String?
+    private var counted = false
+    /// A `read()` held back (by the machine's decision), to be issued when it allows.
+    private var readPending = false
+    private var upstreamNeedsFlush = false
+    /// A keep-alive client sends the same credential again and again: its tenant is worked out once.
+    private var lastCredential: String?
+    private var lastTenant = ""
+    private var exchangeTimer = ConnectionTimer()
+    private var idleTimer = ConnectionTimer()
+
+    init(
+        settings: ProxySettings, target: UpstreamTarget, ingress: IngressMode = .reverse, requiredHost: String? = nil,
+        pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger
+    ) {
+        self.settings = settings
+        self.target = target
+        self.ingress = ingress
+        self.requiredHost = requiredHost
+        self.pools = pools
+        self.publisher = publisher
+        self.counters = counters
+        self.logger = logger
+        self.parser = ClientRequestParser(maxHeadBytes: settings.maxHeaderBytes)
+        self.machine = Machine(limits: settings.exchangeLimits, target: target, now: .now())
+    }
+
+    // MARK: The client connection
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        noteClientAddress(context)
+        if context.channel.isActive { countConnection() }
+        armIdleTimer()
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        noteClientAddress(context)
+        countConnection()
+        context.fireChannelActive()
+    }
+
+    /// The client's address, once known: in every log line of the connection.
+    private func noteClientAddress(_ context: ChannelHandlerContext) {
+        guard clientIP == nil, let remote = context.channel.remoteAddress else { return }
+        clientIP = remote.ipAddress
+        clientAddress = remote.ipAddress.map { "\($0):\(remote.port ?? 0)" } ?? "\(remote)"
+        logger[metadataKey: "client"] = "\(clientAddress)"
+    }
+
+    /// Once per connection, whether it was active before this handler came (MITM) or after.
+    private func countConnection() {
+        guard !counted else { return }
+        counted = true
+        counters.openConnections.add(1, ordering: .relaxed)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        idleTimer.cancel()
+        exchangeTimer.cancel()
+        if counted { counters.openConnections.subtract(1, ordering: .relaxed) }
+        counted = false
+        if let settlement = machine.clientClosed() { settle(settlement) }
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        parser.receive(unwrapInboundIn(data))
+        processRequests()
+    }
+
+    /// Acts on what the client sent, as far as it can be acted on now.
+    private func processRequests() {
+        while machine.takesRequestEvents {
+            let event: ClientRequestParser.Event?
+            do {
+                event = try parser.next()
+            } catch {
+                return refuseMalformed(error)
+            }
+            guard let event else { return }
+            handle(event)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushUpstream()
+        context.fireChannelReadComplete()
+    }
+
+    /// Sends what was written upstream since the last flush: once per read of the client.
+    private func flushUpstream() {
+        if upstreamNeedsFlush, let upstream = machine.attachedUpstream { upstream.handler.flush() }
+        upstreamNeedsFlush = false
+    }
+
+    func read(context: ChannelHandlerContext) {
+        switch machine.readDecision(bufferedBytes: parser.bufferedBytes) {
+        case .read:
+            context.read()
+        case .readIfWritable(let upstream) where upstream.channel.isWritable:
+            context.read()
+        case .hold, .readIfWritable:
+            readPending = true
+        }
+    }
+
+    private func resumeReading() {
+        if readPending {
+            readPending = false
+            context.read()
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let isWritable = context.channel.isWritable
+        let (upstream, deadline) = machine.clientWritabilityChanged(isWritable: isWritable, now: .now())
+        upstream?.handler.holdReads(!isWritable)
+        if let deadline { armExchangeTimer(by: deadline) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            // Graceful shutdown: finish the exchange under way, then close; close an idle connection now.
+            if machine.quiesce() { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // I/O errors: the connection is gone; channelInactive settles the exchange.
+        logger.debug("client connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// A request that can't be trusted: never forwarded, and the connection closed, since where
+    /// the next request would start is unknown.
+    private func refuseMalformed(_ error: ClientRequestParser.Malformed) {
+        switch machine.requestMalformed(error, maxHeaderBytes: settings.maxHeaderBytes) {
+        case .answer(let answer):
+            perform(answer)
+        case .closeNow(let settlement):
+            if let settlement {
+                logReason(.malformed(error), response: nil, exchangeID: settlement.tap.exchangeID)
+                settle(settlement)
+            }
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: Requests
+
+    private func handle(_ event: ClientRequestParser.Event) {
+        switch event {
+        case .head(let head):
+            begin(head)
+        case .body(let buffer):
+            // Parts after a request answered early, before its end arrived, belong to nothing.
+            guard let tap = machine.tap else { return }
+            tap.requestBody(buffer)
+            switch machine.requestBody(buffer, now: .now()) {
+            case .forward(let upstream):
+                upstream.handler.send(.body(buffer))
+                upstreamNeedsFlush = true
+            case .none:
+                break
+            case .answer(let answer):
+                perform(answer)
+            }
+        case .end:
+            guard let tap = machine.tap else { return }
+            tap.requestEnded()
+            switch machine.requestEnd() {
+            case .forward(let upstream):
+                upstream.handler.send(.end)
+                upstreamNeedsFlush = true
+            case .none:
+                break
+            case .connect:
+                connectUpstream()
+            case .answer(let answer):
+                perform(answer)
+            }
+        }
+    }
+
+    private func begin(_ head: ClientRequestHead) {
+        if let requiredHost, let (_, host, _) = MITMFrontHandler.absoluteURL(head.uri), host != requiredHost {
+            // One proxy connection, one host: this one was set up for another.
+            let response = ProxyErrorResponse.misdirected(
+                "this proxy connection serves \(requiredHost); open another for \(host)")
+            return perform(machine.refuseHead(response, version: head.version))
+        }
+        counters.inFlight.add(1, ordering: .relaxed)
+        let uri = target.basePath + HeaderRules.originForm(head.uri)
+        let presented = HeaderRules.presentedCredential(in: head.headers)
+        let decision =
+            settings.policy.map {
+                $0.decide(
+                    presented: presented, uri: head.uri, path: uri, nowMs: WallClock.nowUnixNanos() / 1_000_000,
+                    nowNanos: NIODeadline.now().uptimeNanoseconds)
+            } ?? .passThrough
+        let tap = ExchangeTap(
+            exchangeID: counters.makeExchangeID(), head: head, upstream: target, path: uri,
+            clientAddress: clientAddress,
+            tenant: tenant(for: presented?.value ?? HeaderRules.queryCredential(head.uri)),
+            settings: settings.tap, ingress: ingress, publisher: publisher
+        )
+        var credential: (header: CredentialHeader, value: String)?
+        var keyID = ""
+        var holdsSlot = false
+        var allowedModels: Set<String>?
+        var refusal: ProxyErrorResponse?
+        switch decision {
+        case .passThrough:
+            break
+        case .reject(let response, let rejectedKeyID, let projectID):
+            tap.policy(keyID: rejectedKeyID, projectID: projectID)
+            keyID = rejectedKeyID
+            refusal = response
+        case .allow(let grant):
+            tap.policy(keyID: grant.keyID, projectID: grant.projectID)
+            keyID = grant.keyID
+            holdsSlot = grant.holdsSlot
+            credential = (grant.header, grant.upstreamCredential)
+            if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil {
+                allowedModels = grant.allowedModels
+            }
+        }
+        let admission: Machine.Admission
+        if let refusal {
+            logPolicyRefusal(refusal, exchangeID: tap.exchangeID, keyID: keyID)
+            admission = .refuse(refusal)
+        } else {
+            var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
+            HeaderRules.writeUpstreamRequestHead(
+                head, uri: uri, target: target, clientIP: clientIP, credential: credential, into: &upstreamHead)
+            let headPart = UpstreamRequestPart.head(upstreamHead, chunked: head.chunked, isHEAD: head.method == .HEAD)
+            // The model is in the body: hold the request until it has all come, then decide.
+            admission = allowedModels.map { .checkModel(head: headPart, allowed: $0) } ?? .forward(head: headPart)
+        }
+        let action = machine.requestHead(
+            tap: tap, keepAlive: head.keepAlive, version: head.version, expectsContinue: head.expectsContinue,
+            shape: .forPath(uri), keyID: keyID, holdsPolicySlot: holdsSlot, admission: admission, now: .now())
+        switch action {
+        case .connect(let sendContinue):
+            if sendContinue { self.sendContinue(version: head.version) }
+            connectUpstream()
+        case .awaitBody(let sendContinue, let deadline):
+            if sendContinue { self.sendContinue(version: head.version) }
+            armExchangeTimer(by: deadline)
+        case .answer(let answer):
+            perform(answer)
+        }
+    }
+
+    private func sendContinue(version: HTTPVersion) {
+        let status: StaticString =
+            version.minor >= 1 ? "HTTP/1.1 100 Continue\r\n\r\n" : "HTTP/1.0 100 Continue\r\n\r\n"
+        var interim = context.channel.allocator.buffer(capacity: 32)
+        interim.writeStaticString(status)
+        context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
+    }
+
+    private func tenant(for credential: String?) -> String {
+        guard let credential else { return "" }
+        if credential != lastCredential {
+            lastCredential = credential
+            lastTenant = settings.tenantHasher.tenant(for: credential)
+        }
+        return lastTenant
+    }
+
+    // MARK: The upstream connection
+
+    private func connectUpstream() {
+        let pool = self.pool ?? pools.pool(for: context.eventLoop, target: target)
+        self.pool = pool
+        if let connection = pool.idleConnection() {
+            // Inside the read that brought the head: the rest of the request usually came with it,
+            // so the flush at the end of this read sends it all in one write.
+            connected(connection, flushNow: false)
+        } else {
+            pool.connect().assumeIsolated().whenComplete { result in
+                switch result {
+                case .success(let connection): self.connected(connection, flushNow: true)
+                case .failure(let error): self.connectFailed(error)
+                }
+            }
+        }
+    }
+
+    private func connected(_ connection: UpstreamConnection, flushNow: Bool) {
+        switch machine.upstreamConnected(connection, now: .now()) {
+        case .release:
+            pool?.release(connection)
+        case .attach(let parts, let deadline):
+            connection.handler.sink = self
+            connection.handler.holdReads(!context.channel.isWritable)
+            for part in parts { connection.handler.send(part) }
+            if flushNow { connection.handler.flush() } else { upstreamNeedsFlush = true }
+            armExchangeTimer(by: deadline)
+            if connection.channel.isWritable { resumeReading() }
+        }
+    }
+
+    private func connectFailed(_ error: any Error) {
+        if let answer = machine.upstreamConnectFailed(error) { perform(answer) }
+    }
+
+    // MARK: Timers
+
+    private func armExchangeTimer(by deadline: NIODeadline) {
+        exchangeTimer.ensure(by: deadline, on: context.eventLoop) { self.exchangeTimerFired() }
+    }
+
+    private func exchangeTimerFired() {
+        exchangeTimer.fired()
+        switch machine.exchangeTimerFired(now: .now(), readHeld: readPending) {
+        case .none:
+            break
+        case .check(let deadline):
+            exchangeTimer.set(at: deadline, on: context.eventLoop) { self.exchangeTimerFired() }
+        case .answer(let answer):
+            perform(answer)
+        case .fail(let failure):
+            perform(failure)
+        case .clientStoppedReading(let settlement):
+            let count = counters.stalledClients.add(1, ordering: .relaxed).newValue
+            if LogSampling.isWorthLogging(occurrence: count) {
+                exchangeLogger(settlement.tap).warning(
+                    "a client stopped reading its response; closing",
+                    metadata: [
+                        "count": "\(count)", "timeout_s": "\(settings.clientTimeout.nanoseconds / 1_000_000_000)",
+                    ])
+            }
+            settle(settlement)
+            context.close(promise: nil)
+        }
+    }
+
+    /// No exchange under way: the client has --client-timeout to start (and finish the head of)
+    /// its next request. Set again only when it fires early.
+    private func armIdleTimer() {
+        guard !idleTimer.isSet, let since = machine.idleSince, let context else { return }
+        idleTimer.set(at: since + settings.clientTimeout, on: context.eventLoop) { self.idleTimerFired() }
+    }
+
+    private func idleTimerFired() {
+        idleTimer.fired()
+        switch machine.idleTimerFired(now: .now(), bufferedBytes: parser.bufferedBytes) {
+        case .none:
+            break
+        case .check(let deadline):
+            idleTimer.set(at: deadline, on: context.eventLoop) { self.idleTimerFired() }
+        case .answer(let answer):
+            perform(answer)
+        case .close:
+            context.close(promise: nil)
+        }
+    }
+
+    // MARK: Ending exchanges
+
+    /// Writes an answer of the sidecar's own, settles the exchange it ends, then closes or moves on.
+    private func perform(_ answer: Machine.LocalAnswer) {
+        logReason(answer.reason, response: answer.response, exchangeID: answer.settlement?.tap.exchangeID)
+        var bytes = context.channel.allocator.buffer(capacity: 512)
+        HeaderRules.writeLocalResponse(
+            status: answer.response.status, contentType: "application/json",
+            body: answer.response.body(shape: answer.shape), exchangeID: answer.settlement?.tap.exchangeID,
+            close: answer.close, version: answer.version, retryAfter: answer.response.retryAfter, into: &bytes
+        )
+        if let settlement = answer.settlement { settle(settlement) }
+        context.write(wrapOutboundOut(bytes), promise: nil)
+        endResponse(then: answer.close ? .close : .next, terminator: nil)
+    }
+
+    private func perform(_ failure: Machine.FailureAction) {
+        switch failure {
+        case .answer(let answer):
+            perform(answer)
+        case .closeNow(let settlement):
+            exchangeLogger(settlement.tap).warning(
+                "upstream failed mid-response; closing the client connection",
+                metadata: ["error": "\(settlement.error)"])
+            settle(settlement)
+            context.close(promise: nil)
+        }
+    }
+
+    /// The exchange is over: the tap records how, the upstream connection goes back to the pool or
+    /// closes, and a policy slot it held is given back.
+    private func settle(_ settlement: Machine.Settlement) {
+        if let upstream = settlement.upstream, let pool {
+            if settlement.reusable { pool.release(upstream) } else { pool.discard(upstream) }
+        }
+        settlement.tap.finish(
+            outcome: settlement.outcome, status: settlement.status, error: settlement.error,
+            rejectReason: settlement.rejectReason)
+        counters.inFlight.subtract(1, ordering: .relaxed)
+        if let keyID = settlement.releasesSlotOf { settings.policy?.release(keyID: keyID) }
+    }
+
+    /// Writes the response's end (the last chunk, when chunked), then closes once it is out, or
+    /// moves on to the next request.
+    private func endResponse(then: Machine.Then, terminator: ByteBuffer?) {
+        if let head = response.takePending() { context.write(wrapOutboundOut(head), promise: nil) }
+        let written = context.writeAndFlush(wrapOutboundOut(terminator ?? Self.noBytes))
+        switch then {
+        case .close:
+            let channel = context.channel
+            written.whenComplete { _ in channel.close(promise: nil) }
+        case .next:
+            exchangeDone()
+        }
+    }
+
+    /// The exchange is over and the connection stays: start the next pipelined request, if any.
+    private func exchangeDone() {
+        machine.becameIdle(now: .now())
+        armIdleTimer()
+        processRequests()
+        // A replayed request was not read just now, so no end of a read will flush it.
+        flushUpstream()
+        resumeReading()
+    }
+
+    private static let noBytes = ByteBuffer()
+
+    // MARK: Logging
+
+    /// The connection's logger with the exchange's id: made only when there is something to log.
+    private func exchangeLogger(_ tap: ExchangeTap) -> Logger {
+        var logger = self.logger
+        logger[metadataKey: "exchange_id"] = "\(tap.exchangeID)"
+        return logger
+    }
+
+    private func logPolicyRefusal(_ response: ProxyErrorResponse, exchangeID: String, keyID: String) {
+        let count = counters.policyRejections.add(1, ordering: .relaxed).newValue
+        guard LogSampling.isWorthLogging(occurrence: count) else { return }
+        var logger = self.logger
+        logger[metadataKey: "exchange_id"] = "\(exchangeID)"
+        logger.info(
+            "refused a request by policy",
+            metadata: [
+                "status": "\(response.status.code)", "reason": "\(response.rejectReason)", "key_id": "\(keyID)",
+                "count": "\(count)",
+            ])
+    }
+
+    /// Logs (and counts) why the sidecar answered itself, as each reason deserves.
+    private func logReason(_ reason: Machine.Reason, response: ProxyErrorResponse?, exchangeID: String?) {
+        let status = response?.status
+        var logger = self.logger
+        if let exchangeID { logger[metadataKey: "exchange_id"] = "\(exchangeID)" }
+        let timeout = "\(settings.clientTimeout.nanoseconds / 1_000_000_000)"
+        switch reason {
+        case .malformed(let error):
+            let count = counters.malformedRequests.add(1, ordering: .relaxed).newValue
+            if LogSampling.isWorthLogging(occurrence: count) {
+                logger.warning(
+                    "refused a malformed request",
+                    metadata: ["status": "\(status?.code ?? 0)", "error": "\(error)", "count": "\(count)"])
+            }
+        case .modelNotAllowed(let keyID):
+            if let response, let exchangeID { logPolicyRefusal(response, exchangeID: exchangeID, keyID: keyID) }
+        case .requestHeadTimeout:
+            logger.warning("a client took too long to send a request head", metadata: ["timeout_s": "\(timeout)"])
+        case .requestBodyTimeout:
+            logger.warning("a client stopped sending its request body", metadata: ["timeout_s": "\(timeout)"])
+        case .upstreamFailed(let error):
+            logger.warning("upstream failed", metadata: ["status": "\(status?.code ?? 0)", "error": "\(error)"])
+        case .policy, .misdirected, .modelCheckTooLarge:
+            // A refusal at the head was logged then.
+            break
+        }
+    }
+}
+
+// MARK: Responses from the upstream
+
+extension ClientConnectionHandler: UpstreamResponseSink {
+    func upstreamResponseHead(_ head: UpstreamResponseHead) {
+        guard
+            case .write(let framing, let close, let version) = machine.upstreamHead(
+                keepAlive: head.keepAlive, framing: head.framing, now: .now()), let tap = machine.tap
+        else { return }
+        tap.responseHead(status: head.status, headers: head.headers)
+        var bytes = context.channel.allocator.buffer(capacity: 1024)
+        HeaderRules.writeClientResponseHead(
+            head, exchangeID: tap.exchangeID, framing: framing, close: close, version: version, into: &bytes)
+        response.hold(bytes)
+    }
+
+    func upstreamResponseBody(_ buffer: ByteBuffer) {
+        guard buffer.readableBytes > 0, let framing = machine.upstreamBody(now: .now()), let tap = machine.tap else {
+            return
+        }
+        tap.responseBody(buffer)
+        response.body(buffer, framing: framing, allocator: context.channel.allocator) { bytes in
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        }
+        if !context.channel.isWritable, let upstream = machine.attachedUpstream {
+            upstream.handler.holdReads(true)
+        }
+    }
+
+    func upstreamReadComplete() {
+        // Each read of the upstream leaves at once: a streamed event is never held back.
+        if let head = response.takePending() { context.write(wrapOutboundOut(head), promise: nil) }
+        context.flush()
+    }
+
+    func upstreamResponseEnd() {
+        guard let completion = machine.upstreamEnd() else { return }
+        settle(completion.settlement)
+        endResponse(then: completion.then, terminator: completion.chunked ? ChunkedFraming.lastChunk : nil)
+    }
+
+    func upstreamWritabilityChanged(isWritable: Bool) {
+        if isWritable { resumeReading() }
+    }
+
+    func upstreamFailed(_ error: any Error) {
+        if let failure = machine.upstreamFailed(error) { perform(failure) }
+    }
+}
