@@ -6,15 +6,18 @@ public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     public init(_ text: String) throws(ListenAddressError) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-            (0...65535).contains(port)
-        else {
-            throw ListenAddressError("a listen address is host:port, such as 0.0.0.0:3000, not \(text)")
+        let notHostPort = ListenAddressError("a listen address is host:port, such as 0.0.0.0:3000, not \(text)")
+        let authority: Authority
+        do {
+            authority = try Authority(text[...])
+        } catch .noHost {
+            guard let port = text.split(separator: ":").last else { throw notHostPort }
+            throw ListenAddressError("a listen address needs a host, such as 0.0.0.0:\(port)")
+        } catch {
+            throw notHostPort
         }
-        var host = String(text[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        guard !host.isEmpty else { throw ListenAddressError("a listen address needs a host, such as 0.0.0.0:\(port)") }
-        self.host = host
+        guard let port = authority.port else { throw notHostPort }
+        self.host = authority.host
         self.port = port
     }
 }

@@ -231,6 +231,22 @@ final class MITMTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: setup.caCertificate, encoding: .utf8), "garbage")
     }
 
+    func testAClientThatHasNotSentCONNECTDoesNotHoldAGracefulDrain() throws {
+        let setup = try startProxy(extra: ["--drain-timeout", "60"])
+        defer { setup.harness.stop() }
+        // Connected, and silent: no CONNECT yet.
+        let idle = try connectTCP(port: setup.mitmPort)
+        defer { close(idle) }
+        XCTAssertTrue(eventually { setup.harness.sidecar.stderr.contains("MITM listener ready") })
+        let signalled = ContinuousClock.now
+        setup.harness.sidecar.signal(SIGTERM)
+        // Without the quiesce the drain waited its 60 s for this client.
+        XCTAssertEqual(setup.harness.sidecar.waitForExit(timeout: .seconds(30)), 0, setup.harness.sidecar.stderr)
+        XCTAssertLessThan(ContinuousClock.now - signalled, .seconds(30))
+        var byte: UInt8 = 0
+        XCTAssertEqual(recv(idle, &byte, 1, 0), 0, "the idle client's connection was closed")
+    }
+
     func testBadProxyInputIsRefusedAndOtherConnectionsGoOn() throws {
         let setup = try startProxy()
         defer { setup.harness.stop() }

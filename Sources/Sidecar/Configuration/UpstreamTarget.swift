@@ -30,43 +30,30 @@ struct UpstreamTarget: Sendable, Hashable, CustomStringConvertible {
         guard scheme == "http" || scheme == "https" else {
             throw ConfigurationError("the upstream \(url) must be http:// or https://, not \(scheme)://")
         }
-        var rest = url[schemeEnd.upperBound...]
-        var path = ""
-        if let slash = rest.firstIndex(of: "/") {
-            path = String(rest[slash...])
-            rest = rest[..<slash]
+        let absolute: AbsoluteURL?
+        do {
+            absolute = try AbsoluteURL(url)
+        } catch .unclosedBracket {
+            throw ConfigurationError("the upstream \(url) has an unclosed [")
+        } catch .noHost {
+            throw ConfigurationError("the upstream \(url) has no host")
+        } catch {
+            throw ConfigurationError("the upstream \(url) has a bad port")
         }
+        guard let parsed = absolute else { throw ConfigurationError("the upstream \(url) needs a scheme") }
+        guard (1...65535).contains(parsed.port) else { throw ConfigurationError("the upstream \(url) has a bad port") }
+        var path = String(parsed.pathAndQuery)
         guard !path.contains("?"), !path.contains("#") else {
             throw ConfigurationError("the upstream \(url) may have a path but no query or fragment")
         }
         while path.hasSuffix("/") { path.removeLast() }
-        var host = String(rest)
-        var port = scheme == "https" ? 443 : 80
-        if host.hasPrefix("[") {
-            guard let close = host.firstIndex(of: "]") else {
-                throw ConfigurationError("the upstream \(url) has an unclosed [")
-            }
-            let after = host[host.index(after: close)...]
-            if after.hasPrefix(":") {
-                guard let parsed = Int(after.dropFirst()), (1...65535).contains(parsed) else {
-                    throw ConfigurationError("the upstream \(url) has a bad port")
-                }
-                port = parsed
-            }
-            host = String(host[host.index(after: host.startIndex)..<close])
-        } else if let colon = host.lastIndex(of: ":") {
-            guard let parsed = Int(host[host.index(after: colon)...]), (1...65535).contains(parsed) else {
-                throw ConfigurationError("the upstream \(url) has a bad port")
-            }
-            port = parsed
-            host = String(host[..<colon])
-        }
-        guard !host.isEmpty else { throw ConfigurationError("the upstream \(url) has no host") }
+        let host = parsed.authority.host
+        let port = parsed.port
         self.scheme = scheme
         self.host = host
         self.port = port
         self.basePath = path
-        let bracketed = host.contains(":") ? "[\(host)]" : host
+        let bracketed = parsed.authority.bracketedHost
         self.authority = port == (scheme == "https" ? 443 : 80) ? bracketed : "\(bracketed):\(port)"
     }
 }

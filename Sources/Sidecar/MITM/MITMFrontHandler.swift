@@ -5,15 +5,6 @@ import NIOSSL
 import NIOTLS
 import Wire
 
-/// What the MITM listener's connections share.
-struct MITMSettings: Sendable {
-    let proxy: ProxySettings
-    let allowlist: Allowlist
-    let ports: Set<Int>
-    let denyUnlisted: Bool
-    let connectTimeout: TimeAmount
-}
-
 /// The first handler of a connection to the MITM listener (an app's `HTTPS_PROXY`). It reads the
 /// first request and turns the connection into what it asks for:
 /// - `CONNECT` to an allowlisted host: 200, then TLS with a leaf minted for that host, then the
@@ -45,6 +36,8 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Every byte read so far, for a plain request that is handed whole to the proxy handler.
     private var received = ByteBuffer()
     private var held = ByteBuffer()
+    /// A graceful drain began while switching: the handler that takes over is told when it is in place.
+    private var quiesceWhenSwitched = false
 
     init(
         settings: MITMSettings, pools: UpstreamPools, leaves: LeafContextCache, publisher: any RecordPublishing,
@@ -95,9 +88,27 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            switch state {
+            case .reading:
+                // No request yet, so nothing to finish: a graceful drain need not wait for this client.
+                state = .done
+                context.close(promise: nil)
+                return
+            case .switching:
+                quiesceWhenSwitched = true
+                return
+            case .done:
+                break
+            }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     private func route(_ head: ClientRequestHead, context: ChannelHandlerContext) {
         if head.method == .CONNECT {
-            guard let (host, port) = Self.authority(head.uri) else {
+            guard let (host, port) = ProxyTarget.connect(head.uri) else {
                 return refuse(
                     context, .badRequest("CONNECT needs host:port, not \(head.uri)"),
                     why: "CONNECT without a port: \(head.uri)")
@@ -120,7 +131,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             return
         }
-        guard let (scheme, host, port) = Self.absoluteURL(head.uri) else {
+        guard let (scheme, host, port) = ProxyTarget.absolute(head.uri) else {
             return refuse(
                 context, .badRequest("this is an HTTP proxy: send CONNECT host:port, or an absolute http:// URL"),
                 why: "a request in origin form: \(head.uri)")
@@ -139,7 +150,9 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         // Allowlisted hosts are reached over https, as the app meant to; others as asked, unanalysed.
         let target =
             (try? UpstreamTarget(
-                url: allowlisted ? "https://\(Self.bracketed(host))" : "http://\(Self.bracketed(host)):\(port)"))
+                url: allowlisted
+                    ? "https://\(Authority(host: host, port: nil).bracketedHost)"
+                    : "http://\(Authority(host: host, port: nil).bracketedHost):\(port)"))
         guard let target else {
             return refuse(context, .badRequest("cannot forward to \(host)"), why: "unusable host \(host)")
         }
@@ -169,7 +182,8 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             case .success(let tlsContext):
                 guard
                     let target = try? UpstreamTarget(
-                        url: "https://\(Self.bracketed(host))\(port == 443 ? "" : ":\(port)")")
+                        url: "https://\(Authority(host: host, port: nil).bracketedHost)\(port == 443 ? "" : ":\(port)")"
+                    )
                 else {
                     channel.close(promise: nil)
                     return
@@ -263,6 +277,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
             context.fireChannelRead(wrapInboundOut(bytes))
             context.fireChannelReadComplete()
         }
+        if quiesceWhenSwitched { context.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent()) }
         context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         context.read()
     }
@@ -288,76 +303,4 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
     }
-
-    // MARK: Parsing targets
-
-    /// `host:port` (IPv6 in brackets); nil without a port, or with a host that is neither a DNS
-    /// name nor an IP address (it would only reach the resolver, or worse).
-    static func authority(_ text: String) -> (String, Int)? {
-        guard let address = try? ListenAddress(text), (1...65535).contains(address.port) else { return nil }
-        let host = address.host.lowercased()
-        let isName = host.utf8.allSatisfy { byte in
-            (byte >= 0x61 && byte <= 0x7A) || (byte >= 0x30 && byte <= 0x39) || byte == 0x2D || byte == 0x2E
-                || byte == 0x5F
-        }
-        let isIPv6 =
-            host.contains(":")
-            && host.utf8.allSatisfy { byte in
-                (byte >= 0x61 && byte <= 0x66) || (byte >= 0x30 && byte <= 0x39) || byte == 0x3A || byte == 0x2E
-            }
-        return isName || isIPv6 ? (host, address.port) : nil
-    }
-
-    /// scheme, host and port of an absolute-form target.
-    static func absoluteURL(_ uri: String) -> (String, String, Int)? {
-        guard let schemeEnd = uri.range(of: "://") else { return nil }
-        let scheme = uri[..<schemeEnd.lowerBound].lowercased()
-        let rest = uri[schemeEnd.upperBound...]
-        let authority = rest.prefix { $0 != "/" && $0 != "?" }
-        // Without a port, the scheme's; the host is checked the same way either way.
-        let withPort =
-            authority.last == "]" || !authority.contains(":")
-            ? "\(authority):\(scheme == "https" ? 443 : 80)" : String(authority)
-        return self.authority(withPort).map { (scheme, $0.0, $0.1) }
-    }
-
-    static func bracketed(_ host: String) -> String {
-        host.contains(":") ? "[\(host)]" : host
-    }
-}
-
-/// Logs why a MITM client's TLS handshake failed, with the usual reason spelled out.
-final class TLSFailureLogger: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-
-    private let host: String
-    private let logger: Logger
-
-    init(host: String, logger: Logger) {
-        self.host = host
-        self.logger = logger
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if case TLSUserEvent.handshakeCompleted = event {
-            // Only the handshake is of interest here.
-            context.pipeline.syncOperations.removeHandler(self, promise: nil)
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        logger.warning(
-            "a MITM client's TLS handshake failed: it may not trust the LLMTap CA (llmtap-sidecar ca export), or not speak TLS",
-            metadata: [
-                "host": "\(host)", "client": "\(context.channel.remoteAddress.map { "\($0)" } ?? "")",
-                "error": "\(error)",
-            ])
-        context.fireErrorCaught(error)
-    }
-}
-
-/// Publishes nothing: for traffic MITM mode forwards without analysing.
-struct NoRecords: RecordPublishing {
-    func publish(_ record: EncodedRecord) -> Bool { true }
 }

@@ -229,7 +229,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func begin(_ head: ClientRequestHead) {
-        if let requiredHost, let (_, host, _) = MITMFrontHandler.absoluteURL(head.uri), host != requiredHost {
+        if let requiredHost, let (_, host, _) = ProxyTarget.absolute(head.uri), host != requiredHost {
             // One proxy connection, one host: this one was set up for another.
             let response = ProxyErrorResponse.misdirected(
                 "this proxy connection serves \(requiredHost); open another for \(host)")

@@ -209,16 +209,7 @@ enum HeaderRules {
 
     /// The path and query of a request target, whatever form it came in.
     static func originForm(_ uri: String) -> String {
-        if uri.hasPrefix("/") { return uri }
-        if let scheme = uri.range(of: "://") {
-            let afterAuthority = uri[scheme.upperBound...]
-            if let slash = afterAuthority.firstIndex(where: { $0 == "/" || $0 == "?" }) {
-                let rest = String(afterAuthority[slash...])
-                return rest.hasPrefix("?") ? "/" + rest : rest
-            }
-            return "/"
-        }
-        return "/" + uri
+        AbsoluteURL.originForm(uri)
     }
 
     /// The credential a request carries: a bearer token, an API key header (in that order of
