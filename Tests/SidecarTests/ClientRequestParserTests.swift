@@ -11,7 +11,7 @@ final class ClientRequestParserTests: XCTestCase {
         case end
     }
 
-    private func parse(_ input: String, cuts: [Int] = [], maxHead: Int = 4096) throws(ClientRequestParser.Malformed)
+    private func parse(_ input: String, cuts: [Int] = [], maxHead: Int = 4096) throws(HTTPFramingError)
         -> [Seen]
     {
         var parser = ClientRequestParser(maxHeadBytes: maxHead)
@@ -116,7 +116,7 @@ final class ClientRequestParserTests: XCTestCase {
         let big = "POST / HTTP/1.1\r\nHost: a\r\nX-Big: " + String(repeating: "a", count: 5000)
         for input in [big, big + "\r\n\r\n"] {
             XCTAssertThrowsError(try parse(input)) { error in
-                XCTAssertEqual((error as? ClientRequestParser.Malformed)?.status, .requestHeaderFieldsTooLarge)
+                XCTAssertEqual((error as? HTTPFramingError)?.status, .requestHeaderFieldsTooLarge)
             }
         }
     }

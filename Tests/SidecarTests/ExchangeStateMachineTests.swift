@@ -283,7 +283,7 @@ final class ExchangeStateMachineTests: XCTestCase {
 
     func testAMalformedRequestIs400AndCloses() throws {
         var machine = try machine()
-        let error = ClientRequestParser.Malformed("bad request line")
+        let error = HTTPFramingError("bad request line")
         guard case .answer(let answer) = machine.requestMalformed(error, maxHeaderBytes: 100) else {
             return XCTFail("no 400")
         }
@@ -299,7 +299,7 @@ final class ExchangeStateMachineTests: XCTestCase {
         _ = machine.upstreamHead(keepAlive: true, framing: .chunked, now: start)
         guard
             case .closeNow(let settlement?) = machine.requestMalformed(
-                ClientRequestParser.Malformed("bad chunk"), maxHeaderBytes: 100)
+                HTTPFramingError("bad chunk"), maxHeaderBytes: 100)
         else { return XCTFail("not settled") }
         XCTAssertEqual(settlement.upstream, Upstream(id: 3))
         XCTAssertEqual(settlement.outcome, .rejected)

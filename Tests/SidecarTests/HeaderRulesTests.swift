@@ -85,7 +85,7 @@ final class HeaderRulesTests: XCTestCase {
 
     func testCredentialsAreFoundAndNeverReachTheWire() throws {
         func credential(_ lines: String..., uri: String = "/") throws -> String? {
-            HeaderRules.credential(in: try requestHead(["GET \(uri) HTTP/1.1", "Host: a"] + lines).headers, uri: uri)
+            Credentials.credential(in: try requestHead(["GET \(uri) HTTP/1.1", "Host: a"] + lines).headers, uri: uri)
         }
         XCTAssertEqual(try credential("Authorization: Bearer  sk-abc "), "sk-abc")
         XCTAssertEqual(try credential("authorization: bearer sk-lower"), "sk-lower")
@@ -96,7 +96,7 @@ final class HeaderRulesTests: XCTestCase {
             "Authorization is preferred")
         XCTAssertEqual(try credential(uri: "/v1beta/models/g:generateContent?key=AIzaFAKE&alt=sse"), "AIzaFAKE")
         XCTAssertNil(try credential(uri: "/v1/models"))
-        XCTAssertEqual(HeaderRules.redactedPath("/v1beta/x?alt=sse&key=AIzaFAKE"), "/v1beta/x?alt=sse&key=[redacted]")
+        XCTAssertEqual(Credentials.redactedPath("/v1beta/x?alt=sse&key=AIzaFAKE"), "/v1beta/x?alt=sse&key=[redacted]")
         let headers = try requestHead(
             "GET / HTTP/1.1", "Host: a", "Authorization: Bearer sk", "Cookie: s=1", "x-goog-api-key: g",
             "content-type: a"

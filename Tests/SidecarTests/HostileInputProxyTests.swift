@@ -110,7 +110,7 @@ final class HostileInputProxyTests: XCTestCase {
             let head = try ClientRequestParser.parseHead(
                 ByteBuffer(
                     bytes: bytes("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer ") + value + bytes("\r\n\r\n")))
-            let credential = try XCTUnwrap(HeaderRules.presentedCredential(in: head.headers)?.value)
+            let credential = try XCTUnwrap(Credentials.presented(in: head.headers)?.value)
             return TenantHasher(key: "k").tenant(for: credential)
         }
         XCTAssertNotEqual(try tenant(bytes("sk-") + [0xE9]), try tenant(bytes("sk-") + [0xE8]))

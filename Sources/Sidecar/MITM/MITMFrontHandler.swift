@@ -284,7 +284,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func respond200(_ context: ChannelHandlerContext) {
         var bytes = context.channel.allocator.buffer(capacity: 64)
-        bytes.writeStaticString("HTTP/1.1 200 Connection Established\r\n\r\n")
+        LocalResponse.writeConnectionEstablished(into: &bytes)
         context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }
 
@@ -297,9 +297,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                 "reason": "\(why)",
             ])
         var bytes = context.channel.allocator.buffer(capacity: 256)
-        HeaderRules.writeLocalResponse(
-            status: response.status, contentType: "application/json", body: response.body,
-            exchangeID: nil, close: true, version: .http1_1, into: &bytes)
+        LocalResponse.write(response, exchangeID: nil, close: true, version: .http1_1, into: &bytes)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
     }

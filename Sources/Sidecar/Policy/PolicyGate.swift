@@ -3,28 +3,6 @@ import NIOHTTP1
 import Synchronization
 import Wire
 
-/// What the policy says of one request.
-enum PolicyDecision {
-    /// Not a virtual key, and none is required: forwarded as it came.
-    case passThrough
-    /// A valid virtual key: forwarded with the project's upstream credential in its place.
-    case allow(PolicyGrant)
-    /// Answered here, never forwarded.
-    case reject(ProxyErrorResponse, keyID: String, projectID: String)
-}
-
-struct PolicyGrant {
-    let keyID: String
-    let projectID: String
-    /// Where the virtual key came, so the upstream credential goes the same way.
-    let header: CredentialHeader
-    let upstreamCredential: String
-    /// Models the key may use; empty for any. Checked once the model is known.
-    let allowedModels: Set<String>
-    /// Whether the request holds a limiter slot to give back when it ends.
-    let holdsSlot: Bool
-}
-
 /// Decides on requests from the policy table the subscriber keeps current: one hash lookup per
 /// request, plus the key's rate and parallelism counters. Shared by every event loop.
 final class PolicyGate: Sendable {
@@ -48,16 +26,16 @@ final class PolicyGate: Sendable {
 
     func decide(headers: RawHeaderFields, uri: String, path: String, nowMs: Int64, nowNanos: UInt64) -> PolicyDecision {
         decide(
-            presented: HeaderRules.presentedCredential(in: headers), uri: uri, path: path, nowMs: nowMs,
+            presented: Credentials.presented(in: headers), uri: uri, path: path, nowMs: nowMs,
             nowNanos: nowNanos)
     }
 
-    /// - Parameter presented: the request's credential header and value, as `HeaderRules.presentedCredential` found them.
+    /// - Parameter presented: the request's credential header and value, as `Credentials.presented` found them.
     func decide(
         presented: (header: CredentialHeader, value: String)?, uri: String, path: String, nowMs: Int64, nowNanos: UInt64
     ) -> PolicyDecision {
         guard let presented, presented.value.hasPrefix(Self.keyPrefix) else {
-            if presented == nil, HeaderRules.queryCredential(uri)?.hasPrefix(Self.keyPrefix) == true {
+            if presented == nil, Credentials.inQuery(uri)?.hasPrefix(Self.keyPrefix) == true {
                 return reject(
                     .unauthorized, "key_required",
                     "send the virtual key in the Authorization (Bearer), x-api-key, api-key or x-goog-api-key header, not in the URL"
@@ -149,47 +127,5 @@ final class PolicyGate: Sendable {
             }
         return ProxyErrorResponse(
             status: status, type: type, code: code, message: message, retryAfter: retryAfter, rejectReason: reason)
-    }
-}
-
-/// One key's request rate (a token bucket holding an hour's allowance, refilled continuously) and
-/// its requests in flight, on this sidecar.
-struct KeyCounters {
-    var tokens: Double
-    var refilledAt: UInt64
-    var inFlight = 0
-
-    init(tokens: Double, refilledAt: UInt64) {
-        self.tokens = tokens
-        self.refilledAt = refilledAt
-    }
-
-    struct Refusal {
-        let reason: String
-        let message: String
-        let retryAfter: Int
-    }
-
-    mutating func acquire(ratePerHour: Int, maxParallel: Int, nowNanos: UInt64) -> Refusal? {
-        if maxParallel > 0 && inFlight >= maxParallel {
-            return Refusal(
-                reason: "parallel_limit", message: "this virtual key already has \(maxParallel) requests in flight",
-                retryAfter: 1)
-        }
-        if ratePerHour > 0 {
-            let perNano = Double(ratePerHour) / 3.6e12
-            tokens = min(Double(ratePerHour), tokens + Double(nowNanos &- refilledAt) * perNano)
-            refilledAt = nowNanos
-            guard tokens >= 1 else {
-                let wait = Int(((1 - tokens) / perNano / 1e9).rounded(.up))
-                return Refusal(
-                    reason: "rate_limited",
-                    message: "this virtual key is over its rate limit of \(ratePerHour) requests per hour",
-                    retryAfter: max(1, wait))
-            }
-            tokens -= 1
-        }
-        inFlight += 1
-        return nil
     }
 }

@@ -38,10 +38,6 @@ struct BodyReader {
         case needMore
     }
 
-    struct Malformed: Error, CustomStringConvertible, Equatable {
-        let description: String
-    }
-
     private enum State {
         case fixed(remaining: Int)
         case chunkSize
@@ -78,7 +74,7 @@ struct BodyReader {
     }
 
     /// The next piece of the body in `pending`, its end, or a wish for more bytes.
-    mutating func next(from pending: inout ByteBuffer) throws(Malformed) -> Step {
+    mutating func next(from pending: inout ByteBuffer) throws(HTTPFramingError) -> Step {
         while true {
             switch state {
             case .ended:
@@ -106,7 +102,7 @@ struct BodyReader {
                 return .body(pending.readSlice(length: take)!)
             case .chunkDataEnd:
                 guard let line = try takeLine(&pending, what: "chunk end") else { return .needMore }
-                guard line.readableBytes == 0 else { throw Malformed(description: "a chunk is longer than its size") }
+                guard line.readableBytes == 0 else { throw HTTPFramingError("a chunk is longer than its size") }
                 state = .chunkSize
             case .trailers(let bytes, let fields):
                 // Trailer fields are read and dropped: they are rare, no LLM API uses them, and the
@@ -118,12 +114,11 @@ struct BodyReader {
                 }
                 // Strict readers (requests) take no trailer fields: a field there could be read as
                 // framing by one side and not by the other, and no LLM API uses them.
-                if strictLineEndings { throw Malformed(description: "trailer fields are not accepted in requests") }
+                if strictLineEndings { throw HTTPFramingError("trailer fields are not accepted in requests") }
                 let total = bytes + line.readableBytes
                 guard total <= Self.maxTrailerBytes, fields < Self.maxTrailerFields else {
-                    throw Malformed(
-                        description:
-                            "the trailer section is over \(Self.maxTrailerBytes) bytes or \(Self.maxTrailerFields) fields"
+                    throw HTTPFramingError(
+                        "the trailer section is over \(Self.maxTrailerBytes) bytes or \(Self.maxTrailerFields) fields"
                     )
                 }
                 state = .trailers(bytes: total, fields: fields + 1)
@@ -132,7 +127,7 @@ struct BodyReader {
     }
 
     /// The next part of the message for a parser in its body state; `ended` once the body is over.
-    mutating func nextPart<Head>(from pending: inout ByteBuffer) throws(Malformed) -> (
+    mutating func nextPart<Head>(from pending: inout ByteBuffer) throws(HTTPFramingError) -> (
         part: HTTPMessagePart<Head>?, ended: Bool
     ) {
         switch try next(from: &pending) {
@@ -143,24 +138,24 @@ struct BodyReader {
     }
 
     /// A line without its LF or CRLF, once whole; nil (the bytes left in place) until then.
-    private func takeLine(_ pending: inout ByteBuffer, what: String) throws(Malformed) -> ByteBuffer? {
+    private func takeLine(_ pending: inout ByteBuffer, what: String) throws(HTTPFramingError) -> ByteBuffer? {
         // The limit holds whether the line's end came in the same read or not.
         let window = pending.readableBytesView.prefix(Self.maxLineBytes + 2)
         guard let lf = window.firstIndex(of: 0x0A) else {
             guard pending.readableBytes <= Self.maxLineBytes else {
-                throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes")
+                throw HTTPFramingError("a \(what) line is over \(Self.maxLineBytes) bytes")
             }
             return nil
         }
         guard lf - pending.readerIndex <= Self.maxLineBytes else {
-            throw Malformed(description: "a \(what) line is over \(Self.maxLineBytes) bytes")
+            throw HTTPFramingError("a \(what) line is over \(Self.maxLineBytes) bytes")
         }
         var line = pending.readSlice(length: lf - pending.readerIndex + 1)!
         line.moveWriterIndex(to: line.writerIndex - 1)
         if line.readableBytesView.last == 0x0D {
             line.moveWriterIndex(to: line.writerIndex - 1)
         } else if strictLineEndings {
-            throw Malformed(description: "a \(what) line ends in a bare LF, not CRLF")
+            throw HTTPFramingError("a \(what) line ends in a bare LF, not CRLF")
         }
         return line
     }
@@ -208,7 +203,7 @@ struct BodyReader {
 
     /// The size on a chunk-size line, in hex, before any chunk extension.
     /// `strict` (requests) takes no whitespace before a chunk extension, as llhttp.
-    static func parseChunkSize(_ line: ByteBuffer, strict: Bool) throws(Malformed) -> Int {
+    static func parseChunkSize(_ line: ByteBuffer, strict: Bool) throws(HTTPFramingError) -> Int {
         var size = 0
         var digits = 0
         for byte in line.readableBytesView {
@@ -219,26 +214,26 @@ struct BodyReader {
             case UInt8(ascii: "A")...UInt8(ascii: "F"): value = Int(byte - UInt8(ascii: "A") + 10)
             case UInt8(ascii: ";"), UInt8(ascii: " "), UInt8(ascii: "\t"):
                 // Chunk extensions (and the whitespace some servers put before them) carry nothing we use.
-                guard digits > 0 else { throw Malformed(description: "a chunk size line has no size") }
+                guard digits > 0 else { throw HTTPFramingError("a chunk size line has no size") }
                 if strict && byte != UInt8(ascii: ";") {
-                    throw Malformed(description: "whitespace before a chunk extension")
+                    throw HTTPFramingError("whitespace before a chunk extension")
                 }
                 if strict {
                     let extensions = line.readableBytesView.dropFirst(digits)
                     guard Self.isStrictChunkExtension(extensions) else {
-                        throw Malformed(
-                            description: "a chunk extension is not ;name or ;name=value of tokens or a quoted string")
+                        throw HTTPFramingError(
+                            "a chunk extension is not ;name or ;name=value of tokens or a quoted string")
                     }
                 }
                 return size
             default:
-                throw Malformed(description: "a chunk size line holds byte 0x\(String(byte, radix: 16))")
+                throw HTTPFramingError("a chunk size line holds byte 0x\(String(byte, radix: 16))")
             }
             digits += 1
-            guard digits <= 15 else { throw Malformed(description: "a chunk size is too large") }
+            guard digits <= 15 else { throw HTTPFramingError("a chunk size is too large") }
             size = size << 4 | value
         }
-        guard digits > 0 else { throw Malformed(description: "a chunk size line is empty") }
+        guard digits > 0 else { throw HTTPFramingError("a chunk size line is empty") }
         return size
     }
 }

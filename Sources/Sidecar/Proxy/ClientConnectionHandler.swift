@@ -179,7 +179,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     /// A request that can't be trusted: never forwarded, and the connection closed, since where
     /// the next request would start is unknown.
-    private func refuseMalformed(_ error: ClientRequestParser.Malformed) {
+    private func refuseMalformed(_ error: HTTPFramingError) {
         switch machine.requestMalformed(error, maxHeaderBytes: settings.maxHeaderBytes) {
         case .answer(let answer):
             perform(answer)
@@ -237,7 +237,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         }
         counters.inFlight.add(1, ordering: .relaxed)
         let uri = target.basePath + HeaderRules.originForm(head.uri)
-        let presented = HeaderRules.presentedCredential(in: head.headers)
+        let presented = Credentials.presented(in: head.headers)
         let decision =
             settings.policy.map {
                 $0.decide(
@@ -247,7 +247,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         let tap = ExchangeTap(
             exchangeID: counters.makeExchangeID(), head: head, upstream: target, path: uri,
             clientAddress: clientAddress,
-            tenant: tenant(for: presented?.value ?? HeaderRules.queryCredential(head.uri)),
+            tenant: tenant(for: presented?.value ?? Credentials.inQuery(head.uri)),
             settings: settings.tap, ingress: ingress, publisher: publisher
         )
         var credential: (header: CredentialHeader, value: String)?
@@ -299,10 +299,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func sendContinue(version: HTTPVersion) {
-        let status: StaticString =
-            version.minor >= 1 ? "HTTP/1.1 100 Continue\r\n\r\n" : "HTTP/1.0 100 Continue\r\n\r\n"
         var interim = context.channel.allocator.buffer(capacity: 32)
-        interim.writeStaticString(status)
+        LocalResponse.writeContinue(version: version, into: &interim)
         context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
     }
 
@@ -410,11 +408,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private func perform(_ answer: Machine.LocalAnswer) {
         logReason(answer.reason, response: answer.response, exchangeID: answer.settlement?.tap.exchangeID)
         var bytes = context.channel.allocator.buffer(capacity: 512)
-        HeaderRules.writeLocalResponse(
-            status: answer.response.status, contentType: "application/json",
-            body: answer.response.body(shape: answer.shape), exchangeID: answer.settlement?.tap.exchangeID,
-            close: answer.close, version: answer.version, retryAfter: answer.response.retryAfter, into: &bytes
-        )
+        LocalResponse.write(
+            answer.response, shape: answer.shape, exchangeID: answer.settlement?.tap.exchangeID, close: answer.close,
+            version: answer.version, into: &bytes)
         if let settlement = answer.settlement { settle(settlement) }
         context.write(wrapOutboundOut(bytes), promise: nil)
         endResponse(then: answer.close ? .close : .next, terminator: nil)

@@ -26,17 +26,6 @@ struct ClientRequestHead {
 struct ClientRequestParser {
     typealias Event = HTTPMessagePart<ClientRequestHead>
 
-    struct Malformed: Error, CustomStringConvertible, Equatable {
-        /// 400, or 431 for a head over the limit.
-        let status: HTTPResponseStatus
-        let description: String
-
-        init(_ description: String, status: HTTPResponseStatus = .badRequest) {
-            self.status = status
-            self.description = description
-        }
-    }
-
     private enum State {
         case head
         case body(BodyReader, keepAlive: Bool)
@@ -73,7 +62,7 @@ struct ClientRequestParser {
     }
 
     /// The next event the bytes received so far complete, or nil when more are needed.
-    mutating func next() throws(Malformed) -> Event? {
+    mutating func next() throws(HTTPFramingError) -> Event? {
         do {
             return try step()
         } catch {
@@ -83,10 +72,10 @@ struct ClientRequestParser {
         }
     }
 
-    private mutating func step() throws(Malformed) -> Event? {
+    private mutating func step() throws(HTTPFramingError) -> Event? {
         switch state {
         case .failed:
-            throw Malformed("the connection already failed")
+            throw HTTPFramingError("the connection already failed")
         case .closed:
             return nil
         case .body(var reader, let keepAlive):
@@ -95,7 +84,7 @@ struct ClientRequestParser {
                 state = ended ? (keepAlive ? .head : .closed) : .body(reader, keepAlive: keepAlive)
                 return part
             } catch {
-                throw Malformed(error.description)
+                throw error
             }
         case .head:
             // Empty lines before a request line are ignored (RFC 9112, section 2.2).
@@ -106,7 +95,7 @@ struct ClientRequestParser {
             }
             guard pending.readableBytes > 0 else { return nil }
             let scanned = pending.withUnsafeReadableBytes { [headScanned] raw in
-                Result { () throws(HeaderLineScanner.Malformed) -> Int? in
+                Result { () throws(HTTPFramingError) -> Int? in
                     try HeaderLineScanner.headEnd(raw, strict: true, from: headScanned)
                 }
             }
@@ -114,19 +103,19 @@ struct ClientRequestParser {
             do {
                 end = try scanned.get()
             } catch {
-                throw Malformed(error.description)
+                throw error
             }
             // The same limit whether the head came in one read or a thousand.
             guard let end else {
                 guard pending.readableBytes <= maxHeadBytes else {
-                    throw Malformed(
-                        "the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
+                    throw HTTPFramingError(
+                        "the request head is over \(maxHeadBytes) bytes", reason: .overLimit)
                 }
                 headScanned = HeaderLineScanner.resumePoint(afterScanning: pending.readableBytes)
                 return nil
             }
             guard end <= maxHeadBytes else {
-                throw Malformed("the request head is over \(maxHeadBytes) bytes", status: .requestHeaderFieldsTooLarge)
+                throw HTTPFramingError("the request head is over \(maxHeadBytes) bytes", reason: .overLimit)
             }
             headScanned = 0
             let head = try Self.parseHead(pending.readSlice(length: end)!)
@@ -137,37 +126,37 @@ struct ClientRequestParser {
         }
     }
 
-    static func parseHead(_ bytes: ByteBuffer) throws(Malformed) -> ClientRequestHead {
+    static func parseHead(_ bytes: ByteBuffer) throws(HTTPFramingError) -> ClientRequestHead {
         try bytes.withUnsafeReadableBytes { raw in
-            Result { () throws(Malformed) -> ClientRequestHead in try parseHead(raw, bytes: bytes) }
+            Result { () throws(HTTPFramingError) -> ClientRequestHead in try parseHead(raw, bytes: bytes) }
         }.get()
     }
 
-    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer) throws(Malformed)
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer) throws(HTTPFramingError)
         -> ClientRequestHead
     {
         var position = 0
         // "METHOD SP request-target SP HTTP/1.x"
-        guard let line = HeaderLineScanner.nextLine(raw, &position) else { throw Malformed("no request line") }
+        guard let line = HeaderLineScanner.nextLine(raw, &position) else { throw HTTPFramingError("no request line") }
         guard let firstSpace = raw[line].firstIndex(of: 0x20), firstSpace > line.lowerBound,
             let secondSpace = raw[(firstSpace + 1)..<line.upperBound].firstIndex(of: 0x20), secondSpace > firstSpace + 1
-        else { throw Malformed("the request line is not \"METHOD target HTTP/1.1\"") }
+        else { throw HTTPFramingError("the request line is not \"METHOD target HTTP/1.1\"") }
         let methodBytes = raw[line.lowerBound..<firstSpace]
         guard HeaderLineScanner.allTokenBytes(raw, line.lowerBound..<firstSpace) else {
-            throw Malformed("the method is not a token")
+            throw HTTPFramingError("the method is not a token")
         }
         let target = raw[(firstSpace + 1)..<secondSpace]
         // Visible ASCII only: no whitespace, controls or raw non-ASCII bytes in a request target.
         guard target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
-            throw Malformed("the request target holds a byte it can't")
+            throw HTTPFramingError("the request target holds a byte it can't")
         }
         let versionBytes = raw[(secondSpace + 1)..<line.upperBound]
         guard versionBytes.count == 8, versionBytes.starts(with: "HTTP/1.".utf8) else {
-            throw Malformed("the request line's version is not HTTP/1.x")
+            throw HTTPFramingError("the request line's version is not HTTP/1.x")
         }
         let minor = versionBytes.last!
         guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else {
-            throw Malformed("the request line's version is not HTTP/1.0 or HTTP/1.1")
+            throw HTTPFramingError("the request line's version is not HTTP/1.0 or HTTP/1.1")
         }
         let version = HTTPVersion(major: 1, minor: minor == UInt8(ascii: "1") ? 1 : 0)
 
@@ -178,59 +167,56 @@ struct ClientRequestParser {
         var keepAlive = false
         var expectsContinue = false
         var hosts = 0
-        let fields: [RawHeaderFields.Field]
-        do {
-            fields = try HeaderLineScanner.fields(raw, from: &position) {
-                (name, value) throws(HeaderLineScanner.Malformed) in
-                let valueBytes = UnsafeRawBufferPointer(rebasing: raw[value])
-                switch name.count {
-                case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
-                    hosts += 1
-                case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
-                    expectsContinue = RawHeaderFields.equalsIgnoringCase(valueBytes, "100-continue")
-                case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
-                    var nominatesProtected = false
-                    HeaderLineScanner.forEachToken(raw, value) { token in
-                        if RawHeaderFields.equalsIgnoringCase(token, "close") { close = true }
-                        if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { keepAlive = true }
-                        if HeaderRules.neverConnectionNominated.contains(token) { nominatesProtected = true }
-                    }
-                    // A proxy drops what Connection names (RFC 9110, section 7.6.1); a header that frames,
-                    // routes or authorises the request can't go that way: the upstream would read the
-                    // body as another request, or the policy would judge a credential that never arrives.
-                    guard !nominatesProtected else {
-                        throw HeaderLineScanner.Malformed(
-                            description: "Connection names a header that frames, routes or authorises the request")
-                    }
-                case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
-                    guard contentLength == nil else {
-                        throw HeaderLineScanner.Malformed(description: "two Content-Length fields")
-                    }
-                    guard let length = HeaderLineScanner.decimal(valueBytes) else {
-                        throw HeaderLineScanner.Malformed(description: "Content-Length is not a number")
-                    }
-                    contentLength = length
-                case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
-                    guard !transferEncoded else {
-                        throw HeaderLineScanner.Malformed(description: "two Transfer-Encoding fields")
-                    }
-                    transferEncoded = true
-                    // A request body must end where both sides agree: only "chunked", alone, with no
-                    // empty list elements beside it ("chunked," is refused by llhttp, so by us too).
-                    chunked = RawHeaderFields.equalsIgnoringCase(valueBytes, "chunked")
-                    guard chunked else {
-                        throw HeaderLineScanner.Malformed(description: "Transfer-Encoding other than chunked")
-                    }
-                default:
-                    break
+        let fields = try HeaderLineScanner.fields(raw, from: &position) {
+            (name, value) throws(HTTPFramingError) in
+            let valueBytes = UnsafeRawBufferPointer(rebasing: raw[value])
+            switch name.count {
+            case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
+                hosts += 1
+            case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
+                expectsContinue = RawHeaderFields.equalsIgnoringCase(valueBytes, "100-continue")
+            case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
+                var nominatesProtected = false
+                HeaderLineScanner.forEachToken(raw, value) { token in
+                    if RawHeaderFields.equalsIgnoringCase(token, "close") { close = true }
+                    if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { keepAlive = true }
+                    if HeaderRules.neverConnectionNominated.contains(token) { nominatesProtected = true }
                 }
+                // A proxy drops what Connection names (RFC 9110, section 7.6.1); a header that frames,
+                // routes or authorises the request can't go that way: the upstream would read the
+                // body as another request, or the policy would judge a credential that never arrives.
+                guard !nominatesProtected else {
+                    throw HTTPFramingError(
+                        "Connection names a header that frames, routes or authorises the request")
+                }
+            case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
+                guard contentLength == nil else {
+                    throw HTTPFramingError("two Content-Length fields")
+                }
+                guard let length = HeaderLineScanner.decimal(valueBytes) else {
+                    throw HTTPFramingError("Content-Length is not a number")
+                }
+                contentLength = length
+            case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
+                guard !transferEncoded else {
+                    throw HTTPFramingError("two Transfer-Encoding fields")
+                }
+                transferEncoded = true
+                // A request body must end where both sides agree: only "chunked", alone, with no
+                // empty list elements beside it ("chunked," is refused by llhttp, so by us too).
+                chunked = RawHeaderFields.equalsIgnoringCase(valueBytes, "chunked")
+                guard chunked else {
+                    throw HTTPFramingError("Transfer-Encoding other than chunked")
+                }
+            default:
+                break
             }
-        } catch {
-            throw Malformed(error.description, status: error.overLimit ? .requestHeaderFieldsTooLarge : .badRequest)
         }
-        if transferEncoded, contentLength != nil { throw Malformed("Content-Length together with Transfer-Encoding") }
+        if transferEncoded, contentLength != nil {
+            throw HTTPFramingError("Content-Length together with Transfer-Encoding")
+        }
         if version.minor == 1, hosts != 1 {
-            throw Malformed(hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host field")
+            throw HTTPFramingError(hosts == 0 ? "an HTTP/1.1 request without Host" : "more than one Host field")
         }
 
         let method: HTTPMethod

@@ -96,7 +96,7 @@ struct ExchangeStateMachine<Upstream, Tap> {
 
     /// Why the sidecar answers itself: the handler logs and counts by it.
     enum Reason {
-        case malformed(ClientRequestParser.Malformed)
+        case malformed(HTTPFramingError)
         case misdirected
         /// Refused when its head came (and logged then).
         case policy(keyID: String)
@@ -330,7 +330,7 @@ struct ExchangeStateMachine<Upstream, Tap> {
 
     /// The request could not be parsed: answered with 400 (or 431) when no response has started,
     /// and the connection closes, since where the next request would start is unknown.
-    mutating func requestMalformed(_ error: ClientRequestParser.Malformed, maxHeaderBytes: Int) -> MalformedAction {
+    mutating func requestMalformed(_ error: HTTPFramingError, maxHeaderBytes: Int) -> MalformedAction {
         let response =
             error.status == .requestHeaderFieldsTooLarge
             ? ProxyErrorResponse.headersTooLarge(limit: maxHeaderBytes)

@@ -152,39 +152,15 @@ enum HeaderRules {
         writeEnding(exchangeID: exchangeID, close: close, version: version, into: &out)
     }
 
-    /// A whole response of the sidecar's own, with a body of `contentType`.
-    static func writeLocalResponse(
-        status: HTTPResponseStatus, contentType: String, body: ByteBuffer, exchangeID: String?, close: Bool,
-        version: HTTPVersion,
-        retryAfter: Int? = nil, into out: inout ByteBuffer
-    ) {
-        writeStatusLineStart(version: version, code: status.code, into: &out)
-        out.writeString(status.reasonPhrase)
-        out.writeStaticString("\r\n")
-        if let retryAfter {
-            out.writeStaticString("retry-after: ")
-            out.writeString(String(retryAfter))
-            out.writeStaticString("\r\n")
-        }
-        out.writeStaticString("content-type: ")
-        out.writeString(contentType)
-        out.writeStaticString("\r\ncontent-length: ")
-        out.writeString(String(body.readableBytes))
-        out.writeStaticString("\r\n")
-        writeEnding(exchangeID: exchangeID, close: close, version: version, into: &out)
-        out.writeImmutableBuffer(body)
-    }
-
     /// "HTTP/1.1 200 ": the reason and the line's end follow, as the upstream's bytes or our own
     /// phrase (no buffer made for a local answer's reason).
-    private static func writeStatusLineStart(version: HTTPVersion, code: UInt, into out: inout ByteBuffer) {
+    static func writeStatusLineStart(version: HTTPVersion, code: UInt, into out: inout ByteBuffer) {
         out.writeStaticString(version.minor >= 1 ? "HTTP/1.1 " : "HTTP/1.0 ")
         out.writeString(String(code))
         out.writeStaticString(" ")
     }
 
-    private static func writeEnding(exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer)
-    {
+    static func writeEnding(exchangeID: String?, close: Bool, version: HTTPVersion, into out: inout ByteBuffer) {
         if let exchangeID {
             out.writeStaticString("x-llmtap-exchange-id: ")
             out.writeString(exchangeID)
@@ -210,135 +186,5 @@ enum HeaderRules {
     /// The path and query of a request target, whatever form it came in.
     static func originForm(_ uri: String) -> String {
         AbsoluteURL.originForm(uri)
-    }
-
-    /// The credential a request carries: a bearer token, an API key header (in that order of
-    /// preference), or Gemini's `key` query parameter. Only the credential becomes a string.
-    static func credential(in headers: RawHeaderFields, uri: String) -> String? {
-        presentedCredential(in: headers)?.value ?? queryCredential(uri)
-    }
-
-    /// Gemini's `key` query parameter.
-    static func queryCredential(_ uri: String) -> String? {
-        queryValue(named: "key", in: uri)
-    }
-
-    /// The credential a request carries in a header, and which header: `Authorization` (its
-    /// Bearer token), `x-api-key`, `api-key`, then `x-goog-api-key`.
-    static func presentedCredential(in headers: RawHeaderFields) -> (header: CredentialHeader, value: String)? {
-        var best: (header: CredentialHeader, value: String)?
-        headers.forEachField { name, value in
-            guard let header = CredentialHeader(name) else { return }
-            guard best.map({ header.rawValue < $0.header.rawValue }) ?? true else { return }
-            var token = value
-            if header == .authorization, token.count > 7,
-                RawHeaderFields.equalsIgnoringCase(UnsafeRawBufferPointer(rebasing: token[0..<7]), "bearer ")
-            {
-                token = UnsafeRawBufferPointer(rebasing: token[7...])
-            }
-            while let first = token.first, first == 0x20 || first == 0x09 {
-                token = UnsafeRawBufferPointer(rebasing: token.dropFirst())
-            }
-            guard !token.isEmpty else { return }
-            best = (header, credentialText(token))
-        }
-        return best
-    }
-
-    /// A credential's bytes as text: UTF-8 when they are, else each byte as the Latin-1 character
-    /// it is. Unlike U+FFFD replacement this keeps two credentials that differ only in such bytes
-    /// apart, so they never share a tenant (nor could one be taken for the other).
-    static func credentialText(_ bytes: UnsafeRawBufferPointer) -> String {
-        if WireText.isValidUTF8(bytes) { return String(decoding: bytes, as: UTF8.self) }
-        var text = ""
-        text.unicodeScalars.append(contentsOf: bytes.map { Unicode.Scalar($0) })
-        return text
-    }
-
-    /// The path and query with secret query parameters (`key`) redacted, for the wire.
-    static func redactedPath(_ path: String) -> String {
-        guard path.utf8.contains(UInt8(ascii: "?")), let question = path.firstIndex(of: "?") else { return path }
-        let query = path[path.index(after: question)...].split(separator: "&", omittingEmptySubsequences: false).map {
-            pair -> String in
-            let name = pair.split(separator: "=", maxSplits: 1).first.map(String.init) ?? ""
-            return name.lowercased() == "key" ? "\(name)=\(redactedValue)" : String(pair)
-        }
-        return path[...question] + query.joined(separator: "&")
-    }
-
-    private static func queryValue(named wanted: String, in uri: String) -> String? {
-        guard let question = uri.firstIndex(of: "?") else { return nil }
-        for pair in uri[uri.index(after: question)...].split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1)
-            if parts.count == 2, parts[0].lowercased() == wanted, !parts[1].isEmpty { return String(parts[1]) }
-        }
-        return nil
-    }
-}
-
-/// A header that carries an API credential, in order of preference.
-enum CredentialHeader: Int, Sendable {
-    case authorization
-    case xAPIKey
-    case apiKey
-    case xGoogAPIKey
-
-    init?(_ name: UnsafeRawBufferPointer) {
-        switch name.count {
-        case 13 where RawHeaderFields.equalsIgnoringCase(name, "authorization"): self = .authorization
-        case 9 where RawHeaderFields.equalsIgnoringCase(name, "x-api-key"): self = .xAPIKey
-        case 7 where RawHeaderFields.equalsIgnoringCase(name, "api-key"): self = .apiKey
-        case 14 where RawHeaderFields.equalsIgnoringCase(name, "x-goog-api-key"): self = .xGoogAPIKey
-        default: return nil
-        }
-    }
-
-    /// The header line carrying `credential` the way this header carries one.
-    func writeField(_ credential: String, into out: inout ByteBuffer) {
-        switch self {
-        case .authorization: out.writeStaticString("authorization: Bearer ")
-        case .xAPIKey: out.writeStaticString("x-api-key: ")
-        case .apiKey: out.writeStaticString("api-key: ")
-        case .xGoogAPIKey: out.writeStaticString("x-goog-api-key: ")
-        }
-        out.writeString(credential)
-        out.writeStaticString("\r\n")
-    }
-}
-
-/// A set of header names matched without regard to ASCII case, and without allocating: the proxy
-/// asks it about every header of every request and response.
-struct HeaderNameSet: Sendable {
-    private let names: [[UInt8]]
-    /// Bit n is set when some name is n bytes long (names are under 64 bytes).
-    private let lengths: UInt64
-
-    /// - Parameter names: lower-case header names.
-    init(_ names: [String]) {
-        precondition(
-            names.allSatisfy { $0 == $0.lowercased() }, "header names in a HeaderNameSet are given in lower case")
-        precondition(names.allSatisfy { $0.utf8.count < 64 }, "header names in a HeaderNameSet are under 64 bytes")
-        self.names = names.map { Array($0.utf8) }
-        self.lengths = names.reduce(0) { $0 | 1 << UInt64($1.utf8.count) }
-    }
-
-    func contains(_ name: UnsafeRawBufferPointer) -> Bool {
-        // Most names are ruled out by their length alone.
-        let length = name.count
-        guard length < 64, lengths & (1 << UInt64(length)) != 0 else { return false }
-        return names.contains { candidate in
-            candidate.count == length
-                && candidate.withUnsafeBufferPointer { expected in
-                    for index in 0..<length where RawHeaderFields.lowered(name[index]) != expected[index] {
-                        return false
-                    }
-                    return true
-                }
-        }
-    }
-
-    func contains(_ name: String) -> Bool {
-        var name = name
-        return name.withUTF8 { contains(UnsafeRawBufferPointer($0)) }
     }
 }

@@ -63,12 +63,6 @@ struct RawHeaderFields: RecordHeaderFields {
 /// Reads the header lines of a head (after its first line), strictly: RFC 9112's field syntax,
 /// with the obsolete forms (line folding, whitespace before the colon) refused.
 enum HeaderLineScanner {
-    struct Malformed: Error, CustomStringConvertible, Equatable {
-        let description: String
-        /// Over a size or count limit (a request gets 431 for it, not 400).
-        var overLimit = false
-    }
-
     /// The most header fields one head may hold, however few bytes they take: each costs the
     /// proxy a field entry, and every field is looked at again when the head is written onward.
     static let maxFields = 1_000
@@ -84,28 +78,28 @@ enum HeaderLineScanner {
     /// Reads fields up to the empty line, calling `inspect` with each as it is added.
     static func fields(
         _ raw: UnsafeRawBufferPointer, from position: inout Int,
-        _ inspect: (_ name: UnsafeRawBufferPointer, _ value: Range<Int>) throws(Malformed) -> Void
-    ) throws(Malformed) -> [RawHeaderFields.Field] {
+        _ inspect: (_ name: UnsafeRawBufferPointer, _ value: Range<Int>) throws(HTTPFramingError) -> Void
+    ) throws(HTTPFramingError) -> [RawHeaderFields.Field] {
         var fields: [RawHeaderFields.Field] = []
         fields.reserveCapacity(16)
         while true {
             guard let line = nextLine(raw, &position) else {
-                throw Malformed(description: "the head has no empty line at its end")
+                throw HTTPFramingError("the head has no empty line at its end")
             }
             if line.isEmpty { return fields }
             // A line must end in CRLF or LF; a CR elsewhere is refused by the value check below.
             guard let colon = find(UInt8(ascii: ":"), in: raw, line), colon > line.lowerBound else {
                 if raw[line.lowerBound] == UInt8(ascii: " ") || raw[line.lowerBound] == UInt8(ascii: "\t") {
-                    throw Malformed(description: "a folded header line (obsolete line folding)")
+                    throw HTTPFramingError("a folded header line (obsolete line folding)")
                 }
-                throw Malformed(description: "a header line without a name and colon")
+                throw HTTPFramingError("a header line without a name and colon")
             }
             let name = line.lowerBound..<colon
             guard allTokenBytes(raw, name) else {
-                throw Malformed(description: "a header name holds a byte a token can't")
+                throw HTTPFramingError("a header name holds a byte a token can't")
             }
             guard fields.count < maxFields else {
-                throw Malformed(description: "the head has more than \(maxFields) header fields", overLimit: true)
+                throw HTTPFramingError("the head has more than \(maxFields) header fields", reason: .overLimit)
             }
             var valueStart = colon + 1
             var valueEnd = line.upperBound
@@ -114,7 +108,7 @@ enum HeaderLineScanner {
             for index in valueStart..<valueEnd {
                 let byte = raw[index]
                 if (byte < 0x20 && byte != 0x09) || byte == 0x7F {
-                    throw Malformed(description: "a header value holds a control character")
+                    throw HTTPFramingError("a header value holds a control character")
                 }
             }
             try inspect(UnsafeRawBufferPointer(rebasing: raw[name]), valueStart..<valueEnd)
@@ -161,12 +155,12 @@ enum HeaderLineScanner {
     ///
     /// - Parameter from: where to resume: a scan that found no end in `n` bytes has judged every
     ///   line end before `n - 2` (see `resumePoint`), so a slow head is not scanned again from its start.
-    static func headEnd(_ raw: UnsafeRawBufferPointer, strict: Bool, from: Int = 0) throws(Malformed) -> Int? {
+    static func headEnd(_ raw: UnsafeRawBufferPointer, strict: Bool, from: Int = 0) throws(HTTPFramingError) -> Int? {
         var index = min(from, raw.count)
         while let lf = find(0x0A, in: raw, index..<raw.count) {
             if strict {
                 guard lf > 0, raw[lf - 1] == 0x0D else {
-                    throw Malformed(description: "a line of the head ends in a bare LF, not CRLF")
+                    throw HTTPFramingError("a line of the head ends in a bare LF, not CRLF")
                 }
                 if lf + 2 < raw.count, raw[lf + 1] == 0x0D, raw[lf + 2] == 0x0A { return lf + 3 }
             } else {

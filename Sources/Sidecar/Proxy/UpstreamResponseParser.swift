@@ -35,10 +35,6 @@ struct UpstreamResponseHead {
 struct UpstreamResponseParser {
     typealias Event = HTTPMessagePart<UpstreamResponseHead>
 
-    struct Malformed: Error, CustomStringConvertible, Equatable {
-        let description: String
-    }
-
     private enum State {
         /// Waiting for a response's head.
         case head
@@ -84,7 +80,7 @@ struct UpstreamResponseParser {
     ///
     /// Events are pulled one at a time, so a caller may act on each (even send the next request on
     /// this connection, after `.end`) without the parser being in the middle of anything.
-    mutating func next() throws(Malformed) -> Event? {
+    mutating func next() throws(HTTPFramingError) -> Event? {
         do {
             return try step()
         } catch {
@@ -95,7 +91,7 @@ struct UpstreamResponseParser {
     }
 
     /// The upstream closed its side: the end of a body that runs until then, or an error.
-    mutating func endOfInput() throws(Malformed) -> Event? {
+    mutating func endOfInput() throws(HTTPFramingError) -> Event? {
         switch state {
         case .body(let reader) where reader.endsAtClose:
             state = .idle
@@ -104,19 +100,19 @@ struct UpstreamResponseParser {
             return nil
         default:
             state = .failed
-            throw Malformed(description: "the upstream closed the connection before the response ended")
+            throw HTTPFramingError("the upstream closed the connection before the response ended")
         }
     }
 
-    private mutating func step() throws(Malformed) -> Event? {
+    private mutating func step() throws(HTTPFramingError) -> Event? {
         while true {
             switch state {
             case .failed:
-                throw Malformed(description: "the connection already failed")
+                throw HTTPFramingError("the connection already failed")
             case .idle:
                 guard pending.readableBytes == 0 else {
-                    throw Malformed(
-                        description: "the upstream sent \(pending.readableBytes) bytes with no request outstanding")
+                    throw HTTPFramingError(
+                        "the upstream sent \(pending.readableBytes) bytes with no request outstanding")
                 }
                 return nil
             case .body(var reader):
@@ -125,7 +121,7 @@ struct UpstreamResponseParser {
                     state = ended ? .idle : .body(reader)
                     return part
                 } catch {
-                    throw Malformed(description: error.description)
+                    throw error
                 }
             case .head:
                 // Non-strict: headEnd then can't throw. The limit holds however the head was split
@@ -137,20 +133,20 @@ struct UpstreamResponseParser {
                     }) ?? nil
                 else {
                     guard pending.readableBytes <= maxHeadBytes else {
-                        throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
+                        throw HTTPFramingError("the upstream's response head is over \(maxHeadBytes) bytes")
                     }
                     headScanned = HeaderLineScanner.resumePoint(afterScanning: pending.readableBytes)
                     return nil
                 }
                 guard end <= maxHeadBytes else {
-                    throw Malformed(description: "the upstream's response head is over \(maxHeadBytes) bytes")
+                    throw HTTPFramingError("the upstream's response head is over \(maxHeadBytes) bytes")
                 }
                 headScanned = 0
                 let head = try Self.parseHead(pending.readSlice(length: end)!, toHEAD: headIsForHEADRequest)
                 if head.status.code / 100 == 1 {
                     // 1xx interim responses (103 Early Hints, a stray 100) are not forwarded; the final one follows.
                     guard head.status != .switchingProtocols else {
-                        throw Malformed(description: "the upstream switched protocols, which the proxy never asks for")
+                        throw HTTPFramingError("the upstream switched protocols, which the proxy never asks for")
                     }
                     continue
                 }
@@ -165,42 +161,45 @@ struct UpstreamResponseParser {
         }
     }
 
-    static func parseHead(_ bytes: ByteBuffer, toHEAD: Bool) throws(Malformed) -> UpstreamResponseHead {
+    static func parseHead(_ bytes: ByteBuffer, toHEAD: Bool) throws(HTTPFramingError) -> UpstreamResponseHead {
         try bytes.withUnsafeReadableBytes { raw in
-            Result { () throws(Malformed) -> UpstreamResponseHead in try parseHead(raw, bytes: bytes, toHEAD: toHEAD) }
+            Result { () throws(HTTPFramingError) -> UpstreamResponseHead in
+                try parseHead(raw, bytes: bytes, toHEAD: toHEAD)
+            }
         }.get()
     }
 
     /// Parses a whole head over its raw bytes: one pass, no reference counting, no string per header.
-    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer, toHEAD: Bool) throws(Malformed)
+    private static func parseHead(_ raw: UnsafeRawBufferPointer, bytes: ByteBuffer, toHEAD: Bool)
+        throws(HTTPFramingError)
         -> UpstreamResponseHead
     {
         var position = 0
         // "HTTP/1.1 200 OK": the version, a space, three digits, then a space and a reason, or nothing.
         guard let status = HeaderLineScanner.nextLine(raw, &position) else {
-            throw Malformed(description: "the response head has no status line")
+            throw HTTPFramingError("the response head has no status line")
         }
         let s = status.lowerBound
         guard status.count >= 12, raw[s..<s + 7].elementsEqual("HTTP/1.".utf8), raw[s + 8] == UInt8(ascii: " ") else {
-            throw Malformed(description: "the status line is not HTTP/1.x")
+            throw HTTPFramingError("the status line is not HTTP/1.x")
         }
         let minor = raw[s + 7]
         guard minor == UInt8(ascii: "0") || minor == UInt8(ascii: "1") else {
-            throw Malformed(description: "the status line is not HTTP/1.0 or HTTP/1.1")
+            throw HTTPFramingError("the status line is not HTTP/1.0 or HTTP/1.1")
         }
         guard let code = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[s + 9..<s + 12])), code >= 100
         else {
-            throw Malformed(description: "the status code is not three digits")
+            throw HTTPFramingError("the status code is not three digits")
         }
         var reason = ByteBuffer()
         if status.count > 12 {
             guard raw[s + 12] == UInt8(ascii: " ") else {
-                throw Malformed(description: "the status code is not three digits")
+                throw HTTPFramingError("the status code is not three digits")
             }
             // RFC 9112, section 4: HTAB, SP, VCHAR and obs-text; no other control byte.
             let phrase = UnsafeRawBufferPointer(rebasing: raw[s + 13..<status.upperBound])
             guard !phrase.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) else {
-                throw Malformed(description: "the reason phrase holds a control character")
+                throw HTTPFramingError("the reason phrase holds a control character")
             }
             reason = bytes.getSlice(at: bytes.readerIndex + s + 13, length: phrase.count)!
         }
@@ -211,36 +210,31 @@ struct UpstreamResponseParser {
         var transferEncoded = false
         var connectionClose = false
         var connectionKeepAlive = false
-        let fields: [RawHeaderFields.Field]
-        do {
-            fields = try HeaderLineScanner.fields(raw, from: &position) {
-                (name, value) throws(HeaderLineScanner.Malformed) in
-                switch name.count {
-                case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
-                    guard let length = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[value])) else {
-                        throw HeaderLineScanner.Malformed(description: "Content-Length is not a number")
-                    }
-                    if let contentLength, contentLength != length {
-                        throw HeaderLineScanner.Malformed(description: "two different Content-Length values")
-                    }
-                    contentLength = length
-                case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
-                    transferEncoded = true
-                    // Only the final coding decides the framing (RFC 9112, section 6.3).
-                    HeaderLineScanner.forEachToken(raw, value) {
-                        chunked = RawHeaderFields.equalsIgnoringCase($0, "chunked")
-                    }
-                case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
-                    HeaderLineScanner.forEachToken(raw, value) { token in
-                        if RawHeaderFields.equalsIgnoringCase(token, "close") { connectionClose = true }
-                        if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { connectionKeepAlive = true }
-                    }
-                default:
-                    break
+        let fields = try HeaderLineScanner.fields(raw, from: &position) {
+            (name, value) throws(HTTPFramingError) in
+            switch name.count {
+            case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
+                guard let length = HeaderLineScanner.decimal(UnsafeRawBufferPointer(rebasing: raw[value])) else {
+                    throw HTTPFramingError("Content-Length is not a number")
                 }
+                if let contentLength, contentLength != length {
+                    throw HTTPFramingError("two different Content-Length values")
+                }
+                contentLength = length
+            case 17 where RawHeaderFields.equalsIgnoringCase(name, "transfer-encoding"):
+                transferEncoded = true
+                // Only the final coding decides the framing (RFC 9112, section 6.3).
+                HeaderLineScanner.forEachToken(raw, value) {
+                    chunked = RawHeaderFields.equalsIgnoringCase($0, "chunked")
+                }
+            case 10 where RawHeaderFields.equalsIgnoringCase(name, "connection"):
+                HeaderLineScanner.forEachToken(raw, value) { token in
+                    if RawHeaderFields.equalsIgnoringCase(token, "close") { connectionClose = true }
+                    if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { connectionKeepAlive = true }
+                }
+            default:
+                break
             }
-        } catch {
-            throw Malformed(description: error.description)
         }
 
         let framing: UpstreamResponseHead.Framing

@@ -33,10 +33,7 @@ final class RefusingHandler: ChannelInboundHandler {
             message: "llmtap-sidecar has \(maxConnections) connections open, its limit; retry shortly", retryAfter: 1
         )
         var bytes = context.channel.allocator.buffer(capacity: 256)
-        HeaderRules.writeLocalResponse(
-            status: response.status, contentType: "application/json", body: response.body, exchangeID: nil, close: true,
-            version: .http1_1, retryAfter: response.retryAfter, into: &bytes
-        )
+        LocalResponse.write(response, exchangeID: nil, close: true, version: .http1_1, into: &bytes)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(mode: .output, promise: nil) }
         // The client's own close ends it; this bounds a client that never closes.

@@ -64,7 +64,7 @@ final class ExchangeTap {
         request.method = head.method.rawValue
         request.scheme = upstream.scheme
         request.host = upstream.authority
-        request.path = HeaderRules.redactedPath(path)
+        request.path = Credentials.redactedPath(path)
         request.clientAddress = clientAddress
         request.app = settings.app
         request.tenant = tenant
