@@ -51,14 +51,6 @@ struct UsageFields: Decodable {
     }
 }
 
-struct GeminiUsage: Decodable {
-    var promptTokenCount: Int?
-    var candidatesTokenCount: Int?
-    var cachedContentTokenCount: Int?
-    var thoughtsTokenCount: Int?
-    var toolUsePromptTokenCount: Int?
-}
-
 /// `{"error": {...}}` in each provider's form: OpenAI's `type`/`code`, Anthropic's `type`,
 /// Gemini's numeric `code` and `status`.
 struct ProviderError: Decodable {
@@ -98,25 +90,7 @@ struct RequestDocument: Decodable {
 extension UsageFields {
     /// Normalised as `TokenUsage` says, for the provider that sent it.
     func normalised(for provider: Provider, endpoint: Endpoint) -> TokenUsage {
-        let count = TokenUsage.count
-        var usage = TokenUsage()
-        if provider == .anthropic {
-            usage.input = count(input_tokens)
-            usage.cachedInput = count(cache_read_input_tokens)
-            usage.cacheCreation = count(cache_creation_input_tokens)
-            usage.output = count(output_tokens)
-            return usage
-        }
-        // OpenAI: the Responses API names them input/output, the older APIs prompt/completion.
-        // Cached tokens are part of the prompt count there, so they are taken out of input.
-        let prompt = count(prompt_tokens ?? input_tokens)
-        let cached = count(prompt_tokens_details?.cached_tokens ?? input_tokens_details?.cached_tokens)
-        usage.cachedInput = min(cached, prompt)
-        usage.input = prompt - usage.cachedInput
-        usage.output = count(completion_tokens ?? output_tokens)
-        usage.reasoning = min(
-            count(completion_tokens_details?.reasoning_tokens ?? output_tokens_details?.reasoning_tokens), usage.output)
-        return usage
+        provider == .anthropic ? Anthropic.normalise(self) : OpenAI.normalise(self)
     }
 
     /// Whether a count is negative or past `TokenUsage.maximumCount`: not a count a provider
@@ -133,24 +107,5 @@ extension UsageFields {
     var isEmpty: Bool {
         prompt_tokens == nil && completion_tokens == nil && input_tokens == nil && output_tokens == nil
             && cache_creation_input_tokens == nil && cache_read_input_tokens == nil
-    }
-}
-
-extension GeminiUsage {
-    var hasImplausibleCount: Bool {
-        [promptTokenCount, candidatesTokenCount, cachedContentTokenCount, thoughtsTokenCount, toolUsePromptTokenCount]
-            .contains { !TokenUsage.isPlausible($0) }
-    }
-
-    /// Gemini counts cached content inside the prompt, and thoughts apart from the candidates.
-    var normalised: TokenUsage {
-        let count = TokenUsage.count
-        var usage = TokenUsage()
-        let prompt = count(promptTokenCount) + count(toolUsePromptTokenCount)
-        usage.cachedInput = min(count(cachedContentTokenCount), prompt)
-        usage.input = prompt - usage.cachedInput
-        usage.reasoning = count(thoughtsTokenCount)
-        usage.output = count(candidatesTokenCount) + usage.reasoning
-        return usage
     }
 }

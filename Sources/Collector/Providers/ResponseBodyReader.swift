@@ -157,26 +157,19 @@ struct ResponseBodyReader {
         let first = events == 1
         switch route.provider {
         case .anthropic:
-            switch event.type {
-            case "message_start", "message_delta", "error":
-                if let document = decode(event.data, what: "a \(event.type) event") { take(document) }
-            default:
-                break
+            if Anthropic.selects(event), let document = decode(event.data, what: "a \(event.type) event") {
+                take(document)
             }
         case .gemini:
-            // Gemini repeats a growing usageMetadata in every event: the last one is the total.
+            // Decoded once more at the end: its usage is the exchange's total.
             lastGeminiEvent = event.data
-            if first || JSONScan.contains(key: "error", in: event.data) {
-                if let document = decode(event.data, what: "a stream event") { take(document) }
+            if Gemini.selects(event, isFirst: first), let document = decode(event.data, what: "a stream event") {
+                take(document)
             }
         case .openai, .unknown:
-            if event.data.elementsEqual("[DONE]".utf8) { return }
-            let relevant =
-                first
-                || event.type.hasPrefix("response.completed") || event.type.hasPrefix("response.incomplete")
-                || event.type.hasPrefix("response.failed") || event.type == "error"
-                || JSONScan.hasObject(named: "usage", in: event.data) || JSONScan.contains(key: "error", in: event.data)
-            if relevant, let document = decode(event.data, what: "a stream event") { take(document) }
+            if OpenAI.selects(event, isFirst: first), let document = decode(event.data, what: "a stream event") {
+                take(document)
+            }
         }
     }
 
@@ -189,7 +182,7 @@ struct ResponseBodyReader {
             findings.modelServed = model
         }
         for fields in [document.usage, document.message?.usage, document.response?.usage].compactMap({ $0 }) {
-            usage = usage.map { $0.merged(with: fields) } ?? fields
+            usage = usage.map { Anthropic.merge($0, with: fields) } ?? fields
         }
         if let gemini = document.usageMetadata { geminiUsage = gemini }
         if let error = document.error ?? document.response?.error ?? document.message?.error {
@@ -227,23 +220,5 @@ struct ResponseBodyReader {
             "\(context.codingPath.map(\.stringValue).joined(separator: ".")): \(context.debugDescription)"
         default: "\(error)"
         }
-    }
-}
-
-extension UsageFields {
-    /// Later usage (Anthropic's `message_delta`) overrides earlier (`message_start`) field by field.
-    func merged(with later: UsageFields) -> UsageFields {
-        var merged = self
-        merged.prompt_tokens = later.prompt_tokens ?? prompt_tokens
-        merged.completion_tokens = later.completion_tokens ?? completion_tokens
-        merged.prompt_tokens_details = later.prompt_tokens_details ?? prompt_tokens_details
-        merged.completion_tokens_details = later.completion_tokens_details ?? completion_tokens_details
-        merged.input_tokens = later.input_tokens ?? input_tokens
-        merged.output_tokens = later.output_tokens ?? output_tokens
-        merged.input_tokens_details = later.input_tokens_details ?? input_tokens_details
-        merged.output_tokens_details = later.output_tokens_details ?? output_tokens_details
-        merged.cache_creation_input_tokens = later.cache_creation_input_tokens ?? cache_creation_input_tokens
-        merged.cache_read_input_tokens = later.cache_read_input_tokens ?? cache_read_input_tokens
-        return merged
     }
 }
