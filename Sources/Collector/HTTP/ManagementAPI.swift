@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Logging
 import NIOCore
 import NIOHTTP1
 
@@ -53,8 +54,9 @@ struct ManagementAPI: Sendable {
         var body: [UInt8]
     }
 
-    let policy: PolicyEngine?
+    let policy: (any PolicyRunning)?
     let token: AccessToken?
+    var logger = Logger(label: "llmtap.collector.manage")
 
     func handle(
         method: HTTPMethod, path: String, query: [String: String], headers: HTTPHeaders, body: [UInt8],
@@ -70,13 +72,19 @@ struct ManagementAPI: Sendable {
                 Self.error(
                     .unauthorized, "a valid management token is required (Authorization: Bearer <MANAGEMENT_TOKEN>)"))
         }
-        let route: @Sendable (PolicyCore) throws -> Response
+        let route: @Sendable (any PolicyCommands) throws -> Response
         do {
             route = try Self.route(method: method, path: path, query: query, body: body)
         } catch let error as PolicyError {
             return eventLoop.makeSucceededFuture(Self.response(for: error))
-        } catch {
+        } catch let error as MethodNotAllowed {
             return eventLoop.makeSucceededFuture(Self.error(.methodNotAllowed, "\(error)"))
+        } catch {
+            // Every refusal above is a PolicyError or MethodNotAllowed: anything else is a fault here.
+            logger.error(
+                "a management request failed",
+                metadata: ["method": "\(method.rawValue)", "path": "\(path)", "error": "\(error)"])
+            return eventLoop.makeSucceededFuture(Self.error(.internalServerError, "the request failed: \(error)"))
         }
         let promise = eventLoop.makePromise(of: Response.self)
         policy.submit { core in
@@ -85,6 +93,9 @@ struct ManagementAPI: Sendable {
             } catch let error as PolicyError {
                 promise.succeed(Self.response(for: error))
             } catch {
+                logger.error(
+                    "a management change could not be stored",
+                    metadata: ["method": "\(method.rawValue)", "path": "\(path)", "error": "\(error)"])
                 promise.succeed(Self.error(.internalServerError, "the change could not be stored: \(error)"))
             }
         }
@@ -93,7 +104,7 @@ struct ManagementAPI: Sendable {
 
     /// Validates the request on the loop and returns the work to do on the engine's thread.
     private static func route(method: HTTPMethod, path: String, query: [String: String], body: [UInt8]) throws
-        -> @Sendable (PolicyCore) throws -> Response
+        -> @Sendable (any PolicyCommands) throws -> Response
     {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false).dropFirst(2).map(String.init)
         switch (method, parts) {
@@ -110,17 +121,14 @@ struct ManagementAPI: Sendable {
                 )
             }
             return { core in
-                let project = try core.createProject(name: name, credentialRef: credentialRef)
-                return json(.created, projectJSON(project, core))
+                json(.created, projectJSON(try core.createProject(name: name, credentialRef: credentialRef)))
             }
         case (.GET, ["projects"]):
             return { core in
                 json(
                     .ok,
                     [
-                        "projects": core.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map {
-                            projectJSON($0, core)
-                        }
+                        "projects": core.projects().map(projectJSON)
                     ])
             }
         case (.DELETE, let parts) where parts.count == 2 && parts[0] == "projects":
@@ -147,12 +155,12 @@ struct ManagementAPI: Sendable {
             return { core in
                 let project = try core.setBudget(
                     projectID: id, period: period, maxUSD: request.maxUSD, maxTokens: request.maxTokens)
-                return json(.ok, projectJSON(project, core))
+                return json(.ok, projectJSON(project))
             }
         case (.DELETE, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "budget":
             let id = parts[1]
             return { core in
-                try core.setBudget(projectID: id, period: nil)
+                try core.setBudget(projectID: id, period: nil, maxUSD: nil, maxTokens: nil)
                 return Response(status: .noContent, body: [])
             }
         case (.DELETE, let parts) where parts.count == 3 && parts[0] == "projects" && parts[2] == "denial":
@@ -177,7 +185,7 @@ struct ManagementAPI: Sendable {
             guard models.allSatisfy({ !$0.isEmpty && $0.count <= 256 }), models.count <= 1_000 else {
                 throw PolicyError.invalid("allowed_models must be a list of model names")
             }
-            let newKey = PolicyCore.NewKey(
+            let newKey = NewKey(
                 projectID: request.projectID, durationHours: request.durationHours,
                 rateLimitPerHour: request.rateLimitPerHour,
                 maxParallel: request.maxParallel, allowedModels: models
@@ -204,7 +212,7 @@ struct ManagementAPI: Sendable {
             let projectID = query["project_id"]
             return { core in
                 if let projectID {
-                    guard let project = core.projects[projectID] else {
+                    guard let project = core.project(id: projectID) else {
                         throw PolicyError.notFound("no project \(projectID)")
                     }
                     return json(.ok, try usageJSON(project, core))
@@ -212,9 +220,7 @@ struct ManagementAPI: Sendable {
                 return json(
                     .ok,
                     [
-                        "projects": try core.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map {
-                            try usageJSON($0, core)
-                        }
+                        "projects": try core.projects().map { try usageJSON($0, core) }
                     ])
             }
         case (_, ["projects"]), (_, ["tokens"]), (_, ["usage"]):
@@ -336,11 +342,11 @@ struct ManagementAPI: Sendable {
         }
     }
 
-    private static func projectJSON(_ project: ProjectRecord, _ core: PolicyCore) -> [String: Any] {
+    private static func projectJSON(_ view: ProjectView) -> [String: Any] {
+        let project = view.project
         var out: [String: Any] = [
             "id": project.id, "name": project.name, "credential_ref": project.credentialRef,
-            "created_at": iso8601(project.createdAtMs),
-            "keys": core.keys.values.filter { $0.projectID == project.id && !$0.revoked }.count,
+            "created_at": iso8601(project.createdAtMs), "keys": view.activeKeys,
         ]
         if let period = project.budgetPeriod {
             var budget: [String: Any] = ["period": period.rawValue]
@@ -350,8 +356,7 @@ struct ManagementAPI: Sendable {
         } else {
             out["budget"] = NSNull()
         }
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
-        if let denial = core.denial(of: project, now: now) {
+        if let denial = view.denial {
             out["denied"] = true
             out["denial_reason"] = denial.reason
             if let until = denial.until { out["denied_until"] = iso8601(until) }
@@ -361,21 +366,21 @@ struct ManagementAPI: Sendable {
         return out
     }
 
-    private static func usageJSON(_ project: ProjectRecord, _ core: PolicyCore) throws -> [String: Any] {
+    private static func usageJSON(_ view: ProjectView, _ core: any PolicyCommands) throws -> [String: Any] {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        let spend = core.spend[project.id] ?? ProjectSpend()
-        var out = projectJSON(project, core)
+        let spend = view.spend
+        var out = projectJSON(view)
         out["spend"] = [
             "day": ["usd": spend.dayUSD, "tokens": spend.dayTokens, "since": iso8601(spend.dayStartMs)],
             "month": ["usd": spend.monthUSD, "tokens": spend.monthTokens, "since": iso8601(spend.monthStartMs)],
             "total": ["usd": spend.totalUSD, "tokens": spend.totalTokens],
         ]
-        let since = (project.budgetPeriod ?? .month).bounds(containing: now).start
-        out["keys_usage"] = try core.keyUsage(projectID: project.id, sinceMs: since).map { row -> [String: Any] in
+        let since = (view.project.budgetPeriod ?? .month).bounds(containing: now).start
+        out["keys_usage"] = try core.keyUsage(projectID: view.project.id, sinceMs: since).map {
+            usage -> [String: Any] in
             [
-                "key_id": row["key_id"] as String, "requests": row["requests"] as Int,
-                "rejected": row["rejected"] as Int,
-                "cost_usd": row["cost_usd"] as Double, "tokens": Int64(clampingFinite: row["tokens"] as Double),
+                "key_id": usage.keyID, "requests": usage.requests, "rejected": usage.rejected,
+                "cost_usd": usage.costUSD, "tokens": usage.tokens,
             ]
         }
         out["keys_usage_since"] = iso8601(since)

@@ -11,7 +11,7 @@ import Wire
 /// Everything happens on one thread of its own, which owns the socket: management requests
 /// (SQLite writes), spend from stored exchanges, snapshots for sidecars that subscribe, and the
 /// periodic beat. Callers hand work over and never wait for the socket.
-final class PolicyEngine: Sendable {
+final class PolicyEngine: PolicyRunning {
     struct Settings: Sendable {
         var endpoint = "tcp://*:7102"
         /// How often the state's version is announced, so a sidecar that missed a change notices.
@@ -26,7 +26,7 @@ final class PolicyEngine: Sendable {
     }
 
     private struct Inbox {
-        var jobs: [@Sendable (PolicyCore) -> Void] = []
+        var jobs: [@Sendable (any PolicyCommands) -> Void] = []
         var spend: [SpendEvent] = []
         var closing = false
     }
@@ -87,7 +87,7 @@ final class PolicyEngine: Sendable {
     }
 
     /// Runs `job` on the engine's thread.
-    func submit(_ job: @escaping @Sendable (PolicyCore) -> Void) {
+    func submit(_ job: @escaping @Sendable (any PolicyCommands) -> Void) {
         let wake = inbox.mutex.withLock { inbox in
             inbox.jobs.append(job)
             return inbox.jobs.count + inbox.spend.count == 1
@@ -122,163 +122,52 @@ final class PolicyEngine: Sendable {
     // The read end is the engine thread's, closed when it stops.
 }
 
-/// What an exchange spent, for budgets.
-struct SpendEvent: Sendable {
-    var projectID: String
-    var costUSD: Double
-    var tokens: Int64
-    var startedAtMs: Int64
-}
-
-/// Why a management request failed; the HTTP layer turns each into a status.
-enum PolicyError: Error, CustomStringConvertible {
-    case invalid(String)
-    case notFound(String)
-    case conflict(String)
-
-    var description: String {
-        switch self {
-        case .invalid(let text), .notFound(let text), .conflict(let text): text
-        }
-    }
-}
-
-/// A project's spend in each of its periods.
-struct ProjectSpend: Sendable, Equatable {
-    var dayStartMs: Int64 = 0
-    var dayUSD = 0.0
-    var dayTokens: Int64 = 0
-    var monthStartMs: Int64 = 0
-    var monthUSD = 0.0
-    var monthTokens: Int64 = 0
-    var totalUSD = 0.0
-    var totalTokens: Int64 = 0
-
-    func figures(for period: BudgetPeriod) -> (usd: Double, tokens: Int64) {
-        switch period {
-        case .day: (dayUSD, dayTokens)
-        case .month: (monthUSD, monthTokens)
-        case .total: (totalUSD, totalTokens)
-        }
-    }
-
-    /// Starts new periods when `nowMs` has left the current ones.
-    mutating func roll(to nowMs: Int64) {
-        let day = BudgetPeriod.day.bounds(containing: nowMs).start
-        if day != dayStartMs { (dayStartMs, dayUSD, dayTokens) = (day, 0, 0) }
-        let month = BudgetPeriod.month.bounds(containing: nowMs).start
-        if month != monthStartMs { (monthStartMs, monthUSD, monthTokens) = (month, 0, 0) }
-    }
-
-    mutating func add(_ event: SpendEvent) {
-        totalUSD += event.costUSD
-        totalTokens = totalTokens.addingClamped(event.tokens)
-        if event.startedAtMs >= monthStartMs {
-            monthUSD += event.costUSD
-            monthTokens = monthTokens.addingClamped(event.tokens)
-        }
-        if event.startedAtMs >= dayStartMs {
-            dayUSD += event.costUSD
-            dayTokens = dayTokens.addingClamped(event.tokens)
-        }
-    }
-}
-
-/// The engine's state and socket. Lives on the engine's thread only.
-final class PolicyCore {
-    let database: AppDatabase
+/// The engine's state, store and socket, and the management commands. Lives on the engine's
+/// thread only.
+final class PolicyCore: PolicyCommands {
     let boundEndpoint: String
+    private let store: PolicyStore
     private let settings: PolicyEngine.Settings
     private let metrics: CollectorMetrics
     private let logger: Logger
-    private let socket: ZMQSocket
+    private let broadcaster: PolicyBroadcaster
     private let wakeup: Int32
-    private let collectorID: String
-    private var version: UInt64 = 0
-    /// How many snapshots may go out now (`Settings.snapshotsPerSecond`).
-    private lazy var snapshotBudget = RateBudget(
-        perSecond: settings.snapshotsPerSecond, burst: settings.snapshotBurst, now: .now)
-    private var snapshotsRefused = 0
-    private var refusalPasses: UInt64 = 0
-
-    private(set) var projects: [String: ProjectRecord] = [:]
-    private(set) var keys: [String: VirtualKeyRecord] = [:]
-    private(set) var spend: [String: ProjectSpend] = [:]
-    /// Each project's state as last sent, to send only what changed.
-    private var sentProjects: [String: PolicyProject] = [:]
-    private var changedKeys: Set<String> = []
-    private var removedProjects: Set<String> = []
+    private var state: PolicyState
 
     init(
         database: AppDatabase, settings: PolicyEngine.Settings, metrics: CollectorMetrics, logger: Logger, wakeup: Int32
     ) throws {
-        self.database = database
+        store = PolicyStore(database: database)
         self.wakeup = wakeup
         self.settings = settings
         self.metrics = metrics
         self.logger = logger
-        collectorID = UUID().uuidString.lowercased()
-        let context = try ZMQContext()
-        socket = try ZMQSocket(context: context, kind: .xpub)
-        try socket.set(.xpubVerbose(true))
-        try socket.set(.linger(milliseconds: 0))
-        // Snapshots of a large key table are big; a slow sidecar's queue is bounded by bytes in the
-        // kernel and by this many messages here, past which PUB drops (the sidecar then sees a gap).
-        try socket.set(.sendHighWaterMark(10_000))
-        try socket.bind(settings.endpoint)
-        boundEndpoint = try socket.lastEndpoint()
-        try load()
-    }
-
-    private var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
-
-    private func load() throws {
-        let now = nowMs
-        let day = BudgetPeriod.day.bounds(containing: now).start
-        let month = BudgetPeriod.month.bounds(containing: now).start
-        try database.writer.read { db in
-            for project in try ProjectRecord.fetchAll(db) { projects[project.id] = project }
-            for key in try VirtualKeyRecord.fetchAll(db) { keys[key.id] = key }
-            let rows = try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT project_id,
-                           TOTAL(cost_usd) AS usd, TOTAL(total_tokens) AS tokens,
-                           TOTAL(CASE WHEN started_at_ms >= ? THEN cost_usd END) AS month_usd,
-                           TOTAL(CASE WHEN started_at_ms >= ? THEN total_tokens END) AS month_tokens,
-                           TOTAL(CASE WHEN started_at_ms >= ? THEN cost_usd END) AS day_usd,
-                           TOTAL(CASE WHEN started_at_ms >= ? THEN total_tokens END) AS day_tokens
-                    FROM exchange WHERE project_id != '' GROUP BY project_id
-                    """, arguments: [month, month, day, day])
-            for row in rows {
-                let id: String = row["project_id"]
-                spend[id] = ProjectSpend(
-                    dayStartMs: day, dayUSD: row["day_usd"],
-                    dayTokens: Int64(clampingFinite: row["day_tokens"] as Double),
-                    monthStartMs: month, monthUSD: row["month_usd"],
-                    monthTokens: Int64(clampingFinite: row["month_tokens"] as Double),
-                    totalUSD: row["usd"], totalTokens: Int64(clampingFinite: row["tokens"] as Double)
-                )
-            }
-        }
-        for id in projects.keys where spend[id] == nil {
-            spend[id] = ProjectSpend(dayStartMs: day, monthStartMs: month)
-        }
-        sentProjects = projects.mapValues { wireProject($0, now: now) }
-        version = 1
+        broadcaster = try PolicyBroadcaster(
+            endpoint: settings.endpoint, snapshotsPerSecond: settings.snapshotsPerSecond,
+            snapshotBurst: settings.snapshotBurst, metrics: metrics, logger: logger)
+        boundEndpoint = broadcaster.boundEndpoint
+        let now = Self.nowMs
+        let loaded = try store.load(now: now)
+        state = PolicyState(projects: loaded.projects, keys: loaded.keys, spend: loaded.spend, now: now)
         logger.info(
             "policy loaded",
-            metadata: ["projects": "\(projects.count)", "keys": "\(keys.count)", "policy": "\(boundEndpoint)"])
+            metadata: [
+                "projects": "\(state.projects.count)", "keys": "\(state.keys.count)", "policy": "\(boundEndpoint)",
+            ])
     }
 
-    func run(take: () -> ([@Sendable (PolicyCore) -> Void], [SpendEvent], Bool)) {
+    private static var nowMs: Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+    private var nowMs: Int64 { Self.nowMs }
+
+    func run(take: () -> ([@Sendable (any PolicyCommands) -> Void], [SpendEvent], Bool)) {
         var lastBeat = ContinuousClock.now
         var lastReview = ContinuousClock.now
         while true {
-            serveSubscriptions()
+            broadcaster.serveSubscriptions(version: state.version) { state.snapshot(now: nowMs) }
             let (jobs, spendEvents, closing) = take()
             for job in jobs { job(self) }
-            for event in spendEvents { account(event) }
+            let now = nowMs
+            for event in spendEvents { state.account(event, now: now) }
             let clock = ContinuousClock.now
             if !spendEvents.isEmpty || clock - lastReview >= .milliseconds(250) {
                 lastReview = clock
@@ -288,233 +177,86 @@ final class PolicyCore {
                 lastBeat = clock
             } else if clock - lastBeat >= settings.beatInterval {
                 lastBeat = clock
-                beat()
+                broadcaster.beat(version: state.version)
             }
             if closing { break }
-            if let ready = try? socket.poll(
-                .readable, orReadable: wakeup, timeoutMilliseconds: settings.pollMilliseconds), ready.fdReadable
-            {
+            if broadcaster.poll(orReadable: wakeup, timeoutMilliseconds: settings.pollMilliseconds) {
                 var drain = [UInt8](repeating: 0, count: 64)
                 while read(wakeup, &drain, drain.count) > 0 {}
             }
         }
-        socket.close()
+        broadcaster.close()
         close(wakeup)
-    }
-
-    // MARK: The channel
-
-    /// Answers every snapshot subscription that arrived: "S" + nonce gets the whole state on that
-    /// topic. The snapshot is encoded once for all the subscriptions of one pass, and their number
-    /// is held to a budget (`Settings.snapshotsPerSecond`).
-    private func serveSubscriptions() {
-        var encoded: [UInt8]?
-        var refused = 0
-        while let frames = try? socket.receiveMultipart(dontWait: true) {
-            guard let event = frames.first, event.count >= 2, event[0] == 1, event[1] == PolicyFrame.snapshotTopicPrefix
-            else { continue }
-            guard snapshotBudget.take(now: .now) else {
-                refused += 1
-                continue
-            }
-            if encoded == nil {
-                var message = header(full: true)
-                let now = nowMs
-                message.keys = keys.values.filter { isWorthSending($0, now: now) }.map(wireKey)
-                message.projects = projects.values.map { wireProject($0, now: now) }
-                encoded = try? PolicyFrame.encode(message)
-            }
-            guard let encoded else { continue }
-            do {
-                try socket.send(multipart: [Array(event[1...]), encoded], dontWait: true)
-            } catch {
-                logger.error("could not send on the policy socket", metadata: ["error": "\(error)"])
-            }
-            metrics.policySnapshotSent()
-        }
-        if refused > 0 {
-            metrics.policySnapshotsRefused(refused)
-            snapshotsRefused += refused
-            refusalPasses += 1
-            if LogSampling.isWorthLogging(occurrence: refusalPasses) {
-                logger.warning(
-                    "snapshot subscriptions past the budget were refused (a peer subscribing over and over?)",
-                    metadata: [
-                        "refused": "\(snapshotsRefused)", "per_second": "\(settings.snapshotsPerSecond)",
-                    ])
-            }
-        }
-    }
-
-    /// Keys long expired or revoked are left out of snapshots: a sidecar answers 401 for them either way.
-    private func isWorthSending(_ key: VirtualKeyRecord, now: Int64) -> Bool {
-        let dayAgo = now - 86_400_000
-        return key.expiresAtMs > dayAgo && (key.revokedAtMs ?? now) > dayAgo
-    }
-
-    private func header(full: Bool) -> PolicyMessage {
-        var message = PolicyMessage()
-        message.collectorID = collectorID
-        message.version = version
-        message.baseVersion = full ? 0 : version
-        message.full = full
-        message.sentUnixNanos = WallClock.nowUnixNanos()
-        return message
-    }
-
-    private func beat() {
-        send(header(full: false), topic: PolicyFrame.broadcastTopic)
     }
 
     /// Sends what changed since the last call as one message; returns whether there was anything.
     @discardableResult
     private func publishChanges() -> Bool {
-        let now = nowMs
-        var message = header(full: false)
-        for id in changedKeys { if let key = keys[id] { message.keys.append(wireKey(key)) } }
-        for (id, project) in projects {
-            let state = wireProject(project, now: now)
-            if sentProjects[id] != state {
-                sentProjects[id] = state
-                message.projects.append(state)
-            }
-        }
-        message.removedProjects = Array(removedProjects)
-        for id in removedProjects { sentProjects[id] = nil }
-        changedKeys = []
-        removedProjects = []
-        guard !message.keys.isEmpty || !message.projects.isEmpty || !message.removedProjects.isEmpty else {
-            return false
-        }
-        version += 1
-        message.baseVersion = version - 1
-        message.version = version
-        send(message, topic: PolicyFrame.broadcastTopic)
-        metrics.policyState(version: version, keys: keys.count)
+        guard let changes = state.takeChanges(now: nowMs) else { return false }
+        broadcaster.publish(
+            version: changes.version, keys: changes.keys, projects: changes.projects, removed: changes.removed)
+        metrics.policyState(version: changes.version, keys: state.keys.count)
         return true
-    }
-
-    private func send(_ message: PolicyMessage, topic: [UInt8]) {
-        do {
-            try socket.send(multipart: [topic, try PolicyFrame.encode(message)], dontWait: true)
-        } catch {
-            logger.error("could not send on the policy socket", metadata: ["error": "\(error)"])
-        }
-    }
-
-    private func wireKey(_ key: VirtualKeyRecord) -> PolicyKey {
-        var wire = PolicyKey()
-        wire.secretSha256 = key.secretSHA256
-        wire.keyID = key.id
-        wire.projectID = key.projectID
-        wire.expiresUnixMs = key.expiresAtMs
-        wire.revoked = key.revoked
-        wire.rateLimitPerHour = UInt32(clamping: key.rateLimitPerHour ?? 0)
-        wire.maxParallel = UInt32(clamping: key.maxParallel ?? 0)
-        wire.allowedModels = key.allowedModelList
-        return wire
-    }
-
-    private func wireProject(_ project: ProjectRecord, now: Int64) -> PolicyProject {
-        var wire = PolicyProject()
-        wire.projectID = project.id
-        wire.name = project.name
-        wire.credentialRef = project.credentialRef
-        if let denial = denial(of: project, now: now) {
-            wire.denied = true
-            wire.denialReason = denial.reason
-            wire.deniedUntilUnixMs = denial.until ?? 0
-        }
-        return wire
-    }
-
-    // MARK: Budgets
-
-    /// Why the project is over its budget now, if it is.
-    func denial(of project: ProjectRecord, now: Int64) -> (reason: String, until: Int64?)? {
-        guard let period = project.budgetPeriod, project.hasBudget else { return nil }
-        let bounds = period.bounds(containing: now)
-        if let lifted = project.denialLiftedPeriodStartMs, lifted == bounds.start { return nil }
-        let figures = (spend[project.id] ?? ProjectSpend()).figures(for: period)
-        if let max = project.budgetMaxUSD, figures.usd >= max {
-            return (
-                "\(period.rawValue) budget of $\(Self.dollars(max)) reached ($\(Self.dollars(figures.usd)) spent)",
-                bounds.end
-            )
-        }
-        if let max = project.budgetMaxTokens, figures.tokens >= max {
-            return ("\(period.rawValue) budget of \(max) tokens reached (\(figures.tokens) used)", bounds.end)
-        }
-        return nil
-    }
-
-    /// Dollars to the cent, or to six significant digits below a cent.
-    static func dollars(_ value: Double) -> String {
-        value >= 0.01 ? String(format: "%.2f", value) : String(format: "%.6g", value)
-    }
-
-    private func account(_ event: SpendEvent) {
-        guard projects[event.projectID] != nil else { return }
-        var figures = spend[event.projectID] ?? ProjectSpend()
-        figures.roll(to: nowMs)
-        figures.add(event)
-        spend[event.projectID] = figures
     }
 
     /// Rolls periods over and refreshes the budget gauges; denials follow from `publishChanges`.
     private func review() {
         let now = nowMs
-        for id in projects.keys { spend[id, default: ProjectSpend()].roll(to: now) }
-        for project in projects.values {
-            let figures = project.budgetPeriod.map { spend[project.id, default: ProjectSpend()].figures(for: $0) }
+        state.roll(to: now)
+        for project in state.projects.values {
+            let figures = project.budgetPeriod.map { (state.spend[project.id] ?? ProjectSpend()).figures(for: $0) }
             metrics.budget(
                 project: project.name, spentUSD: figures?.usd ?? 0, limitUSD: project.budgetMaxUSD,
                 spentTokens: figures?.tokens ?? 0, limitTokens: project.budgetMaxTokens,
-                denied: denial(of: project, now: now) != nil)
+                denied: state.denial(of: project, now: now) != nil)
         }
     }
 
-    // MARK: Management
+    // MARK: Commands
 
-    func createProject(name: String, credentialRef: String) throws -> ProjectRecord {
-        guard !projects.values.contains(where: { $0.name == name }) else {
+    private func view(_ project: ProjectRecord) -> ProjectView {
+        ProjectView(
+            project: project,
+            activeKeys: state.keys.values.filter { $0.projectID == project.id && !$0.revoked }.count,
+            spend: state.spend[project.id] ?? ProjectSpend(), denial: state.denial(of: project, now: nowMs))
+    }
+
+    func projects() -> [ProjectView] {
+        state.projects.values.sorted { $0.createdAtMs < $1.createdAtMs }.map(view)
+    }
+
+    func project(id: String) -> ProjectView? {
+        state.projects[id].map(view)
+    }
+
+    func createProject(name: String, credentialRef: String) throws -> ProjectView {
+        guard !state.projects.values.contains(where: { $0.name == name }) else {
             throw PolicyError.conflict("a project named \(name) already exists")
         }
         let id = VirtualKeySecret.randomID(prefix: "proj_", bytes: 6)
         let project = ProjectRecord(id: id, name: name, credentialRef: credentialRef, createdAtMs: nowMs)
-        try database.writer.write { db in try project.insert(db) }
-        projects[id] = project
-        spend[id] = ProjectSpend()
-        spend[id]!.roll(to: nowMs)
+        try store.insert(project)
+        state.addProject(project, now: nowMs)
         publishChanges()
         logger.notice(
             "project created",
             metadata: ["project_id": "\(id)", "name": "\(name)", "credential_ref": "\(credentialRef)"])
-        return project
+        return view(project)
     }
 
     func deleteProject(id: String) throws {
-        guard let project = projects[id] else { throw PolicyError.notFound("no project \(id)") }
-        _ = try database.writer.write { db in try ProjectRecord.deleteOne(db, key: id) }
-        projects[id] = nil
-        spend[id] = nil
-        keys = keys.filter { $0.value.projectID != id }
-        removedProjects.insert(id)
+        guard let project = state.projects[id] else { throw PolicyError.notFound("no project \(id)") }
+        try store.deleteProject(id: id)
+        state.removeProject(id: id)
         metrics.removeBudget(project: project.name)
         publishChanges()
         logger.notice("project deleted", metadata: ["project_id": "\(id)", "name": "\(project.name)"])
     }
 
-    struct NewKey {
-        var projectID: String
-        var durationHours: Double
-        var rateLimitPerHour: Int?
-        var maxParallel: Int?
-        var allowedModels: [String]
-    }
-
     func createKey(_ request: NewKey) throws -> (secret: String, key: VirtualKeyRecord) {
-        guard projects[request.projectID] != nil else { throw PolicyError.invalid("no project \(request.projectID)") }
+        guard state.projects[request.projectID] != nil else {
+            throw PolicyError.invalid("no project \(request.projectID)")
+        }
         let (secret, id) = VirtualKeySecret.make()
         let now = nowMs
         let models = String(decoding: try JSONEncoder().encode(request.allowedModels), as: UTF8.self)
@@ -524,42 +266,39 @@ final class PolicyCore {
             expiresAtMs: now + Int64(request.durationHours * 3_600_000), revoked: false, revokedAtMs: nil,
             rateLimitPerHour: request.rateLimitPerHour, maxParallel: request.maxParallel, allowedModels: models
         )
-        try database.writer.write { db in try key.insert(db) }
-        keys[id] = key
-        changedKeys.insert(id)
+        try store.insert(key)
+        state.putKey(key)
         publishChanges()
         logger.notice("virtual key created", metadata: ["key_id": "\(id)", "project_id": "\(request.projectID)"])
         return (secret, key)
     }
 
-    /// Revokes the key with this secret, or this id.
+    @discardableResult
     func revokeKey(secret: String?, keyID: String?) throws -> VirtualKeyRecord {
         let found: VirtualKeyRecord?
         if let secret {
             let hash = Data(SHA256.hash(data: Data(secret.utf8)))
-            found = keys.values.first { $0.secretSHA256 == hash }
+            found = state.keys.values.first { $0.secretSHA256 == hash }
         } else {
-            found = keyID.flatMap { keys[$0] }
+            found = keyID.flatMap { state.keys[$0] }
         }
         guard var key = found else { throw PolicyError.notFound("no such token") }
         if !key.revoked {
             key.revoked = true
             key.revokedAtMs = nowMs
-            try database.writer.write { db in try key.update(db) }
-            keys[key.id] = key
-            changedKeys.insert(key.id)
+            try store.update(key)
+            state.putKey(key)
             publishChanges()
             logger.notice("virtual key revoked", metadata: ["key_id": "\(key.id)", "project_id": "\(key.projectID)"])
         }
         return key
     }
 
-    /// Sets a project's budget, or with a nil period removes it.
     @discardableResult
     func setBudget(projectID: String, period: BudgetPeriod?, maxUSD: Double? = nil, maxTokens: Int64? = nil) throws
-        -> ProjectRecord
+        -> ProjectView
     {
-        guard var project = projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
+        guard var project = state.projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
         project.budgetPeriod = period
         project.budgetMaxUSD = maxUSD
         project.budgetMaxTokens = maxTokens
@@ -572,14 +311,13 @@ final class PolicyCore {
                 "max_usd": "\(maxUSD.map { "\($0)" } ?? "-")",
                 "max_tokens": "\(maxTokens.map { "\($0)" } ?? "-")",
             ])
-        return project
+        return view(project)
     }
 
-    /// Lifts a project's budget denial until its period ends.
     func liftDenial(projectID: String) throws {
-        guard var project = projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
+        guard var project = state.projects[projectID] else { throw PolicyError.notFound("no project \(projectID)") }
         let now = nowMs
-        guard let period = project.budgetPeriod, denial(of: project, now: now) != nil else {
+        guard let period = project.budgetPeriod, state.denial(of: project, now: now) != nil else {
             throw PolicyError.notFound("project \(projectID) is not denied")
         }
         project.denialLiftedPeriodStartMs = period.bounds(containing: now).start
@@ -588,48 +326,13 @@ final class PolicyCore {
     }
 
     private func save(_ project: ProjectRecord) throws {
-        try database.writer.write { db in try project.update(db) }
-        projects[project.id] = project
+        try store.update(project)
+        state.updateProject(project)
         review()
         publishChanges()
     }
 
-    /// Requests and spend per key of a project in its budget period (or this month), from storage.
-    func keyUsage(projectID: String, sinceMs: Int64) throws -> [Row] {
-        try database.writer.read { db in
-            try Row.fetchAll(
-                db,
-                sql: """
-                    SELECT key_id, COUNT(*) AS requests, SUM(CASE WHEN outcome = 'rejected' THEN 1 ELSE 0 END) AS rejected,
-                           TOTAL(cost_usd) AS cost_usd, TOTAL(total_tokens) AS tokens
-                    FROM exchange WHERE project_id = ? AND started_at_ms >= ? GROUP BY key_id ORDER BY cost_usd DESC
-                    """, arguments: [projectID, sinceMs])
-        }
-    }
-}
-
-/// A token bucket: `perSecond` tokens a second, at most `burst` held. Pure: time is passed in.
-struct RateBudget {
-    let perSecond: Double
-    let burst: Double
-    private var tokens: Double
-    private var at: ContinuousClock.Instant
-
-    init(perSecond: Double, burst: Double, now: ContinuousClock.Instant) {
-        self.perSecond = perSecond
-        self.burst = burst
-        self.tokens = burst
-        self.at = now
-    }
-
-    /// Takes one token if there is one.
-    mutating func take(now: ContinuousClock.Instant) -> Bool {
-        let elapsed = now - at
-        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-        tokens = min(burst, tokens + max(0, seconds) * perSecond)
-        at = max(at, now)
-        guard tokens >= 1 else { return false }
-        tokens -= 1
-        return true
+    func keyUsage(projectID: String, sinceMs: Int64) throws -> [KeyUsage] {
+        try store.keyUsage(projectID: projectID, sinceMs: sinceMs)
     }
 }
