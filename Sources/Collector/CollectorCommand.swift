@@ -108,7 +108,8 @@ struct CollectorCommand: AsyncParsableCommand {
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError(
-                "--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+                "--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")); \(named("--log-level", "LOG_LEVEL", logLevel)) is \"\(logLevel)\""
+            )
         }
         // Bounded so that every product made of them (nanoseconds, bytes) stays inside Int64.
         guard (1...Int(EnvironmentSettings.maximumSeconds)).contains(exchangeTimeout) else {
@@ -138,8 +139,13 @@ struct CollectorCommand: AsyncParsableCommand {
         do {
             _ = try ListenAddress(http)
         } catch {
-            throw ValidationError("--http: \(error)")
+            throw ValidationError("\(named("--http", "LLMTAP_HTTP", http)): \(error)")
         }
+    }
+
+    /// How an option with an environment default is named in an error about its value.
+    private func named(_ flag: String, _ variable: String, _ value: String) -> String {
+        EnvironmentSettings.optionName(flag, variable, value: value, environment: Self.environment)
     }
 
     func run() async throws {
@@ -184,7 +190,9 @@ struct CollectorCommand: AsyncParsableCommand {
                 database: database, settings: PolicyEngine.Settings(endpoint: listenPolicy), metrics: metrics,
                 logger: logger)
         } catch {
-            throw ValidationError("cannot listen on --listen-policy \(listenPolicy): \(error)")
+            throw ValidationError(
+                "cannot listen on \(named("--listen-policy", "LLMTAP_LISTEN_POLICY", listenPolicy)) \(listenPolicy): \(error)"
+            )
         }
         let checkpoints = (try? database.loadCheckpoints()) ?? []
         metrics.resume(
@@ -247,7 +255,9 @@ struct CollectorCommand: AsyncParsableCommand {
             pipeline.shutdown()
             writer.shutdown()
             policy.shutdown()
-            throw ValidationError("cannot listen on --listen-analysis \(listenAnalysis): \(error)")
+            throw ValidationError(
+                "cannot listen on \(named("--listen-analysis", "LLMTAP_LISTEN_ANALYSIS", listenAnalysis)) \(listenAnalysis): \(error)"
+            )
         }
         receiverBox.receiver = receiver
 
@@ -255,7 +265,7 @@ struct CollectorCommand: AsyncParsableCommand {
         let address = try ListenAddress(http)
         var api = APIContext(
             metrics: metrics, database: database, writer: writer, isReceiving: { receiverBox.receiver != nil })
-        api.management = ManagementAPI(policy: policy, token: management)
+        api.management = ManagementAPI(policy: policy, token: management, logger: logger)
         api.apiAccess = APIAccess(apiToken: apiToken.flatMap(AccessToken.init), managementToken: management)
         if api.apiAccess.isOpen {
             logger.warning(

@@ -166,7 +166,8 @@ struct SidecarCommand: AsyncParsableCommand {
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError(
-                "--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+                "--log-level must be one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")); \(named("--log-level", "LOG_LEVEL", logLevel)) is \"\(logLevel)\""
+            )
         }
         guard (1...100_000_000).contains(maxQueuedRecords), (1...1 << 40).contains(maxQueuedBytes) else {
             throw ValidationError(
@@ -187,15 +188,23 @@ struct SidecarCommand: AsyncParsableCommand {
             throw ValidationError(
                 "--require-virtual-key needs --policy: without the collector's policy no key could be checked")
         }
-        do {
-            _ = try UpstreamTarget(url: upstream)
-            _ = try ListenAddress(listen)
-            _ = try ListenAddress(mitmListen)
-            _ = try Allowlist(allowlist)
-            _ = try Self.ports(mitmPorts)
-        } catch {
-            throw ValidationError("\(error)")
+        func check(_ flag: String, _ variable: String, _ value: String, _ parse: (String) throws -> Void) throws {
+            do {
+                try parse(value)
+            } catch {
+                throw ValidationError("\(named(flag, variable, value)): \(error)")
+            }
         }
+        try check("--upstream", "UPSTREAM", upstream) { _ = try UpstreamTarget(url: $0) }
+        try check("--listen", "LISTEN_ADDR", listen) { _ = try ListenAddress($0) }
+        try check("--mitm-listen", "MITM_LISTEN_ADDR", mitmListen) { _ = try ListenAddress($0) }
+        try check("--allowlist", "LLMTAP_ALLOWLIST", allowlist) { _ = try Allowlist($0) }
+        try check("--mitm-ports", "LLMTAP_MITM_PORTS", mitmPorts) { _ = try Self.ports($0) }
+    }
+
+    /// How an option with an environment default is named in an error about its value.
+    private func named(_ flag: String, _ variable: String, _ value: String) -> String {
+        EnvironmentSettings.optionName(flag, variable, value: value, environment: Self.environment)
     }
 
     func run() async throws {
@@ -237,7 +246,8 @@ struct SidecarCommand: AsyncParsableCommand {
         do {
             publisher = try AnalysisPublisher(configuration: publisherConfiguration, logger: logger)
         } catch {
-            throw ValidationError("cannot use --collector \(collector): \(error)")
+            throw ValidationError(
+                "cannot use \(named("--collector", "LLMTAP_COLLECTOR", collector)) \(collector): \(error)")
         }
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
@@ -271,7 +281,7 @@ struct SidecarCommand: AsyncParsableCommand {
                     endpoint: policy, bootID: publisherConfiguration.bootID, gate: gate, credentials: credentials,
                     logger: logger)
             } catch {
-                throw ValidationError("cannot use --policy \(policy): \(error)")
+                throw ValidationError("cannot use \(named("--policy", "LLMTAP_POLICY", policy)) \(policy): \(error)")
             }
             settings.policy = gate
             logger.info(

@@ -117,6 +117,14 @@ public enum EnvironmentSettings {
         }
     }
 
+    /// How to name an option whose default comes from `variable`, in an error about `value`: by
+    /// the variable (and the flag) when the value is the variable's, by the flag alone otherwise.
+    public static func optionName(
+        _ flag: String, _ variable: String, value: String, environment: [String: String]
+    ) -> String {
+        environment[variable] == value ? "\(variable) (\(flag))" : flag
+    }
+
     static func report(_ problem: String) {
         problems.withLock { $0.append(problem) }
     }

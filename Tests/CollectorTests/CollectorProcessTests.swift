@@ -89,4 +89,24 @@ final class CollectorProcessTests: XCTestCase {
         XCTAssertNotEqual(malformed.waitForExit(), 0)
         XCTAssertTrue(malformed.stderr.contains("cannot listen on --listen-analysis 7101"), malformed.stderr)
     }
+
+    func testABadValueInAVariableNamesTheVariableAndTheValue() throws {
+        let cases: [([String: String], [String])] = [
+            (["LLMTAP_HTTP": "nonsense"], ["LLMTAP_HTTP (--http)", "not nonsense"]),
+            (["LLMTAP_EXCHANGE_TIMEOUT": "abc"], ["LLMTAP_EXCHANGE_TIMEOUT", "\"abc\""]),
+            (["LOG_LEVEL": "loud"], ["--log-level must be one of", "LOG_LEVEL (--log-level) is \"loud\""]),
+            (["LLMTAP_LISTEN_ANALYSIS": "7101"], ["cannot listen on LLMTAP_LISTEN_ANALYSIS (--listen-analysis) 7101"]),
+        ]
+        for (environment, messages) in cases {
+            // The variable under test must not be overridden by a flag.
+            var arguments = try isolated()
+            if environment["LLMTAP_HTTP"] != nil { arguments.removeFirst(2) }
+            let collector = try RunningProcess(
+                product: "llmtap-collector", arguments: arguments, environment: environment)
+            XCTAssertNotEqual(collector.waitForExit(), 0, "\(environment) was accepted")
+            for message in messages {
+                XCTAssertTrue(collector.stderr.contains(message), "\(environment): \(collector.stderr)")
+            }
+        }
+    }
 }

@@ -81,4 +81,22 @@ final class SidecarProcessTests: XCTestCase {
             XCTAssertTrue(sidecar.stderr.contains(message), "\(arguments): \(sidecar.stderr)")
         }
     }
+
+    func testABadValueInAVariableNamesTheVariableAndTheValue() throws {
+        let cases: [([String: String], [String])] = [
+            (["LISTEN_ADDR": "nonsense"], ["LISTEN_ADDR (--listen)", "not nonsense"]),
+            (["LLMTAP_THREADS": "abc"], ["LLMTAP_THREADS", "\"abc\""]),
+            (["UPSTREAM": "ftp://x"], ["UPSTREAM (--upstream)", "ftp://x"]),
+            (["MITM_LISTEN_ADDR": ":8080"], ["MITM_LISTEN_ADDR (--mitm-listen)", "needs a host"]),
+            (["LOG_LEVEL": "loud"], ["LOG_LEVEL (--log-level) is \"loud\""]),
+            (["LLMTAP_COLLECTOR": "nonsense"], ["cannot use LLMTAP_COLLECTOR (--collector) nonsense"]),
+        ]
+        for (environment, messages) in cases {
+            let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: [], environment: environment)
+            XCTAssertNotEqual(sidecar.waitForExit(), 0, "\(environment) was accepted")
+            for message in messages {
+                XCTAssertTrue(sidecar.stderr.contains(message), "\(environment): \(sidecar.stderr)")
+            }
+        }
+    }
 }
