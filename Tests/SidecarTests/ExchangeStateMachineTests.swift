@@ -29,7 +29,8 @@ final class ExchangeStateMachineTests: XCTestCase {
         admission: Machine.Admission? = nil, keyID: String = "", slot: Bool = false, at time: NIODeadline? = nil
     ) -> Machine.HeadAction {
         machine.requestHead(
-            tap: tap, keepAlive: keepAlive, version: .http1_1, expectsContinue: expectsContinue, shape: .openAI,
+            tap: tap, keepAlive: keepAlive, version: .http1_1, expectsContinue: expectsContinue,
+            path: "/v1/chat/completions",
             keyID: keyID, holdsPolicySlot: slot, admission: admission ?? .forward(head: head), now: time ?? start)
     }
 
@@ -125,7 +126,8 @@ final class ExchangeStateMachineTests: XCTestCase {
     func testAnHTTP10ClientGetsABodyUntilClose() throws {
         var machine = try machine()
         _ = machine.requestHead(
-            tap: "x", keepAlive: false, version: .http1_0, expectsContinue: false, shape: .openAI, keyID: "",
+            tap: "x", keepAlive: false, version: .http1_0, expectsContinue: false, path: "/v1/chat/completions",
+            keyID: "",
             holdsPolicySlot: false, admission: .forward(head: head), now: start)
         _ = machine.requestEnd()
         _ = machine.upstreamConnected(Upstream(id: 1), now: start)

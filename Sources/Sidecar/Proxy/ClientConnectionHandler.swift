@@ -285,7 +285,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         }
         let action = machine.requestHead(
             tap: tap, keepAlive: head.keepAlive, version: head.version, expectsContinue: head.expectsContinue,
-            shape: .forPath(uri), keyID: keyID, holdsPolicySlot: holdsSlot, admission: admission, now: .now())
+            path: uri, keyID: keyID, holdsPolicySlot: holdsSlot, admission: admission, now: .now())
         switch action {
         case .connect(let sendContinue):
             if sendContinue { self.sendContinue(version: head.version) }

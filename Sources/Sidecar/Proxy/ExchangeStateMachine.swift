@@ -44,8 +44,9 @@ struct ExchangeStateMachine<Upstream, Tap> {
         /// The client's request allows the connection to stay open after its response.
         let clientKeepAlive: Bool
         let version: HTTPVersion
-        /// Which provider's error shape a local answer takes.
-        let shape: ProxyErrorResponse.Shape
+        /// The path as sent upstream: which provider's error shape a local answer takes (worked
+        /// out only when there is one: it is a string search).
+        let path: String
         /// The virtual key the request came with (empty without one).
         let keyID: String
         /// The request holds a slot of that key's limiter, given back when it ends.
@@ -63,10 +64,10 @@ struct ExchangeStateMachine<Upstream, Tap> {
 
     enum Link {
         /// Refused by policy: the body is read (and dropped) to its end, then the refusal is sent,
-        /// so the connection stays usable.
-        case refusing(ProxyErrorResponse)
+        /// so the connection stays usable. (Rare cases are boxed: the common ones copy cheaply.)
+        indirect case refusing(ProxyErrorResponse)
         /// A key limited to some models: the whole request is held until its end to read the model.
-        case checkingModel(parts: [UpstreamRequestPart], bytes: Int, allowed: Set<String>)
+        indirect case checkingModel(parts: [UpstreamRequestPart], bytes: Int, allowed: Set<String>)
         /// Waiting for an upstream connection; the request's parts so far wait here.
         case connecting(buffered: [UpstreamRequestPart])
         /// The upstream was last heard from (or written to) then.
@@ -211,12 +212,12 @@ struct ExchangeStateMachine<Upstream, Tap> {
 
     /// A request head: an exchange begins. Only when `takesRequestEvents` and no exchange is under way.
     mutating func requestHead(
-        tap: Tap, keepAlive: Bool, version: HTTPVersion, expectsContinue: Bool, shape: ProxyErrorResponse.Shape,
+        tap: Tap, keepAlive: Bool, version: HTTPVersion, expectsContinue: Bool, path: String,
         keyID: String, holdsPolicySlot: Bool, admission: Admission, now: NIODeadline
     ) -> HeadAction {
         precondition(isIdle, "a request head arrived while an exchange was under way")
         var exchange = Exchange(
-            tap: tap, clientKeepAlive: keepAlive, version: version, shape: shape, keyID: keyID,
+            tap: tap, clientKeepAlive: keepAlive, version: version, path: path, keyID: keyID,
             holdsPolicySlot: holdsPolicySlot, request: .receiving(lastActivity: .distantPast),
             link: .connecting(buffered: []), response: .notStarted)
         switch admission {
@@ -646,7 +647,7 @@ struct ExchangeStateMachine<Upstream, Tap> {
         settlement.status = UInt32(response.status.code)
         finish(close ? .close : .next)
         return LocalAnswer(
-            response: response, version: exchange.version, shape: exchange.shape, close: close, reason: reason,
+            response: response, version: exchange.version, shape: .forPath(exchange.path), close: close, reason: reason,
             settlement: settlement)
     }
 
