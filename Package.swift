@@ -71,6 +71,8 @@ let package = Package(
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "NIOTLS", package: "swift-nio"),
                 .product(name: "SwiftASN1", package: "swift-asn1"),
+                // `llmtap-sidecar bench-parsers` runs llhttp the way a NIO pipeline does.
+                .product(name: "NIOEmbedded", package: "swift-nio"),
             ]
         ),
         // A stand-in for the LLM providers, for tests, benchmarks and demos: OpenAI, Anthropic and

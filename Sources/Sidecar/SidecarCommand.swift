@@ -22,7 +22,7 @@ struct SidecarCommand: AsyncParsableCommand {
             delivers what is queued for the collector, and exits 0.
             """,
         version: LLMTapVersion.current,
-        subcommands: [CACommand.self]
+        subcommands: [CACommand.self, ParserBenchCommand.self]
     )
 
     enum Mode: String, ExpressibleByArgument, CaseIterable {

@@ -95,6 +95,9 @@ final class UpstreamResponseParserTests: XCTestCase {
             "HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokX\r\n",
+            // A chunk's data must end in CRLF: a bare LF there means its size was wrong (llhttp agrees).
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nok\r\n0\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",

@@ -101,8 +101,19 @@ struct BodyReader {
                 state = take == remaining ? .chunkDataEnd : .chunkData(remaining: remaining - take)
                 return .body(pending.readSlice(length: take)!)
             case .chunkDataEnd:
-                guard let line = try takeLine(&pending, what: "chunk end") else { return .needMore }
-                guard line.readableBytes == 0 else { throw HTTPFramingError("a chunk is longer than its size") }
+                // CRLF and nothing else, from either side: the leniency RFC 9112 allows (a bare LF)
+                // is for head lines, and a chunk whose data ends otherwise was sized wrong (llhttp
+                // refuses it too: found by the response differential test).
+                guard pending.readableBytes >= 2 else {
+                    if pending.readableBytes == 1, pending.readableBytesView.first != 0x0D {
+                        throw HTTPFramingError("a chunk's data does not end in CRLF (its size is wrong)")
+                    }
+                    return .needMore
+                }
+                guard pending.readableBytesView.prefix(2).elementsEqual([0x0D, 0x0A]) else {
+                    throw HTTPFramingError("a chunk's data does not end in CRLF (its size is wrong)")
+                }
+                pending.moveReaderIndex(forwardBy: 2)
                 state = .chunkSize
             case .trailers(let bytes, let fields):
                 // Trailer fields are read and dropped: they are rare, no LLM API uses them, and the
