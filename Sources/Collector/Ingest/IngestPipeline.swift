@@ -27,8 +27,8 @@ final class IngestPipeline: Sendable {
     private let policy: PolicyEngine?
     private let logger: Logger
     private let queue = Mutex(Queue())
-    private let wakeup = DispatchSemaphore(value: 0)
-    private let finished = DispatchSemaphore(value: 0)
+    /// The assembly thread: woken when records arrive or shutdown begins.
+    private let worker = WorkerThread(name: "llmtap-assembly")
     /// Kinds of trouble already logged: each is logged the first time, then only counted.
     private let logged = Mutex<Set<String>>([])
     private let onCycle: @Sendable () -> Void
@@ -47,12 +47,7 @@ final class IngestPipeline: Sendable {
         self.policy = policy
         self.logger = logger
         self.onCycle = onCycle
-        let thread = Thread { [self] in
-            run()
-            finished.signal()
-        }
-        thread.name = "llmtap-assembly"
-        thread.start()
+        worker.start { [self] in run() }
     }
 
     /// Called on the receiver's thread for every record.
@@ -63,7 +58,7 @@ final class IngestPipeline: Sendable {
                 queue.records.append(record)
                 return (true, queue.records.count == 1)
             }
-            if wake { wakeup.signal() }
+            if wake { worker.wake() }
             if accepted { return }
             // Full: hold the receiver back, which holds back ZeroMQ.
             usleep(1_000)
@@ -73,9 +68,8 @@ final class IngestPipeline: Sendable {
     /// Finishes what is queued, closes the open exchanges as incomplete, and stops the thread.
     func shutdown() {
         queue.withLock { $0.closing = true }
-        wakeup.signal()
-        finished.wait()
-        finished.signal()
+        worker.wake()
+        worker.join()
     }
 
     private func run() {
@@ -93,7 +87,7 @@ final class IngestPipeline: Sendable {
                     metrics.inFlight.set(to: 0)
                     return
                 }
-                _ = wakeup.wait(timeout: .now() + .milliseconds(50))
+                worker.waitForWake(timeout: .milliseconds(50))
             }
             let now = WallClock.nowUnixNanos()
             var perSidecar: [String: Int] = [:]

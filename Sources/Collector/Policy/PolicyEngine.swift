@@ -37,34 +37,24 @@ final class PolicyEngine: PolicyRunning {
     }
 
     private let inbox = InboxBox()
-    private let finished = DispatchSemaphore(value: 0)
-    /// The write end of a pipe whose read end the engine's thread polls with its socket: whoever
-    /// hands work over writes a byte to wake it.
-    private let wakeup: Int32
+    /// The engine's thread: it polls its socket and the worker's wake-up pipe together, so work
+    /// handed over wakes it at once.
+    private let worker: WorkerThread
     let boundEndpoint: String
 
     /// Binds the socket and loads the state on the engine's thread; throws what either threw.
     init(database: AppDatabase, settings: Settings, metrics: CollectorMetrics, logger: Logger) throws {
-        var ends: [Int32] = [-1, -1]
-        guard pipe(&ends) == 0 else { throw PolicyError.invalid("pipe() failed: errno \(errno)") }
-        for end in ends { _ = fcntl(end, F_SETFL, fcntl(end, F_GETFL) | O_NONBLOCK) }
-        let wakeup = ends[0]
-        self.wakeup = ends[1]
-        let started = DispatchSemaphore(value: 0)
-        let startup = StartupBox()
-        let thread = Thread { [inbox, finished] in
+        let worker = try WorkerThread(pollableNamed: "llmtap-policy")
+        self.worker = worker
+        boundEndpoint = try worker.start { [inbox] ready in
             let core: PolicyCore
             do {
                 core = try PolicyCore(
-                    database: database, settings: settings, metrics: metrics, logger: logger, wakeup: wakeup)
-                startup.result.withLock { $0 = .success(core.boundEndpoint) }
+                    database: database, settings: settings, metrics: metrics, logger: logger, worker: worker)
             } catch {
-                startup.result.withLock { $0 = .failure(error) }
-                started.signal()
-                finished.signal()
-                return
+                return ready(.failure(error))
             }
-            started.signal()
+            ready(.success(core.boundEndpoint))
             core.run(take: {
                 inbox.mutex.withLock { inbox in
                     defer {
@@ -74,16 +64,7 @@ final class PolicyEngine: PolicyRunning {
                     return (inbox.jobs, inbox.spend, inbox.closing)
                 }
             })
-            finished.signal()
         }
-        thread.name = "llmtap-policy"
-        thread.start()
-        started.wait()
-        boundEndpoint = try startup.result.withLock { $0! }.get()
-    }
-
-    private final class StartupBox: Sendable {
-        let result = Mutex<Result<String, any Error>?>(nil)
     }
 
     /// Runs `job` on the engine's thread.
@@ -105,21 +86,14 @@ final class PolicyEngine: PolicyRunning {
     }
 
     private func wakeEngine() {
-        var byte: UInt8 = 1
-        _ = write(wakeup, &byte, 1)
+        worker.wake()
     }
 
     func shutdown() {
         inbox.mutex.withLock { $0.closing = true }
         wakeEngine()
-        finished.wait()
-        finished.signal()
+        worker.join()
     }
-
-    deinit {
-        close(wakeup)
-    }
-    // The read end is the engine thread's, closed when it stops.
 }
 
 /// The engine's state, store and socket, and the management commands. Lives on the engine's
@@ -131,14 +105,15 @@ final class PolicyCore: PolicyCommands {
     private let metrics: CollectorMetrics
     private let logger: Logger
     private let broadcaster: PolicyBroadcaster
-    private let wakeup: Int32
+    private let worker: WorkerThread
     private var state: PolicyState
 
     init(
-        database: AppDatabase, settings: PolicyEngine.Settings, metrics: CollectorMetrics, logger: Logger, wakeup: Int32
+        database: AppDatabase, settings: PolicyEngine.Settings, metrics: CollectorMetrics, logger: Logger,
+        worker: WorkerThread
     ) throws {
         store = PolicyStore(database: database)
-        self.wakeup = wakeup
+        self.worker = worker
         self.settings = settings
         self.metrics = metrics
         self.logger = logger
@@ -180,13 +155,11 @@ final class PolicyCore: PolicyCommands {
                 broadcaster.beat(version: state.version)
             }
             if closing { break }
-            if broadcaster.poll(orReadable: wakeup, timeoutMilliseconds: settings.pollMilliseconds) {
-                var drain = [UInt8](repeating: 0, count: 64)
-                while read(wakeup, &drain, drain.count) > 0 {}
+            if broadcaster.poll(orReadable: worker.wakeupFD, timeoutMilliseconds: settings.pollMilliseconds) {
+                worker.drainWakeups()
             }
         }
         broadcaster.close()
-        close(wakeup)
     }
 
     /// Sends what changed since the last call as one message; returns whether there was anything.

@@ -42,8 +42,8 @@ final class ExchangeWriter: Sendable {
     private let settings: Settings
     private let logger: Logger
     private let state = Mutex(State())
-    private let wakeup = DispatchSemaphore(value: 0)
-    private let finished = DispatchSemaphore(value: 0)
+    /// The storage thread: woken when rows are queued or shutdown begins.
+    private let worker = WorkerThread(name: "llmtap-store")
     // The JSONL file is touched by the writer thread only.
     private nonisolated(unsafe) let jsonl: JSONLWriter?
 
@@ -52,12 +52,7 @@ final class ExchangeWriter: Sendable {
         self.jsonl = jsonl
         self.settings = settings
         self.logger = logger
-        let thread = Thread { [self] in
-            run()
-            finished.signal()
-        }
-        thread.name = "llmtap-store"
-        thread.start()
+        worker.start { [self] in run() }
     }
 
     var health: Health {
@@ -89,7 +84,7 @@ final class ExchangeWriter: Sendable {
                     "the storage queue is full; dropping the oldest exchange rows", metadata: ["dropped": "\(count)"])
             }
         }
-        if wake { wakeup.signal() }
+        if wake { worker.wake() }
     }
 
     /// Saves stream checkpoints on the storage thread, after the rows queued before them.
@@ -100,11 +95,9 @@ final class ExchangeWriter: Sendable {
     /// Writes what is queued (trying for at most `linger`), then stops the thread.
     func shutdown(linger: Duration = .seconds(5)) {
         state.withLock { $0.closing = true }
-        wakeup.signal()
-        if finished.wait(timeout: .now() + .milliseconds(Int(linger.inMilliseconds))) == .timedOut {
+        worker.wake()
+        if !worker.join(timeout: .milliseconds(Int(linger.inMilliseconds))) {
             logger.error("rows were still waiting to be stored at shutdown", metadata: ["pending": "\(health.pending)"])
-        } else {
-            finished.signal()
         }
     }
 
@@ -122,7 +115,7 @@ final class ExchangeWriter: Sendable {
                 saveCheckpoints()
                 if closing { return }
                 applyRetention(&lastRetention)
-                _ = wakeup.wait(timeout: .now() + .milliseconds(Int(settings.flushInterval.inMilliseconds)))
+                worker.waitForWake(timeout: .milliseconds(Int(settings.flushInterval.inMilliseconds)))
                 continue
             }
             do {
@@ -165,7 +158,7 @@ final class ExchangeWriter: Sendable {
                         ])
                 }
                 if closing { return }
-                _ = wakeup.wait(timeout: .now() + .milliseconds(Int(pause.inMilliseconds)))
+                worker.waitForWake(timeout: .milliseconds(Int(pause.inMilliseconds)))
                 pause = min(pause * 2, .seconds(5))
             }
         }

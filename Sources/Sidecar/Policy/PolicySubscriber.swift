@@ -16,7 +16,8 @@ final class PolicySubscriber: Sendable {
     }
 
     private let shared = Shared()
-    private let finished = DispatchSemaphore(value: 0)
+    /// Polls its socket with a timeout, and stops once `shared.closing` is set.
+    private let worker: WorkerThread
 
     init(endpoint: String, bootID: String, gate: PolicyGate, credentials: UpstreamCredentials, logger: Logger) throws {
         // Connect errors (a malformed endpoint) surface here, before the thread starts.
@@ -24,20 +25,18 @@ final class PolicySubscriber: Sendable {
         let probe = try ZMQSocket(context: context, kind: .sub)
         try probe.connect(endpoint)
         probe.close()
-        let thread = Thread { [shared, finished] in
+        worker = WorkerThread(name: "llmtap-policy")
+        // Up at once: a collector away is not an error (the sidecar answers 503 meanwhile).
+        worker.start { [shared] in
             Self.run(
                 endpoint: endpoint, bootID: bootID, gate: gate, credentials: credentials, shared: shared, logger: logger
             )
-            finished.signal()
         }
-        thread.name = "llmtap-policy"
-        thread.start()
     }
 
     func shutdown() {
         shared.closing.store(true, ordering: .relaxed)
-        finished.wait()
-        finished.signal()
+        worker.join()
     }
 
     private static func run(

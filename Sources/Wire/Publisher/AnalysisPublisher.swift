@@ -15,10 +15,9 @@ public final class AnalysisPublisher: Sendable {
     public let configuration: AnalysisPublisherConfiguration
     private let logger: Logger
     private let queue: Mutex<PublisherQueue>
-    /// Wakes the I/O thread when the queue stops being empty, or shutdown begins.
-    private let wakeup = DispatchSemaphore(value: 0)
-    /// Signalled once when the I/O thread has exited.
-    private let finished = DispatchSemaphore(value: 0)
+    /// The I/O thread: woken when the queue stops being empty, or shutdown begins; joined once
+    /// the socket and the context are gone, and libzmq done with its linger.
+    private let worker: WorkerThread
     /// When shutdown began plus the linger: the I/O thread gives up on what remains after it.
     private let shutdownDeadline = Mutex<ContinuousClock.Instant?>(nil)
 
@@ -35,22 +34,9 @@ public final class AnalysisPublisher: Sendable {
                 wakeBytes: configuration.wakeBytes
             ))
         let encoder = try EnvelopeEncoder(sidecarID: configuration.sidecarID, bootID: configuration.bootID)
-
-        let started = Mutex<Result<Void, ZMQError>?>(nil)
-        let ready = DispatchSemaphore(value: 0)
-        let thread = Thread { [self] in
-            runIOThread(encoder: encoder) { result in
-                started.withLock { $0 = result }
-                ready.signal()
-            }
-            // Only now are the socket and the context gone, and libzmq done with its linger.
-            finished.signal()
-        }
-        thread.name = "llmtap-publisher"
-        thread.start()
-        ready.wait()
-        if case .failure(let error) = started.withLock({ $0 }) {
-            throw error
+        worker = WorkerThread(name: "llmtap-publisher")
+        try worker.start { [self] ready in
+            runIOThread(encoder: encoder) { result in ready(result.mapError { $0 }) }
         }
         logger.debug(
             "analysis publisher started",
@@ -110,7 +96,7 @@ public final class AnalysisPublisher: Sendable {
         let result = queue.withLock { $0.enqueue(record, cost: cost) }
         switch result {
         case .accepted(let wakeConsumer):
-            if wakeConsumer { wakeup.signal() }
+            if wakeConsumer { worker.wake() }
             return true
         case .dropped:
             return false
@@ -131,9 +117,8 @@ public final class AnalysisPublisher: Sendable {
             deadline = .now + linger
             return false
         }
-        if !alreadyClosing, queue.withLock({ $0.close() }) { wakeup.signal() }
-        finished.wait()
-        finished.signal() // let any other caller through as well
+        if !alreadyClosing, queue.withLock({ $0.close() }) { worker.wake() }
+        worker.join()
         if !alreadyClosing {
             let stats = self.stats
             logger.debug(
@@ -172,7 +157,7 @@ public final class AnalysisPublisher: Sendable {
                 return
             case .idle:
                 // Records come by on the drain interval; a burst or shutdown wakes us sooner.
-                _ = wakeup.wait(timeout: .now() + (wasBusy ? active : idle))
+                worker.waitForWake(timeout: wasBusy ? active : idle)
                 wasBusy = false
                 continue
             case .records(let records):

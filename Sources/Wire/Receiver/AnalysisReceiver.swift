@@ -70,25 +70,8 @@ public final class AnalysisReceiver: Sendable {
         }
         self.core = core
 
-        let started = Mutex<Result<String, ZMQError>?>(nil)
-        let ready = DispatchSemaphore(value: 0)
-        let thread = Thread {
-            core.runIOThread(configuration: configuration) { result in
-                started.withLock { $0 = result }
-                ready.signal()
-            }
-            core.finished.signal()
-        }
-        thread.name = "llmtap-receiver"
-        thread.start()
-        ready.wait()
-        switch started.withLock({ $0 }) {
-        case .failure(let error):
-            throw error
-        case .success(let endpoint):
-            self.boundEndpoint = endpoint
-        case nil:
-            preconditionFailure("the receiver thread signalled readiness without a result")
+        boundEndpoint = try core.worker.start { ready in
+            core.runIOThread(configuration: configuration) { result in ready(result.mapError { $0 }) }
         }
         logger.info("analysis receiver listening", metadata: ["endpoint": "\(boundEndpoint)"])
     }
@@ -105,8 +88,7 @@ public final class AnalysisReceiver: Sendable {
     /// Blocks for at most about 100 ms; calling it again does nothing more.
     public func shutdown() {
         let first = !core.stopping.exchange(true, ordering: .acquiringAndReleasing)
-        core.finished.wait()
-        core.finished.signal() // let any other caller through as well
+        core.worker.join()
         if first {
             core.logger.info("analysis receiver stopped", metadata: ["received": "\(stats.received)"])
         }
@@ -120,8 +102,9 @@ extension AnalysisReceiver {
         let handler: @Sendable (ReceivedRecord) -> Void
         let state: Mutex<State>
         let stopping = Atomic<Bool>(false)
-        /// Signalled once when the thread has closed its sockets.
-        let finished = DispatchSemaphore(value: 0)
+        /// The thread: it stops polling once `stopping` is set (within 100 ms), and is joined
+        /// once it has closed its sockets.
+        let worker: WorkerThread
 
         struct State: Sendable {
             var stats = ReceiverStats()
@@ -132,6 +115,7 @@ extension AnalysisReceiver {
             self.logger = logger
             self.handler = handler
             self.state = Mutex(State(tracker: SequenceTracker(maxStreams: maxStreams)))
+            worker = WorkerThread(name: "llmtap-receiver")
         }
 
         /// The thread's whole life: it owns the context and both sockets.
