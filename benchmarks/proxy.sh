@@ -7,8 +7,8 @@
 # record, as the collector's ingest does, but does not parse, price or store. On this 2-core
 # machine a full collector would take its CPU from the sidecar being measured; in production it
 # runs on its own host (benchmarks/collector.sh measures it).
-# wrk drives each with 32 connections; rounds alternate a, b, c so drifting load hits all alike,
-# and the table reports medians. Then the sidecar's RSS idle and with 1,000 open streams.
+# wrk drives each with 32 connections; rounds alternate a, b, c so drifting load hits all alike
+# (with a baseline d, c and d swap places every other round), and the table reports medians. Then the sidecar's RSS idle and with 1,000 open streams.
 #
 # This machine's speed drifts by up to 2x within minutes (shared cores), so the ratio reported is
 # the median of each round's own c/b: the two runs of a round are seconds apart.
@@ -85,7 +85,11 @@ ab_ratios=""
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
 for target in "${targets[@]}"; do wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "${urls[$target]}" > /dev/null; done
 for round in $(seq "$rounds"); do
-    for target in "${targets[@]}"; do
+    order=("${targets[@]}")
+    # With a baseline, every other round runs it before this build (a b d c): whatever drifts
+    # within a round then falls on each of the two alike.
+    if [ -n "${BASELINE_BIN:-}" ] && [ $((round % 2)) -eq 0 ]; then order=(a b d c); fi
+    for target in "${order[@]}"; do
         out="$(wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" "${urls[$target]}")"
         if echo "$out" | grep -q "Non-2xx"; then echo "$out" >&2; echo "($target) answered errors" >&2; exit 1; fi
         rps[$target]+="$(echo "$out" | awk '/Requests\/sec/ {print $2}') "

@@ -353,7 +353,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     // MARK: Timers
 
     private func armExchangeTimer(by deadline: NIODeadline) {
-        exchangeTimer.ensure(by: deadline, on: context.eventLoop) { self.exchangeTimerFired() }
+        guard exchangeTimer.firesTooLate(for: deadline) else { return }
+        exchangeTimer.set(at: deadline, on: context.eventLoop) { self.exchangeTimerFired() }
     }
 
     private func exchangeTimerFired() {

@@ -7,14 +7,10 @@ struct ConnectionTimer {
     private var scheduled: Scheduled<Void>?
     private var deadline = NIODeadline.distantFuture
 
-    /// Makes sure it fires by `deadline`. Deadlines are at most --client-timeout ahead, so one
-    /// under way is almost always soon enough, and cancelling it is rare.
-    mutating func ensure(by deadline: NIODeadline, on loop: any EventLoop, _ fire: @escaping () -> Void) {
-        if let scheduled {
-            guard self.deadline > deadline else { return }
-            scheduled.cancel()
-        }
-        set(at: deadline, on: loop, fire)
+    /// Whether it must be set again to fire by `deadline`. Deadlines are at most --client-timeout
+    /// ahead, so one under way is almost always soon enough (and no closure is made per request).
+    func firesTooLate(for deadline: NIODeadline) -> Bool {
+        scheduled == nil || self.deadline > deadline
     }
 
     /// Sets it for `deadline`, whatever it was set for.
