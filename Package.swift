@@ -55,6 +55,7 @@ let package = Package(
                 "CZeroMQ",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             exclude: ["analysis.proto"]
         ),
@@ -127,7 +128,10 @@ let package = Package(
         ),
         .testTarget(
             name: "WireTests",
-            dependencies: ["Wire", "CZeroMQ", "TestSupport"],
+            dependencies: [
+                "Wire", "CZeroMQ", "TestSupport",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             exclude: ["Golden"]
         ),
         .testTarget(

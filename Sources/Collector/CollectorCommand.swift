@@ -293,22 +293,29 @@ struct CollectorCommand: AsyncParsableCommand {
                 "version": "\(LLMTapVersion.current)",
             ])
 
+        // Every long-lived part, in the order they depend on each other: SIGTERM or SIGINT stops
+        // them one at a time from the last. The HTTP server first, then the receiver; what it
+        // delivered is then assembled, open exchanges stored as incomplete, the checkpoints and the
+        // storage queue written out, and the policy channel closed.
         let services = ServiceGroup(
             configuration: .init(
-                services: [ReceiverService(receiver: receiver), BoundHTTPServer(channel: httpChannel)],
+                services: [
+                    StopOnShutdown("event loops", async: { try? await group.shutdownGracefully() }),
+                    StopOnShutdown("policy engine", blocking: { policy.shutdown() }),
+                    StopOnShutdown(
+                        "store",
+                        blocking: {
+                            writer.checkpoint(Self.checkpoints(receiver.stats, metrics))
+                            writer.shutdown()
+                        }),
+                    StopOnShutdown("assembly", blocking: { pipeline.shutdown() }),
+                    StopOnShutdown("analysis receiver", blocking: { receiver.shutdown() }),
+                    BoundHTTPServer(channel: httpChannel),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             ))
         try await services.run()
-        // The receiver has stopped: what it delivered is assembled, open exchanges are stored as
-        // incomplete, and the storage queue is written out.
-        await Self.offThread {
-            pipeline.shutdown()
-            writer.checkpoint(Self.checkpoints(receiver.stats, metrics))
-            writer.shutdown()
-            policy.shutdown()
-        }
-        try? await group.shutdownGracefully()
         let stats = receiver.stats
         let health = writer.health
         logger.info(
@@ -356,16 +363,6 @@ struct CollectorCommand: AsyncParsableCommand {
             )
         }
     }
-
-    /// Runs blocking work on a thread of its own, not on the cooperative pool.
-    static func offThread(_ work: @escaping @Sendable () -> Void) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            Thread.detachNewThread {
-                work()
-                continuation.resume()
-            }
-        }
-    }
 }
 
 /// The receiver, once it exists: the pipeline's refresh reads its stats.
@@ -375,15 +372,5 @@ final class ReceiverBox: Sendable {
     var receiver: AnalysisReceiver? {
         get { stored.withLock { $0 } }
         set { stored.withLock { $0 = newValue } }
-    }
-}
-
-/// Keeps the receiver running until graceful shutdown, then stops it off the cooperative pool.
-struct ReceiverService: Service {
-    let receiver: AnalysisReceiver
-
-    func run() async throws {
-        try? await gracefulShutdown()
-        await CollectorCommand.offThread { receiver.shutdown() }
     }
 }

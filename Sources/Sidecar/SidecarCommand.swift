@@ -334,10 +334,22 @@ struct SidecarCommand: AsyncParsableCommand {
             publisher: publisher, counters: counters,
             interval: .nanoseconds(durations.heartbeat.nanoseconds), app: app, mode: mode.rawValue
         )
+        // Every long-lived part, in the order they depend on each other: SIGTERM or SIGINT stops
+        // them one at a time from the last. The listeners drain first, then the heartbeat stops;
+        // closing the upstream connections left settles their exchanges (their records go out),
+        // and the publisher flushes last.
+        let stops: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: StopOnShutdown("analysis publisher", async: { await publisher.shutdownGracefully() })),
+            .init(
+                service: StopOnShutdown("certificate minting", async: { try? await mintingPool.shutdownGracefully() })),
+            .init(service: StopOnShutdown("event loops", async: { try? await group.shutdownGracefully() })),
+            .init(service: StopOnShutdown("policy subscriber", blocking: { [subscriber] in subscriber?.shutdown() })),
+            .init(service: StopOnShutdown("upstream pools", async: { await pools.closeAll() })),
+        ]
         let services = ServiceGroup(
             configuration: .init(
                 // The sidecar is no use without its listeners: if one stops, everything stops.
-                services: [.init(service: heartbeat)] + listeners,
+                services: stops + [.init(service: heartbeat)] + listeners,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             ))
@@ -347,12 +359,6 @@ struct SidecarCommand: AsyncParsableCommand {
         } catch {
             failure = error
         }
-        // Closing what is left settles its exchanges (their records go out) before the publisher's flush.
-        await pools.closeAll()
-        subscriber?.shutdown()
-        try? await group.shutdownGracefully()
-        try? await mintingPool.shutdownGracefully()
-        await publisher.shutdownGracefully()
         let stats = publisher.stats
         logger.info(
             "llmtap-sidecar stopped", metadata: ["published": "\(stats.published)", "dropped": "\(stats.dropped)"])
