@@ -12,18 +12,8 @@ import XCTest
 /// `writeInbound`, what reaches the upstream comes out of a second embedded channel (an
 /// `UpstreamHandler` in the pool), and its answer goes back the same way. No socket, no clock.
 final class ClientConnectionHandlerTests: XCTestCase {
-    /// Counts `read()` calls that reach the upstream's socket: back-pressure holds them.
+    /// Counts `read()` calls that reach a channel's socket: back-pressure holds them.
     final class ReadCounter: ChannelOutboundHandler {
-        typealias OutboundIn = ByteBuffer
-        var reads = 0
-        func read(context: ChannelHandlerContext) {
-            reads += 1
-            context.read()
-        }
-    }
-
-    /// Counts `read()` calls that reach the client's socket.
-    final class ClientReadCounter: ChannelOutboundHandler {
         typealias OutboundIn = ByteBuffer
         var reads = 0
         func read(context: ChannelHandlerContext) {
@@ -45,7 +35,7 @@ final class ClientConnectionHandlerTests: XCTestCase {
     struct Rig {
         let loop: EmbeddedEventLoop
         let client: EmbeddedChannel
-        let clientReads: ClientReadCounter
+        let clientReads: ReadCounter
         let upstream: EmbeddedChannel
         let upstreamReads: ReadCounter
         let records: Records
@@ -96,7 +86,7 @@ final class ClientConnectionHandlerTests: XCTestCase {
         let records = Records()
         let counters = SidecarCounters(bootID: "test")
         let client = EmbeddedChannel(loop: loop)
-        let clientReads = ClientReadCounter()
+        let clientReads = ReadCounter()
         try client.pipeline.syncOperations.addHandler(clientReads)
         try client.pipeline.syncOperations.addHandler(
             ClientConnectionHandler(

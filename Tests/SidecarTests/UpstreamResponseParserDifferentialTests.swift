@@ -134,18 +134,7 @@ final class UpstreamResponseParserDifferentialTests: XCTestCase {
         for base in Self.bases {
             let original = Array(base.utf8)
             for _ in 0..<400 {
-                var input = original
-                for _ in 0..<Int(generator.next() % 4 == 0 ? 2 : 1) {
-                    let at = Int(generator.next() % UInt64(input.count + 1))
-                    switch generator.next() % 4 {
-                    case 0 where !input.isEmpty && at < input.count: input.remove(at: at)
-                    case 1 where at < input.count: input[at] = UInt8(truncatingIfNeeded: generator.next() % 128)
-                    default:
-                        input.insert(
-                            contentsOf: Array(
-                                Self.insertions[Int(generator.next() % UInt64(Self.insertions.count))].utf8), at: at)
-                    }
-                }
+                let input = generator.mangled(original, inserting: Self.insertions)
                 let mine = Self.ours(input)
                 let reference = Self.llhttp(input)
                 compared += 1
