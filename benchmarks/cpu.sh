@@ -27,28 +27,13 @@ swift build -c release --product llmtap-sidecar >&2
 swift build -c release --product llmtap-collector-bench >&2
 bin="$(swift build -c release --show-bin-path)"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for conf in upstream proxy; do [ -f "$work/$conf.pid" ] && kill -QUIT "$(cat "$work/$conf.pid")" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work
 
 upstream_port=$(free_port); proxy_port=$(free_port); analysis_port=$(free_port)
-nginx_site "$work" upstream "$upstream_port" "$upstream_port" "default_type application/json; return 200 '$BENCH_CHAT_COMPLETION';"
-nginx_site "$work" proxy "$proxy_port" "$upstream_port" "proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off;"
+bench_static_upstream_and_proxy "$upstream_port" "$proxy_port"
 "$bin/llmtap-collector-bench" --receive-only "tcp://127.0.0.1:$analysis_port" > "$work/collector.log" 2>&1 &
 pids+=($!)
 
-cat > "$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"
-LUA
 cat > "$work/client.py" <<'PY'
 import http.client, sys
 connection = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]), timeout=600)
@@ -167,7 +152,7 @@ if ! valgrind --tool=none "$bin/llmtap-sidecar" --help > /dev/null 2> "$work/val
     printf "%s" "$rows"
     echo
     [ -n "$ab_ratios" ] && echo "baseline / this build, CPU per request, median of the rounds' own ratios: $(echo "$ab_ratios" | median) (rounds: $ab_ratios)"
-    echo "callgrind: skipped, $(valgrind --version) cannot run llmtap-sidecar here: $(grep -m1 -E 'INTERNAL ERROR|impossible' "$work/valgrind-probe.log" | sed 's/^[-=0-9]* *//')"
+    echo "callgrind: skipped, $(valgrind --version) cannot run llmtap-sidecar here: $(grep -m1 -E 'INTERNAL ERROR|impossible|Giving up|corrupted' "$work/valgrind-probe.log" | sed 's/^[-=0-9]* *//')"
     exit 0
 fi
 echo "==> user-space instructions per request under callgrind ($requests requests, one connection)" >&2

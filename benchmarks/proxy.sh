@@ -34,21 +34,12 @@ for product in llmtap-sidecar llmtap-collector-bench llmtap-mock-upstream; do
 done
 bin="$(swift build -c release --show-bin-path)"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for conf in upstream proxy; do [ -f "$work/$conf.pid" ] && kill -QUIT "$(cat "$work/$conf.pid")" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_work
 
 upstream_port=$(free_port); proxy_port=$(free_port); sidecar_port=$(free_port); analysis_port=$(free_port)
 mock_port=$(free_port); streams_sidecar_port=$(free_port); baseline_port=$(free_port)
 
-nginx_site "$work" upstream "$upstream_port" "$upstream_port" "default_type application/json; return 200 '$BENCH_CHAT_COMPLETION';"
-nginx_site "$work" proxy "$proxy_port" "$upstream_port" "proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off;"
+bench_static_upstream_and_proxy "$upstream_port" "$proxy_port"
 
 "$bin/llmtap-collector-bench" --receive-only "tcp://127.0.0.1:$analysis_port" > "$work/collector.log" 2>&1 &
 pids+=($!)
@@ -67,12 +58,6 @@ if [ -n "${BASELINE_BIN:-}" ]; then
     targets+=(d)
 fi
 
-cat > "$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"
-LUA
 
 declare -A urls=([a]="http://127.0.0.1:$upstream_port/v1/chat/completions"
                  [b]="http://127.0.0.1:$proxy_port/v1/chat/completions"

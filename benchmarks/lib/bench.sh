@@ -34,3 +34,31 @@ http {
 CONF
     nginx -c "$work/$name.conf" -p "$work/$name"
 }
+
+# bench_work: a scratch folder in $work, and on exit the processes in $pids and the nginx sites
+# stopped and the folder removed. Writes $work/post.lua, the request wrk sends (a chat completion).
+bench_work() {
+    work="$(mktemp -d)"
+    pids=()
+    trap bench_cleanup EXIT
+    cat > "$work/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello"}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench-not-a-real-key"
+LUA
+}
+
+bench_cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for conf in upstream proxy; do [ -f "$work/$conf.pid" ] && kill -QUIT "$(cat "$work/$conf.pid")" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+
+# bench_static_upstream_and_proxy UPSTREAM_PORT PROXY_PORT: nginx returning the fixed chat
+# completion, and nginx as a keep-alive reverse proxy in front of it.
+bench_static_upstream_and_proxy() {
+    nginx_site "$work" upstream "$1" "$1" "default_type application/json; return 200 '$BENCH_CHAT_COMPLETION';"
+    nginx_site "$work" proxy "$2" "$1" "proxy_pass http://llm; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_buffering off;"
+}
