@@ -371,7 +371,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         case .clientStoppedReading(let settlement):
             let count = counters.stalledClients.add(1, ordering: .relaxed).newValue
             if LogSampling.isWorthLogging(occurrence: count) {
-                exchangeLogger(settlement.tap).warning(
+                exchangeLogger(settlement.tap.exchangeID).warning(
                     "a client stopped reading its response; closing",
                     metadata: [
                         "count": "\(count)", "timeout_s": "\(settings.clientTimeout.nanoseconds / 1_000_000_000)",
@@ -422,7 +422,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         case .answer(let answer):
             perform(answer)
         case .closeNow(let settlement):
-            exchangeLogger(settlement.tap).warning(
+            exchangeLogger(settlement.tap.exchangeID).warning(
                 "upstream failed mid-response; closing the client connection",
                 metadata: ["error": "\(settlement.error)"])
             settle(settlement)
@@ -471,19 +471,18 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     // MARK: Logging
 
-    /// The connection's logger with the exchange's id: made only when there is something to log.
-    private func exchangeLogger(_ tap: ExchangeTap) -> Logger {
+    /// The connection's logger with the exchange's id (when there is one): made only for a line
+    /// that is logged, never per exchange.
+    private func exchangeLogger(_ exchangeID: String?) -> Logger {
         var logger = self.logger
-        logger[metadataKey: "exchange_id"] = "\(tap.exchangeID)"
+        if let exchangeID { logger[metadataKey: "exchange_id"] = "\(exchangeID)" }
         return logger
     }
 
     private func logPolicyRefusal(_ response: ProxyErrorResponse, exchangeID: String, keyID: String) {
         let count = counters.policyRejections.add(1, ordering: .relaxed).newValue
         guard LogSampling.isWorthLogging(occurrence: count) else { return }
-        var logger = self.logger
-        logger[metadataKey: "exchange_id"] = "\(exchangeID)"
-        logger.info(
+        exchangeLogger(exchangeID).info(
             "refused a request by policy",
             metadata: [
                 "status": "\(response.status.code)", "reason": "\(response.rejectReason)", "key_id": "\(keyID)",
@@ -494,25 +493,26 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     /// Logs (and counts) why the sidecar answered itself, as each reason deserves.
     private func logReason(_ reason: Machine.Reason, response: ProxyErrorResponse?, exchangeID: String?) {
         let status = response?.status
-        var logger = self.logger
-        if let exchangeID { logger[metadataKey: "exchange_id"] = "\(exchangeID)" }
         let timeout = "\(settings.clientTimeout.nanoseconds / 1_000_000_000)"
         switch reason {
         case .malformed(let error):
             let count = counters.malformedRequests.add(1, ordering: .relaxed).newValue
             if LogSampling.isWorthLogging(occurrence: count) {
-                logger.warning(
+                exchangeLogger(exchangeID).warning(
                     "refused a malformed request",
                     metadata: ["status": "\(status?.code ?? 0)", "error": "\(error)", "count": "\(count)"])
             }
         case .modelNotAllowed(let keyID):
             if let response, let exchangeID { logPolicyRefusal(response, exchangeID: exchangeID, keyID: keyID) }
         case .requestHeadTimeout:
-            logger.warning("a client took too long to send a request head", metadata: ["timeout_s": "\(timeout)"])
+            exchangeLogger(exchangeID).warning(
+                "a client took too long to send a request head", metadata: ["timeout_s": "\(timeout)"])
         case .requestBodyTimeout:
-            logger.warning("a client stopped sending its request body", metadata: ["timeout_s": "\(timeout)"])
+            exchangeLogger(exchangeID).warning(
+                "a client stopped sending its request body", metadata: ["timeout_s": "\(timeout)"])
         case .upstreamFailed(let error):
-            logger.warning("upstream failed", metadata: ["status": "\(status?.code ?? 0)", "error": "\(error)"])
+            exchangeLogger(exchangeID).warning(
+                "upstream failed", metadata: ["status": "\(status?.code ?? 0)", "error": "\(error)"])
         case .policy, .misdirected, .modelCheckTooLarge:
             // A refusal at the head was logged then.
             break

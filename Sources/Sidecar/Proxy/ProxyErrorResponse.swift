@@ -85,8 +85,6 @@ struct ProxyErrorResponse {
             message: "the upstream \(upstream) sent nothing for \(timeout.nanoseconds / 1_000_000_000) s")
     }
 
-    var body: ByteBuffer { body(shape: .openAI) }
-
     func body(shape: Shape) -> ByteBuffer {
         switch shape {
         case .openAI:
