@@ -7,8 +7,20 @@ import XCTest
 /// The exchange state machine on its own: no channel, no clock, no socket. Every input is given
 /// by hand, with the time it happens at.
 final class ExchangeStateMachineTests: XCTestCase {
-    struct Upstream: Equatable { let id: Int }
-    typealias Machine = ExchangeStateMachine<Upstream, String>
+    /// The machine holds both as references, as the handler's are.
+    final class Upstream: Equatable, CustomStringConvertible {
+        let id: Int
+        init(id: Int) { self.id = id }
+        static func == (lhs: Upstream, rhs: Upstream) -> Bool { lhs.id == rhs.id }
+        var description: String { "upstream \(id)" }
+    }
+    final class Tap: Equatable, ExpressibleByStringLiteral, CustomStringConvertible {
+        let name: String
+        init(stringLiteral name: String) { self.name = name }
+        static func == (lhs: Tap, rhs: Tap) -> Bool { lhs.name == rhs.name }
+        var description: String { name }
+    }
+    typealias Machine = ExchangeStateMachine<Upstream, Tap>
 
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
     let limits = ExchangeLimits(
@@ -25,7 +37,7 @@ final class ExchangeStateMachineTests: XCTestCase {
 
     @discardableResult
     func begin(
-        _ machine: inout Machine, tap: String = "x1", keepAlive: Bool = true, expectsContinue: Bool = false,
+        _ machine: inout Machine, tap: Tap = "x1", keepAlive: Bool = true, expectsContinue: Bool = false,
         admission: Machine.Admission? = nil, keyID: String = "", slot: Bool = false, at time: NIODeadline? = nil
     ) -> Machine.HeadAction {
         machine.requestHead(
