@@ -83,6 +83,31 @@ final class HeaderRulesTests: XCTestCase {
         }
     }
 
+    /// Lines that arrived as `name: value` CRLF are copied in runs; every other line is written
+    /// field by field. Either way the bytes are `name: value` CRLF, in order.
+    func testHeaderLinesAreCopiedInRunsAndReadTheSameAsFieldByField() throws {
+        let raw =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-A: 1\r\nConnection: close\r\nX-B: 2\r\n"
+            + "X-Tight:3\r\nX-Wide:  4\r\nX-Trailing: 5 \t\r\nX-Bare: 6\nX-Empty: \r\nX-Empty-Tight:\r\n"
+            + "Keep-Alive: timeout=5\r\nX-Last: 7\r\nContent-Length: 2\r\n\r\n"
+        let head = try UpstreamResponseParser.parseHead(ByteBuffer(string: raw), toHEAD: false)
+        var bytes = ByteBuffer()
+        HeaderRules.writeClientResponseHead(
+            head, exchangeID: "abc-1", framing: .asIs, close: false, version: .http1_1, into: &bytes)
+        XCTAssertEqual(
+            String(buffer: bytes),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-A: 1\r\nX-B: 2\r\nX-Tight: 3\r\nX-Wide: 4\r\n"
+                + "X-Trailing: 5\r\nX-Bare: 6\r\nX-Empty: \r\nX-Empty-Tight: \r\nX-Last: 7\r\nContent-Length: 2\r\n"
+                + "x-llmtap-exchange-id: abc-1\r\n\r\n")
+        var chunked = ByteBuffer()
+        HeaderRules.writeClientResponseHead(
+            head, exchangeID: "abc-1", framing: .chunked, close: false, version: .http1_1, into: &chunked)
+        XCTAssertTrue(
+            String(buffer: chunked).hasSuffix(
+                "X-Last: 7\r\ntransfer-encoding: chunked\r\nx-llmtap-exchange-id: abc-1\r\n\r\n"),
+            "the run ends where a field is left out")
+    }
+
     func testCredentialsAreFoundAndNeverReachTheWire() throws {
         func credential(_ lines: String..., uri: String = "/") throws -> String? {
             Credentials.credential(in: try requestHead(["GET \(uri) HTTP/1.1", "Host: a"] + lines).headers, uri: uri)

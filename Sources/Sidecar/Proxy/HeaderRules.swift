@@ -74,26 +74,30 @@ enum HeaderRules {
         var hasForwardedProto = false
         var hasForwardedHost = false
         // The pointers stay valid: the head's bytes are held by `head` for the whole call.
-        forEachEndToEndField(head.headers) { name, value in
-            if credential != nil, CredentialHeader(name) != nil { return }
-            switch name.count {
-            case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
-                if originalHost == nil { originalHost = value }
-                return
-            case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
-                // The sidecar answers 100-continue itself, so the upstream gets the whole request at once.
-                return
-            case 15 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-for"):
-                forwardedFor.append(value)
-                return
-            case 16 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-host"):
-                hasForwardedHost = true
-            case 17 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-proto"):
-                hasForwardedProto = true
-            default:
-                break
+        head.headers.bytes.withUnsafeReadableBytes { raw in
+            var lines = HeaderLineWriter(raw)
+            forEachEndToEndField(head.headers) { name, value in
+                if credential != nil, CredentialHeader(name) != nil { return }
+                switch name.count {
+                case 4 where RawHeaderFields.equalsIgnoringCase(name, "host"):
+                    if originalHost == nil { originalHost = value }
+                    return
+                case 6 where RawHeaderFields.equalsIgnoringCase(name, "expect"):
+                    // The sidecar answers 100-continue itself, so the upstream gets the whole request at once.
+                    return
+                case 15 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-for"):
+                    forwardedFor.append(value)
+                    return
+                case 16 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-host"):
+                    hasForwardedHost = true
+                case 17 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-proto"):
+                    hasForwardedProto = true
+                default:
+                    break
+                }
+                lines.write(name, value, into: &out)
             }
-            writeField(name, value, into: &out)
+            lines.finish(into: &out)
         }
         if !forwardedFor.isEmpty || clientIP != nil {
             out.writeStaticString("x-forwarded-for: ")
@@ -144,9 +148,13 @@ enum HeaderRules {
         writeStatusLineStart(version: version, code: head.status.code, into: &out)
         out.writeImmutableBuffer(head.reasonBytes)
         out.writeStaticString("\r\n")
-        forEachEndToEndField(head.headers) { name, value in
-            if framing != .asIs, RawHeaderFields.equalsIgnoringCase(name, "content-length") { return }
-            writeField(name, value, into: &out)
+        head.headers.bytes.withUnsafeReadableBytes { raw in
+            var lines = HeaderLineWriter(raw)
+            forEachEndToEndField(head.headers) { name, value in
+                if framing != .asIs, RawHeaderFields.equalsIgnoringCase(name, "content-length") { return }
+                lines.write(name, value, into: &out)
+            }
+            lines.finish(into: &out)
         }
         if framing == .chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
         writeEnding(exchangeID: exchangeID, close: close, version: version, into: &out)
@@ -174,7 +182,7 @@ enum HeaderRules {
         out.writeStaticString("\r\n")
     }
 
-    private static func writeField(
+    fileprivate static func writeField(
         _ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, into out: inout ByteBuffer
     ) {
         out.writeBytes(name)
@@ -186,5 +194,56 @@ enum HeaderRules {
     /// The path and query of a request target, whatever form it came in.
     static func originForm(_ uri: String) -> String {
         AbsoluteURL.originForm(uri)
+    }
+}
+
+/// Writes header fields onward as `name: value` lines, from the bytes of the head they came in.
+/// Consecutive lines that arrived in exactly that form (`": "` between name and value, CRLF at
+/// the end: nearly every line any client or provider sends) are copied as one piece, so a head
+/// costs a few buffer writes, not four per field; any other line is written field by field. The
+/// bytes written are the same either way.
+struct HeaderLineWriter {
+    /// The head's bytes, which every name and value given points into.
+    private let raw: UnsafeRawBufferPointer
+    /// Lines already accepted and not yet written: `raw[runStart..<runEnd]` (empty: -1 both).
+    private var runStart = -1
+    private var runEnd = -1
+
+    init(_ raw: UnsafeRawBufferPointer) {
+        self.raw = raw
+    }
+
+    mutating func write(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer, into out: inout ByteBuffer) {
+        guard let line = lineAsWritten(name, value) else {
+            finish(into: &out)
+            return HeaderRules.writeField(name, value, into: &out)
+        }
+        if line.lowerBound != runEnd {
+            finish(into: &out)
+            runStart = line.lowerBound
+        }
+        runEnd = line.upperBound
+    }
+
+    /// Writes the lines still held: call it after the last field.
+    mutating func finish(into out: inout ByteBuffer) {
+        if runStart >= 0 { out.writeBytes(UnsafeRawBufferPointer(rebasing: raw[runStart..<runEnd])) }
+        runStart = -1
+        runEnd = -1
+    }
+
+    /// The field's whole line, CRLF included, if it reads exactly `name: value` CRLF.
+    private func lineAsWritten(_ name: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) -> Range<Int>? {
+        guard let base = raw.baseAddress, let nameAt = name.baseAddress, let valueAt = value.baseAddress else {
+            return nil
+        }
+        let start = nameAt - base
+        let nameEnd = start + name.count
+        let valueEnd = valueAt - base + value.count
+        guard start >= 0, valueAt - base == nameEnd + 2, valueEnd + 2 <= raw.count,
+            raw[nameEnd] == UInt8(ascii: ":"), raw[nameEnd + 1] == UInt8(ascii: " "),
+            raw[valueEnd] == 0x0D, raw[valueEnd + 1] == 0x0A
+        else { return nil }
+        return start..<(valueEnd + 2)
     }
 }
