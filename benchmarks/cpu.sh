@@ -6,9 +6,10 @@
 #      sidecar publishing every record to a live receiver, as in benchmarks/proxy.sh).
 #   2. User-space instructions per request under valgrind --tool=callgrind: the instructions of
 #      WARMUP + REQUESTS requests over one keep-alive connection, less those of a run of WARMUP
-#      requests, divided by REQUESTS: start-up, exit and what the first request does once (the
-#      sidecar loads the system trust store then, about 38 M instructions) fall out. Instructions
-#      do not depend on the machine's noise, so two builds compare exactly.
+#      requests, divided by REQUESTS: start-up (the sidecar's loads the system trust store: about
+#      38 M instructions), exit, and the first requests' one-time work (the upstream connection,
+#      the runtime's caches) fall out. Instructions do not depend on the machine's noise, so two
+#      builds compare exactly.
 #
 #   benchmarks/cpu.sh
 #   BASELINE_BIN=DIR benchmarks/cpu.sh     # also the llmtap-sidecar in DIR (an earlier build)
