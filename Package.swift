@@ -42,6 +42,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
         .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         .systemLibrary(
@@ -74,6 +75,8 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 // `llmtap-sidecar bench-parsers` runs llhttp the way a NIO pipeline does.
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                // The gateway's configuration file (--config).
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         // A stand-in for the LLM providers, for tests, benchmarks and demos: OpenAI, Anthropic and

@@ -22,14 +22,51 @@ struct SidecarCommand: AsyncParsableCommand {
             delivers what is queued for the collector, and exits 0.
             """,
         version: LLMTapVersion.current,
-        subcommands: [CACommand.self, ParserBenchCommand.self]
+        subcommands: [CACommand.self, CheckConfigCommand.self, ParserBenchCommand.self]
     )
+
+    /// A configuration file, when one is named, is read before the command line: its `llmtap:`
+    /// settings are where the options take their defaults from, under the environment's.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        let subcommands = Set(configuration.subcommands.map { $0._commandName })
+        if arguments.first.map({ !subcommands.contains($0) }) ?? true,
+            let path = SidecarEnvironment.configPath(in: arguments, environment: ProcessInfo.processInfo.environment)
+        {
+            do {
+                SidecarEnvironment.install(
+                    try GatewayConfigParser.load(path: path, environment: ProcessInfo.processInfo.environment),
+                    path: path)
+            } catch {
+                FileHandle.standardError.write(
+                    Data("llmtap-sidecar: the configuration can't be used:\n\(error)\n".utf8))
+                Foundation.exit(78)
+            }
+        }
+        do {
+            var command = try parseAsRoot(arguments)
+            if var command = command as? AsyncParsableCommand {
+                try await command.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 
     enum Mode: String, ExpressibleByArgument, CaseIterable {
         case reverse, mitm, both
     }
 
-    private static let environment = ProcessInfo.processInfo.environment
+    private static var environment: [String: String] { SidecarEnvironment.current }
+
+    @Option(
+        name: [.customShort("c"), .long],
+        help:
+            "A YAML configuration file (openproxy's keys, and LLMTap's: see deploy/examples/sidecar.yml). Its llmtap: section sets these options; a flag or variable wins. Env: LLMTAP_CONFIG."
+    )
+    var config: String? = environment["LLMTAP_CONFIG"]
 
     @Option(
         help:
@@ -215,6 +252,11 @@ struct SidecarCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "llmtap.sidecar")
+        if let (file, path) = SidecarEnvironment.config, !file.providers.isEmpty {
+            // Read and checked (check-config says what is wrong with them), but not routed yet.
+            throw ValidationError(
+                "\(path): providers: routing to a configuration's providers is not in this build yet; use --upstream")
+        }
         let target = try UpstreamTarget(url: upstream)
         let listenAddress = try ListenAddress(listen)
 

@@ -55,6 +55,18 @@ public struct ConfigurationError: Error, CustomStringConvertible, Sendable, Equa
 /// silently giving way to the default.
 public enum EnvironmentSettings {
     private static let problems = Mutex<[String]>([])
+    private static let origins = Mutex<[String: String]>([:])
+
+    /// Variables whose values came from elsewhere (a configuration file), and how to name each in
+    /// an error: `llmtap.threads (sidecar.yml line 12)`.
+    public static func setOrigins(_ named: [String: String]) {
+        origins.withLock { $0 = named }
+    }
+
+    /// How a problem names the variable: by where its value came from.
+    static func label(_ name: String) -> String {
+        origins.withLock { $0[name] } ?? name
+    }
 
     /// The variable as an integer in `range`; `fallback` when unset or empty.
     public static func int(
@@ -72,7 +84,7 @@ public enum EnvironmentSettings {
         guard let value = Int(text.trimmingWhitespace), range?.contains(value) ?? true else {
             let expected =
                 range.map { "an integer from \($0.lowerBound) to \($0.upperBound)" } ?? "an integer"
-            report("\(name) must be \(expected), not \"\(text)\"")
+            report("\(label(name)) must be \(expected), not \"\(text)\"")
             return nil
         }
         return value
@@ -84,7 +96,7 @@ public enum EnvironmentSettings {
     {
         guard let text = environment[name], !text.isEmpty else { return fallback }
         guard let value = Double(text.trimmingWhitespace), value.isFinite else {
-            report("\(name) must be a number of seconds, not \"\(text)\"")
+            report("\(label(name)) must be a number of seconds, not \"\(text)\"")
             return fallback
         }
         return value
@@ -98,7 +110,7 @@ public enum EnvironmentSettings {
         guard let text = environment[name], !text.isEmpty else { return fallback }
         guard let value = T(rawValue: text) else {
             report(
-                "\(name) must be one of \(T.allCases.map(\.rawValue).joined(separator: ", ")), not \"\(text)\""
+                "\(label(name)) must be one of \(T.allCases.map(\.rawValue).joined(separator: ", ")), not \"\(text)\""
             )
             return fallback
         }
@@ -112,7 +124,7 @@ public enum EnvironmentSettings {
         case "1", "true", "yes", "on": return true
         case "", "0", "false", "no", "off": return false
         default:
-            report("\(name) must be 1 or 0, not \"\(text)\"")
+            report("\(label(name)) must be 1 or 0, not \"\(text)\"")
             return false
         }
     }
@@ -122,7 +134,7 @@ public enum EnvironmentSettings {
     public static func optionName(
         _ flag: String, _ variable: String, value: String, environment: [String: String]
     ) -> String {
-        environment[variable] == value ? "\(variable) (\(flag))" : flag
+        environment[variable] == value ? "\(label(variable)) (\(flag))" : flag
     }
 
     static func report(_ problem: String) {

@@ -10,7 +10,7 @@ final class SidecarProcessTests: XCTestCase {
         XCTAssertEqual(sidecar.waitForExit(), 0)
         for option in [
             "--collector", "--sidecar-id", "--app", "--heartbeat-interval", "--max-queued-records",
-            "--max-queued-bytes", "--log-level", "LLMTAP_COLLECTOR",
+            "--max-queued-bytes", "--log-level", "LLMTAP_COLLECTOR", "--config", "LLMTAP_CONFIG", "check-config",
         ] {
             XCTAssertTrue(sidecar.stdout.contains(option), "--help does not mention \(option)")
         }

@@ -26,7 +26,7 @@ struct CACommand: ParsableCommand {
 
     struct Options: ParsableArguments {
         @Option(help: "Where LLMTap's CA lives (made on first start, then reused). Env: LLMTAP_CA_DIR.")
-        var caDir = ProcessInfo.processInfo.environment["LLMTAP_CA_DIR"] ?? CACommand.defaultDirectory
+        var caDir = SidecarEnvironment.current["LLMTAP_CA_DIR"] ?? CACommand.defaultDirectory
 
         func authority() throws -> CertificateAuthority {
             do {
