@@ -252,10 +252,13 @@ struct SidecarCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "llmtap.sidecar")
+        var gateway: GatewayRoutes?
         if let (file, path) = SidecarEnvironment.config, !file.providers.isEmpty {
-            // Read and checked (check-config says what is wrong with them), but not routed yet.
-            throw ValidationError(
-                "\(path): providers: routing to a configuration's providers is not in this build yet; use --upstream")
+            do {
+                gateway = try GatewayRoutes.make(file, environment: Self.environment)
+            } catch {
+                throw ValidationError("\(path): \(error)")
+            }
         }
         let target = try UpstreamTarget(url: upstream)
         let listenAddress = try ListenAddress(listen)
@@ -343,13 +346,23 @@ struct SidecarCommand: AsyncParsableCommand {
             logger.notice("tenant ids use the built-in key; set LLMTAP_TENANT_KEY to keep them private")
         }
 
+        // The gateway's routes serve the reverse listener; MITM connections go where they asked.
+        var reverseSettings = settings
+        reverseSettings.gateway = gateway
+        if let gateway {
+            logger.info(
+                "routing to the configuration's providers",
+                metadata: [
+                    "providers": "\(gateway.providers.map { "\($0.name)=\($0.target)" }.joined(separator: ", "))"
+                ])
+        }
         var listeners: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let drain = durations.drain
         if mode != .mitm {
             listeners.append(
                 .init(
                     service: ReverseProxyServer(
-                        listen: listenAddress, group: group, target: target, settings: settings, pools: pools,
+                        listen: listenAddress, group: group, target: target, settings: reverseSettings, pools: pools,
                         publisher: publisher,
                         counters: counters, drainTimeout: drain, logger: logger
                     ), successTerminationBehavior: .gracefullyShutdownGroup,

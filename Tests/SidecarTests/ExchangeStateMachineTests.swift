@@ -23,11 +23,12 @@ final class ExchangeStateMachineTests: XCTestCase {
     typealias Machine = ExchangeStateMachine<Upstream, Tap>
 
     let start = NIODeadline.uptimeNanoseconds(1_000_000_000_000)
+    let target = try! UpstreamTarget(url: "http://127.0.0.1:9/v1")
     let limits = ExchangeLimits(
         upstreamTimeout: .seconds(600), clientTimeout: .seconds(75), maxModelCheckBytes: 64, maxPipelinedBytes: 1024)
 
     func machine() throws -> Machine {
-        Machine(limits: limits, target: try UpstreamTarget(url: "http://127.0.0.1:9/v1"), now: start)
+        Machine(limits: limits, now: start)
     }
 
     let head = UpstreamRequestPart.head(ByteBuffer(string: "POST / HTTP/1.1\r\n\r\n"), chunked: false, isHEAD: false)
@@ -41,7 +42,7 @@ final class ExchangeStateMachineTests: XCTestCase {
         admission: Machine.Admission? = nil, keyID: String = "", slot: Bool = false, at time: NIODeadline? = nil
     ) -> Machine.HeadAction {
         machine.requestHead(
-            tap: tap, keepAlive: keepAlive, version: .http1_1, expectsContinue: expectsContinue,
+            tap: tap, target: target, keepAlive: keepAlive, version: .http1_1, expectsContinue: expectsContinue,
             path: "/v1/chat/completions",
             keyID: keyID, holdsPolicySlot: slot, admission: admission ?? .forward(head: head), now: time ?? start)
     }
@@ -138,9 +139,9 @@ final class ExchangeStateMachineTests: XCTestCase {
     func testAnHTTP10ClientGetsABodyUntilClose() throws {
         var machine = try machine()
         _ = machine.requestHead(
-            tap: "x", keepAlive: false, version: .http1_0, expectsContinue: false, path: "/v1/chat/completions",
-            keyID: "",
-            holdsPolicySlot: false, admission: .forward(head: head), now: start)
+            tap: "x", target: target, keepAlive: false, version: .http1_0, expectsContinue: false,
+            path: "/v1/chat/completions", keyID: "", holdsPolicySlot: false, admission: .forward(head: head), now: start
+        )
         _ = machine.requestEnd()
         _ = machine.upstreamConnected(Upstream(id: 1), now: start)
         guard case .write(.untilClose, true, _) = machine.upstreamHead(keepAlive: true, framing: .chunked, now: start)

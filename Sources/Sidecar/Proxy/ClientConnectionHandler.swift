@@ -68,7 +68,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         self.counters = counters
         self.logger = logger
         self.parser = ClientRequestParser(maxHeadBytes: settings.maxHeaderBytes)
-        self.machine = Machine(limits: settings.exchangeLimits, target: target, now: .now())
+        self.machine = Machine(limits: settings.exchangeLimits, now: .now())
     }
 
     // MARK: The client connection
@@ -240,10 +240,28 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             return perform(machine.refuseHead(response, version: head.version))
         }
         counters.inFlight.add(1, ordering: .relaxed)
-        let uri = target.basePath + HeaderRules.originForm(head.uri)
+        var target = self.target
+        let uri: String
+        var refusal: ProxyErrorResponse?
+        var provider: GatewayRoutes.Provider?
+        if let gateway = settings.gateway {
+            let host = HeaderRules.host(of: head.headers)
+            if let decision = gateway.route(host: host, uri: head.uri) {
+                provider = decision.provider
+                target = decision.provider.target
+                uri = target.basePath + decision.uri
+            } else {
+                uri = HeaderRules.originForm(head.uri)
+                refusal = .noRoute(host: host, path: Credentials.redactedPath(uri))
+            }
+        } else {
+            uri = target.basePath + HeaderRules.originForm(head.uri)
+        }
         let presented = Credentials.presented(in: head.headers)
-        let decision =
-            settings.policy.map {
+        let decision: PolicyDecision =
+            refusal != nil
+            ? .passThrough
+            : settings.policy.map {
                 $0.decide(
                     presented: presented, uri: head.uri, path: uri, nowMs: WallClock.nowUnixNanos() / 1_000_000,
                     nowNanos: NIODeadline.now().uptimeNanoseconds)
@@ -254,11 +272,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             tenant: tenant(for: presented?.value ?? Credentials.inQuery(head.uri)),
             settings: settings.tap, ingress: ingress, publisher: publisher
         )
-        var credential: (header: CredentialHeader, value: String)?
+        // A provider's own key goes upstream in place of whatever the client sent.
+        var credential = provider?.credential()
         var keyID = ""
         var holdsSlot = false
         var allowedModels: Set<String>?
-        var refusal: ProxyErrorResponse?
         switch decision {
         case .passThrough:
             break
@@ -270,7 +288,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             tap.policy(keyID: grant.keyID, projectID: grant.projectID)
             keyID = grant.keyID
             holdsSlot = grant.holdsSlot
-            credential = (grant.header, grant.upstreamCredential)
+            credential = credential ?? (grant.header, grant.upstreamCredential)
             if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil {
                 allowedModels = grant.allowedModels
             }
@@ -279,16 +297,23 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         if let refusal {
             logPolicyRefusal(refusal, exchangeID: tap.exchangeID, keyID: keyID)
             admission = .refuse(refusal)
+
         } else {
             var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
+            // Anthropic's API wants its version header; a client of another SDK may not send one.
+            let version: (name: StaticString, value: StaticString)? =
+                provider?.kind == .anthropic && !HeaderRules.has("anthropic-version", in: head.headers)
+                ? ("anthropic-version", "2023-06-01") : nil
             HeaderRules.writeUpstreamRequestHead(
-                head, uri: uri, target: target, clientIP: clientIP, credential: credential, into: &upstreamHead)
+                head, uri: uri, target: target, clientIP: clientIP, credential: credential, extraField: version,
+                into: &upstreamHead)
             let headPart = UpstreamRequestPart.head(upstreamHead, chunked: head.chunked, isHEAD: head.method == .HEAD)
             // The model is in the body: hold the request until it has all come, then decide.
             admission = allowedModels.map { .checkModel(head: headPart, allowed: $0) } ?? .forward(head: headPart)
         }
         let action = machine.requestHead(
-            tap: tap, keepAlive: head.keepAlive, version: head.version, expectsContinue: head.expectsContinue,
+            tap: tap, target: target, keepAlive: head.keepAlive, version: head.version,
+            expectsContinue: head.expectsContinue,
             path: uri, keyID: keyID, holdsPolicySlot: holdsSlot, admission: admission, now: .now())
         switch action {
         case .connect(let sendContinue):
@@ -320,7 +345,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     // MARK: The upstream connection
 
     private func connectUpstream() {
-        let pool = self.pool ?? pools.pool(for: context.eventLoop, target: target)
+        // One connection's requests go to one upstream unless a gateway routes them apart.
+        let target = machine.target ?? self.target
+        let pool =
+            self.pool.flatMap { $0.target == target ? $0 : nil } ?? pools.pool(for: context.eventLoop, target: target)
         self.pool = pool
         if let connection = pool.idleConnection() {
             // Inside the read that brought the head: the rest of the request usually came with it,

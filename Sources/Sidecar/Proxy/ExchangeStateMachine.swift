@@ -50,6 +50,7 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         var response: ResponseSide
 
         var tap: Tap { facts.tap }
+        var target: UpstreamTarget { facts.target }
         var clientKeepAlive: Bool { facts.clientKeepAlive }
         var version: HTTPVersion { facts.version }
         var path: String { facts.path }
@@ -60,6 +61,8 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
     /// What a request's head settled, for the whole of its exchange.
     final class Facts {
         let tap: Tap
+        /// Where it goes: the listener's upstream, or the provider its route chose.
+        let target: UpstreamTarget
         /// The client's request allows the connection to stay open after its response.
         let clientKeepAlive: Bool
         let version: HTTPVersion
@@ -71,9 +74,12 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         /// The request holds a slot of that key's limiter, given back when it ends.
         let holdsPolicySlot: Bool
 
-        init(tap: Tap, clientKeepAlive: Bool, version: HTTPVersion, path: String, keyID: String, holdsPolicySlot: Bool)
-        {
+        init(
+            tap: Tap, target: UpstreamTarget, clientKeepAlive: Bool, version: HTTPVersion, path: String, keyID: String,
+            holdsPolicySlot: Bool
+        ) {
             self.tap = tap
+            self.target = target
             self.clientKeepAlive = clientKeepAlive
             self.version = version
             self.path = path
@@ -155,16 +161,13 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
 
     private(set) var state: State
     let limits: ExchangeLimits
-    /// Where the requests go: named in the answer when it fails.
-    let target: UpstreamTarget
     /// Graceful shutdown: the exchange under way finishes, then the connection closes.
     private(set) var quiescing = false
     /// Since when the client's connection can't take more (it does not read), while an exchange is under way.
     private(set) var unwritableSince: NIODeadline?
 
-    init(limits: ExchangeLimits, target: UpstreamTarget, now: NIODeadline) {
+    init(limits: ExchangeLimits, now: NIODeadline) {
         self.limits = limits
-        self.target = target
         self.state = .idle(since: now)
     }
 
@@ -216,6 +219,12 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         return nil
     }
 
+    /// Where the current exchange goes.
+    var target: UpstreamTarget? {
+        if case .exchanging(let exchange) = state { return exchange.target }
+        return nil
+    }
+
     // MARK: Requests
 
     /// What the policy (and the model check it may ask for) made of a request, before any of its body.
@@ -238,13 +247,13 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
 
     /// A request head: an exchange begins. Only when `takesRequestEvents` and no exchange is under way.
     mutating func requestHead(
-        tap: Tap, keepAlive: Bool, version: HTTPVersion, expectsContinue: Bool, path: String,
+        tap: Tap, target: UpstreamTarget, keepAlive: Bool, version: HTTPVersion, expectsContinue: Bool, path: String,
         keyID: String, holdsPolicySlot: Bool, admission: Admission, now: NIODeadline
     ) -> HeadAction {
         precondition(isIdle, "a request head arrived while an exchange was under way")
         var exchange = Exchange(
             facts: Facts(
-                tap: tap, clientKeepAlive: keepAlive, version: version, path: path, keyID: keyID,
+                tap: tap, target: target, clientKeepAlive: keepAlive, version: version, path: path, keyID: keyID,
                 holdsPolicySlot: holdsPolicySlot),
             request: .receiving(lastActivity: .distantPast),
             link: .connecting(buffered: []), response: .notStarted)
@@ -502,8 +511,8 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         }
         let response =
             timedOut
-            ? ProxyErrorResponse.upstreamTimeout(target, limits.upstreamTimeout)
-            : ProxyErrorResponse.upstreamUnreachable(target, error)
+            ? ProxyErrorResponse.upstreamTimeout(exchange.target, limits.upstreamTimeout)
+            : ProxyErrorResponse.upstreamUnreachable(exchange.target, error)
         return .answer(answer(response, reason: .upstreamFailed(error), outcome: outcome, forceClose: false))
     }
 

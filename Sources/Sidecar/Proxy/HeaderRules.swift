@@ -61,7 +61,8 @@ enum HeaderRules {
     /// written instead: a virtual key never goes upstream, whichever header carried it.
     static func writeUpstreamRequestHead(
         _ head: ClientRequestHead, uri: String, target: UpstreamTarget, clientIP: String?,
-        credential: (header: CredentialHeader, value: String)? = nil, into out: inout ByteBuffer
+        credential: (header: CredentialHeader, value: String)? = nil,
+        extraField: (name: StaticString, value: StaticString)? = nil, into out: inout ByteBuffer
     ) {
         out.writeString(head.method.rawValue)
         out.writeStaticString(" ")
@@ -118,6 +119,12 @@ enum HeaderRules {
             out.writeStaticString("\r\n")
         }
         if let credential { credential.header.writeField(credential.value, into: &out) }
+        if let extraField {
+            out.writeStaticString(extraField.name)
+            out.writeStaticString(": ")
+            out.writeStaticString(extraField.value)
+            out.writeStaticString("\r\n")
+        }
         if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
         out.writeStaticString("\r\n")
     }
@@ -189,6 +196,24 @@ enum HeaderRules {
         out.writeStaticString(": ")
         out.writeBytes(value)
         out.writeStaticString("\r\n")
+    }
+
+    /// The request's `Host` (the parser allows one at most), if it has one.
+    static func host(of headers: RawHeaderFields) -> String? {
+        var host: String?
+        headers.forEachField { name, value in
+            if RawHeaderFields.equalsIgnoringCase(name, "host") { host = String(decoding: value, as: UTF8.self) }
+        }
+        return host
+    }
+
+    /// Whether the head has a field of this (lower-case) name.
+    static func has(_ name: StaticString, in headers: RawHeaderFields) -> Bool {
+        var found = false
+        headers.forEachField { field, _ in
+            if !found, RawHeaderFields.equalsIgnoringCase(field, name) { found = true }
+        }
+        return found
     }
 
     /// The path and query of a request target, whatever form it came in.

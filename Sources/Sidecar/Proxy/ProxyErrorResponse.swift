@@ -61,6 +61,14 @@ struct ProxyErrorResponse {
             status: .misdirectedRequest, type: "llmtap_proxy_error", code: "misdirected_request", message: detail)
     }
 
+    /// A gateway request no provider's route takes (by its `Host` and path): nothing is forwarded.
+    static func noRoute(host: String?, path: String) -> ProxyErrorResponse {
+        let asked = host.map { "host \($0)" } ?? "a request without a Host"
+        return ProxyErrorResponse(
+            status: .notFound, type: "invalid_request_error", code: "no_route",
+            message: "no provider is configured for \(asked) and path \(path)", rejectReason: "no_route")
+    }
+
     static func headersTooLarge(limit: Int) -> ProxyErrorResponse {
         ProxyErrorResponse(
             status: .requestHeaderFieldsTooLarge, type: "invalid_request_error", code: "request_headers_too_large",

@@ -12,6 +12,9 @@ struct ProxySettings: Sendable {
     let maxHeaderBytes: Int
     /// Virtual keys, limits and budgets; nil without `--policy`.
     var policy: PolicyGate?
+    /// A configuration's providers (`--config`): each request goes where its route says, not to
+    /// the listener's one upstream.
+    var gateway: GatewayRoutes?
     /// Client connections open at once, both listeners together (`--max-connections`).
     var maxConnections = 10_000
     /// Bytes of pipelined requests held while an exchange is under way; past it, reading pauses.

@@ -1,0 +1,163 @@
+import Foundation
+import Wire
+
+/// A configuration's providers as requests find them: by `Host` (exact; a configured host
+/// without a port matches any port), then by the longest `path_prefix` that starts the path,
+/// then by weight among the providers of that route. Built once per configuration; pure.
+final class GatewayRoutes: Sendable {
+    /// One provider, ready to take requests.
+    final class Provider: Sendable {
+        let name: String
+        let kind: ProviderConfig.Kind
+        let target: UpstreamTarget
+        let isFallback: Bool
+        /// The keys its requests carry upstream, by weight; nil for none (the client's pass).
+        let keys: WeightedChoice<String>?
+
+        init(_ config: ProviderConfig, keys: [(value: String, weight: Double)]) throws(ConfigurationError) {
+            name = config.name
+            kind = config.kind
+            let host = config.endpoint.contains(":") ? "[\(config.endpoint)]" : config.endpoint
+            target = try UpstreamTarget(url: "\(config.tls ? "https" : "http")://\(host):\(config.port)")
+            isFallback = config.isFallback
+            self.keys = keys.isEmpty ? nil : WeightedChoice(keys.map(\.value), weights: keys.map(\.weight))
+        }
+
+        /// The header its credential goes in, and the value: by its type.
+        func credential() -> (header: CredentialHeader, value: String)? {
+            guard kind != .forward, let key = keys?.next() else { return nil }
+            switch kind {
+            case .openai, .forward: return (.authorization, key)
+            case .anthropic: return (.xAPIKey, key)
+            case .gemini: return (.xGoogAPIKey, key)
+            }
+        }
+    }
+
+    /// The providers one `host` and `path_prefix` share.
+    struct Route: Sendable {
+        /// Lower-cased; nil matches any host.
+        let host: String?
+        let hostHasPort: Bool
+        let pathPrefix: String?
+        let primaries: WeightedChoice<Provider>?
+        let fallbacks: WeightedChoice<Provider>?
+
+        func matches(host requestHost: String?, path: String) -> Bool {
+            if let host {
+                guard let requestHost else { return false }
+                let asked = requestHost.lowercased()
+                if asked != host {
+                    guard !hostHasPort, Self.withoutPort(asked) == host else { return false }
+                }
+            }
+            guard let pathPrefix else { return true }
+            guard path.hasPrefix(pathPrefix) else { return false }
+            let rest = path.utf8.dropFirst(pathPrefix.utf8.count)
+            return rest.first.map { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") } ?? true
+        }
+
+        /// `host:8080` as `host`, `[::1]:8080` as `[::1]`.
+        static func withoutPort(_ authority: String) -> String {
+            if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
+                return String(authority[...close])
+            }
+            guard let colon = authority.lastIndex(of: ":"), authority.firstIndex(of: ":") == colon else {
+                return authority
+            }
+            return String(authority[..<colon])
+        }
+    }
+
+    /// Where a request goes: the provider, and the request target as it is sent there.
+    struct Decision: Sendable {
+        let provider: Provider
+        let uri: String
+    }
+
+    /// The routes of a configuration, its keys read: literals as they are, `env:` and `file:` keys
+    /// now (a file's trailing newline dropped).
+    static func make(_ config: GatewayConfig, environment: [String: String]) throws(ConfigurationError) -> GatewayRoutes
+    {
+        var providers: [(config: ProviderConfig, provider: Provider)] = []
+        for provider in config.providers {
+            var keys: [(value: String, weight: Double)] = []
+            for key in provider.keys {
+                keys.append((try resolve(key.source, environment: environment, provider: provider.name), key.weight))
+            }
+            providers.append((provider, try Provider(provider, keys: keys)))
+        }
+        return GatewayRoutes(providers: providers)
+    }
+
+    static func resolve(_ source: KeySource, environment: [String: String], provider: String) throws(ConfigurationError)
+        -> String
+    {
+        switch source {
+        case .literal(let value):
+            return value
+        case .environment(let name):
+            guard let value = environment[name], !value.isEmpty else {
+                throw ConfigurationError("provider \(provider): \(source) is not set")
+            }
+            return value
+        case .file(let path):
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw ConfigurationError("provider \(provider): \(source) cannot be read")
+            }
+            var value = text
+            while value.last == "\n" || value.last == "\r" { value.removeLast() }
+            guard !value.isEmpty else { throw ConfigurationError("provider \(provider): \(source) is empty") }
+            return value
+        case .command:
+            throw ConfigurationError(
+                "provider \(provider): $(command) keys are read and checked, but running them is not in this build yet")
+        }
+    }
+
+    let providers: [Provider]
+    /// Most specific first: the longest prefix, then a named host before any host.
+    let routes: [Route]
+
+    init(providers: [(config: ProviderConfig, provider: Provider)]) {
+        self.providers = providers.map(\.provider)
+        var groups: [String: [(config: ProviderConfig, provider: Provider)]] = [:]
+        var order: [String] = []
+        for entry in providers {
+            let key = "\(entry.config.host?.lowercased() ?? "")\u{0}\(entry.config.pathPrefix ?? "")"
+            if groups[key] == nil { order.append(key) }
+            groups[key, default: []].append(entry)
+        }
+        routes = order.map { key -> Route in
+            let members = groups[key] ?? []
+            let first = members[0].config
+            func choice(_ entries: [(config: ProviderConfig, provider: Provider)]) -> WeightedChoice<Provider>? {
+                entries.isEmpty ? nil : WeightedChoice(entries.map(\.provider), weights: entries.map(\.config.weight))
+            }
+            let host = first.host?.lowercased()
+            return Route(
+                host: host, hostHasPort: host.map { Route.withoutPort($0) != $0 } ?? false,
+                pathPrefix: first.pathPrefix,
+                primaries: choice(members.filter { !$0.config.isFallback }),
+                fallbacks: choice(members.filter { $0.config.isFallback }))
+        }.sorted { a, b in
+            let (aPrefix, bPrefix) = (a.pathPrefix?.utf8.count ?? 0, b.pathPrefix?.utf8.count ?? 0)
+            if aPrefix != bPrefix { return aPrefix > bPrefix }
+            return (a.host != nil) && (b.host == nil)
+        }
+    }
+
+    /// The provider for a request with this `Host` and target, and the target it is sent with;
+    /// nil when no route matches.
+    func route(host: String?, uri: String) -> Decision? {
+        let path = AbsoluteURL.originForm(uri)
+        guard let route = routes.first(where: { $0.matches(host: host, path: path) }),
+            let provider = route.primaries?.next() ?? route.fallbacks?.next()
+        else { return nil }
+        let sent = route.pathPrefix.map { prefix -> String in
+            let rest = String(path.dropFirst(prefix.count))
+            return rest.hasPrefix("/") ? rest : "/" + rest
+        }
+        return Decision(provider: provider, uri: sent ?? path)
+    }
+}

@@ -1,0 +1,132 @@
+import Foundation
+import TestSupport
+import Wire
+import XCTest
+
+/// The sidecar started with a configuration of several providers (each a real
+/// llmtap-mock-upstream), driven with curl: routed by Host and by path prefix, each provider's key
+/// in its place, and no key on the wire.
+final class GatewayRoutingTests: XCTestCase {
+    struct Mock {
+        let process: RunningProcess
+        let port: Int
+        let log: URL
+
+        init() throws {
+            port = try freeTCPPort()
+            log = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-mock-\(UUID()).jsonl")
+            process = try RunningProcess(
+                product: "llmtap-mock-upstream",
+                arguments: ["--listen", "127.0.0.1:\(port)", "--request-log", log.path])
+            guard eventually({ process.stdout.contains("listening on") }) else {
+                throw TestFailure("the mock did not start: \(process.stderr)")
+            }
+        }
+
+        /// The headers of each request it received whole.
+        var requests: [(path: String, headers: [String: String])] {
+            guard let text = try? String(contentsOf: log, encoding: .utf8) else { return [] }
+            return text.split(separator: "\n").compactMap { line in
+                guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
+                    let path = object["path"] as? String, let headers = object["headers"] as? [String: String]
+                else { return nil }
+                return (path, headers)
+            }
+        }
+    }
+
+    func testRequestsGoWhereTheirRouteSaysWithTheProvidersKey() throws {
+        let openai = try Mock()
+        let anthropic = try Mock()
+        let collector = try RawFrameCollector()
+        let port = try freeTCPPort()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("sidecar.yml").path
+        try """
+        http_port: \(port)
+        http_bind_address: 127.0.0.1
+        providers:
+          - name: openai-mock
+            type: openai
+            host: "openai.local"
+            endpoint: 127.0.0.1
+            port: \(openai.port)
+            tls: false
+            api_key: "env:GATEWAY_OPENAI_KEY"
+          - name: claude-mock
+            type: anthropic
+            path_prefix: /anthropic
+            endpoint: 127.0.0.1
+            port: \(anthropic.port)
+            tls: false
+            api_key: "sk-ant-provider-secret"
+        llmtap:
+          collector: \(collector.endpoint)
+          threads: 2
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let sidecar = try RunningProcess(
+            product: "llmtap-sidecar", arguments: ["--config", config],
+            environment: ["GATEWAY_OPENAI_KEY": "sk-openai-provider-secret"])
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            for mock in [openai, anthropic] { mock.process.signal(SIGTERM) }
+            collector.stop()
+        }
+        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
+        XCTAssertTrue(sidecar.stderr.contains("openai-mock=http://127.0.0.1:\(openai.port)"), sidecar.stderr)
+
+        let base = "http://127.0.0.1:\(port)"
+        let chat = #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hi"}]}"#
+        let (_, openaiStatus, openaiBody, _) = try curlWithStatus([
+            "-s", "-H", "Host: openai.local", "-H", "Authorization: Bearer client-key-not-for-upstream",
+            "-H", "Content-Type: application/json", "-d", chat, "\(base)/v1/chat/completions",
+        ])
+        XCTAssertEqual(openaiStatus, 200, String(decoding: openaiBody, as: UTF8.self))
+        XCTAssertTrue(String(decoding: openaiBody, as: UTF8.self).contains("chat.completion"))
+
+        let message =
+            #"{"model":"claude-sonnet-4-5","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"Hi"}]}"#
+        let (_, claudeStatus, claudeBody, _) = try curlWithStatus([
+            "-s", "-N", "-H", "x-api-key: client-key-not-for-upstream", "-H", "Content-Type: application/json",
+            "-d", message, "\(base)/anthropic/v1/messages",
+        ])
+        XCTAssertEqual(claudeStatus, 200, String(decoding: claudeBody, as: UTF8.self))
+        XCTAssertTrue(String(decoding: claudeBody, as: UTF8.self).contains("message_stop"), "streamed through")
+
+        let (_, missStatus, missBody, _) = try curlWithStatus([
+            "-s", "-H", "Host: nobody.local", "-d", chat, "\(base)/v1/chat/completions",
+        ])
+        XCTAssertEqual(missStatus, 404)
+        XCTAssertTrue(
+            String(decoding: missBody, as: UTF8.self).contains(
+                "no provider is configured for host nobody.local and path /v1/chat/completions"),
+            String(decoding: missBody, as: UTF8.self))
+
+        XCTAssertTrue(eventually { openai.requests.count == 1 && anthropic.requests.count == 1 })
+        let toOpenAI = try XCTUnwrap(openai.requests.first)
+        XCTAssertEqual(toOpenAI.path, "/v1/chat/completions")
+        XCTAssertEqual(toOpenAI.headers["authorization"], "Bearer sk-openai-provider-secret")
+        XCTAssertEqual(toOpenAI.headers["host"], "127.0.0.1:\(openai.port)")
+        let toAnthropic = try XCTUnwrap(anthropic.requests.first)
+        XCTAssertEqual(toAnthropic.path, "/v1/messages", "sent without its prefix")
+        XCTAssertEqual(toAnthropic.headers["x-api-key"], "sk-ant-provider-secret")
+        XCTAssertEqual(toAnthropic.headers["anthropic-version"], "2023-06-01", "added when the client sent none")
+
+        // Every exchange is tapped (the refused one too), and no key of either side is on the wire.
+        XCTAssertTrue(
+            eventually {
+                collector.envelopes.filter {
+                    if case .responseDone = $0.record { true } else { false }
+                }.count == 3
+            })
+        let wire = collector.rawFrames.flatMap { $0 }
+        for secret in ["sk-openai-provider-secret", "sk-ant-provider-secret", "client-key-not-for-upstream"] {
+            XCTAssertNil(
+                String(decoding: wire, as: UTF8.self).range(of: secret), "\(secret) reached the collector's wire")
+            XCTAssertFalse(sidecar.stderr.contains(secret), "\(secret) is in the sidecar's log")
+        }
+    }
+}
