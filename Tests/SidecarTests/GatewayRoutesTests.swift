@@ -104,3 +104,15 @@ final class GatewayRoutesTests: XCTestCase {
         XCTAssertThrowsError(try GatewayRoutes.resolve(.environment("K"), environment: [:], provider: "p"))
     }
 }
+
+final class ClientKeysTests: XCTestCase {
+    func testOnlyAGivenKeyMatches() {
+        let keys = ClientKeys(["team-key-1", "team-key-2"])
+        XCTAssertTrue(keys.matches("team-key-1"))
+        XCTAssertTrue(keys.matches("team-key-2"))
+        for wrong in ["team-key-3", "team-key-", "team-key-10", "", "TEAM-KEY-1"] {
+            XCTAssertFalse(keys.matches(wrong), wrong)
+        }
+        XCTAssertFalse(ClientKeys([]).matches("anything"))
+    }
+}

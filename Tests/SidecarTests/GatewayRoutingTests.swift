@@ -35,6 +35,58 @@ final class GatewayRoutingTests: XCTestCase {
         }
     }
 
+    /// Client keys: one of them in any credential header, or 401; a route's own keys only there.
+    func testRoutesWithClientKeysRefuseEveryOtherKey() throws {
+        let openai = try Mock()
+        let anthropic = try Mock()
+        let port = try freeTCPPort()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("sidecar.yml").path
+        try """
+        http_port: \(port)
+        http_bind_address: 127.0.0.1
+        auth_keys: ["team-key-1"]
+        providers:
+          - {type: openai, host: openai.local, endpoint: 127.0.0.1, port: \(openai.port), tls: false, api_key: sk-o}
+          - type: anthropic
+            host: claude.local
+            endpoint: 127.0.0.1
+            port: \(anthropic.port)
+            tls: false
+            api_key: sk-a
+            auth_keys: ["claude-only-key"]
+        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            for mock in [openai, anthropic] { mock.process.signal(SIGTERM) }
+        }
+        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
+        func status(_ host: String, _ headers: [String]) throws -> Int {
+            try curlWithStatus(
+                ["-s", "-H", "Host: \(host)", "-H", "Content-Type: application/json"] + headers.flatMap { ["-H", $0] }
+                    + ["-d", "{}", "http://127.0.0.1:\(port)/v1/chat/completions"]
+            ).status
+        }
+        XCTAssertEqual(try status("openai.local", []), 401, "no key")
+        XCTAssertEqual(try status("openai.local", ["Authorization: Bearer team-key-2"]), 401, "a wrong key")
+        XCTAssertEqual(
+            try status("openai.local", ["Authorization: Bearer claude-only-key"]), 401, "another route's key")
+        XCTAssertEqual(try status("openai.local", ["Authorization: Bearer team-key-1"]), 200)
+        XCTAssertEqual(try status("claude.local", ["x-api-key: team-key-1"]), 200, "the file's keys serve every route")
+        XCTAssertEqual(try status("claude.local", ["Authorization: Bearer claude-only-key"]), 200, "either header")
+        XCTAssertEqual(try status("claude.local", ["x-api-key: nope"]), 401)
+        XCTAssertEqual(openai.requests.map { $0.headers["authorization"] }, ["Bearer sk-o"], "only the good one went")
+        XCTAssertEqual(anthropic.requests.map { $0.headers["x-api-key"] }, ["sk-a", "sk-a"])
+        for key in ["team-key-1", "claude-only-key", "sk-o", "sk-a"] {
+            XCTAssertFalse(sidecar.stderr.contains(key), "\(key) is in the log")
+        }
+    }
+
     func testRequestsGoWhereTheirRouteSaysWithTheProvidersKey() throws {
         let openai = try Mock()
         let anthropic = try Mock()

@@ -13,14 +13,19 @@ final class GatewayRoutes: Sendable {
         let isFallback: Bool
         /// The keys its requests carry upstream, by weight; nil for none (the client's pass).
         let keys: WeightedChoice<String>?
+        /// The client keys its requests must show (the file's and its own); nil when none are set.
+        let clientKeys: ClientKeys?
 
-        init(_ config: ProviderConfig, keys: [(value: String, weight: Double)]) throws(ConfigurationError) {
+        init(_ config: ProviderConfig, keys: [(value: String, weight: Double)], clientKeys: [String] = [])
+            throws(ConfigurationError)
+        {
             name = config.name
             kind = config.kind
             let host = config.endpoint.contains(":") ? "[\(config.endpoint)]" : config.endpoint
             target = try UpstreamTarget(url: "\(config.tls ? "https" : "http")://\(host):\(config.port)")
             isFallback = config.isFallback
             self.keys = keys.isEmpty ? nil : WeightedChoice(keys.map(\.value), weights: keys.map(\.weight))
+            self.clientKeys = clientKeys.isEmpty ? nil : ClientKeys(clientKeys)
         }
 
         /// The header its credential goes in, and the value: by its type.
@@ -80,12 +85,18 @@ final class GatewayRoutes: Sendable {
     static func make(_ config: GatewayConfig, environment: [String: String]) throws(ConfigurationError) -> GatewayRoutes
     {
         var providers: [(config: ProviderConfig, provider: Provider)] = []
+        var shared: [String] = []
+        for key in config.authKeys { shared.append(try resolve(key, environment: environment, provider: "auth_keys")) }
         for provider in config.providers {
             var keys: [(value: String, weight: Double)] = []
             for key in provider.keys {
                 keys.append((try resolve(key.source, environment: environment, provider: provider.name), key.weight))
             }
-            providers.append((provider, try Provider(provider, keys: keys)))
+            var clientKeys = shared
+            for key in provider.authKeys {
+                clientKeys.append(try resolve(key, environment: environment, provider: provider.name))
+            }
+            providers.append((provider, try Provider(provider, keys: keys, clientKeys: clientKeys)))
         }
         return GatewayRoutes(providers: providers)
     }

@@ -272,14 +272,20 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             tenant: tenant(for: presented?.value ?? Credentials.inQuery(head.uri)),
             settings: settings.tap, ingress: ingress, publisher: publisher
         )
-        // A provider's own key goes upstream in place of whatever the client sent.
-        var credential = provider?.credential()
+        // A provider's own key goes upstream in place of whatever the client sent (chosen only
+        // for a request that goes: a refused one takes no turn of the keys' weights).
+        var credential: (header: CredentialHeader, value: String)?
         var keyID = ""
         var holdsSlot = false
         var allowedModels: Set<String>?
         switch decision {
         case .passThrough:
-            break
+            // Not a virtual key: a route with client keys wants one of them instead.
+            if let clientKeys = provider?.clientKeys, !clientKeys.accepts(head.headers, uri: head.uri) {
+                refusal = .invalidClientKey()
+            } else if refusal == nil {
+                credential = provider?.credential()
+            }
         case .reject(let response, let rejectedKeyID, let projectID):
             tap.policy(keyID: rejectedKeyID, projectID: projectID)
             keyID = rejectedKeyID
@@ -288,7 +294,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             tap.policy(keyID: grant.keyID, projectID: grant.projectID)
             keyID = grant.keyID
             holdsSlot = grant.holdsSlot
-            credential = credential ?? (grant.header, grant.upstreamCredential)
+            credential = provider?.credential() ?? (grant.header, grant.upstreamCredential)
             if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil {
                 allowedModels = grant.allowedModels
             }

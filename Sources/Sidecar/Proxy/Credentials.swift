@@ -23,19 +23,32 @@ enum Credentials {
         headers.forEachField { name, value in
             guard let header = CredentialHeader(name) else { return }
             guard best.map({ header.rawValue < $0.header.rawValue }) ?? true else { return }
-            var token = value
-            if header == .authorization, token.count > 7,
-                RawHeaderFields.equalsIgnoringCase(UnsafeRawBufferPointer(rebasing: token[0..<7]), "bearer ")
-            {
-                token = UnsafeRawBufferPointer(rebasing: token[7...])
-            }
-            while let first = token.first, first == 0x20 || first == 0x09 {
-                token = UnsafeRawBufferPointer(rebasing: token.dropFirst())
-            }
-            guard !token.isEmpty else { return }
+            guard let token = token(value, in: header) else { return }
             best = (header, text(token))
         }
         return best
+    }
+
+    /// Every credential the request carries in a header, in the order the headers came.
+    static func forEachPresented(in headers: RawHeaderFields, _ body: (String) -> Void) {
+        headers.forEachField { name, value in
+            guard let header = CredentialHeader(name), let token = token(value, in: header) else { return }
+            body(text(token))
+        }
+    }
+
+    /// The credential in a credential header's value: a Bearer token's, or the whole value.
+    private static func token(_ value: UnsafeRawBufferPointer, in header: CredentialHeader) -> UnsafeRawBufferPointer? {
+        var token = value
+        if header == .authorization, token.count > 7,
+            RawHeaderFields.equalsIgnoringCase(UnsafeRawBufferPointer(rebasing: token[0..<7]), "bearer ")
+        {
+            token = UnsafeRawBufferPointer(rebasing: token[7...])
+        }
+        while let first = token.first, first == 0x20 || first == 0x09 {
+            token = UnsafeRawBufferPointer(rebasing: token.dropFirst())
+        }
+        return token.isEmpty ? nil : token
     }
 
     /// A credential's bytes as text: UTF-8 when they are, else each byte as the Latin-1 character

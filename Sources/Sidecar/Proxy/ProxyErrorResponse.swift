@@ -69,6 +69,13 @@ struct ProxyErrorResponse {
             message: "no provider is configured for \(asked) and path \(path)", rejectReason: "no_route")
     }
 
+    /// A gateway route with client keys (`auth_keys`), and a request that showed none of them.
+    static func invalidClientKey() -> ProxyErrorResponse {
+        ProxyErrorResponse(
+            status: .unauthorized, type: "invalid_request_error", code: "invalid_api_key",
+            message: "a client key this gateway accepts is required", rejectReason: "invalid_client_key")
+    }
+
     static func headersTooLarge(limit: Int) -> ProxyErrorResponse {
         ProxyErrorResponse(
             status: .requestHeaderFieldsTooLarge, type: "invalid_request_error", code: "request_headers_too_large",
