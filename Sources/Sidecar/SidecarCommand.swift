@@ -94,8 +94,18 @@ struct SidecarCommand: AsyncParsableCommand {
 
     @OptionGroup var ca: CACommand.Options
 
-    @Option(help: "host:port of the reverse listener. Env: LISTEN_ADDR.")
-    var listen = environment["LISTEN_ADDR"] ?? "0.0.0.0:3000"
+    @Option(
+        help:
+            "host:port of the reverse listener. Env: LISTEN_ADDR. Default: 0.0.0.0:3000, or none when a configuration serves only https_port."
+    )
+    var listen: String? = environment["LISTEN_ADDR"]
+
+    /// The plain reverse listener's address; nil when a configuration serves HTTPS alone.
+    private var plainListen: String? {
+        if let listen { return listen }
+        if let (file, _) = SidecarEnvironment.config, file.httpsPort != nil, file.httpPort == nil { return nil }
+        return "0.0.0.0:3000"
+    }
 
     @Option(help: "Where requests go: http:// or https://, with an optional path prefix. Env: UPSTREAM.")
     var upstream = environment["UPSTREAM"] ?? "https://api.openai.com"
@@ -233,7 +243,7 @@ struct SidecarCommand: AsyncParsableCommand {
             }
         }
         try check("--upstream", "UPSTREAM", upstream) { _ = try UpstreamTarget(url: $0) }
-        try check("--listen", "LISTEN_ADDR", listen) { _ = try ListenAddress($0) }
+        if let listen { try check("--listen", "LISTEN_ADDR", listen) { _ = try ListenAddress($0) } }
         try check("--mitm-listen", "MITM_LISTEN_ADDR", mitmListen) { _ = try ListenAddress($0) }
         try check("--allowlist", "LLMTAP_ALLOWLIST", allowlist) { _ = try Allowlist($0) }
         try check("--mitm-ports", "LLMTAP_MITM_PORTS", mitmPorts) { _ = try Self.ports($0) }
@@ -261,7 +271,6 @@ struct SidecarCommand: AsyncParsableCommand {
             }
         }
         let target = try UpstreamTarget(url: upstream)
-        let listenAddress = try ListenAddress(listen)
 
         // https upstreams (reverse mode's, and every MITM host) are verified against the system
         // roots plus --upstream-ca-file.
@@ -358,13 +367,31 @@ struct SidecarCommand: AsyncParsableCommand {
         }
         var listeners: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let drain = durations.drain
-        if mode != .mitm {
+        if mode != .mitm, let plainListen {
             listeners.append(
                 .init(
                     service: ReverseProxyServer(
-                        listen: listenAddress, group: group, target: target, settings: reverseSettings, pools: pools,
+                        listen: try ListenAddress(plainListen), group: group, target: target, settings: reverseSettings,
+                        pools: pools,
                         publisher: publisher,
                         counters: counters, drainTimeout: drain, logger: logger
+                    ), successTerminationBehavior: .gracefullyShutdownGroup,
+                    failureTerminationBehavior: .gracefullyShutdownGroup))
+        }
+        if let (file, path) = SidecarEnvironment.config, let httpsPort = file.httpsPort {
+            let context: NIOSSLContext
+            do {
+                context = try Self.makeServerTLS(certificate: file.certFile ?? "", key: file.privateKeyFile ?? "")
+            } catch {
+                throw ValidationError("\(path): cannot serve HTTPS on https_port \(httpsPort): \(error)")
+            }
+            let host = file.httpsBindAddress.contains(":") ? "[\(file.httpsBindAddress)]" : file.httpsBindAddress
+            listeners.append(
+                .init(
+                    service: ReverseProxyServer(
+                        listen: try ListenAddress("\(host):\(httpsPort)"), group: group, target: target,
+                        settings: reverseSettings, pools: pools, publisher: publisher, counters: counters,
+                        drainTimeout: drain, logger: logger, tls: context
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
@@ -473,6 +500,19 @@ struct SidecarCommand: AsyncParsableCommand {
         }
         guard !ports.isEmpty else { throw ConfigurationError("--mitm-ports needs at least one port") }
         return ports
+    }
+
+    /// The HTTPS listener's TLS: the configuration's PEM certificate chain and key (RSA or
+    /// ECDSA), TLS 1.2 and 1.3, ALPN http/1.1.
+    static func makeServerTLS(certificate: String, key: String) throws -> NIOSSLContext {
+        let chain = try NIOSSLCertificate.fromPEMFile(certificate)
+        guard !chain.isEmpty else { throw ConfigurationError("\(certificate) holds no PEM certificate") }
+        var configuration = TLSConfiguration.makeServerConfiguration(
+            certificateChain: chain.map { .certificate($0) },
+            privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.applicationProtocols = ["http/1.1"]
+        return try NIOSSLContext(configuration: configuration)
     }
 
     /// System trust roots, plus the extra ones; built once, off any event loop.

@@ -35,6 +35,67 @@ final class GatewayRoutingTests: XCTestCase {
         }
     }
 
+    /// `https_port` serves TLS 1.2 and 1.3 itself, ALPN http/1.1, beside the plain `http_port`.
+    func testTheSidecarServesHTTPSWithItsOwnCertificate() throws {
+        let mock = try Mock()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let (cert, key) = (folder.appendingPathComponent("tls.crt").path, folder.appendingPathComponent("tls.key").path)
+        let openssl = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
+            arguments: [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost", "-days", "1",
+            ])
+        XCTAssertEqual(openssl.waitForExit(), 0, openssl.stderr)
+        let (httpsPort, httpPort) = (try freeTCPPort(), try freeTCPPort())
+        let config = folder.appendingPathComponent("sidecar.yml").path
+        try """
+        https_port: \(httpsPort)
+        https_bind_address: 127.0.0.1
+        http_port: \(httpPort)
+        http_bind_address: 127.0.0.1
+        cert_file: \(cert)
+        private_key_file: \(key)
+        providers:
+          - {type: openai, endpoint: 127.0.0.1, port: \(mock.port), tls: false, api_key: sk-o}
+        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            mock.process.signal(SIGTERM)
+        }
+        XCTAssertTrue(
+            eventually {
+                sidecar.stderr.contains("https listener ready") && sidecar.stderr.contains("reverse listener ready")
+            },
+            sidecar.stderr)
+        let overTLS = try curlWithStatus([
+            "-s", "--cacert", cert, "--resolve", "localhost:\(httpsPort):127.0.0.1",
+            "https://localhost:\(httpsPort)/v1/models",
+        ])
+        XCTAssertEqual(overTLS.status, 200, String(decoding: overTLS.body, as: UTF8.self))
+        XCTAssertEqual(try curlWithStatus(["-s", "http://127.0.0.1:\(httpPort)/v1/models"]).status, 200)
+        let untrusted = try curlWithStatus(["-s", "https://127.0.0.1:\(httpsPort)/v1/models"])
+        XCTAssertNotEqual(untrusted.exitCode, 0, "a client that does not trust the certificate is refused by itself")
+        for version in ["-tls1_3", "-tls1_2"] {
+            let handshake = try RunningProcess(
+                executable: URL(fileURLWithPath: "/usr/bin/openssl"),
+                arguments: [
+                    "s_client", "-connect", "127.0.0.1:\(httpsPort)", "-servername", "localhost", "-alpn", "http/1.1",
+                    version, "-CAfile", cert,
+                ], stdinText: "")
+            XCTAssertEqual(handshake.waitForExit(), 0, handshake.stderr)
+            XCTAssertTrue(handshake.stdout.contains("ALPN protocol: http/1.1"), handshake.stdout)
+            XCTAssertTrue(handshake.stdout.contains("Verify return code: 0 (ok)"), handshake.stdout)
+            XCTAssertTrue(handshake.stdout.contains(version == "-tls1_3" ? "TLSv1.3" : "TLSv1.2"), handshake.stdout)
+        }
+        XCTAssertEqual(mock.requests.count, 2, "both listeners route to the provider")
+    }
+
     /// Client keys: one of them in any credential header, or 401; a route's own keys only there.
     func testRoutesWithClientKeysRefuseEveryOtherKey() throws {
         let openai = try Mock()

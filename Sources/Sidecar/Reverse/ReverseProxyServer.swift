@@ -1,10 +1,12 @@
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 import Wire
 
-/// The reverse listener (`--listen`): the app's `base_url` points here.
+/// The reverse listener (`--listen`): the app's `base_url` points here. With `tls`, the same
+/// behind TLS (a configuration's `https_port`): the sidecar serves HTTPS itself.
 ///
 /// On graceful shutdown it stops accepting, lets every exchange under way finish within the drain
 /// timeout (idle keep-alive connections close at once), then closes what is left.
@@ -18,17 +20,20 @@ struct ReverseProxyServer: Service {
     let counters: SidecarCounters
     let drainTimeout: TimeAmount
     let logger: Logger
+    var tls: NIOSSLContext? = nil
 
     func run() async throws {
-        let (settings, target, pools, publisher, counters, logger) = (
-            self.settings, self.target, self.pools, self.publisher, self.counters, self.logger
+        let (settings, target, pools, publisher, counters, logger, tls) = (
+            self.settings, self.target, self.pools, self.publisher, self.counters, self.logger, self.tls
         )
         let listener = DrainingListener(
-            name: "reverse", flag: "--listen", listen: listen, group: group, drainTimeout: drainTimeout,
-            maxConnections: settings.maxConnections, counters: counters, logger: logger
+            name: tls == nil ? "reverse" : "https", flag: tls == nil ? "--listen" : "https_port", listen: listen,
+            group: group, drainTimeout: drainTimeout, maxConnections: settings.maxConnections, counters: counters,
+            logger: logger
         )
         try await listener.run(
             childInitializer: { channel in
+                if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                 try channel.pipeline.syncOperations.addHandler(
                     ClientConnectionHandler(
                         settings: settings, target: target, pools: pools, publisher: publisher, counters: counters,
@@ -37,7 +42,7 @@ struct ReverseProxyServer: Service {
             },
             ready: { channel in
                 logger.info(
-                    "reverse listener ready",
+                    tls == nil ? "reverse listener ready" : "https listener ready",
                     metadata: [
                         "listen": "\(channel.localAddress.map { "\($0)" } ?? "\(listen)")", "upstream": "\(target)",
                     ])
