@@ -91,7 +91,7 @@ final class GatewayRoutesTests: XCTestCase {
     func testTheSmoothChoiceSpreadsTheHeavyOne() {
         let choice = WeightedChoice(["a", "b"], weights: [1, 3])
         XCTAssertEqual((0..<8).compactMap { _ in choice.next() }, ["b", "a", "b", "b", "b", "a", "b", "b"])
-        XCTAssertEqual((0..<3).compactMap { _ in choice.next(where: { $0 == 0 }) }, ["a", "a", "a"])
+        XCTAssertEqual((0..<3).compactMap { _ in choice.next(where: { $0 == "a" }) }, ["a", "a", "a"])
         XCTAssertNil(choice.next(where: { _ in false }))
     }
 
@@ -114,5 +114,51 @@ final class ClientKeysTests: XCTestCase {
             XCTAssertFalse(keys.matches(wrong), wrong)
         }
         XCTAssertFalse(ClientKeys([]).matches("anything"))
+    }
+}
+
+final class ProviderHealthTests: XCTestCase {
+    let second: UInt64 = 1_000_000_000
+
+    func testAFailureTakesItOutForACoolDownThatGrows() {
+        let health = ProviderHealth()
+        XCTAssertTrue(health.isAvailable(now: 0))
+        XCTAssertEqual(health.failed(now: 10 * second), .down(failures: 1, coolDownSeconds: 1))
+        XCTAssertFalse(health.isAvailable(now: 10 * second + second / 2))
+        XCTAssertTrue(health.isAvailable(now: 11 * second), "the next request tries it again")
+        XCTAssertNil(health.failed(now: 11 * second), "still out: no change to tell")
+        XCTAssertFalse(health.isAvailable(now: 12 * second), "longer the second time")
+        XCTAssertTrue(health.isAvailable(now: 13 * second))
+        for _ in 0..<10 { _ = health.failed(now: 100 * second) }
+        XCTAssertFalse(health.isAvailable(now: 159 * second))
+        XCTAssertTrue(health.isAvailable(now: 160 * second), "at most 60 s")
+        XCTAssertEqual(health.succeeded(), .up)
+        XCTAssertNil(health.succeeded())
+        XCTAssertTrue(health.isAvailable(now: 100 * second))
+    }
+
+    func testFallbacksServeOnlyWhileNoPrimaryIsAvailable() throws {
+        var parser = GatewayConfigParser(environment: [:])
+        let config = try XCTUnwrap(
+            parser.parse(
+                """
+                providers:
+                  - {name: a, type: openai, endpoint: a.example, api_key: k}
+                  - {name: b, type: openai, endpoint: b.example, api_key: k}
+                  - {name: spare, type: openai, endpoint: c.example, is_fallback: true, api_key: k}
+                """))
+        let gateway = try GatewayRoutes.make(config, environment: [:])
+        let (a, b) = (gateway.providers[0], gateway.providers[1])
+        func names(at now: UInt64) -> Set<String> {
+            Set((0..<6).compactMap { _ in gateway.route(host: nil, uri: "/", now: now)?.provider.name })
+        }
+        XCTAssertEqual(names(at: 0), ["a", "b"])
+        _ = a.health.failed(now: 0)
+        XCTAssertEqual(names(at: 0), ["b"])
+        _ = b.health.failed(now: 0)
+        XCTAssertEqual(names(at: 0), ["spare"], "no primary available: the fallback")
+        XCTAssertEqual(names(at: 2 * second), ["a", "b"], "their cool-downs over: the primaries again")
+        _ = gateway.providers[2].health.failed(now: 0)
+        XCTAssertFalse(names(at: 0).isEmpty, "nothing available: a primary is tried anyway")
     }
 }

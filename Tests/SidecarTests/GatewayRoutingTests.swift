@@ -12,12 +12,12 @@ final class GatewayRoutingTests: XCTestCase {
         let port: Int
         let log: URL
 
-        init() throws {
-            port = try freeTCPPort()
+        init(port: Int? = nil) throws {
+            self.port = try port ?? freeTCPPort()
             log = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-mock-\(UUID()).jsonl")
             process = try RunningProcess(
                 product: "llmtap-mock-upstream",
-                arguments: ["--listen", "127.0.0.1:\(port)", "--request-log", log.path])
+                arguments: ["--listen", "127.0.0.1:\(self.port)", "--request-log", log.path])
             guard eventually({ process.stdout.contains("listening on") }) else {
                 throw TestFailure("the mock did not start: \(process.stderr)")
             }
@@ -33,6 +33,53 @@ final class GatewayRoutingTests: XCTestCase {
                 return (path, headers)
             }
         }
+    }
+
+    /// Passive health: a primary that fails is out for a cool-down and its fallback serves; once
+    /// the primary answers again it takes its route back.
+    func testAFailingPrimaryGivesWayToItsFallbackAndComesBack() throws {
+        let fallback = try Mock()
+        let primaryPort = try freeTCPPort()
+        let port = try freeTCPPort()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("sidecar.yml").path
+        try """
+        http_port: \(port)
+        http_bind_address: 127.0.0.1
+        providers:
+          - {name: primary, type: openai, endpoint: 127.0.0.1, port: \(primaryPort), tls: false, api_key: sk-p}
+          - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, api_key: sk-s, is_fallback: true}
+        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())", connect_timeout: 2}
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        var primary: Mock?
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            fallback.process.signal(SIGTERM)
+            primary?.process.signal(SIGTERM)
+        }
+        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
+        func status() throws -> Int { try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status }
+        XCTAssertEqual(try status(), 502, "nothing listens where the primary is: its request fails")
+        XCTAssertTrue(sidecar.stderr.contains("provider out after a failure"), sidecar.stderr)
+        XCTAssertTrue(sidecar.stderr.contains("provider=primary"), sidecar.stderr)
+        for _ in 0..<3 { XCTAssertEqual(try status(), 200, "the fallback serves while the primary is out") }
+        XCTAssertEqual(fallback.requests.count, 3)
+
+        primary = try Mock(port: primaryPort)
+        // Its cool-down over (1 s, then 2 s after a second failure), the next request tries it.
+        XCTAssertTrue(
+            eventually(timeout: .seconds(10)) {
+                _ = try? status()
+                return (primary?.requests.count ?? 0) > 0
+            })
+        XCTAssertTrue(eventually { sidecar.stderr.contains("provider back") }, sidecar.stderr)
+        let before = fallback.requests.count
+        for _ in 0..<3 { XCTAssertEqual(try status(), 200) }
+        XCTAssertEqual(fallback.requests.count, before, "the primary has its route back")
     }
 
     /// `https_port` serves TLS 1.2 and 1.3 itself, ALPN http/1.1, beside the plain `http_port`.

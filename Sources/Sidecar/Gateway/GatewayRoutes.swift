@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import Wire
 
 /// A configuration's providers as requests find them: by `Host` (exact; a configured host
@@ -11,6 +12,8 @@ final class GatewayRoutes: Sendable {
         let kind: ProviderConfig.Kind
         let target: UpstreamTarget
         let isFallback: Bool
+        /// From what its requests saw: out for a cool-down after failures.
+        let health = ProviderHealth()
         /// The keys its requests carry upstream, by weight; nil for none (the client's pass).
         let keys: WeightedChoice<String>?
         /// The client keys its requests must show (the file's and its own); nil when none are set.
@@ -159,11 +162,15 @@ final class GatewayRoutes: Sendable {
     }
 
     /// The provider for a request with this `Host` and target, and the target it is sent with;
-    /// nil when no route matches.
-    func route(host: String?, uri: String) -> Decision? {
+    /// nil when no route matches. A route's fallbacks serve only while none of its primaries is
+    /// available; when none of either is, a primary is tried anyway (a guess beats a refusal).
+    func route(host: String?, uri: String, now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> Decision? {
         let path = AbsoluteURL.originForm(uri)
-        guard let route = routes.first(where: { $0.matches(host: host, path: path) }),
-            let provider = route.primaries?.next() ?? route.fallbacks?.next()
+        guard let route = routes.first(where: { $0.matches(host: host, path: path) }) else { return nil }
+        let available: (Provider) -> Bool = { $0.health.isAvailable(now: now) }
+        guard
+            let provider = route.primaries?.next(where: available) ?? route.fallbacks?.next(where: available)
+                ?? route.primaries?.next() ?? route.fallbacks?.next()
         else { return nil }
         let sent = route.pathPrefix.map { prefix -> String in
             let rest = String(path.dropFirst(prefix.count))

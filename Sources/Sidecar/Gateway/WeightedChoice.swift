@@ -23,12 +23,12 @@ final class WeightedChoice<Item: Sendable>: Sendable {
     var count: Int { items.count }
 
     /// The next item, among those `isEligible` lets serve (all by default); nil when none may.
-    func next(where isEligible: (Int) -> Bool = { _ in true }) -> Item? {
-        guard items.count > 1 else { return isEligible(0) ? items[0] : nil }
+    func next(where isEligible: (Item) -> Bool = { _ in true }) -> Item? {
+        guard items.count > 1 else { return isEligible(items[0]) ? items[0] : nil }
         let chosen = scores.withLock { scores -> Int? in
             var best: Int?
             var eligibleTotal = 0.0
-            for index in scores.indices where isEligible(index) {
+            for index in scores.indices where isEligible(items[index]) {
                 scores[index] += weights[index]
                 eligibleTotal += weights[index]
                 if best.map({ scores[index] > scores[$0] }) ?? true { best = index }

@@ -317,6 +317,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             // The model is in the body: hold the request until it has all come, then decide.
             admission = allowedModels.map { .checkModel(head: headPart, allowed: $0) } ?? .forward(head: headPart)
         }
+        if refusal == nil { tap.provider = provider }
         let action = machine.requestHead(
             tap: tap, target: target, keepAlive: head.keepAlive, version: head.version,
             expectsContinue: head.expectsContinue,
@@ -477,8 +478,38 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         settlement.tap.finish(
             outcome: settlement.outcome, status: settlement.status, error: settlement.error,
             rejectReason: settlement.rejectReason)
+        if let provider = settlement.tap.provider { judge(provider, by: settlement) }
         counters.inFlight.subtract(1, ordering: .relaxed)
         if let keyID = settlement.releasesSlotOf { settings.policy?.release(keyID: keyID) }
+    }
+
+    /// Passive health: what the provider's answer (or its silence) says of it.
+    private func judge(_ provider: GatewayRoutes.Provider, by settlement: Machine.Settlement) {
+        let change: ProviderHealth.Change?
+        switch settlement.outcome {
+        case .upstreamError, .timeout:
+            change = provider.health.failed(now: NIODeadline.now().uptimeNanoseconds)
+        case .completed:
+            change =
+                settlement.tap.status >= 500
+                ? provider.health.failed(now: NIODeadline.now().uptimeNanoseconds) : provider.health.succeeded()
+        default:
+            // Refused here, or the client left: nothing said of the provider.
+            change = nil
+        }
+        switch change {
+        case .down(let failures, let coolDown):
+            logger.warning(
+                "provider out after a failure; fallbacks or other providers serve its route",
+                metadata: [
+                    "provider": "\(provider.name)", "failures": "\(failures)", "cool_down_s": "\(coolDown)",
+                    "error": "\(settlement.error.isEmpty ? "status \(settlement.tap.status)" : settlement.error)",
+                ])
+        case .up:
+            logger.notice("provider back: it answered", metadata: ["provider": "\(provider.name)"])
+        case nil:
+            break
+        }
     }
 
     /// Writes the response's end (the last chunk, when chunked), then closes once it is out, or

@@ -28,6 +28,8 @@ struct TapSettings: Sendable {
 /// straight from the exchange's own headers and buffers (`EncodedRecord`), so nothing is copied
 /// into intermediate messages and the publisher's thread only frames and sends.
 final class ExchangeTap {
+    /// The gateway provider the exchange went to, if a configuration routed it: told how it went.
+    var provider: GatewayRoutes.Provider?
     let exchangeID: String
     private let publisher: any RecordPublishing
     private let settings: TapSettings
@@ -45,7 +47,7 @@ final class ExchangeTap {
     /// The response's last bytes once past the cap, with the offset of the first of them.
     private var tail: [UInt8] = []
     private var tailOffset: UInt64 = 0
-    private var status: UInt32 = 0
+    private(set) var status: UInt32 = 0
     private var responseHeaders = RawHeaderFields()
     private var firstByteNanos: Int64 = 0
     private var finished = false
