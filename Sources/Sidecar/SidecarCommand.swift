@@ -412,6 +412,18 @@ struct SidecarCommand: AsyncParsableCommand {
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
+        var checks: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let gateway, let (file, _) = SidecarEnvironment.config, file.healthCheck.enabled {
+            let checker = HealthChecker(
+                routes: gateway, pools: pools, eventLoop: group.next(),
+                interval: .milliseconds(Int64(file.healthCheck.intervalSeconds * 1000)), logger: logger)
+            if checker.isEmpty {
+                logger.notice(
+                    "health_check is enabled, but no provider has a health_check request: only passive checks run")
+            } else {
+                checks.append(.init(service: checker))
+            }
+        }
         let heartbeat = HeartbeatService(
             publisher: publisher, counters: counters,
             interval: .nanoseconds(durations.heartbeat.nanoseconds), app: app, mode: mode.rawValue
@@ -431,7 +443,7 @@ struct SidecarCommand: AsyncParsableCommand {
         let services = ServiceGroup(
             configuration: .init(
                 // The sidecar is no use without its listeners: if one stops, everything stops.
-                services: stops + [.init(service: heartbeat)] + listeners,
+                services: stops + [.init(service: heartbeat)] + checks + listeners,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             ))

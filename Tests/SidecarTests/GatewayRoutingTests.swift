@@ -82,6 +82,60 @@ final class GatewayRoutingTests: XCTestCase {
         XCTAssertEqual(fallback.requests.count, before, "the primary has its route back")
     }
 
+    /// Active health checks: each provider's probe, with its key, every interval; a provider that
+    /// stops answering is out within an interval with no client request, and back once it answers.
+    func testHealthChecksTakeADeadProviderOutAndBringItBack() throws {
+        var primary = try Mock()
+        let fallback = try Mock()
+        let port = try freeTCPPort()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("sidecar.yml").path
+        try """
+        http_port: \(port)
+        http_bind_address: 127.0.0.1
+        health_check: {enabled: true, interval: 0.3}
+        providers:
+          - name: primary
+            type: openai
+            endpoint: 127.0.0.1
+            port: \(primary.port)
+            tls: false
+            api_key: sk-probe-key
+            health_check: {method: GET, path: /v1/models, headers: {x-probe: "1"}}
+          - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, is_fallback: true}
+        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            fallback.process.signal(SIGTERM)
+            primary.process.signal(SIGTERM)
+        }
+        XCTAssertTrue(eventually { primary.requests.count >= 2 }, sidecar.stderr)
+        let probe = try XCTUnwrap(primary.requests.first)
+        XCTAssertEqual(probe.path, "/v1/models")
+        XCTAssertEqual(probe.headers["authorization"], "Bearer sk-probe-key")
+        XCTAssertEqual(probe.headers["x-probe"], "1")
+        XCTAssertEqual(probe.headers["user-agent"], "llmtap-sidecar health check")
+        XCTAssertTrue(fallback.requests.isEmpty, "a fallback without a probe is not checked")
+
+        primary.process.signal(SIGKILL)
+        _ = primary.process.waitForExit()
+        XCTAssertTrue(
+            eventually(timeout: .seconds(5)) { sidecar.stderr.contains("provider out after a failure") }, sidecar.stderr
+        )
+        XCTAssertEqual(try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status, 200)
+        XCTAssertEqual(fallback.requests.count, 1, "the fallback serves while the primary is out")
+
+        primary = try Mock(port: primary.port)
+        XCTAssertTrue(eventually(timeout: .seconds(10)) { sidecar.stderr.contains("provider back") }, sidecar.stderr)
+        XCTAssertEqual(try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status, 200)
+        XCTAssertEqual(fallback.requests.count, 1, "the primary serves again")
+    }
+
     /// `https_port` serves TLS 1.2 and 1.3 itself, ALPN http/1.1, beside the plain `http_port`.
     func testTheSidecarServesHTTPSWithItsOwnCertificate() throws {
         let mock = try Mock()

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import Wire
 
@@ -12,8 +13,10 @@ final class GatewayRoutes: Sendable {
         let kind: ProviderConfig.Kind
         let target: UpstreamTarget
         let isFallback: Bool
-        /// From what its requests saw: out for a cool-down after failures.
+        /// From what its requests (and its health checks) saw: out for a cool-down after failures.
         let health = ProviderHealth()
+        /// Its active health check's request, if it has one.
+        let probe: HealthProbe?
         /// The keys its requests carry upstream, by weight; nil for none (the client's pass).
         let keys: WeightedChoice<String>?
         /// The client keys its requests must show (the file's and its own); nil when none are set.
@@ -27,8 +30,26 @@ final class GatewayRoutes: Sendable {
             let host = config.endpoint.contains(":") ? "[\(config.endpoint)]" : config.endpoint
             target = try UpstreamTarget(url: "\(config.tls ? "https" : "http")://\(host):\(config.port)")
             isFallback = config.isFallback
+            probe = config.probe
             self.keys = keys.isEmpty ? nil : WeightedChoice(keys.map(\.value), weights: keys.map(\.weight))
             self.clientKeys = clientKeys.isEmpty ? nil : ClientKeys(clientKeys)
+        }
+
+        /// A change of its health, logged: out (with why), or back.
+        func log(_ change: ProviderHealth.Change?, why: String, logger: Logger) {
+            switch change {
+            case .down(let failures, let coolDown):
+                logger.warning(
+                    "provider out after a failure; fallbacks or other providers serve its route",
+                    metadata: [
+                        "provider": "\(name)", "failures": "\(failures)", "cool_down_s": "\(coolDown)",
+                        "error": "\(why)",
+                    ])
+            case .up:
+                logger.notice("provider back: it answered", metadata: ["provider": "\(name)"])
+            case nil:
+                break
+            }
         }
 
         /// The header its credential goes in, and the value: by its type.

@@ -497,19 +497,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             // Refused here, or the client left: nothing said of the provider.
             change = nil
         }
-        switch change {
-        case .down(let failures, let coolDown):
-            logger.warning(
-                "provider out after a failure; fallbacks or other providers serve its route",
-                metadata: [
-                    "provider": "\(provider.name)", "failures": "\(failures)", "cool_down_s": "\(coolDown)",
-                    "error": "\(settlement.error.isEmpty ? "status \(settlement.tap.status)" : settlement.error)",
-                ])
-        case .up:
-            logger.notice("provider back: it answered", metadata: ["provider": "\(provider.name)"])
-        case nil:
-            break
-        }
+        provider.log(
+            change, why: settlement.error.isEmpty ? "status \(settlement.tap.status)" : settlement.error, logger: logger
+        )
     }
 
     /// Writes the response's end (the last chunk, when chunked), then closes once it is out, or
