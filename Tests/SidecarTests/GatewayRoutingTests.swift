@@ -35,6 +35,34 @@ final class GatewayRoutingTests: XCTestCase {
         }
     }
 
+    /// `retries: 0`: a provider that can't be reached is the request's 502, and nothing is retried.
+    func testWithoutRetriesAnUnreachableProviderIsA502() throws {
+        let fallback = try Mock()
+        let port = try freeTCPPort()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("sidecar.yml").path
+        try """
+        http_port: \(port)
+        http_bind_address: 127.0.0.1
+        providers:
+          - {name: primary, type: openai, endpoint: 127.0.0.1, port: \(try freeTCPPort()), tls: false, retries: 0}
+          - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, is_fallback: true}
+        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            fallback.process.signal(SIGTERM)
+        }
+        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
+        XCTAssertEqual(try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status, 502)
+        XCTAssertFalse(sidecar.stderr.contains("retrying"), sidecar.stderr)
+        XCTAssertTrue(fallback.requests.isEmpty)
+    }
+
     /// Passive health: a primary that fails is out for a cool-down and its fallback serves; once
     /// the primary answers again it takes its route back.
     func testAFailingPrimaryGivesWayToItsFallbackAndComesBack() throws {
@@ -63,11 +91,13 @@ final class GatewayRoutingTests: XCTestCase {
         }
         XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
         func status() throws -> Int { try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status }
-        XCTAssertEqual(try status(), 502, "nothing listens where the primary is: its request fails")
+        XCTAssertEqual(
+            try status(), 200, "nothing listens where the primary is: none of the request got there, so it is retried")
+        XCTAssertTrue(sidecar.stderr.contains("retrying on another provider"), sidecar.stderr)
         XCTAssertTrue(sidecar.stderr.contains("provider out after a failure"), sidecar.stderr)
         XCTAssertTrue(sidecar.stderr.contains("provider=primary"), sidecar.stderr)
         for _ in 0..<3 { XCTAssertEqual(try status(), 200, "the fallback serves while the primary is out") }
-        XCTAssertEqual(fallback.requests.count, 3)
+        XCTAssertEqual(fallback.requests.count, 4)
 
         primary = try Mock(port: primaryPort)
         // Its cool-down over (1 s, then 2 s after a second failure), the next request tries it.

@@ -13,6 +13,8 @@ final class GatewayRoutes: Sendable {
         let kind: ProviderConfig.Kind
         let target: UpstreamTarget
         let isFallback: Bool
+        /// Other providers a request may try when this one can't be reached.
+        let retries: Int
         /// From what its requests (and its health checks) saw: out for a cool-down after failures.
         let health = ProviderHealth()
         /// Its active health check's request, if it has one.
@@ -30,6 +32,7 @@ final class GatewayRoutes: Sendable {
             let host = config.endpoint.contains(":") ? "[\(config.endpoint)]" : config.endpoint
             target = try UpstreamTarget(url: "\(config.tls ? "https" : "http")://\(host):\(config.port)")
             isFallback = config.isFallback
+            retries = config.retries
             probe = config.probe
             self.keys = keys.isEmpty ? nil : WeightedChoice(keys.map(\.value), weights: keys.map(\.weight))
             self.clientKeys = clientKeys.isEmpty ? nil : ClientKeys(clientKeys)
@@ -185,13 +188,19 @@ final class GatewayRoutes: Sendable {
     /// The provider for a request with this `Host` and target, and the target it is sent with;
     /// nil when no route matches. A route's fallbacks serve only while none of its primaries is
     /// available; when none of either is, a primary is tried anyway (a guess beats a refusal).
-    func route(host: String?, uri: String, now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> Decision? {
+    ///
+    /// - Parameter excluding: providers already tried for this request (a retry's).
+    func route(
+        host: String?, uri: String, now: UInt64 = NIODeadline.now().uptimeNanoseconds,
+        excluding tried: [ObjectIdentifier] = []
+    ) -> Decision? {
         let path = AbsoluteURL.originForm(uri)
         guard let route = routes.first(where: { $0.matches(host: host, path: path) }) else { return nil }
-        let available: (Provider) -> Bool = { $0.health.isAvailable(now: now) }
+        let untried: (Provider) -> Bool = { !tried.contains(ObjectIdentifier($0)) }
+        let available: (Provider) -> Bool = { untried($0) && $0.health.isAvailable(now: now) }
         guard
             let provider = route.primaries?.next(where: available) ?? route.fallbacks?.next(where: available)
-                ?? route.primaries?.next() ?? route.fallbacks?.next()
+                ?? route.primaries?.next(where: untried) ?? route.fallbacks?.next(where: untried)
         else { return nil }
         let sent = route.pathPrefix.map { prefix -> String in
             let rest = String(path.dropFirst(prefix.count))

@@ -53,6 +53,17 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var lastCredential: String?
     private var lastTenant = ""
     private var exchangeTimer = ConnectionTimer()
+    /// While a gateway's request waits for its connection: what a retry on another provider needs.
+    private var retry: Retry?
+
+    private struct Retry {
+        let head: ClientRequestHead
+        let host: String?
+        var tried: [ObjectIdentifier]
+        var left: Int
+        /// A virtual key's project credential, for a provider without keys of its own.
+        let grantCredential: (header: CredentialHeader, value: String)?
+    }
     private var idleTimer = ConnectionTimer()
 
     init(
@@ -275,6 +286,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         // A provider's own key goes upstream in place of whatever the client sent (chosen only
         // for a request that goes: a refused one takes no turn of the keys' weights).
         var credential: (header: CredentialHeader, value: String)?
+        var grantCredential: (header: CredentialHeader, value: String)?
+        retry = nil
         var keyID = ""
         var holdsSlot = false
         var allowedModels: Set<String>?
@@ -294,7 +307,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             tap.policy(keyID: grant.keyID, projectID: grant.projectID)
             keyID = grant.keyID
             holdsSlot = grant.holdsSlot
-            credential = provider?.credential() ?? (grant.header, grant.upstreamCredential)
+            grantCredential = (grant.header, grant.upstreamCredential)
+            credential = provider?.credential() ?? grantCredential
             if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil {
                 allowedModels = grant.allowedModels
             }
@@ -303,19 +317,15 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         if let refusal {
             logPolicyRefusal(refusal, exchangeID: tap.exchangeID, keyID: keyID)
             admission = .refuse(refusal)
-
         } else {
-            var upstreamHead = context.channel.allocator.buffer(capacity: 1024)
-            // Anthropic's API wants its version header; a client of another SDK may not send one.
-            let version: (name: StaticString, value: StaticString)? =
-                provider?.kind == .anthropic && !HeaderRules.has("anthropic-version", in: head.headers)
-                ? ("anthropic-version", "2023-06-01") : nil
-            HeaderRules.writeUpstreamRequestHead(
-                head, uri: uri, target: target, clientIP: clientIP, credential: credential, extraField: version,
-                into: &upstreamHead)
-            let headPart = UpstreamRequestPart.head(upstreamHead, chunked: head.chunked, isHEAD: head.method == .HEAD)
+            let headPart = upstreamHead(head, uri: uri, target: target, provider: provider, credential: credential)
             // The model is in the body: hold the request until it has all come, then decide.
             admission = allowedModels.map { .checkModel(head: headPart, allowed: $0) } ?? .forward(head: headPart)
+            if let provider, provider.retries > 0 {
+                retry = Retry(
+                    head: head, host: HeaderRules.host(of: head.headers), tried: [], left: provider.retries,
+                    grantCredential: grantCredential)
+            }
         }
         if refusal == nil { tap.provider = provider }
         let action = machine.requestHead(
@@ -332,6 +342,22 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         case .answer(let answer):
             perform(answer)
         }
+    }
+
+    /// The request's head as it goes upstream, to `target` (a gateway's provider, if one chose it).
+    private func upstreamHead(
+        _ head: ClientRequestHead, uri: String, target: UpstreamTarget, provider: GatewayRoutes.Provider?,
+        credential: (header: CredentialHeader, value: String)?
+    ) -> UpstreamRequestPart {
+        var bytes = context.channel.allocator.buffer(capacity: 1024)
+        // Anthropic's API wants its version header; a client of another SDK may not send one.
+        let version: (name: StaticString, value: StaticString)? =
+            provider?.kind == .anthropic && !HeaderRules.has("anthropic-version", in: head.headers)
+            ? ("anthropic-version", "2023-06-01") : nil
+        HeaderRules.writeUpstreamRequestHead(
+            head, uri: uri, target: target, clientIP: clientIP, credential: credential, extraField: version,
+            into: &bytes)
+        return .head(bytes, chunked: head.chunked, isHEAD: head.method == .HEAD)
     }
 
     private func sendContinue(version: HTTPVersion) {
@@ -372,6 +398,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func connected(_ connection: UpstreamConnection, flushNow: Bool) {
+        retry = nil
         switch machine.upstreamConnected(connection, now: .now()) {
         case .release:
             pool?.release(connection)
@@ -386,7 +413,35 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func connectFailed(_ error: any Error) {
+        if retryElsewhere(after: error) { return }
+        retry = nil
         if let answer = machine.upstreamConnectFailed(error) { perform(answer) }
+    }
+
+    /// A gateway's request whose provider could not be reached (so none of it got there) goes to
+    /// the route's next choice, up to the provider's `retries`. True when it went.
+    private func retryElsewhere(after error: any Error) -> Bool {
+        guard var retry, retry.left > 0, let gateway = settings.gateway, let tap = machine.tap,
+            let failed = tap.provider
+        else { return false }
+        failed.log(failed.health.failed(now: NIODeadline.now().uptimeNanoseconds), why: "\(error)", logger: logger)
+        retry.tried.append(ObjectIdentifier(failed))
+        retry.left -= 1
+        guard let decision = gateway.route(host: retry.host, uri: retry.head.uri, excluding: retry.tried) else {
+            return false
+        }
+        let target = decision.provider.target
+        let head = upstreamHead(
+            retry.head, uri: target.basePath + decision.uri, target: target, provider: decision.provider,
+            credential: decision.provider.credential() ?? retry.grantCredential)
+        guard machine.retarget(target, head: head) else { return false }
+        exchangeLogger(tap.exchangeID).info(
+            "retrying on another provider: none of the request reached the first",
+            metadata: ["failed": "\(failed.name)", "provider": "\(decision.provider.name)", "error": "\(error)"])
+        tap.provider = decision.provider
+        self.retry = retry
+        connectUpstream()
+        return true
     }
 
     // MARK: Timers

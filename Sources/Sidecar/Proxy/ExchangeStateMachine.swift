@@ -74,6 +74,13 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         /// The request holds a slot of that key's limiter, given back when it ends.
         let holdsPolicySlot: Bool
 
+        /// The same facts, for another upstream (a retry's).
+        func retargeted(_ target: UpstreamTarget) -> Facts {
+            Facts(
+                tap: tap, target: target, clientKeepAlive: clientKeepAlive, version: version, path: path, keyID: keyID,
+                holdsPolicySlot: holdsPolicySlot)
+        }
+
         init(
             tap: Tap, target: UpstreamTarget, clientKeepAlive: Bool, version: HTTPVersion, path: String, keyID: String,
             holdsPolicySlot: Bool
@@ -421,6 +428,22 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         }
         state = .exchanging(exchange)
         return .attach(send: buffered, deadline: now + min(limits.upstreamTimeout, limits.clientTimeout))
+    }
+
+    /// No connection could be made, so nothing of the request reached that upstream: it goes to
+    /// `target` instead, `head` (written for it) in place of the one buffered. False when the
+    /// exchange no longer waits for a connection.
+    mutating func retarget(_ target: UpstreamTarget, head: UpstreamRequestPart) -> Bool {
+        guard case .exchanging(let exchange) = state, case .connecting(var buffered) = exchange.link,
+            !buffered.isEmpty
+        else { return false }
+        state = .modifying
+        buffered[0] = head
+        state = .exchanging(
+            Exchange(
+                facts: exchange.facts.retargeted(target), request: exchange.request,
+                link: .connecting(buffered: buffered), response: exchange.response))
+        return true
     }
 
     /// No connection could be made: a 502, if the exchange still waits for one.
