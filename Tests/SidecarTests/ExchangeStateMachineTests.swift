@@ -268,6 +268,29 @@ final class ExchangeStateMachineTests: XCTestCase {
         XCTAssertFalse(answer.close)
     }
 
+    /// A connect failure leaves the request unsent: it can go elsewhere, its head rewritten.
+    func testAnUnsentExchangeCanBeRetargeted() throws {
+        var machine = try machine()
+        begin(&machine)
+        _ = machine.requestBody(body, now: start)
+        _ = machine.requestEnd()
+        let elsewhere = try UpstreamTarget(url: "http://127.0.0.2:10")
+        let newHead = UpstreamRequestPart.head(
+            ByteBuffer(string: "POST /x HTTP/1.1\r\n\r\n"), chunked: false, isHEAD: false)
+        XCTAssertTrue(machine.retarget(elsewhere, head: newHead))
+        XCTAssertEqual(machine.target, elsewhere)
+        XCTAssertEqual(machine.tap, "x1", "the same exchange")
+        guard case .attach(let parts, _) = machine.upstreamConnected(Upstream(id: 2), now: start) else {
+            return XCTFail("not attached")
+        }
+        guard parts.count == 3, case .head(let sent, _, _) = parts[0], case .body = parts[1], case .end = parts[2]
+        else {
+            return XCTFail("\(parts)")
+        }
+        XCTAssertEqual(String(buffer: sent), "POST /x HTTP/1.1\r\n\r\n", "the new head, the same body")
+        XCTAssertFalse(machine.retarget(target, head: newHead), "once attached, bytes may have gone: no retarget")
+    }
+
     func testAnUpstreamResetBeforeTheHeadIs502() throws {
         var machine = try machine()
         begin(&machine)
