@@ -74,6 +74,17 @@ final class GatewayConfigProcessTests: XCTestCase {
             value.stderr.contains("llmtap.threads (\(badValue) line 2) must be an integer, not \"abc\""), value.stderr)
     }
 
+    func testTheShippedExampleIsValid() throws {
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("deploy/examples/sidecar.yml").path
+        let keys = ["TEAM_KEY", "OPENAI_KEY_A", "OPENAI_KEY_B", "BACKUP_KEY", "ANTHROPIC_KEY"]
+        let check = try RunningProcess(
+            product: "llmtap-sidecar", arguments: ["check-config", example],
+            environment: Dictionary(uniqueKeysWithValues: keys.map { ($0, "sk-example") }))
+        XCTAssertEqual(check.waitForExit(), 0, check.stderr)
+        XCTAssertTrue(check.stdout.contains("OK: 3 provider(s)"), check.stdout)
+    }
+
     func testABadFileStopsTheStartAndSaysWhy() throws {
         let bad = try file("bad.yml", "http_port: 8080\nprovders: []\n")
         for (arguments, environment) in [
