@@ -75,8 +75,9 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
                 // `llmtap-sidecar bench-parsers` runs llhttp the way a NIO pipeline does.
                 .product(name: "NIOEmbedded", package: "swift-nio"),
-                // The gateway's configuration file (--config).
+                // The gateway's configuration file (--config), reloaded on SIGHUP.
                 .product(name: "Yams", package: "Yams"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         // A stand-in for the LLM providers, for tests, benchmarks and demos: OpenAI, Anthropic and

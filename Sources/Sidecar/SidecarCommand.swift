@@ -262,10 +262,22 @@ struct SidecarCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "llmtap.sidecar")
-        var gateway: GatewayRoutes?
-        if let (file, path) = SidecarEnvironment.config, !file.providers.isEmpty {
+        // With a configuration file: its routes and certificate, which SIGHUP reloads (ignored
+        // until the reloader traps it, rather than ending the process).
+        var gateway: GatewayState?
+        if let (file, path) = SidecarEnvironment.config {
+            signal(SIGHUP, SIG_IGN)
             do {
-                gateway = try GatewayRoutes.make(file, environment: Self.environment)
+                let routes = try GatewayRoutes.make(file, environment: Self.environment)
+                var tls: NIOSSLContext?
+                if let httpsPort = file.httpsPort {
+                    do {
+                        tls = try Self.makeServerTLS(certificate: file.certFile ?? "", key: file.privateKeyFile ?? "")
+                    } catch {
+                        throw ConfigurationError("cannot serve HTTPS on https_port \(httpsPort): \(error)")
+                    }
+                }
+                gateway = GatewayState(routes: routes, tls: tls)
             } catch {
                 throw ValidationError("\(path): \(error)")
             }
@@ -358,11 +370,11 @@ struct SidecarCommand: AsyncParsableCommand {
         // The gateway's routes serve the reverse listener; MITM connections go where they asked.
         var reverseSettings = settings
         reverseSettings.gateway = gateway
-        if let gateway {
+        if let routes = gateway?.routes, !routes.isEmpty {
             logger.info(
                 "routing to the configuration's providers",
                 metadata: [
-                    "providers": "\(gateway.providers.map { "\($0.name)=\($0.target)" }.joined(separator: ", "))"
+                    "providers": "\(routes.providers.map { "\($0.name)=\($0.target)" }.joined(separator: ", "))"
                 ])
         }
         var listeners: [ServiceGroupConfiguration.ServiceConfiguration] = []
@@ -378,20 +390,14 @@ struct SidecarCommand: AsyncParsableCommand {
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
-        if let (file, path) = SidecarEnvironment.config, let httpsPort = file.httpsPort {
-            let context: NIOSSLContext
-            do {
-                context = try Self.makeServerTLS(certificate: file.certFile ?? "", key: file.privateKeyFile ?? "")
-            } catch {
-                throw ValidationError("\(path): cannot serve HTTPS on https_port \(httpsPort): \(error)")
-            }
+        if let (file, _) = SidecarEnvironment.config, let httpsPort = file.httpsPort, let gateway {
             let host = file.httpsBindAddress.contains(":") ? "[\(file.httpsBindAddress)]" : file.httpsBindAddress
             listeners.append(
                 .init(
                     service: ReverseProxyServer(
                         listen: try ListenAddress("\(host):\(httpsPort)"), group: group, target: target,
                         settings: reverseSettings, pools: pools, publisher: publisher, counters: counters,
-                        drainTimeout: drain, logger: logger, tls: context
+                        drainTimeout: drain, logger: logger, tls: { gateway.tls }
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
@@ -413,16 +419,22 @@ struct SidecarCommand: AsyncParsableCommand {
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
         var checks: [ServiceGroupConfiguration.ServiceConfiguration] = []
-        if let gateway, let (file, _) = SidecarEnvironment.config, file.healthCheck.enabled {
-            let checker = HealthChecker(
-                routes: gateway, pools: pools, eventLoop: group.next(),
-                interval: .milliseconds(Int64(file.healthCheck.intervalSeconds * 1000)), logger: logger)
-            if checker.isEmpty {
-                logger.notice(
-                    "health_check is enabled, but no provider has a health_check request: only passive checks run")
-            } else {
-                checks.append(.init(service: checker))
+        if let gateway, let (file, path) = SidecarEnvironment.config {
+            if file.healthCheck.enabled {
+                if !gateway.routes.providers.contains(where: { $0.probe != nil }) {
+                    logger.notice("health_check is enabled, but no provider has a health_check request yet")
+                }
+                checks.append(
+                    .init(
+                        service: HealthChecker(
+                            state: gateway, pools: pools, eventLoop: group.next(),
+                            interval: .milliseconds(Int64(file.healthCheck.intervalSeconds * 1000)), logger: logger)))
             }
+            checks.append(
+                .init(
+                    service: ConfigReloader(
+                        path: path, state: gateway, servesHTTPS: file.httpsPort != nil,
+                        environment: ProcessInfo.processInfo.environment, logger: logger)))
         }
         let heartbeat = HeartbeatService(
             publisher: publisher, counters: counters,

@@ -225,6 +225,28 @@ final class GatewayRoutingTests: XCTestCase {
             XCTAssertTrue(handshake.stdout.contains(version == "-tls1_3" ? "TLSv1.3" : "TLSv1.2"), handshake.stdout)
         }
         XCTAssertEqual(mock.requests.count, 2, "both listeners route to the provider")
+
+        // A rotated certificate, the same files: SIGHUP, and the next handshake shows it.
+        let (oldCert, newCert) = (folder.appendingPathComponent("old.crt").path, cert)
+        try FileManager.default.copyItem(atPath: cert, toPath: oldCert)
+        let rotate = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
+            arguments: [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", newCert, "-subj",
+                "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost", "-days", "1",
+            ])
+        XCTAssertEqual(rotate.waitForExit(), 0, rotate.stderr)
+        sidecar.signal(SIGHUP)
+        XCTAssertTrue(eventually { sidecar.stderr.contains("configuration reloaded") }, sidecar.stderr)
+        func trusted(_ caFile: String) throws -> Int {
+            try curlWithStatus([
+                "-s", "--cacert", caFile, "--resolve", "localhost:\(httpsPort):127.0.0.1",
+                "https://localhost:\(httpsPort)/v1/models",
+            ]).status
+        }
+        XCTAssertEqual(try trusted(newCert), 200, "the new certificate serves")
+        XCTAssertEqual(try trusted(oldCert), 0, "the old one is gone")
     }
 
     /// Client keys: one of them in any credential header, or 401; a route's own keys only there.
@@ -372,5 +394,82 @@ final class GatewayRoutingTests: XCTestCase {
                 String(decoding: wire, as: UTF8.self).range(of: secret), "\(secret) reached the collector's wire")
             XCTAssertFalse(sidecar.stderr.contains(secret), "\(secret) is in the sidecar's log")
         }
+    }
+
+    /// SIGHUP under load: every request answered, the new weights in effect at once, and a file
+    /// that can't be used refused while the one before it keeps serving.
+    func testSIGHUPReloadsUnderLoadWithoutAFailedRequest() throws {
+        let (a, b) = (try Mock(), try Mock())
+        let port = try freeTCPPort()
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let config = folder.appendingPathComponent("sidecar.yml").path
+        func write(weights: (Int, Int), extra: String = "") throws {
+            try """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            providers:
+              - {name: a, type: openai, endpoint: 127.0.0.1, port: \(a.port), tls: false, weight: \(weights.0), api_key: sk-a}
+              - {name: b, type: openai, endpoint: 127.0.0.1, port: \(b.port), tls: false, weight: \(weights.1), api_key: sk-b}
+            \(extra)
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+        }
+        try write(weights: (3, 1))
+        let sidecar = try RunningProcess(
+            product: "llmtap-sidecar",
+            arguments: ["--config", config, "--collector", "tcp://127.0.0.1:\(try freeTCPPort())"])
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            for mock in [a, b] { mock.process.signal(SIGTERM) }
+        }
+        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
+
+        let results = folder.appendingPathComponent("bench.json").path
+        let bench = try RunningProcess(
+            product: "llmtap-bench",
+            arguments: [
+                "--base-url", "http://127.0.0.1:\(port)/v1", "--requests", "10000", "--concurrency", "32",
+                "--output", results,
+            ])
+        var reloads = 0
+        while bench.process.isRunning && reloads < 10 {
+            usleep(1_000_000)
+            reloads += 1
+            try write(weights: reloads % 2 == 0 ? (3, 1) : (1, 3))
+            sidecar.signal(SIGHUP)
+        }
+        XCTAssertEqual(bench.waitForExit(timeout: .seconds(120)), 0, bench.stderr)
+        let report = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: results))) as? [String: Any])
+        XCTAssertEqual(report["errors"] as? Int, 0, "\(report)")
+        XCTAssertGreaterThanOrEqual(reloads, 3, "the load lasted long enough to reload under it")
+        XCTAssertTrue(
+            eventually { sidecar.stderr.components(separatedBy: "configuration reloaded").count - 1 >= reloads },
+            sidecar.stderr)
+
+        // The new weights take effect at once: all of the next 100 by 1 to 99 but one.
+        try write(weights: (1, 99))
+        sidecar.signal(SIGHUP)
+        XCTAssertTrue(
+            eventually { sidecar.stderr.components(separatedBy: "configuration reloaded").count - 1 > reloads })
+        let (aBefore, bBefore) = (a.requests.count, b.requests.count)
+        for _ in 0..<100 {
+            XCTAssertEqual(try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status, 200)
+        }
+        XCTAssertEqual(a.requests.count - aBefore, 1)
+        XCTAssertEqual(b.requests.count - bBefore, 99)
+
+        // A file that can't be used: refused, and the one before keeps serving.
+        try write(weights: (1, 99), extra: "provders: []")
+        sidecar.signal(SIGHUP)
+        XCTAssertTrue(eventually { sidecar.stderr.contains("configuration reload refused") }, sidecar.stderr)
+        XCTAssertTrue(sidecar.stderr.contains("unknown key \"provders\""), sidecar.stderr)
+        for _ in 0..<100 {
+            XCTAssertEqual(try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status, 200)
+        }
+        XCTAssertEqual(b.requests.count - bBefore, 198, "the weights before the refused file")
+        XCTAssertTrue(sidecar.process.isRunning)
     }
 }

@@ -16,7 +16,8 @@ final class GatewayRoutes: Sendable {
         /// Other providers a request may try when this one can't be reached.
         let retries: Int
         /// From what its requests (and its health checks) saw: out for a cool-down after failures.
-        let health = ProviderHealth()
+        /// A reload keeps it for a provider of the same name and place.
+        let health: ProviderHealth
         /// Its active health check's request, if it has one.
         let probe: HealthProbe?
         /// The keys its requests carry upstream, by weight; nil for none (the client's pass).
@@ -24,9 +25,11 @@ final class GatewayRoutes: Sendable {
         /// The client keys its requests must show (the file's and its own); nil when none are set.
         let clientKeys: ClientKeys?
 
-        init(_ config: ProviderConfig, keys: [(value: String, weight: Double)], clientKeys: [String] = [])
-            throws(ConfigurationError)
-        {
+        init(
+            _ config: ProviderConfig, keys: [(value: String, weight: Double)], clientKeys: [String] = [],
+            health: ProviderHealth = ProviderHealth()
+        ) throws(ConfigurationError) {
+            self.health = health
             name = config.name
             kind = config.kind
             let host = config.endpoint.contains(":") ? "[\(config.endpoint)]" : config.endpoint
@@ -109,7 +112,13 @@ final class GatewayRoutes: Sendable {
 
     /// The routes of a configuration, its keys read: literals as they are, `env:` and `file:` keys
     /// now (a file's trailing newline dropped).
-    static func make(_ config: GatewayConfig, environment: [String: String]) throws(ConfigurationError) -> GatewayRoutes
+    ///
+    /// - Parameter previous: the routes a reload replaces: a provider of the same name and place
+    ///   keeps its health.
+    static func make(
+        _ config: GatewayConfig, environment: [String: String], keepingHealthOf previous: GatewayRoutes? = nil
+    )
+        throws(ConfigurationError) -> GatewayRoutes
     {
         var providers: [(config: ProviderConfig, provider: Provider)] = []
         var shared: [String] = []
@@ -123,7 +132,11 @@ final class GatewayRoutes: Sendable {
             for key in provider.authKeys {
                 clientKeys.append(try resolve(key, environment: environment, provider: provider.name))
             }
-            providers.append((provider, try Provider(provider, keys: keys, clientKeys: clientKeys)))
+            var made = try Provider(provider, keys: keys, clientKeys: clientKeys)
+            if let kept = previous?.providers.first(where: { $0.name == made.name && $0.target == made.target }) {
+                made = try Provider(provider, keys: keys, clientKeys: clientKeys, health: kept.health)
+            }
+            providers.append((provider, made))
         }
         return GatewayRoutes(providers: providers)
     }
@@ -154,6 +167,7 @@ final class GatewayRoutes: Sendable {
     }
 
     let providers: [Provider]
+    var isEmpty: Bool { providers.isEmpty }
     /// Most specific first: the longest prefix, then a named host before any host.
     let routes: [Route]
 

@@ -7,7 +7,8 @@ import ServiceLifecycle
 /// within the timeout brings it back or keeps it in, anything else takes it out (`ProviderHealth`).
 /// The probes run on one event loop, which alone touches the ones in flight.
 final class HealthChecker: Service, @unchecked Sendable {
-    private let probes: [(provider: GatewayRoutes.Provider, probe: HealthProbe)]
+    /// Whose providers are probed: the ones of each round's routes (a reload changes them).
+    private let state: GatewayState
     private let pools: UpstreamPools
     private let eventLoop: any EventLoop
     private let interval: Duration
@@ -15,15 +16,13 @@ final class HealthChecker: Service, @unchecked Sendable {
     /// The probes under way, by identity: only on `eventLoop`.
     private var inFlight: [ObjectIdentifier: Probe] = [:]
 
-    init(routes: GatewayRoutes, pools: UpstreamPools, eventLoop: any EventLoop, interval: Duration, logger: Logger) {
-        self.probes = routes.providers.compactMap { provider in provider.probe.map { (provider, $0) } }
+    init(state: GatewayState, pools: UpstreamPools, eventLoop: any EventLoop, interval: Duration, logger: Logger) {
+        self.state = state
         self.pools = pools
         self.eventLoop = eventLoop
         self.interval = interval
         self.logger = logger
     }
-
-    var isEmpty: Bool { probes.isEmpty }
 
     func run() async throws {
         while !Task.isShuttingDownGracefully {
@@ -35,7 +34,8 @@ final class HealthChecker: Service, @unchecked Sendable {
     private func probeAll() {
         // A probe may take at most the interval (and 10 s), so rounds never pile up.
         let timeout = TimeAmount.nanoseconds(min(Int64(interval.inMilliseconds) * 1_000_000, 10_000_000_000))
-        for (provider, probe) in probes {
+        for provider in state.routes.providers {
+            guard let probe = provider.probe else { continue }
             let pool = pools.pool(for: eventLoop, target: provider.target)
             let running = Probe(provider: provider, logger: logger) { [self] done in
                 inFlight[ObjectIdentifier(done)] = nil

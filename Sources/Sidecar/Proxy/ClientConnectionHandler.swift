@@ -57,6 +57,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var retry: Retry?
 
     private struct Retry {
+        /// The routes the exchange began with.
+        let routes: GatewayRoutes?
         let head: ClientRequestHead
         let host: String?
         var tried: [ObjectIdentifier]
@@ -255,7 +257,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         let uri: String
         var refusal: ProxyErrorResponse?
         var provider: GatewayRoutes.Provider?
-        if let gateway = settings.gateway {
+        // The routes as they are now: a reload while this exchange is under way does not move it.
+        let routes = settings.gateway?.routes
+        if let gateway = routes, !gateway.isEmpty {
             let host = HeaderRules.host(of: head.headers)
             if let decision = gateway.route(host: host, uri: head.uri) {
                 provider = decision.provider
@@ -323,7 +327,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             admission = allowedModels.map { .checkModel(head: headPart, allowed: $0) } ?? .forward(head: headPart)
             if let provider, provider.retries > 0 {
                 retry = Retry(
-                    head: head, host: HeaderRules.host(of: head.headers), tried: [], left: provider.retries,
+                    routes: routes, head: head, host: HeaderRules.host(of: head.headers), tried: [],
+                    left: provider.retries,
                     grantCredential: grantCredential)
             }
         }
@@ -421,7 +426,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     /// A gateway's request whose provider could not be reached (so none of it got there) goes to
     /// the route's next choice, up to the provider's `retries`. True when it went.
     private func retryElsewhere(after error: any Error) -> Bool {
-        guard var retry, retry.left > 0, let gateway = settings.gateway, let tap = machine.tap,
+        guard var retry, retry.left > 0, let gateway = retry.routes, let tap = machine.tap,
             let failed = tap.provider
         else { return false }
         failed.log(failed.health.failed(now: NIODeadline.now().uptimeNanoseconds), why: "\(error)", logger: logger)

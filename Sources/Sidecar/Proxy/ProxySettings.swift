@@ -14,7 +14,7 @@ struct ProxySettings: Sendable {
     var policy: PolicyGate?
     /// A configuration's providers (`--config`): each request goes where its route says, not to
     /// the listener's one upstream.
-    var gateway: GatewayRoutes?
+    var gateway: GatewayState?
     /// Client connections open at once, both listeners together (`--max-connections`).
     var maxConnections = 10_000
     /// Bytes of pipelined requests held while an exchange is under way; past it, reading pauses.

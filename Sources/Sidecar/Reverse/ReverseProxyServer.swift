@@ -20,7 +20,8 @@ struct ReverseProxyServer: Service {
     let counters: SidecarCounters
     let drainTimeout: TimeAmount
     let logger: Logger
-    var tls: NIOSSLContext? = nil
+    /// The certificate for each new connection (a reload may change it); nil: plain HTTP.
+    var tls: (@Sendable () -> NIOSSLContext?)? = nil
 
     func run() async throws {
         let (settings, target, pools, publisher, counters, logger, tls) = (
@@ -33,7 +34,10 @@ struct ReverseProxyServer: Service {
         )
         try await listener.run(
             childInitializer: { channel in
-                if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
+                if let tls {
+                    guard let context = tls() else { throw ConfigurationError("no certificate to serve HTTPS with") }
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                }
                 try channel.pipeline.syncOperations.addHandler(
                     ClientConnectionHandler(
                         settings: settings, target: target, pools: pools, publisher: publisher, counters: counters,
