@@ -78,28 +78,28 @@ final class GatewayRoutes: Sendable {
         let primaries: WeightedChoice<Provider>?
         let fallbacks: WeightedChoice<Provider>?
 
-        func matches(host requestHost: String?, path: String) -> Bool {
+        /// `asked`: the request's `Host`, lower-cased, and without its port.
+        func matches(host asked: (host: String, withoutPort: String)?, path: String) -> Bool {
             if let host {
-                guard let requestHost else { return false }
-                let asked = requestHost.lowercased()
-                if asked != host {
-                    guard !hostHasPort, Self.withoutPort(asked) == host else { return false }
+                guard let asked else { return false }
+                if asked.host != host {
+                    guard !hostHasPort, asked.withoutPort == host else { return false }
                 }
             }
             guard let pathPrefix else { return true }
-            guard path.hasPrefix(pathPrefix) else { return false }
+            guard path.utf8.starts(with: pathPrefix.utf8) else { return false }
             let rest = path.utf8.dropFirst(pathPrefix.utf8.count)
             return rest.first.map { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") } ?? true
         }
 
-        /// `host:8080` as `host`, `[::1]:8080` as `[::1]`.
+        /// `host:8080` as `host`, `[::1]:8080` as `[::1]` (read as bytes: this runs per request).
         static func withoutPort(_ authority: String) -> String {
-            if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
+            let bytes = authority.utf8
+            if bytes.first == UInt8(ascii: "["), let close = bytes.firstIndex(of: UInt8(ascii: "]")) {
                 return String(authority[...close])
             }
-            guard let colon = authority.lastIndex(of: ":"), authority.firstIndex(of: ":") == colon else {
-                return authority
-            }
+            guard let colon = bytes.lastIndex(of: UInt8(ascii: ":")), bytes.firstIndex(of: UInt8(ascii: ":")) == colon
+            else { return authority }
             return String(authority[..<colon])
         }
     }
@@ -208,8 +208,12 @@ final class GatewayRoutes: Sendable {
         host: String?, uri: String, now: UInt64 = NIODeadline.now().uptimeNanoseconds,
         excluding tried: [ObjectIdentifier] = []
     ) -> Decision? {
-        let path = AbsoluteURL.originForm(uri)
-        guard let route = routes.first(where: { $0.matches(host: host, path: path) }) else { return nil }
+        let path = uri.utf8.first == UInt8(ascii: "/") ? uri : AbsoluteURL.originForm(uri)
+        let asked = host.map { host -> (host: String, withoutPort: String) in
+            let lowered = host.utf8.contains { $0 >= 0x41 && $0 <= 0x5A } ? host.lowercased() : host
+            return (lowered, Route.withoutPort(lowered))
+        }
+        guard let route = routes.first(where: { $0.matches(host: asked, path: path) }) else { return nil }
         let untried: (Provider) -> Bool = { !tried.contains(ObjectIdentifier($0)) }
         let available: (Provider) -> Bool = { untried($0) && $0.health.isAvailable(now: now) }
         guard

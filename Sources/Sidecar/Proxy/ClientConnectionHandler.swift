@@ -259,8 +259,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         var provider: GatewayRoutes.Provider?
         // The routes as they are now: a reload while this exchange is under way does not move it.
         let routes = settings.gateway?.routes
+        var host: String?
         if let gateway = routes, !gateway.isEmpty {
-            let host = HeaderRules.host(of: head.headers)
+            host = HeaderRules.host(of: head.headers)
             if let decision = gateway.route(host: host, uri: head.uri) {
                 provider = decision.provider
                 target = decision.provider.target
@@ -327,7 +328,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             admission = allowedModels.map { .checkModel(head: headPart, allowed: $0) } ?? .forward(head: headPart)
             if let provider, provider.retries > 0 {
                 retry = Retry(
-                    routes: routes, head: head, host: HeaderRules.host(of: head.headers), tried: [],
+                    routes: routes, head: head, host: host, tried: [],
                     left: provider.retries,
                     grantCredential: grantCredential)
             }

@@ -29,11 +29,11 @@ enum Credentials {
         return best
     }
 
-    /// Every credential the request carries in a header, in the order the headers came.
-    static func forEachPresented(in headers: RawHeaderFields, _ body: (String) -> Void) {
+    /// Every credential the request carries in a header, as its bytes, in the order the headers came.
+    static func forEachPresented(in headers: RawHeaderFields, _ body: (UnsafeRawBufferPointer) -> Void) {
         headers.forEachField { name, value in
             guard let header = CredentialHeader(name), let token = token(value, in: header) else { return }
-            body(text(token))
+            body(token)
         }
     }
 
