@@ -35,29 +35,48 @@ final class GatewayRoutingTests: XCTestCase {
         }
     }
 
+    /// A folder for one test's files, removed when the test ends.
+    func makeFolder() throws -> URL {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: folder) }
+        return folder
+    }
+
+    /// llmtap-sidecar started with `yaml` as its configuration file (in `folder`), once its plain
+    /// listener is ready; the caller stops it. Returns it and the file's path.
+    func startGateway(
+        _ yaml: String, in folder: URL, arguments: [String] = [], environment: [String: String] = [:],
+        ready: String = "reverse listener ready"
+    ) throws -> (sidecar: RunningProcess, config: String) {
+        let config = folder.appendingPathComponent("sidecar.yml").path
+        try yaml.write(toFile: config, atomically: true, encoding: .utf8)
+        let sidecar = try RunningProcess(
+            product: "llmtap-sidecar", arguments: ["--config", config] + arguments, environment: environment)
+        guard eventually({ sidecar.stderr.contains(ready) || !sidecar.process.isRunning }), sidecar.process.isRunning
+        else { throw TestFailure("the sidecar did not start: \(sidecar.stderr)") }
+        return (sidecar, config)
+    }
+
     /// `retries: 0`: a provider that can't be reached is the request's 502, and nothing is retried.
     func testWithoutRetriesAnUnreachableProviderIsA502() throws {
         let fallback = try Mock()
         let port = try freeTCPPort()
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let config = folder.appendingPathComponent("sidecar.yml").path
-        try """
-        http_port: \(port)
-        http_bind_address: 127.0.0.1
-        providers:
-          - {name: primary, type: openai, endpoint: 127.0.0.1, port: \(try freeTCPPort()), tls: false, retries: 0}
-          - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, is_fallback: true}
-        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        let folder = try makeFolder()
+        let (sidecar, _) = try startGateway(
+            """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            providers:
+              - {name: primary, type: openai, endpoint: 127.0.0.1, port: \(try freeTCPPort()), tls: false, retries: 0}
+              - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, is_fallback: true}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+            """, in: folder)
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
             fallback.process.signal(SIGTERM)
         }
-        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
         XCTAssertEqual(try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status, 502)
         XCTAssertFalse(sidecar.stderr.contains("retrying"), sidecar.stderr)
         XCTAssertTrue(fallback.requests.isEmpty)
@@ -69,19 +88,16 @@ final class GatewayRoutingTests: XCTestCase {
         let fallback = try Mock()
         let primaryPort = try freeTCPPort()
         let port = try freeTCPPort()
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let config = folder.appendingPathComponent("sidecar.yml").path
-        try """
-        http_port: \(port)
-        http_bind_address: 127.0.0.1
-        providers:
-          - {name: primary, type: openai, endpoint: 127.0.0.1, port: \(primaryPort), tls: false, api_key: sk-p}
-          - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, api_key: sk-s, is_fallback: true}
-        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())", connect_timeout: 2}
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        let folder = try makeFolder()
+        let (sidecar, _) = try startGateway(
+            """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            providers:
+              - {name: primary, type: openai, endpoint: 127.0.0.1, port: \(primaryPort), tls: false, api_key: sk-p}
+              - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, api_key: sk-s, is_fallback: true}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())", connect_timeout: 2}
+            """, in: folder)
         var primary: Mock?
         defer {
             sidecar.signal(SIGTERM)
@@ -89,7 +105,6 @@ final class GatewayRoutingTests: XCTestCase {
             fallback.process.signal(SIGTERM)
             primary?.process.signal(SIGTERM)
         }
-        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
         func status() throws -> Int { try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status }
         XCTAssertEqual(
             try status(), 200, "nothing listens where the primary is: none of the request got there, so it is retried")
@@ -118,26 +133,23 @@ final class GatewayRoutingTests: XCTestCase {
         var primary = try Mock()
         let fallback = try Mock()
         let port = try freeTCPPort()
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let config = folder.appendingPathComponent("sidecar.yml").path
-        try """
-        http_port: \(port)
-        http_bind_address: 127.0.0.1
-        health_check: {enabled: true, interval: 0.3}
-        providers:
-          - name: primary
-            type: openai
-            endpoint: 127.0.0.1
-            port: \(primary.port)
-            tls: false
-            api_key: sk-probe-key
-            health_check: {method: GET, path: /v1/models, headers: {x-probe: "1"}}
-          - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, is_fallback: true}
-        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        let folder = try makeFolder()
+        let (sidecar, _) = try startGateway(
+            """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            health_check: {enabled: true, interval: 0.3}
+            providers:
+              - name: primary
+                type: openai
+                endpoint: 127.0.0.1
+                port: \(primary.port)
+                tls: false
+                api_key: sk-probe-key
+                health_check: {method: GET, path: /v1/models, headers: {x-probe: "1"}}
+              - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(fallback.port), tls: false, is_fallback: true}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+            """, in: folder)
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
@@ -169,9 +181,7 @@ final class GatewayRoutingTests: XCTestCase {
     /// `https_port` serves TLS 1.2 and 1.3 itself, ALPN http/1.1, beside the plain `http_port`.
     func testTheSidecarServesHTTPSWithItsOwnCertificate() throws {
         let mock = try Mock()
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
+        let folder = try makeFolder()
         let (cert, key) = (folder.appendingPathComponent("tls.crt").path, folder.appendingPathComponent("tls.key").path)
         let openssl = try RunningProcess(
             executable: URL(fileURLWithPath: "/usr/bin/openssl"),
@@ -181,19 +191,18 @@ final class GatewayRoutingTests: XCTestCase {
             ])
         XCTAssertEqual(openssl.waitForExit(), 0, openssl.stderr)
         let (httpsPort, httpPort) = (try freeTCPPort(), try freeTCPPort())
-        let config = folder.appendingPathComponent("sidecar.yml").path
-        try """
-        https_port: \(httpsPort)
-        https_bind_address: 127.0.0.1
-        http_port: \(httpPort)
-        http_bind_address: 127.0.0.1
-        cert_file: \(cert)
-        private_key_file: \(key)
-        providers:
-          - {type: openai, endpoint: 127.0.0.1, port: \(mock.port), tls: false, api_key: sk-o}
-        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        let (sidecar, _) = try startGateway(
+            """
+            https_port: \(httpsPort)
+            https_bind_address: 127.0.0.1
+            http_port: \(httpPort)
+            http_bind_address: 127.0.0.1
+            cert_file: \(cert)
+            private_key_file: \(key)
+            providers:
+              - {type: openai, endpoint: 127.0.0.1, port: \(mock.port), tls: false, api_key: sk-o}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+            """, in: folder)
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
@@ -254,32 +263,28 @@ final class GatewayRoutingTests: XCTestCase {
         let openai = try Mock()
         let anthropic = try Mock()
         let port = try freeTCPPort()
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let config = folder.appendingPathComponent("sidecar.yml").path
-        try """
-        http_port: \(port)
-        http_bind_address: 127.0.0.1
-        auth_keys: ["team-key-1"]
-        providers:
-          - {type: openai, host: openai.local, endpoint: 127.0.0.1, port: \(openai.port), tls: false, api_key: sk-o}
-          - type: anthropic
-            host: claude.local
-            endpoint: 127.0.0.1
-            port: \(anthropic.port)
-            tls: false
-            api_key: sk-a
-            auth_keys: ["claude-only-key"]
-        llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        let sidecar = try RunningProcess(product: "llmtap-sidecar", arguments: ["--config", config])
+        let folder = try makeFolder()
+        let (sidecar, _) = try startGateway(
+            """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            auth_keys: ["team-key-1"]
+            providers:
+              - {type: openai, host: openai.local, endpoint: 127.0.0.1, port: \(openai.port), tls: false, api_key: sk-o}
+              - type: anthropic
+                host: claude.local
+                endpoint: 127.0.0.1
+                port: \(anthropic.port)
+                tls: false
+                api_key: sk-a
+                auth_keys: ["claude-only-key"]
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+            """, in: folder)
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
             for mock in [openai, anthropic] { mock.process.signal(SIGTERM) }
         }
-        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
         func status(_ host: String, _ headers: [String]) throws -> Int {
             try curlWithStatus(
                 ["-s", "-H", "Host: \(host)", "-H", "Content-Type: application/json"] + headers.flatMap { ["-H", $0] }
@@ -306,42 +311,36 @@ final class GatewayRoutingTests: XCTestCase {
         let anthropic = try Mock()
         let collector = try RawFrameCollector()
         let port = try freeTCPPort()
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
-        let config = folder.appendingPathComponent("sidecar.yml").path
-        try """
-        http_port: \(port)
-        http_bind_address: 127.0.0.1
-        providers:
-          - name: openai-mock
-            type: openai
-            host: "openai.local"
-            endpoint: 127.0.0.1
-            port: \(openai.port)
-            tls: false
-            api_key: "env:GATEWAY_OPENAI_KEY"
-          - name: claude-mock
-            type: anthropic
-            path_prefix: /anthropic
-            endpoint: 127.0.0.1
-            port: \(anthropic.port)
-            tls: false
-            api_key: "sk-ant-provider-secret"
-        llmtap:
-          collector: \(collector.endpoint)
-          threads: 2
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        let sidecar = try RunningProcess(
-            product: "llmtap-sidecar", arguments: ["--config", config],
-            environment: ["GATEWAY_OPENAI_KEY": "sk-openai-provider-secret"])
+        let folder = try makeFolder()
+        let (sidecar, _) = try startGateway(
+            """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            providers:
+              - name: openai-mock
+                type: openai
+                host: "openai.local"
+                endpoint: 127.0.0.1
+                port: \(openai.port)
+                tls: false
+                api_key: "env:GATEWAY_OPENAI_KEY"
+              - name: claude-mock
+                type: anthropic
+                path_prefix: /anthropic
+                endpoint: 127.0.0.1
+                port: \(anthropic.port)
+                tls: false
+                api_key: "sk-ant-provider-secret"
+            llmtap:
+              collector: \(collector.endpoint)
+              threads: 2
+            """, in: folder, environment: ["GATEWAY_OPENAI_KEY": "sk-openai-provider-secret"])
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
             for mock in [openai, anthropic] { mock.process.signal(SIGTERM) }
             collector.stop()
         }
-        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
         XCTAssertTrue(sidecar.stderr.contains("openai-mock=http://127.0.0.1:\(openai.port)"), sidecar.stderr)
 
         let base = "http://127.0.0.1:\(port)"
@@ -401,9 +400,7 @@ final class GatewayRoutingTests: XCTestCase {
     func testSIGHUPReloadsUnderLoadWithoutAFailedRequest() throws {
         let (a, b) = (try Mock(), try Mock())
         let port = try freeTCPPort()
-        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-gw-\(UUID())")
-        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: folder) }
+        let folder = try makeFolder()
         let config = folder.appendingPathComponent("sidecar.yml").path
         func write(weights: (Int, Int), extra: String = "") throws {
             try """
@@ -419,12 +416,12 @@ final class GatewayRoutingTests: XCTestCase {
         let sidecar = try RunningProcess(
             product: "llmtap-sidecar",
             arguments: ["--config", config, "--collector", "tcp://127.0.0.1:\(try freeTCPPort())"])
+        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
             for mock in [a, b] { mock.process.signal(SIGTERM) }
         }
-        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
 
         let results = folder.appendingPathComponent("bench.json").path
         let bench = try RunningProcess(
