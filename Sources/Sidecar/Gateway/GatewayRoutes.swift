@@ -58,9 +58,10 @@ final class GatewayRoutes: Sendable {
             }
         }
 
-        /// The header its credential goes in, and the value: by its type.
-        func credential() -> (header: CredentialHeader, value: String)? {
-            guard kind != .forward, let key = keys?.next() else { return nil }
+        /// The header its credential goes in, and the value: by its type. `advancing`: the next
+        /// key by weight (a request); otherwise its first key, taking no request's turn (a probe).
+        func credential(advancing: Bool = true) -> (header: CredentialHeader, value: String)? {
+            guard kind != .forward, let key = advancing ? keys?.next() : keys?.items.first else { return nil }
             switch kind {
             case .openai, .forward: return (.authorization, key)
             case .anthropic: return (.xAPIKey, key)

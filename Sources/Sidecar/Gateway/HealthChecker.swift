@@ -53,7 +53,9 @@ final class HealthChecker: Service, @unchecked Sendable {
         out.writeString(
             "\(probe.method) \(provider.target.basePath)\(probe.path) HTTP/1.1\r\nhost: \(provider.target.authority)\r\n"
         )
-        if let credential = provider.credential() { credential.header.writeField(credential.value, into: &out) }
+        if let credential = provider.credential(advancing: false) {
+            credential.header.writeField(credential.value, into: &out)
+        }
         if provider.kind == .anthropic { out.writeStaticString("anthropic-version: 2023-06-01\r\n") }
         for (name, value) in probe.headers { out.writeString("\(name): \(value)\r\n") }
         if !probe.body.isEmpty || ["POST", "PUT", "PATCH"].contains(probe.method) {
