@@ -19,7 +19,10 @@ struct SidecarCommand: AsyncParsableCommand {
             In MITM mode the app sets HTTPS_PROXY=http://sidecar:8080 and trusts LLMTap's CA (see
             `llmtap-sidecar ca export`); only allowlisted hosts are decrypted, others pass through untouched.
             SIGTERM or SIGINT stops accepting, lets exchanges under way finish within --drain-timeout,
-            delivers what is queued for the collector, and exits 0.
+            delivers what is queued for the collector, and exits 0. SIGHUP reloads the --config file.
+            SIGUSR2 is a hot upgrade: the binary at the same path starts with the same arguments and
+            takes over the listening sockets; once it is ready this process drains and exits, and
+            --pid-file names the new one. If the new one fails, this one keeps serving.
             """,
         version: LLMTapVersion.current,
         subcommands: [CACommand.self, CheckConfigCommand.self, ParserBenchCommand.self]
@@ -161,8 +164,21 @@ struct SidecarCommand: AsyncParsableCommand {
     @Option(help: "Seconds to connect to the upstream; then 502. Env: LLMTAP_CONNECT_TIMEOUT.")
     var connectTimeout = EnvironmentSettings.seconds("LLMTAP_CONNECT_TIMEOUT", 10, environment: environment)
 
-    @Option(help: "Seconds exchanges under way get to finish on SIGTERM. Env: LLMTAP_DRAIN_TIMEOUT.")
+    @Option(help: "Seconds exchanges under way get to finish on SIGTERM or after SIGUSR2. Env: LLMTAP_DRAIN_TIMEOUT.")
     var drainTimeout = EnvironmentSettings.seconds("LLMTAP_DRAIN_TIMEOUT", 30, environment: environment)
+
+    @Option(
+        name: [.customShort("p"), .long],
+        help:
+            "A file to write the process id to (atomically, by rename), written again by the process a hot upgrade starts. Env: LLMTAP_PID_FILE."
+    )
+    var pidFile: String? = environment["LLMTAP_PID_FILE"]
+
+    @Option(
+        help:
+            "Seconds the process a hot upgrade (SIGUSR2) starts has to be ready; then it is stopped and this one keeps serving. Env: LLMTAP_UPGRADE_TIMEOUT."
+    )
+    var upgradeTimeout = EnvironmentSettings.seconds("LLMTAP_UPGRADE_TIMEOUT", 60, environment: environment)
 
     @Option(
         help:
@@ -262,8 +278,11 @@ struct SidecarCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "llmtap.sidecar")
-        // With a configuration file: its routes and certificate, which SIGHUP reloads (ignored
-        // until the reloader traps it, rather than ending the process).
+        // SIGUSR2 is a hot upgrade and SIGHUP a reload: ignored until their services trap them,
+        // rather than ending the process.
+        signal(SIGUSR2, SIG_IGN)
+        let startup = Startup(pidFile: pidFile, environment: ProcessInfo.processInfo.environment, logger: logger)
+        // With a configuration file: its routes and certificate, which SIGHUP reloads.
         var gateway: GatewayState?
         if let (file, path) = SidecarEnvironment.config {
             signal(SIGHUP, SIG_IGN)
@@ -386,7 +405,7 @@ struct SidecarCommand: AsyncParsableCommand {
                         listen: try ListenAddress(plainListen), group: group, target: target, settings: reverseSettings,
                         pools: pools,
                         publisher: publisher,
-                        counters: counters, drainTimeout: drain, logger: logger
+                        counters: counters, drainTimeout: drain, startup: startup, logger: logger
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
@@ -397,7 +416,7 @@ struct SidecarCommand: AsyncParsableCommand {
                     service: ReverseProxyServer(
                         listen: try ListenAddress("\(host):\(httpsPort)"), group: group, target: target,
                         settings: reverseSettings, pools: pools, publisher: publisher, counters: counters,
-                        drainTimeout: drain, logger: logger, tls: { gateway.tls }
+                        drainTimeout: drain, startup: startup, logger: logger, tls: { gateway.tls }
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
@@ -414,7 +433,7 @@ struct SidecarCommand: AsyncParsableCommand {
                     service: MITMProxyServer(
                         listen: try ListenAddress(mitmListen), group: group, settings: mitm, pools: pools,
                         leaves: LeafContextCache(authority: authority, pool: mintingPool, logger: logger),
-                        publisher: publisher, counters: counters, drainTimeout: drain, logger: logger
+                        publisher: publisher, counters: counters, drainTimeout: drain, startup: startup, logger: logger
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
@@ -436,6 +455,13 @@ struct SidecarCommand: AsyncParsableCommand {
                         path: path, state: gateway, servesHTTPS: file.httpsPort != nil,
                         environment: ProcessInfo.processInfo.environment, logger: logger)))
         }
+        startup.expect(listeners: listeners.count)
+        // Once the process a SIGUSR2 starts is ready, the upgrader returns: everything stops as on SIGTERM.
+        let upgrader = ServiceGroupConfiguration.ServiceConfiguration(
+            service: HotUpgrader(
+                executable: HotUpgrader.currentExecutable(), arguments: CommandLine.arguments, startup: startup,
+                readyTimeout: .nanoseconds(durations.upgrade.nanoseconds), logger: logger),
+            successTerminationBehavior: .gracefullyShutdownGroup)
         let heartbeat = HeartbeatService(
             publisher: publisher, counters: counters,
             interval: .nanoseconds(durations.heartbeat.nanoseconds), app: app, mode: mode.rawValue
@@ -452,10 +478,15 @@ struct SidecarCommand: AsyncParsableCommand {
             .init(service: StopOnShutdown("policy subscriber", blocking: { [subscriber] in subscriber?.shutdown() })),
             .init(service: StopOnShutdown("upstream pools", async: { await pools.closeAll() })),
         ]
+        do {
+            try startup.writePIDFileAtStart()
+        } catch {
+            throw ValidationError("cannot write \(named("--pid-file", "LLMTAP_PID_FILE", pidFile ?? "")): \(error)")
+        }
         let services = ServiceGroup(
             configuration: .init(
                 // The sidecar is no use without its listeners: if one stops, everything stops.
-                services: stops + [.init(service: heartbeat)] + checks + listeners,
+                services: stops + [.init(service: heartbeat), upgrader] + checks + listeners,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             ))
@@ -465,6 +496,7 @@ struct SidecarCommand: AsyncParsableCommand {
         } catch {
             failure = error
         }
+        startup.stopped()
         let stats = publisher.stats
         logger.info(
             "llmtap-sidecar stopped", metadata: ["published": "\(stats.published)", "dropped": "\(stats.dropped)"])
@@ -494,7 +526,8 @@ struct SidecarCommand: AsyncParsableCommand {
 
     /// The timeouts and intervals, checked: finite, positive, and at most `EnvironmentSettings.maximumSeconds`.
     func durations() throws(ConfigurationError) -> (
-        upstream: TimeAmount, connect: TimeAmount, client: TimeAmount, drain: TimeAmount, heartbeat: TimeAmount
+        upstream: TimeAmount, connect: TimeAmount, client: TimeAmount, drain: TimeAmount, heartbeat: TimeAmount,
+        upgrade: TimeAmount
     ) {
         (
             upstream: .nanoseconds(
@@ -510,7 +543,10 @@ struct SidecarCommand: AsyncParsableCommand {
                     drainTimeout, option: "--drain-timeout (LLMTAP_DRAIN_TIMEOUT)", allowZero: true)),
             heartbeat: .nanoseconds(
                 try EnvironmentSettings.nanoseconds(
-                    heartbeatInterval, option: "--heartbeat-interval (LLMTAP_HEARTBEAT_INTERVAL)"))
+                    heartbeatInterval, option: "--heartbeat-interval (LLMTAP_HEARTBEAT_INTERVAL)")),
+            upgrade: .nanoseconds(
+                try EnvironmentSettings.nanoseconds(
+                    upgradeTimeout, option: "--upgrade-timeout (LLMTAP_UPGRADE_TIMEOUT)"))
         )
     }
 

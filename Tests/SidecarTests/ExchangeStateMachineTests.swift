@@ -82,7 +82,7 @@ final class ExchangeStateMachineTests: XCTestCase {
         XCTAssertFalse(completion.chunked)
         XCTAssertNil(machine.tap)
         machine.becameIdle(now: at(3))
-        XCTAssertEqual(machine.idleSince, at(3))
+        XCTAssertEqual(machine.idleDeadline, at(3) + machine.limits.clientTimeout)
     }
 
     func testPipelinedRequestsWaitUntilTheExchangeBeforeEnds() throws {
@@ -470,16 +470,43 @@ final class ExchangeStateMachineTests: XCTestCase {
 
     // MARK: Quiesce
 
-    func testQuiesceClosesAnIdleConnectionAtOnce() throws {
+    func testQuiesceGivesAnIdleConnectionAMomentForARequestAlreadySentThenCloses() throws {
         var machine = try machine()
-        XCTAssertTrue(machine.quiesce())
+        let due = try XCTUnwrap(machine.quiesce())
+        XCTAssertEqual(due, start + Machine.quiesceGrace)
+        guard case .check(let again) = machine.idleTimerFired(now: start, bufferedBytes: 0), again == due else {
+            return XCTFail("closed before the grace was over")
+        }
+        guard case .close = machine.idleTimerFired(now: due, bufferedBytes: 0) else { return XCTFail("not closed") }
         XCTAssertFalse(machine.takesRequestEvents)
+    }
+
+    func testARequestInTheQuiesceGraceIsAnsweredWithConnectionClose() throws {
+        var machine = try machine()
+        _ = machine.quiesce()
+        begin(&machine)
+        XCTAssertNil(machine.idleDeadline, "no idle deadline while an exchange is under way")
+        _ = machine.requestEnd()
+        _ = machine.upstreamConnected(Upstream(id: 1), now: start)
+        guard case .write(_, true, _) = machine.upstreamHead(keepAlive: true, framing: .contentLength(2), now: start)
+        else {
+            return XCTFail("the response does not say close")
+        }
+        XCTAssertEqual(try XCTUnwrap(machine.upstreamEnd()).then, .close)
+    }
+
+    func testAConnectionIdleLongerThanTheGraceClosesAtOnceOnQuiesce() throws {
+        var machine = try machine()
+        let due = try XCTUnwrap(machine.quiesce())
+        guard case .close = machine.idleTimerFired(now: due + .seconds(5), bufferedBytes: 0) else {
+            return XCTFail("not closed")
+        }
     }
 
     func testQuiesceMidExchangeFinishesItThenCloses() throws {
         var machine = try machine()
         begin(&machine)
-        XCTAssertFalse(machine.quiesce(), "the exchange under way is not cut")
+        XCTAssertNil(machine.quiesce(), "the exchange under way is not cut")
         _ = machine.requestEnd()
         _ = machine.upstreamConnected(Upstream(id: 1), now: start)
         guard case .write(_, true, _) = machine.upstreamHead(keepAlive: true, framing: .contentLength(2), now: start)
@@ -497,8 +524,12 @@ final class ExchangeStateMachineTests: XCTestCase {
         _ = machine.requestEnd()
         _ = machine.upstreamConnected(Upstream(id: 1), now: start)
         _ = machine.upstreamHead(keepAlive: true, framing: .contentLength(2), now: start)
-        XCTAssertFalse(machine.quiesce())
-        XCTAssertEqual(try XCTUnwrap(machine.upstreamEnd()).then, .close)
+        XCTAssertNil(machine.quiesce())
+        // The head went out without `Connection: close`: the client may send its next request at
+        // once, so the connection waits the grace for it rather than closing under it.
+        XCTAssertEqual(try XCTUnwrap(machine.upstreamEnd()).then, .next)
+        machine.becameIdle(now: start + .seconds(1))
+        XCTAssertEqual(machine.idleDeadline, start + .seconds(1) + Machine.quiesceGrace)
     }
 
     func testAnAnswerWhileQuiescingCloses() throws {

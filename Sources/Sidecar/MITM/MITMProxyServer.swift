@@ -15,6 +15,7 @@ struct MITMProxyServer: Service {
     let publisher: any RecordPublishing
     let counters: SidecarCounters
     let drainTimeout: TimeAmount
+    let startup: Startup
     let logger: Logger
 
     func run() async throws {
@@ -23,7 +24,7 @@ struct MITMProxyServer: Service {
         )
         let listener = DrainingListener(
             name: "mitm", flag: "--mitm-listen", listen: listen, group: group, drainTimeout: drainTimeout,
-            maxConnections: settings.proxy.maxConnections, counters: counters, logger: logger
+            maxConnections: settings.proxy.maxConnections, counters: counters, startup: startup, logger: logger
         )
         try await listener.run(
             childInitializer: { channel in

@@ -181,8 +181,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            // Graceful shutdown: finish the exchange under way, then close; close an idle connection now.
-            if machine.quiesce() { context.close(promise: nil) }
+            // Graceful shutdown: finish the exchange under way, then close; an idle connection
+            // closes once its client has had a moment to send the request it may have sent already.
+            if let deadline = machine.quiesce() {
+                idleTimer.set(at: deadline, on: context.eventLoop) { self.idleTimerFired() }
+            }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -485,8 +488,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     /// No exchange under way: the client has --client-timeout to start (and finish the head of)
     /// its next request. Set again only when it fires early.
     private func armIdleTimer() {
-        guard !idleTimer.isSet, let since = machine.idleSince, let context else { return }
-        idleTimer.set(at: since + settings.clientTimeout, on: context.eventLoop) { self.idleTimerFired() }
+        guard let deadline = machine.idleDeadline, idleTimer.firesTooLate(for: deadline), let context else { return }
+        idleTimer.set(at: deadline, on: context.eventLoop) { self.idleTimerFired() }
     }
 
     private func idleTimerFired() {

@@ -170,6 +170,10 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
     let limits: ExchangeLimits
     /// Graceful shutdown: the exchange under way finishes, then the connection closes.
     private(set) var quiescing = false
+    /// How long a connection that is idle when the sidecar drains stays open for the request its
+    /// client may already have sent (answered with `Connection: close`): a keep-alive client that
+    /// sends its next request as the connection closes loses it, and sees an error it did nothing for.
+    static var quiesceGrace: TimeAmount { .milliseconds(250) }
     /// Since when the client's connection can't take more (it does not read), while an exchange is under way.
     private(set) var unwritableSince: NIODeadline?
 
@@ -505,7 +509,9 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         if case .ended = exchange.request { requestEnded = true }
         var settlement = settle(exchange, outcome: .completed)
         settlement.reusable = requestEnded && upstreamKeepAlive
-        let then: Then = closeAfter || quiescing || !requestEnded ? .close : .next
+        // While draining, a response that did not say `Connection: close` leaves the connection
+        // idle for `quiesceGrace`: its client may send the next request at once.
+        let then: Then = closeAfter || !requestEnded ? .close : .next
         finish(then)
         return Completion(settlement: settlement, chunked: framing == .chunked, then: then)
     }
@@ -566,13 +572,19 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         return (upstream, now + limits.clientTimeout)
     }
 
-    /// Graceful shutdown: the exchange under way finishes, then the connection closes. True when
-    /// it should close now (no exchange under way).
-    mutating func quiesce() -> Bool {
+    /// Graceful shutdown: the exchange under way finishes, with `Connection: close` when its
+    /// response has not started, then the connection closes. An idle connection closes by
+    /// `idleDeadline`, `quiesceGrace` after it went idle; a request that comes first is answered,
+    /// and closes it. The new deadline, when the connection is idle.
+    mutating func quiesce() -> NIODeadline? {
         quiescing = true
-        guard case .idle = state else { return false }
-        state = .closing
-        return true
+        return idleDeadline
+    }
+
+    /// When an idle connection closes (or a head begun by then gets 408).
+    var idleDeadline: NIODeadline? {
+        guard case .idle(let since) = state else { return nil }
+        return since + (quiescing ? min(Self.quiesceGrace, limits.clientTimeout) : limits.clientTimeout)
     }
 
     // MARK: Timers
@@ -661,8 +673,7 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
 
     /// The idle timer fired. `bufferedBytes`: what the parser holds of a head not yet whole.
     mutating func idleTimerFired(now: NIODeadline, bufferedBytes: Int) -> IdleTimerAction {
-        guard case .idle(let since) = state else { return .none }
-        let due = since + limits.clientTimeout
+        guard let due = idleDeadline else { return .none }
         guard now >= due else { return .check(at: due) }
         state = .closing
         guard bufferedBytes > 0 else { return .close }
@@ -670,12 +681,6 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
             LocalAnswer(
                 response: .requestTimeout(limits.clientTimeout), version: .http1_1, shape: .openAI, close: true,
                 reason: .requestHeadTimeout))
-    }
-
-    /// Since when the connection has been idle, if it is.
-    var idleSince: NIODeadline? {
-        if case .idle(let since) = state { return since }
-        return nil
     }
 
     /// The handler moved on after an answer whose connection stays (`Then.next`): the connection is idle from now.

@@ -4,6 +4,10 @@ import NIOExtras
 import NIOPosix
 import Wire
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// A listening socket for proxy connections that drains on graceful shutdown: it stops accepting,
 /// lets what is under way finish within the drain timeout (idle connections close at once), then
 /// closes the rest. The reverse and MITM listeners are both one.
@@ -16,9 +20,11 @@ struct DrainingListener {
     /// Client connections open at once on all listeners; past it a new one gets 503 and is closed.
     let maxConnections: Int
     let counters: SidecarCounters
+    /// The listening sockets (a hot upgrade hands them on) and the word that the process is up.
+    let startup: Startup
     let logger: Logger
 
-    /// Binds, reports readiness with `ready`, waits for `untilShutdown`, then drains.
+    /// Binds (or takes the socket handed over by a hot upgrade), reports readiness with `ready`, waits for `untilShutdown`, then drains.
     func run(
         childInitializer: @escaping @Sendable (any Channel) throws -> Void,
         ready: (any Channel) -> Void,
@@ -26,7 +32,9 @@ struct DrainingListener {
     ) async throws {
         let quiesce = ServerQuiescingHelper(group: group)
         let channel: any Channel
+        let descriptor: CInt
         do {
+            descriptor = try startup.sockets.socket(for: name, address: listen)
             channel = try await ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -50,13 +58,19 @@ struct DrainingListener {
                         try childInitializer(channel)
                     }
                 }
-                .bind(host: listen.host, port: listen.port).get()
+                .withBoundSocket(descriptor).get()
         } catch {
             throw ConfigurationError("cannot listen on \(flag) \(listen): \(error)")
         }
+        // NIO listens again with its own, shorter backlog; this sets it back.
+        _ = Glibc.listen(descriptor, 1024)
+        startup.sockets.listening(name, descriptor: descriptor)
         ready(channel)
+        startup.listenerReady()
 
         await untilShutdown()
+        // From here on the socket closes: an upgrade no longer hands it on.
+        startup.sockets.stopped(name)
         logger.info(
             "draining",
             metadata: [

@@ -19,6 +19,7 @@ struct ReverseProxyServer: Service {
     let publisher: any RecordPublishing
     let counters: SidecarCounters
     let drainTimeout: TimeAmount
+    let startup: Startup
     let logger: Logger
     /// The certificate for each new connection (a reload may change it); nil: plain HTTP.
     var tls: (@Sendable () -> NIOSSLContext?)? = nil
@@ -30,7 +31,7 @@ struct ReverseProxyServer: Service {
         let listener = DrainingListener(
             name: tls == nil ? "reverse" : "https", flag: tls == nil ? "--listen" : "https_port", listen: listen,
             group: group, drainTimeout: drainTimeout, maxConnections: settings.maxConnections, counters: counters,
-            logger: logger
+            startup: startup, logger: logger
         )
         try await listener.run(
             childInitializer: { channel in
