@@ -130,6 +130,13 @@ struct MockControl {
         events = headers.first(name: "x-mock-events").flatMap(Int.init) ?? defaults.events
         eventDelayMs = headers.first(name: "x-mock-event-delay-ms").flatMap(Int.init) ?? defaults.eventDelayMs
         status = headers.first(name: "x-mock-status").flatMap(Int.init)
+        if !defaults.acceptedKeys.isEmpty {
+            let bearer = headers.first(name: "authorization").map {
+                $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : $0
+            }
+            let presented = [bearer, headers.first(name: "x-api-key"), headers.first(name: "x-goog-api-key")]
+            if !presented.contains(where: { $0.map(defaults.acceptedKeys.contains) ?? false }) { status = 401 }
+        }
         eventBytes = headers.first(name: "x-mock-event-bytes").flatMap(Int.init)
         let fail = headers.first(name: "x-mock-fail") ?? ""
         if fail == "hang" { hang = true }

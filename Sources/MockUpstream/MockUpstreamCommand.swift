@@ -40,6 +40,12 @@ struct MockUpstreamCommand: AsyncParsableCommand {
     @Option(help: "Append one JSON line per finished request and per streamed event to this file.")
     var requestLog: String?
 
+    @Option(
+        help:
+            "A key the provider accepts (repeatable): with any, a request without one of them in Authorization: Bearer, x-api-key or x-goog-api-key gets 401 in its provider's shape."
+    )
+    var acceptKey: [String] = []
+
     func validate() throws {
         guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
         guard eventDelayMs >= 0, events >= 0 else {
@@ -61,7 +67,7 @@ struct MockUpstreamCommand: AsyncParsableCommand {
             sslContext = try NIOSSLContext(configuration: configuration)
         }
         let log = try requestLog.map { try RequestLog(path: $0) }
-        let settings = MockSettings(eventDelayMs: eventDelayMs, events: events)
+        let settings = MockSettings(eventDelayMs: eventDelayMs, events: events, acceptedKeys: Set(acceptKey))
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let channel = try await ServerBootstrap(group: group)
@@ -89,6 +95,8 @@ struct MockUpstreamCommand: AsyncParsableCommand {
 struct MockSettings: Sendable {
     let eventDelayMs: Int
     let events: Int
+    /// Empty: any key, or none.
+    var acceptedKeys: Set<String> = []
 }
 
 /// Appends JSON lines off the event loop.

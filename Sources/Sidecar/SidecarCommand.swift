@@ -287,7 +287,7 @@ struct SidecarCommand: AsyncParsableCommand {
         if let (file, path) = SidecarEnvironment.config {
             signal(SIGHUP, SIG_IGN)
             do {
-                let routes = try GatewayRoutes.make(file, environment: Self.environment)
+                let routes = try GatewayRoutes.make(file, environment: Self.environment, logger: logger)
                 var tls: NIOSSLContext?
                 if let httpsPort = file.httpsPort {
                     do {

@@ -27,7 +27,8 @@ struct ConfigReloader: Service {
     func reload() {
         do {
             let file = try GatewayConfigParser.load(path: path, environment: environment)
-            let routes = try GatewayRoutes.make(file, environment: environment, keepingHealthOf: state.routes)
+            let routes = try GatewayRoutes.make(
+                file, environment: environment, keepingHealthOf: state.routes, logger: logger)
             var tls: NIOSSLContext?
             if servesHTTPS {
                 guard let certificate = file.certFile, let key = file.privateKeyFile else {

@@ -21,12 +21,12 @@ final class GatewayRoutes: Sendable {
         /// Its active health check's request, if it has one.
         let probe: HealthProbe?
         /// The keys its requests carry upstream, by weight; nil for none (the client's pass).
-        let keys: WeightedChoice<String>?
+        let keys: WeightedChoice<Key>?
         /// The client keys its requests must show (the file's and its own); nil when none are set.
         let clientKeys: ClientKeys?
 
         init(
-            _ config: ProviderConfig, keys: [(value: String, weight: Double)], clientKeys: [String] = [],
+            _ config: ProviderConfig, keys: [(value: Key, weight: Double)], clientKeys: [String] = [],
             health: ProviderHealth = ProviderHealth()
         ) throws(ConfigurationError) {
             self.health = health
@@ -60,14 +60,41 @@ final class GatewayRoutes: Sendable {
 
         /// The header its credential goes in, and the value: by its type. `advancing`: the next
         /// key by weight (a request); otherwise its first key, taking no request's turn (a probe).
+        /// An Anthropic key from a command is an OAuth token: it goes as `Authorization: Bearer`
+        /// (and the request gets `anthropic-beta: oauth-2025-04-20`, `sendsOAuth`).
         func credential(advancing: Bool = true) -> (header: CredentialHeader, value: String)? {
             guard kind != .forward, let key = advancing ? keys?.next() : keys?.items.first else { return nil }
-            switch kind {
-            case .openai, .forward: return (.authorization, key)
-            case .anthropic: return (.xAPIKey, key)
-            case .gemini: return (.xGoogAPIKey, key)
+            switch (kind, key) {
+            case (.openai, .fixed(let value)), (.forward, .fixed(let value)): return (.authorization, value)
+            case (.openai, .command(let command)), (.forward, .command(let command)):
+                return (.authorization, command.value())
+            case (.anthropic, .fixed(let value)): return (.xAPIKey, value)
+            case (.anthropic, .command(let command)): return (.authorization, command.value())
+            case (.gemini, .fixed(let value)): return (.xGoogAPIKey, value)
+            case (.gemini, .command(let command)): return (.xGoogAPIKey, command.value())
             }
         }
+
+        /// Whether a request with this credential speaks Anthropic's OAuth.
+        func sendsOAuth(_ credential: (header: CredentialHeader, value: String)?) -> Bool {
+            kind == .anthropic && credential?.header == .authorization
+        }
+
+        /// The upstream refused its key (401): a key from a command is fetched again.
+        func keyRefused() {
+            for case .command(let command) in keys?.items ?? [] { command.refused() }
+        }
+
+        /// The commands its keys come from, if any.
+        var commandKeys: [CommandKey] {
+            (keys?.items ?? []).compactMap { if case .command(let command) = $0 { command } else { nil } }
+        }
+    }
+
+    /// A provider key: as the file gave it (or read at start), or the latest a command printed.
+    enum Key: Sendable {
+        case fixed(String)
+        case command(CommandKey)
     }
 
     /// The providers one `host` and `path_prefix` share.
@@ -117,7 +144,8 @@ final class GatewayRoutes: Sendable {
     /// - Parameter previous: the routes a reload replaces: a provider of the same name and place
     ///   keeps its health.
     static func make(
-        _ config: GatewayConfig, environment: [String: String], keepingHealthOf previous: GatewayRoutes? = nil
+        _ config: GatewayConfig, environment: [String: String], keepingHealthOf previous: GatewayRoutes? = nil,
+        logger: Logger = Logger(label: "llmtap.sidecar")
     )
         throws(ConfigurationError) -> GatewayRoutes
     {
@@ -125,9 +153,18 @@ final class GatewayRoutes: Sendable {
         var shared: [String] = []
         for key in config.authKeys { shared.append(try resolve(key, environment: environment, provider: "auth_keys")) }
         for provider in config.providers {
-            var keys: [(value: String, weight: Double)] = []
+            var keys: [(value: Key, weight: Double)] = []
             for key in provider.keys {
-                keys.append((try resolve(key.source, environment: environment, provider: provider.name), key.weight))
+                if case .command(let command) = key.source {
+                    let made = try CommandKey(
+                        command: command, provider: provider.name,
+                        refreshIntervalSeconds: provider.refreshIntervalSeconds, logger: logger)
+                    keys.append((.command(made), key.weight))
+                } else {
+                    keys.append(
+                        (.fixed(try resolve(key.source, environment: environment, provider: provider.name)), key.weight)
+                    )
+                }
             }
             var clientKeys = shared
             for key in provider.authKeys {
@@ -161,9 +198,12 @@ final class GatewayRoutes: Sendable {
             while value.last == "\n" || value.last == "\r" { value.removeLast() }
             guard !value.isEmpty else { throw ConfigurationError("provider \(provider): \(source) is empty") }
             return value
-        case .command:
-            throw ConfigurationError(
-                "provider \(provider): $(command) keys are read and checked, but running them is not in this build yet")
+        case .command(let command):
+            // A client key from a command is read once, like a file's.
+            switch CommandKey.run(command) {
+            case .success(let value): return value
+            case .failure(let failure): throw ConfigurationError("provider \(provider): its $(command) key \(failure)")
+            }
         }
     }
 

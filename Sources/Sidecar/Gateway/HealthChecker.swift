@@ -53,10 +53,10 @@ final class HealthChecker: Service, @unchecked Sendable {
         out.writeString(
             "\(probe.method) \(provider.target.basePath)\(probe.path) HTTP/1.1\r\nhost: \(provider.target.authority)\r\n"
         )
-        if let credential = provider.credential(advancing: false) {
-            credential.header.writeField(credential.value, into: &out)
-        }
+        let credential = provider.credential(advancing: false)
+        if let credential { credential.header.writeField(credential.value, into: &out) }
         if provider.kind == .anthropic { out.writeStaticString("anthropic-version: 2023-06-01\r\n") }
+        if provider.sendsOAuth(credential) { out.writeStaticString("anthropic-beta: oauth-2025-04-20\r\n") }
         for (name, value) in probe.headers { out.writeString("\(name): \(value)\r\n") }
         if !probe.body.isEmpty || ["POST", "PUT", "PATCH"].contains(probe.method) {
             out.writeString("content-length: \(probe.body.utf8.count)\r\n")

@@ -359,12 +359,20 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         credential: (header: CredentialHeader, value: String)?
     ) -> UpstreamRequestPart {
         var bytes = context.channel.allocator.buffer(capacity: 1024)
-        // Anthropic's API wants its version header; a client of another SDK may not send one.
-        let version: (name: StaticString, value: StaticString)? =
-            provider?.kind == .anthropic && !HeaderRules.has("anthropic-version", in: head.headers)
-            ? ("anthropic-version", "2023-06-01") : nil
+        // Anthropic's API wants its version header; a client of another SDK may not send one. An
+        // OAuth token (a command's key) needs the beta that accepts it.
+        var extra: StaticString?
+        if let provider, provider.kind == .anthropic {
+            let version = !HeaderRules.has("anthropic-version", in: head.headers)
+            switch (version, provider.sendsOAuth(credential)) {
+            case (true, true): extra = "anthropic-version: 2023-06-01\r\nanthropic-beta: oauth-2025-04-20\r\n"
+            case (true, false): extra = "anthropic-version: 2023-06-01\r\n"
+            case (false, true): extra = "anthropic-beta: oauth-2025-04-20\r\n"
+            case (false, false): extra = nil
+            }
+        }
         HeaderRules.writeUpstreamRequestHead(
-            head, uri: uri, target: target, clientIP: clientIP, credential: credential, extraField: version,
+            head, uri: uri, target: target, clientIP: clientIP, credential: credential, extraLines: extra,
             into: &bytes)
         return .head(bytes, chunked: head.chunked, isHEAD: head.method == .HEAD)
     }
@@ -557,6 +565,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             change =
                 settlement.tap.status >= 500
                 ? provider.health.failed(now: NIODeadline.now().uptimeNanoseconds) : provider.health.succeeded()
+            // Its key was refused: one from a command is fetched again.
+            if settlement.tap.status == 401 { provider.keyRefused() }
         default:
             // Refused here, or the client left: nothing said of the provider.
             change = nil

@@ -62,7 +62,7 @@ enum HeaderRules {
     static func writeUpstreamRequestHead(
         _ head: ClientRequestHead, uri: String, target: UpstreamTarget, clientIP: String?,
         credential: (header: CredentialHeader, value: String)? = nil,
-        extraField: (name: StaticString, value: StaticString)? = nil, into out: inout ByteBuffer
+        extraLines: StaticString? = nil, into out: inout ByteBuffer
     ) {
         out.writeString(head.method.rawValue)
         out.writeStaticString(" ")
@@ -119,12 +119,7 @@ enum HeaderRules {
             out.writeStaticString("\r\n")
         }
         if let credential { credential.header.writeField(credential.value, into: &out) }
-        if let extraField {
-            out.writeStaticString(extraField.name)
-            out.writeStaticString(": ")
-            out.writeStaticString(extraField.value)
-            out.writeStaticString("\r\n")
-        }
+        if let extraLines { out.writeStaticString(extraLines) }
         if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
         out.writeStaticString("\r\n")
     }
