@@ -9,14 +9,20 @@ struct HeartbeatService: Service {
     let interval: Duration
     let app: String
     let mode: String
+    /// A configuration's providers (the routes in use now, after any reload), for their state.
+    let gateway: GatewayState?
     private let started = ContinuousClock.now
 
-    init(publisher: AnalysisPublisher, counters: SidecarCounters, interval: Duration, app: String, mode: String) {
+    init(
+        publisher: AnalysisPublisher, counters: SidecarCounters, interval: Duration, app: String, mode: String,
+        gateway: GatewayState? = nil
+    ) {
         self.publisher = publisher
         self.counters = counters
         self.interval = interval
         self.app = app
         self.mode = mode
+        self.gateway = gateway
     }
 
     func run() async throws {
@@ -44,6 +50,14 @@ struct HeartbeatService: Service {
         beat.mode = mode
         beat.app = app
         beat.intervalMs = UInt32(clamping: interval.inMilliseconds)
+        beat.providers = (gateway?.routes.providers ?? []).map { provider in
+            let (isDown, failures) = provider.health.snapshot
+            var state = WireProviderState()
+            state.name = provider.name
+            state.up = !isDown
+            state.failures = UInt32(clamping: failures)
+            return state
+        }
         return beat
     }
 }

@@ -287,7 +287,8 @@ struct SidecarCommand: AsyncParsableCommand {
         if let (file, path) = SidecarEnvironment.config {
             signal(SIGHUP, SIG_IGN)
             do {
-                let routes = try GatewayRoutes.make(file, environment: Self.environment, logger: logger)
+                let routes = try GatewayRoutes.make(
+                    file, environment: Self.environment, keyHasher: TenantHasher(key: tenantKey), logger: logger)
                 var tls: NIOSSLContext?
                 if let httpsPort = file.httpsPort {
                     do {
@@ -453,7 +454,8 @@ struct SidecarCommand: AsyncParsableCommand {
                 .init(
                     service: ConfigReloader(
                         path: path, state: gateway, servesHTTPS: file.httpsPort != nil,
-                        environment: ProcessInfo.processInfo.environment, logger: logger)))
+                        environment: ProcessInfo.processInfo.environment, keyHasher: TenantHasher(key: tenantKey),
+                        logger: logger)))
         }
         startup.expect(listeners: listeners.count)
         // Once the process a SIGUSR2 starts is ready, the upgrader returns: everything stops as on SIGTERM.
@@ -464,7 +466,7 @@ struct SidecarCommand: AsyncParsableCommand {
             successTerminationBehavior: .gracefullyShutdownGroup)
         let heartbeat = HeartbeatService(
             publisher: publisher, counters: counters,
-            interval: .nanoseconds(durations.heartbeat.nanoseconds), app: app, mode: mode.rawValue
+            interval: .nanoseconds(durations.heartbeat.nanoseconds), app: app, mode: mode.rawValue, gateway: gateway
         )
         // Every long-lived part, in the order they depend on each other: SIGTERM or SIGINT stops
         // them one at a time from the last. The listeners drain first, then the heartbeat stops;

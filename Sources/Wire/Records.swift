@@ -6,6 +6,7 @@ public typealias WireRequest = Llmtap_Wire_V1_Request
 public typealias WireStreamChunk = Llmtap_Wire_V1_StreamChunk
 public typealias WireResponseDone = Llmtap_Wire_V1_ResponseDone
 public typealias WireHeartbeat = Llmtap_Wire_V1_Heartbeat
+public typealias WireProviderState = Llmtap_Wire_V1_ProviderState
 public typealias WireHeader = Llmtap_Wire_V1_Header
 public typealias IngressMode = Llmtap_Wire_V1_IngressMode
 public typealias Direction = Llmtap_Wire_V1_Direction

@@ -476,6 +476,18 @@ public nonisolated struct Llmtap_Wire_V1_ResponseDone: Sendable {
   /// "policy_unavailable", "credential_missing". Empty for every other rejection.
   public var rejectReason: String = String()
 
+  /// Upstreams the request was sent to, or tried: 1 for most, more when a gateway tried another
+  /// provider (a connect that failed counts), 0 when the sidecar answered before any (a refusal).
+  public var attempts: UInt32 = 0
+
+  /// The gateway provider (its configuration `name`) of the last attempt: the one that answered,
+  /// if any did. Empty without a configuration file.
+  public var provider: String = String()
+
+  /// Which of the provider's keys went upstream: a keyed hash, as tenant ids are (never the key).
+  /// Empty when the provider has no keys of its own.
+  public var providerKeyID: String = String()
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -525,6 +537,29 @@ public nonisolated struct Llmtap_Wire_V1_Heartbeat: Sendable {
 
   /// Exchanges ended because the client stopped reading its response for --client-timeout.
   public var stalledClients: UInt64 = 0
+
+  /// Each gateway provider's state (a configuration file's providers, in its order).
+  public var providers: [Llmtap_Wire_V1_ProviderState] = []
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+/// One gateway provider as the sidecar sees it, in its heartbeat.
+public nonisolated struct Llmtap_Wire_V1_ProviderState: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The provider's `name` in the configuration.
+  public var name: String = String()
+
+  /// False while it is out after failures (cooling down, or awaiting a good answer).
+  public var up: Bool = false
+
+  /// Failures in a row; 0 once it answers well.
+  public var failures: UInt32 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1082,7 +1117,7 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ResponseDone"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}status\0\u{1}headers\0\u{3}upstream_first_byte_unix_nanos\0\u{3}end_unix_nanos\0\u{3}request_bytes\0\u{3}response_bytes\0\u{1}outcome\0\u{1}error\0\u{3}response_chunks\0\u{3}response_truncated\0\u{3}reject_reason\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}status\0\u{1}headers\0\u{3}upstream_first_byte_unix_nanos\0\u{3}end_unix_nanos\0\u{3}request_bytes\0\u{3}response_bytes\0\u{1}outcome\0\u{1}error\0\u{3}response_chunks\0\u{3}response_truncated\0\u{3}reject_reason\0\u{1}attempts\0\u{1}provider\0\u{3}provider_key_id\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1102,6 +1137,9 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
       case 10: try { try decoder.decodeSingularUInt64Field(value: &self.responseChunks) }()
       case 11: try { try decoder.decodeSingularBoolField(value: &self.responseTruncated) }()
       case 12: try { try decoder.decodeSingularStringField(value: &self.rejectReason) }()
+      case 13: try { try decoder.decodeSingularUInt32Field(value: &self.attempts) }()
+      case 14: try { try decoder.decodeSingularStringField(value: &self.provider) }()
+      case 15: try { try decoder.decodeSingularStringField(value: &self.providerKeyID) }()
       default: break
       }
     }
@@ -1144,6 +1182,15 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
     if !self.rejectReason.isEmpty {
       try visitor.visitSingularStringField(value: self.rejectReason, fieldNumber: 12)
     }
+    if self.attempts != 0 {
+      try visitor.visitSingularUInt32Field(value: self.attempts, fieldNumber: 13)
+    }
+    if !self.provider.isEmpty {
+      try visitor.visitSingularStringField(value: self.provider, fieldNumber: 14)
+    }
+    if !self.providerKeyID.isEmpty {
+      try visitor.visitSingularStringField(value: self.providerKeyID, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1160,6 +1207,9 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
     if lhs.responseChunks != rhs.responseChunks {return false}
     if lhs.responseTruncated != rhs.responseTruncated {return false}
     if lhs.rejectReason != rhs.rejectReason {return false}
+    if lhs.attempts != rhs.attempts {return false}
+    if lhs.provider != rhs.provider {return false}
+    if lhs.providerKeyID != rhs.providerKeyID {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1167,7 +1217,7 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
 
 nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".Heartbeat"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}published\0\u{1}dropped\0\u{3}queue_depth\0\u{3}queue_bytes\0\u{3}in_flight\0\u{3}open_connections\0\u{3}uptime_ms\0\u{1}version\0\u{1}mode\0\u{1}app\0\u{3}interval_ms\0\u{3}malformed_requests\0\u{3}refused_connections\0\u{3}stalled_clients\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}published\0\u{1}dropped\0\u{3}queue_depth\0\u{3}queue_bytes\0\u{3}in_flight\0\u{3}open_connections\0\u{3}uptime_ms\0\u{1}version\0\u{1}mode\0\u{1}app\0\u{3}interval_ms\0\u{3}malformed_requests\0\u{3}refused_connections\0\u{3}stalled_clients\0\u{1}providers\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1189,6 +1239,7 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
       case 12: try { try decoder.decodeSingularUInt64Field(value: &self.malformedRequests) }()
       case 13: try { try decoder.decodeSingularUInt64Field(value: &self.refusedConnections) }()
       case 14: try { try decoder.decodeSingularUInt64Field(value: &self.stalledClients) }()
+      case 15: try { try decoder.decodeRepeatedMessageField(value: &self.providers) }()
       default: break
       }
     }
@@ -1237,6 +1288,9 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
     if self.stalledClients != 0 {
       try visitor.visitSingularUInt64Field(value: self.stalledClients, fieldNumber: 14)
     }
+    if !self.providers.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.providers, fieldNumber: 15)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1255,6 +1309,47 @@ nonisolated extension Llmtap_Wire_V1_Heartbeat: SwiftProtobuf.Message, SwiftProt
     if lhs.malformedRequests != rhs.malformedRequests {return false}
     if lhs.refusedConnections != rhs.refusedConnections {return false}
     if lhs.stalledClients != rhs.stalledClients {return false}
+    if lhs.providers != rhs.providers {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Llmtap_Wire_V1_ProviderState: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ProviderState"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}name\0\u{1}up\0\u{1}failures\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 2: try { try decoder.decodeSingularBoolField(value: &self.up) }()
+      case 3: try { try decoder.decodeSingularUInt32Field(value: &self.failures) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 1)
+    }
+    if self.up != false {
+      try visitor.visitSingularBoolField(value: self.up, fieldNumber: 2)
+    }
+    if self.failures != 0 {
+      try visitor.visitSingularUInt32Field(value: self.failures, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Llmtap_Wire_V1_ProviderState, rhs: Llmtap_Wire_V1_ProviderState) -> Bool {
+    if lhs.name != rhs.name {return false}
+    if lhs.up != rhs.up {return false}
+    if lhs.failures != rhs.failures {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

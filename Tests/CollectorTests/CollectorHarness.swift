@@ -1,6 +1,9 @@
 import Foundation
+import GRDB
 import TestSupport
 import XCTest
+
+@testable import Collector
 
 /// A real llmtap-collector, started as a user starts it, in a folder of its own, on free ports.
 final class CollectorHarness: @unchecked Sendable {
@@ -84,6 +87,15 @@ final class CollectorHarness: @unchecked Sendable {
             guard key == name || key.hasPrefix(name + "{") else { return false }
             return labels.allSatisfy { key.contains("\($0.key)=\"\($0.value)\"") }
         }.values.reduce(0, +)
+    }
+
+    /// The exchanges stored so far, read from its SQLite file as any reader would.
+    func rows() throws -> [ExchangeRecord] {
+        var configuration = Configuration()
+        configuration.readonly = true
+        return try DatabaseQueue(path: databasePath, configuration: configuration).read { db in
+            try ExchangeRecord.fetchAll(db)
+        }
     }
 
     func stop(_ signal: Int32 = SIGTERM) -> Int32? {

@@ -29,11 +29,7 @@ final class CollectorRobustnessTests: XCTestCase {
     }
 
     private func rows(_ collector: CollectorHarness) throws -> [ExchangeRecord] {
-        var configuration = Configuration()
-        configuration.readonly = true
-        return try DatabaseQueue(path: collector.databasePath, configuration: configuration).read { db in
-            try ExchangeRecord.fetchAll(db)
-        }
+        try collector.rows()
     }
 
     func testEveryKindOfBadInputIsCountedAndTheCollectorCarriesOn() throws {

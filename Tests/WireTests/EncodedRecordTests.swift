@@ -88,6 +88,9 @@ final class EncodedRecordTests: XCTestCase {
         fields.responseChunks = 300
         fields.responseTruncated = true
         fields.rejectReason = "budget_exceeded"
+        fields.attempts = 2
+        fields.provider = "openai-east"
+        fields.providerKeyID = "0123456789abcdef"
         for (fields, withHeaders) in [(ResponseDoneFields(), false), (fields, true)] {
             var expected = WireResponseDone()
             expected.exchangeID = fields.exchangeID
@@ -102,6 +105,9 @@ final class EncodedRecordTests: XCTestCase {
             expected.responseChunks = fields.responseChunks
             expected.responseTruncated = fields.responseTruncated
             expected.rejectReason = fields.rejectReason
+            expected.attempts = fields.attempts
+            expected.provider = fields.provider
+            expected.providerKeyID = fields.providerKeyID
             let record = EncodedRecord.responseDone(
                 fields, headers: StringHeaderFields(withHeaders ? headers : []), isSecret: isSecret)
             XCTAssertEqual(record.bytes, try expected.serializedBytes() as [UInt8])

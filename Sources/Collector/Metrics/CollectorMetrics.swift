@@ -14,6 +14,12 @@ final class CollectorMetrics: Sendable {
     let models: LabelBounds
     let apps: LabelBounds
     let sidecars: LabelBounds
+    /// Gateway provider names (a sidecar configuration's), across sidecars.
+    let providers = LabelBounds(limit: 200)
+    /// Each sidecar's provider labels in its last heartbeat: one a reload removed loses its gauge.
+    private let providerLabels = Mutex<[String: Set<String>]>([:])
+    /// Providers one heartbeat may put on `/metrics`; more are left out.
+    static let maxProvidersPerSidecar = 64
     private let links = Mutex<[String: LinkState]>([:])
     /// The receiver's refusal counts as last turned into counter increments.
     private let receiverSeen = Mutex<[String: UInt64]>([:])
@@ -295,7 +301,37 @@ final class CollectorMetrics: Sendable {
                 ("sidecar", label)
             ])
         if increase > 0 { dropped.increment(by: Int64(clamping: increase)) }
+        providerStates(sidecar: label, beat.providers)
         updateSidecarUp(nowUnix: nowUnix)
+    }
+
+    /// `provider_up{sidecar, provider}` from a heartbeat: 1 while the sidecar sends to it, 0
+    /// while it is out after failures. A provider the sidecar no longer names loses its series.
+    private func providerStates(sidecar: String, _ states: [WireProviderState]) {
+        let descriptor = descriptor(
+            "provider_up", "",
+            "1 while a sidecar's gateway provider takes requests, 0 while it is out after failures, from its heartbeats."
+        )
+        var named: Set<String> = []
+        var values: [String: Bool] = [:]
+        for state in states.prefix(Self.maxProvidersPerSidecar) {
+            let label = providers.label(state.name)
+            named.insert(label)
+            // Two names folded into "other": up only if both are.
+            values[label] = (values[label] ?? true) && state.up
+        }
+        for (label, up) in values {
+            registry.makeGauge(descriptor: descriptor, labels: [("sidecar", sidecar), ("provider", label)]).set(
+                to: up ? 1 : 0)
+        }
+        let gone = providerLabels.withLock { labels -> Set<String> in
+            defer { labels[sidecar] = named }
+            return (labels[sidecar] ?? []).subtracting(named)
+        }
+        for label in gone {
+            registry.unregisterGauge(
+                registry.makeGauge(descriptor: descriptor, labels: [("sidecar", sidecar), ("provider", label)]))
+        }
     }
 
     /// Continues from the heartbeat counts a previous run saved, so its drops are not counted again.

@@ -123,6 +123,13 @@ struct AppDatabase: Sendable {
                 t.column("allowed_models", .text).notNull().defaults(to: "[]")
             }
         }
+        migrator.registerMigration("v4: gateway providers and attempts") { db in
+            try db.alter(table: ExchangeRecord.databaseTableName) { t in
+                t.add(column: "gateway_provider", .text).notNull().defaults(to: "")
+                t.add(column: "provider_key_id", .text).notNull().defaults(to: "")
+                t.add(column: "attempts", .integer).notNull().defaults(to: 0)
+            }
+        }
         return migrator
     }
 

@@ -49,6 +49,12 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
     var projectID = ""
     /// Why policy refused it (outcome "rejected"), else empty.
     var rejectReason = ""
+    /// The sidecar's gateway provider (its configuration `name`) that answered, and which of its
+    /// keys went (a keyed hash); empty without a configuration.
+    var gatewayProvider = ""
+    var providerKeyID = ""
+    /// Upstreams tried: more than 1 when the gateway retried elsewhere; 0 when none was.
+    var attempts = 0
 
     enum CodingKeys: String, CodingKey {
         case sidecarID = "sidecar_id"
@@ -82,6 +88,9 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
         case keyID = "key_id"
         case projectID = "project_id"
         case rejectReason = "reject_reason"
+        case gatewayProvider = "gateway_provider"
+        case providerKeyID = "provider_key_id"
+        case attempts
     }
 
     /// "2xx", "4xx", ...; "none" when the client received no status.
@@ -147,5 +156,8 @@ extension ExchangeRecord {
         keyID = request?.keyID ?? ""
         projectID = request?.projectID ?? ""
         rejectReason = done?.rejectReason ?? ""
+        gatewayProvider = done?.provider ?? ""
+        providerKeyID = done?.providerKeyID ?? ""
+        attempts = Int(done?.attempts ?? 0)
     }
 }

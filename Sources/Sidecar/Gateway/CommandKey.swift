@@ -13,10 +13,12 @@ final class CommandKey: Sendable {
     let command: String
     let provider: String
     private let refreshNanos: UInt64
+    private let keyHasher: TenantHasher
     private let logger: Logger
 
     private struct State {
         var value: String
+        var id: String
         var fetchedAt: UInt64
         var running = false
         var runs = 1
@@ -30,14 +32,19 @@ final class CommandKey: Sendable {
     static let minimumRerunNanos: UInt64 = 1_000_000_000
 
     /// Runs the command now (a configuration that can't get its key is refused).
-    init(command: String, provider: String, refreshIntervalSeconds: Double, logger: Logger) throws(ConfigurationError) {
+    init(
+        command: String, provider: String, refreshIntervalSeconds: Double,
+        keyHasher: TenantHasher = TenantHasher(key: TenantHasher.defaultKey), logger: Logger
+    ) throws(ConfigurationError) {
         self.command = command
         self.provider = provider
         refreshNanos = UInt64(max(1, refreshIntervalSeconds) * 1e9)
+        self.keyHasher = keyHasher
         self.logger = logger
         switch Self.run(command) {
         case .success(let value):
-            state = Mutex(State(value: value, fetchedAt: NIODeadline.now().uptimeNanoseconds))
+            state = Mutex(
+                State(value: value, id: keyHasher.tenant(for: value), fetchedAt: NIODeadline.now().uptimeNanoseconds))
             logger.info(
                 "a key command ran", metadata: ["provider": "\(provider)", "runs": "1", "why": "start"])
         case .failure(let failure):
@@ -47,13 +54,18 @@ final class CommandKey: Sendable {
 
     /// The key now; a refresh starts in the background once it is due.
     func value(now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> String {
-        let (value, due) = state.withLock { state -> (String, Bool) in
-            guard !state.running, now - state.fetchedAt >= refreshNanos else { return (state.value, false) }
+        current(now: now).value
+    }
+
+    /// The key now and its id; a refresh starts in the background once it is due.
+    func current(now: UInt64 = NIODeadline.now().uptimeNanoseconds) -> (value: String, id: String) {
+        let (value, id, due) = state.withLock { state -> (String, String, Bool) in
+            guard !state.running, now - state.fetchedAt >= refreshNanos else { return (state.value, state.id, false) }
             state.running = true
-            return (state.value, true)
+            return (state.value, state.id, true)
         }
         if due { refresh(why: "refresh_interval") }
-        return value
+        return (value, id)
     }
 
     /// The upstream answered 401 to the key: run the command again (unless it just ran).
@@ -71,11 +83,13 @@ final class CommandKey: Sendable {
     private func refresh(why: String) {
         Thread.detachNewThread { [self] in
             let result = Self.run(command)
+            let id = (try? result.get()).map(keyHasher.tenant(for:)) ?? ""
             let runs = state.withLock { state -> Int in
                 state.running = false
                 state.runs += 1
                 if case .success(let value) = result {
                     state.value = value
+                    state.id = id
                     state.fetchedAt = NIODeadline.now().uptimeNanoseconds
                 } else {
                     // The key before serves on; the next try waits for the next interval.

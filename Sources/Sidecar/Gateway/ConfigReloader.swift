@@ -15,6 +15,8 @@ struct ConfigReloader: Service {
     /// Whether the sidecar serves HTTPS: only then is a certificate read.
     let servesHTTPS: Bool
     let environment: [String: String]
+    /// Key ids for the records, as at start.
+    let keyHasher: TenantHasher
     let logger: Logger
 
     func run() async throws {
@@ -28,7 +30,7 @@ struct ConfigReloader: Service {
         do {
             let file = try GatewayConfigParser.load(path: path, environment: environment)
             let routes = try GatewayRoutes.make(
-                file, environment: environment, keepingHealthOf: state.routes, logger: logger)
+                file, environment: environment, keepingHealthOf: state.routes, keyHasher: keyHasher, logger: logger)
             var tls: NIOSSLContext?
             if servesHTTPS {
                 guard let certificate = file.certFile, let key = file.privateKeyFile else {

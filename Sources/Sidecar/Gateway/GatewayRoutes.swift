@@ -58,20 +58,31 @@ final class GatewayRoutes: Sendable {
             }
         }
 
+        /// A key as it goes upstream: its header, its value, and its id for the records.
+        struct Credential {
+            let header: CredentialHeader
+            let value: String
+            let keyID: String
+
+            var pair: (header: CredentialHeader, value: String) { (header, value) }
+        }
+
         /// The header its credential goes in, and the value: by its type. `advancing`: the next
         /// key by weight (a request); otherwise its first key, taking no request's turn (a probe).
         /// An Anthropic key from a command is an OAuth token: it goes as `Authorization: Bearer`
         /// (and the request gets `anthropic-beta: oauth-2025-04-20`, `sendsOAuth`).
-        func credential(advancing: Bool = true) -> (header: CredentialHeader, value: String)? {
+        func credential(advancing: Bool = true) -> Credential? {
             guard kind != .forward, let key = advancing ? keys?.next() : keys?.items.first else { return nil }
+            let (value, keyID): (String, String)
+            switch key {
+            case .fixed(let fixed, let id): (value, keyID) = (fixed, id)
+            case .command(let command): (value, keyID) = command.current()
+            }
             switch (kind, key) {
-            case (.openai, .fixed(let value)), (.forward, .fixed(let value)): return (.authorization, value)
-            case (.openai, .command(let command)), (.forward, .command(let command)):
-                return (.authorization, command.value())
-            case (.anthropic, .fixed(let value)): return (.xAPIKey, value)
-            case (.anthropic, .command(let command)): return (.authorization, command.value())
-            case (.gemini, .fixed(let value)): return (.xGoogAPIKey, value)
-            case (.gemini, .command(let command)): return (.xGoogAPIKey, command.value())
+            case (.openai, _), (.forward, _): return Credential(header: .authorization, value: value, keyID: keyID)
+            case (.anthropic, .fixed): return Credential(header: .xAPIKey, value: value, keyID: keyID)
+            case (.anthropic, .command): return Credential(header: .authorization, value: value, keyID: keyID)
+            case (.gemini, _): return Credential(header: .xGoogAPIKey, value: value, keyID: keyID)
             }
         }
 
@@ -91,9 +102,10 @@ final class GatewayRoutes: Sendable {
         }
     }
 
-    /// A provider key: as the file gave it (or read at start), or the latest a command printed.
+    /// A provider key: as the file gave it (or read at start), or the latest a command printed;
+    /// with its id, a keyed hash (`TenantHasher`), which the records carry instead.
     enum Key: Sendable {
-        case fixed(String)
+        case fixed(String, id: String)
         case command(CommandKey)
     }
 
@@ -145,6 +157,7 @@ final class GatewayRoutes: Sendable {
     ///   keeps its health.
     static func make(
         _ config: GatewayConfig, environment: [String: String], keepingHealthOf previous: GatewayRoutes? = nil,
+        keyHasher: TenantHasher = TenantHasher(key: TenantHasher.defaultKey),
         logger: Logger = Logger(label: "llmtap.sidecar")
     )
         throws(ConfigurationError) -> GatewayRoutes
@@ -158,12 +171,11 @@ final class GatewayRoutes: Sendable {
                 if case .command(let command) = key.source {
                     let made = try CommandKey(
                         command: command, provider: provider.name,
-                        refreshIntervalSeconds: provider.refreshIntervalSeconds, logger: logger)
+                        refreshIntervalSeconds: provider.refreshIntervalSeconds, keyHasher: keyHasher, logger: logger)
                     keys.append((.command(made), key.weight))
                 } else {
-                    keys.append(
-                        (.fixed(try resolve(key.source, environment: environment, provider: provider.name)), key.weight)
-                    )
+                    let value = try resolve(key.source, environment: environment, provider: provider.name)
+                    keys.append((.fixed(value, id: keyHasher.tenant(for: value)), key.weight))
                 }
             }
             var clientKeys = shared

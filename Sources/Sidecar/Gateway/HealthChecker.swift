@@ -53,7 +53,7 @@ final class HealthChecker: Service, @unchecked Sendable {
         out.writeString(
             "\(probe.method) \(provider.target.basePath)\(probe.path) HTTP/1.1\r\nhost: \(provider.target.authority)\r\n"
         )
-        let credential = provider.credential(advancing: false)
+        let credential = provider.credential(advancing: false)?.pair
         if let credential { credential.header.writeField(credential.value, into: &out) }
         if provider.kind == .anthropic { out.writeStaticString("anthropic-version: 2023-06-01\r\n") }
         if provider.sendsOAuth(credential) { out.writeStaticString("anthropic-beta: oauth-2025-04-20\r\n") }

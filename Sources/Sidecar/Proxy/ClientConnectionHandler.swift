@@ -304,8 +304,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             // Not a virtual key: a route with client keys wants one of them instead.
             if let clientKeys = provider?.clientKeys, !clientKeys.accepts(head.headers, uri: head.uri) {
                 refusal = .invalidClientKey()
-            } else if refusal == nil {
-                credential = provider?.credential()
+            } else if refusal == nil, let chosen = provider?.credential() {
+                credential = chosen.pair
+                tap.providerKeyID = chosen.keyID
             }
         case .reject(let response, let rejectedKeyID, let projectID):
             tap.policy(keyID: rejectedKeyID, projectID: projectID)
@@ -316,7 +317,12 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             keyID = grant.keyID
             holdsSlot = grant.holdsSlot
             grantCredential = (grant.header, grant.upstreamCredential)
-            credential = provider?.credential() ?? grantCredential
+            if let chosen = provider?.credential() {
+                credential = chosen.pair
+                tap.providerKeyID = chosen.keyID
+            } else {
+                credential = grantCredential
+            }
             if !grant.allowedModels.isEmpty && ModelScanner.modelInPath(uri) == nil {
                 allowedModels = grant.allowedModels
             }
@@ -395,6 +401,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     // MARK: The upstream connection
 
     private func connectUpstream() {
+        machine.tap?.attempts += 1
         // One connection's requests go to one upstream unless a gateway routes them apart.
         let target = machine.target ?? self.target
         let pool =
@@ -448,14 +455,16 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             return false
         }
         let target = decision.provider.target
+        let chosen = decision.provider.credential()
         let head = upstreamHead(
             retry.head, uri: target.basePath + decision.uri, target: target, provider: decision.provider,
-            credential: decision.provider.credential() ?? retry.grantCredential)
+            credential: chosen?.pair ?? retry.grantCredential)
         guard machine.retarget(target, head: head) else { return false }
         exchangeLogger(tap.exchangeID).info(
             "retrying on another provider: none of the request reached the first",
             metadata: ["failed": "\(failed.name)", "provider": "\(decision.provider.name)", "error": "\(error)"])
         tap.provider = decision.provider
+        tap.providerKeyID = chosen?.keyID ?? ""
         self.retry = retry
         connectUpstream()
         return true

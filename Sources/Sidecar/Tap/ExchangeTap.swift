@@ -30,6 +30,10 @@ struct TapSettings: Sendable {
 final class ExchangeTap {
     /// The gateway provider the exchange went to, if a configuration routed it: told how it went.
     var provider: GatewayRoutes.Provider?
+    /// Which of the provider's keys went upstream (a keyed hash), if one of its own did.
+    var providerKeyID = ""
+    /// Upstreams tried: each connect counts, whether or not it succeeded.
+    var attempts: UInt32 = 0
     let exchangeID: String
     private let publisher: any RecordPublishing
     private let settings: TapSettings
@@ -160,6 +164,9 @@ final class ExchangeTap {
         done.rejectReason = rejectReason
         done.responseChunks = chunkIndex
         done.responseTruncated = responseTruncated
+        done.attempts = attempts
+        done.provider = provider?.name ?? ""
+        done.providerKeyID = providerKeyID
         publisher.publish(EncodedRecord.responseDone(done, headers: responseHeaders, isSecret: Self.isSecret))
     }
 

@@ -105,6 +105,9 @@ public struct ResponseDoneFields: Sendable {
     public var responseChunks: UInt64 = 0
     public var responseTruncated = false
     public var rejectReason = ""
+    public var attempts: UInt32 = 0
+    public var provider = ""
+    public var providerKeyID = ""
 
     public init() {}
 }
@@ -174,6 +177,9 @@ extension EncodedRecord {
             out.varint(10, done.responseChunks)
             out.varint(11, done.responseTruncated ? 1 : 0)
             out.string(12, done.rejectReason)
+            out.varint(13, UInt64(done.attempts))
+            out.string(14, done.provider)
+            out.string(15, done.providerKeyID)
         }
     }
 }
