@@ -12,6 +12,7 @@ final class MockProviderHandler: ChannelInboundHandler, RemovableChannelHandler 
     private var head: HTTPRequestHead?
     private var body = ByteBuffer()
     private var peer = ""
+    private var requests = 0
 
     init(settings: MockSettings, log: RequestLog?) {
         self.settings = settings
@@ -39,6 +40,12 @@ final class MockProviderHandler: ChannelInboundHandler, RemovableChannelHandler 
         case .end:
             guard let head else { return }
             self.head = nil
+            requests += 1
+            if let limit = settings.requestsPerConnection, requests > limit {
+                log?.append(["event": "dropped_unanswered", "peer": peer, "path": head.uri])
+                context.close(promise: nil)
+                return
+            }
             respond(context: context, to: head, body: body.readableBytesView.map { $0 })
         }
     }
@@ -129,7 +136,7 @@ struct MockControl {
     init(_ headers: HTTPHeaders, defaults: MockSettings) {
         events = headers.first(name: "x-mock-events").flatMap(Int.init) ?? defaults.events
         eventDelayMs = headers.first(name: "x-mock-event-delay-ms").flatMap(Int.init) ?? defaults.eventDelayMs
-        status = headers.first(name: "x-mock-status").flatMap(Int.init)
+        status = headers.first(name: "x-mock-status").flatMap(Int.init) ?? defaults.status
         if !defaults.acceptedKeys.isEmpty {
             let bearer = headers.first(name: "authorization").map {
                 $0.hasPrefix("Bearer ") ? String($0.dropFirst(7)) : $0

@@ -46,6 +46,15 @@ struct MockUpstreamCommand: AsyncParsableCommand {
     )
     var acceptKey: [String] = []
 
+    @Option(help: "Answer every request with this status, in its provider's error shape (x-mock-status overrides it).")
+    var status: Int?
+
+    @Option(
+        help:
+            "Serve this many requests on a connection, then close it on the next one without answering (an upstream that dropped a keep-alive connection as a request came)."
+    )
+    var requestsPerConnection: Int?
+
     func validate() throws {
         guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
         guard eventDelayMs >= 0, events >= 0 else {
@@ -67,7 +76,9 @@ struct MockUpstreamCommand: AsyncParsableCommand {
             sslContext = try NIOSSLContext(configuration: configuration)
         }
         let log = try requestLog.map { try RequestLog(path: $0) }
-        let settings = MockSettings(eventDelayMs: eventDelayMs, events: events, acceptedKeys: Set(acceptKey))
+        let settings = MockSettings(
+            eventDelayMs: eventDelayMs, events: events, acceptedKeys: Set(acceptKey), status: status,
+            requestsPerConnection: requestsPerConnection)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let channel = try await ServerBootstrap(group: group)
@@ -97,6 +108,8 @@ struct MockSettings: Sendable {
     let events: Int
     /// Empty: any key, or none.
     var acceptedKeys: Set<String> = []
+    var status: Int?
+    var requestsPerConnection: Int?
 }
 
 /// Appends JSON lines off the event loop.

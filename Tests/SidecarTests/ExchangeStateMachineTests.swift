@@ -291,6 +291,29 @@ final class ExchangeStateMachineTests: XCTestCase {
         XCTAssertFalse(machine.retarget(target, head: newHead), "once attached, bytes may have gone: no retarget")
     }
 
+    func testASentRequestIsReplayedOnlyBeforeAnyOfItsAnswerWentOut() throws {
+        var machine = try machine()
+        begin(&machine)
+        _ = machine.upstreamConnected(Upstream(id: 1), now: start)
+        _ = machine.requestBody(body, now: start)
+        let elsewhere = try UpstreamTarget(url: "http://127.0.0.2:10")
+        let held: [UpstreamRequestPart] = [
+            .head(ByteBuffer(string: "POST /y HTTP/1.1\r\n\r\n"), chunked: false, isHEAD: false), .body(body),
+        ]
+        XCTAssertEqual(machine.replay(to: elsewhere, parts: held)?.id, 1, "the connection given up")
+        XCTAssertEqual(machine.target, elsewhere)
+        // The rest of the body, still coming, waits with what was held.
+        _ = machine.requestEnd()
+        guard case .attach(let parts, _) = machine.upstreamConnected(Upstream(id: 2), now: start) else {
+            return XCTFail("not attached")
+        }
+        guard parts.count == 3, case .head = parts[0], case .body = parts[1], case .end = parts[2] else {
+            return XCTFail("\(parts)")
+        }
+        _ = machine.upstreamHead(keepAlive: true, framing: .contentLength(2), now: start)
+        XCTAssertNil(machine.replay(to: target, parts: held), "the answer has begun: never again")
+    }
+
     func testAnUpstreamResetBeforeTheHeadIs502() throws {
         var machine = try machine()
         begin(&machine)

@@ -9,12 +9,12 @@ struct MockProvider {
     let port: Int
     let log: URL
 
-    init(port: Int? = nil) throws {
+    init(port: Int? = nil, arguments: [String] = []) throws {
         self.port = try port ?? freeTCPPort()
         log = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-mock-\(UUID()).jsonl")
         process = try RunningProcess(
             product: "llmtap-mock-upstream",
-            arguments: ["--listen", "127.0.0.1:\(self.port)", "--request-log", log.path])
+            arguments: ["--listen", "127.0.0.1:\(self.port)", "--request-log", log.path] + arguments)
         guard eventually({ process.stdout.contains("listening on") }) else {
             throw TestFailure("the mock did not start: \(process.stderr)")
         }
@@ -402,6 +402,85 @@ final class GatewayRoutingTests: XCTestCase {
 
     /// SIGHUP under load: every request answered, the new weights in effect at once, and a file
     /// that can't be used refused while the one before it keeps serving.
+    /// `retry_on`: a provider's 429 sends a request (its body held, up to 64 KiB) to the route's
+    /// next provider before any of the answer reaches the client; a larger body gets the 429.
+    func testAStatusInRetryOnSendsTheHeldRequestToTheNextProvider() throws {
+        let busy = try Mock(arguments: ["--status", "429"])
+        let spare = try Mock()
+        let port = try freeTCPPort()
+        let folder = try makeFolder()
+        let (sidecar, _) = try startGateway(
+            """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            providers:
+              - {name: busy, type: openai, endpoint: 127.0.0.1, port: \(busy.port), tls: false, weight: 1000, retry_on: [429], api_key: sk-busy}
+              - {name: spare, type: openai, endpoint: 127.0.0.1, port: \(spare.port), tls: false, weight: 1, api_key: sk-spare}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+            """, in: folder)
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            for mock in [busy, spare] { mock.process.signal(SIGTERM) }
+        }
+        func chat(_ content: String, stream: Bool = false) throws -> (status: Int, body: String) {
+            let body =
+                #"{"model":"gpt-4o-mini","stream":\#(stream),"messages":[{"role":"user","content":"\#(content)"}]}"#
+            let result = try curlWithStatus([
+                "-s", "http://127.0.0.1:\(port)/v1/chat/completions", "-H", "content-type: application/json",
+                "-d", body,
+            ])
+            return (result.status, String(decoding: result.body, as: UTF8.self))
+        }
+        let small = String(repeating: "a", count: 20_000)
+        let (status, body) = try chat(small)
+        XCTAssertEqual(status, 200, body)
+        XCTAssertEqual(busy.requests.count, 1, "busy had it first")
+        XCTAssertEqual(spare.requests.count, 1, "and spare got it again, whole")
+        XCTAssertEqual(spare.requests.last?.headers["authorization"], "Bearer sk-spare")
+        XCTAssertTrue(sidecar.stderr.contains("the first answered a status its retry_on lists"), sidecar.stderr)
+        // Streamed too: nothing of busy's answer went out, so spare's stream is the client's.
+        let streamed = try chat("hi", stream: true)
+        XCTAssertEqual(streamed.status, 200)
+        XCTAssertTrue(streamed.body.contains("data: [DONE]"), streamed.body)
+        XCTAssertFalse(streamed.body.contains("mock error 429"), streamed.body)
+        // Past 64 KiB the body is not held: busy's 429 is the answer.
+        let large = try chat(String(repeating: "b", count: 70_000))
+        XCTAssertEqual(large.status, 429, large.body)
+        XCTAssertEqual(spare.requests.count, 2)
+    }
+
+    /// An upstream that drops a pooled keep-alive connection as a request comes: the request goes
+    /// again on a new connection to the same provider, and the client never sees the break.
+    func testARequestOnAPooledConnectionThatBrokeGoesAgainOnANewOne() throws {
+        let flaky = try Mock(arguments: ["--requests-per-connection", "1"])
+        let port = try freeTCPPort()
+        let folder = try makeFolder()
+        let (sidecar, _) = try startGateway(
+            """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            providers:
+              - {name: flaky, type: openai, endpoint: 127.0.0.1, port: \(flaky.port), tls: false, api_key: sk-f}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+            """, in: folder)
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            flaky.process.signal(SIGTERM)
+        }
+        for index in 0..<20 {
+            let result = try curlWithStatus([
+                "-s", "http://127.0.0.1:\(port)/v1/chat/completions", "-H", "content-type: application/json",
+                "-d", #"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"n\#(index)"}]}"#,
+            ])
+            XCTAssertEqual(result.status, 200, "request \(index): \(String(decoding: result.body, as: UTF8.self))")
+        }
+        XCTAssertEqual(flaky.requests.count, 20, "each answered once")
+        XCTAssertTrue(
+            sidecar.stderr.contains("a pooled upstream connection broke before answering"), sidecar.stderr)
+    }
+
     func testSIGHUPReloadsUnderLoadWithoutAFailedRequest() throws {
         let (a, b) = (try Mock(), try Mock())
         let port = try freeTCPPort()

@@ -15,6 +15,9 @@ final class GatewayRoutes: Sendable {
         let isFallback: Bool
         /// Other providers a request may try when this one can't be reached.
         let retries: Int
+        /// Statuses of its answers that send the request to another provider instead (429, 502,
+        /// 503, 504), when none of the answer has reached the client and the body was held.
+        let retryOn: Set<UInt>
         /// From what its requests (and its health checks) saw: out for a cool-down after failures.
         /// A reload keeps it for a provider of the same name and place.
         let health: ProviderHealth
@@ -36,6 +39,7 @@ final class GatewayRoutes: Sendable {
             target = try UpstreamTarget(url: "\(config.tls ? "https" : "http")://\(host):\(config.port)")
             isFallback = config.isFallback
             retries = config.retries
+            retryOn = Set(config.retryOn.map { UInt($0) })
             probe = config.probe
             self.keys = keys.isEmpty ? nil : WeightedChoice(keys.map(\.value), weights: keys.map(\.weight))
             self.clientKeys = clientKeys.isEmpty ? nil : ClientKeys(clientKeys)

@@ -65,6 +65,28 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         var left: Int
         /// A virtual key's project credential, for a provider without keys of its own.
         let grantCredential: (header: CredentialHeader, value: String)?
+        /// The request's body parts so far (and its end), kept to send again after the upstream
+        /// took them: nil once they pass `maxHeldBytes` (then only an unsent request is retried).
+        var held: [UpstreamRequestPart]? = []
+        var heldBytes = 0
+        /// The attempt under way writes to a connection from the pool, which may have broken
+        /// while idle: if it fails before any answer, the same request goes on a new one.
+        var pooled = false
+
+        /// A body up to this size is held for a retry.
+        static let maxHeldBytes = 64 << 10
+
+        mutating func hold(_ part: UpstreamRequestPart) {
+            guard held != nil else { return }
+            if case .body(let buffer) = part {
+                heldBytes += buffer.readableBytes
+                guard heldBytes <= Self.maxHeldBytes else {
+                    held = nil
+                    return
+                }
+            }
+            held!.append(part)
+        }
     }
     private var idleTimer = ConnectionTimer()
 
@@ -222,6 +244,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             // Parts after a request answered early, before its end arrived, belong to nothing.
             guard let tap = machine.tap else { return }
             tap.requestBody(buffer)
+            if retry != nil { retry!.hold(.body(buffer)) }
             switch machine.requestBody(buffer, now: .now()) {
             case .forward(let upstream):
                 upstream.handler.send(.body(buffer))
@@ -234,6 +257,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         case .end:
             guard let tap = machine.tap else { return }
             tap.requestEnded()
+            if retry != nil { retry!.hold(.end) }
             switch machine.requestEnd() {
             case .forward(let upstream):
                 upstream.handler.send(.end)
@@ -339,7 +363,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
                 retry = Retry(
                     routes: routes, head: head, host: host, tried: [],
                     left: provider.retries,
-                    grantCredential: grantCredential)
+                    grantCredential: grantCredential, held: [headPart])
             }
         }
         if refusal == nil { tap.provider = provider }
@@ -400,14 +424,17 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     // MARK: The upstream connection
 
-    private func connectUpstream() {
+    /// `fresh`: a new connection, not one from the pool (the one before broke).
+    private func connectUpstream(fresh: Bool = false) {
         machine.tap?.attempts += 1
+        retry?.pooled = false
         // One connection's requests go to one upstream unless a gateway routes them apart.
         let target = machine.target ?? self.target
         let pool =
             self.pool.flatMap { $0.target == target ? $0 : nil } ?? pools.pool(for: context.eventLoop, target: target)
         self.pool = pool
-        if let connection = pool.idleConnection() {
+        if !fresh, let connection = pool.idleConnection() {
+            retry?.pooled = true
             // Inside the read that brought the head: the rest of the request usually came with it,
             // so the flush at the end of this read sends it all in one write.
             connected(connection, flushNow: false)
@@ -422,7 +449,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     private func connected(_ connection: UpstreamConnection, flushNow: Bool) {
-        retry = nil
+        // Kept only while the request could be sent again: after it reached an upstream, a retry
+        // needs its body.
+        if retry?.held == nil { retry = nil }
         switch machine.upstreamConnected(connection, now: .now()) {
         case .release:
             pool?.release(connection)
@@ -445,21 +474,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     /// A gateway's request whose provider could not be reached (so none of it got there) goes to
     /// the route's next choice, up to the provider's `retries`. True when it went.
     private func retryElsewhere(after error: any Error) -> Bool {
-        guard var retry, retry.left > 0, let gateway = retry.routes, let tap = machine.tap,
-            let failed = tap.provider
+        guard var retry, let tap = machine.tap, let failed = tap.provider,
+            let (decision, head, chosen) = nextAttempt(&retry, leaving: failed),
+            machine.retarget(decision.provider.target, head: head)
         else { return false }
         failed.log(failed.health.failed(now: NIODeadline.now().uptimeNanoseconds), why: "\(error)", logger: logger)
-        retry.tried.append(ObjectIdentifier(failed))
-        retry.left -= 1
-        guard let decision = gateway.route(host: retry.host, uri: retry.head.uri, excluding: retry.tried) else {
-            return false
-        }
-        let target = decision.provider.target
-        let chosen = decision.provider.credential()
-        let head = upstreamHead(
-            retry.head, uri: target.basePath + decision.uri, target: target, provider: decision.provider,
-            credential: chosen?.pair ?? retry.grantCredential)
-        guard machine.retarget(target, head: head) else { return false }
         exchangeLogger(tap.exchangeID).info(
             "retrying on another provider: none of the request reached the first",
             metadata: ["failed": "\(failed.name)", "provider": "\(decision.provider.name)", "error": "\(error)"])
@@ -468,6 +487,72 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         self.retry = retry
         connectUpstream()
         return true
+    }
+
+    /// The route's next provider for the request, and its head written for it; `retry` counts the
+    /// try. Nil when no try is left, or no other provider.
+    private func nextAttempt(_ retry: inout Retry, leaving failed: GatewayRoutes.Provider) -> (
+        GatewayRoutes.Decision, UpstreamRequestPart, GatewayRoutes.Provider.Credential?
+    )? {
+        guard retry.left > 0, let gateway = retry.routes else { return nil }
+        retry.tried.append(ObjectIdentifier(failed))
+        retry.left -= 1
+        guard let decision = gateway.route(host: retry.host, uri: retry.head.uri, excluding: retry.tried) else {
+            return nil
+        }
+        let target = decision.provider.target
+        let chosen = decision.provider.credential()
+        let head = upstreamHead(
+            retry.head, uri: target.basePath + decision.uri, target: target, provider: decision.provider,
+            credential: chosen?.pair ?? retry.grantCredential)
+        if retry.held != nil { retry.held![0] = head }
+        return (decision, head, chosen)
+    }
+
+    /// The provider answered with a status it retries on (`retry_on`) before any of the answer
+    /// went to the client: the request, held whole so far, goes to the route's next provider.
+    /// True when it went.
+    private func replayElsewhere(status: UInt) -> Bool {
+        guard var retry, retry.held != nil, let tap = machine.tap, let failed = tap.provider,
+            let (decision, _, chosen) = nextAttempt(&retry, leaving: failed), let parts = retry.held,
+            let answered = machine.replay(to: decision.provider.target, parts: parts)
+        else { return false }
+        giveUp(answered)
+        // A 5xx counts against its health; a 429 says only that it is busy.
+        if status >= 500 {
+            failed.log(
+                failed.health.failed(now: NIODeadline.now().uptimeNanoseconds), why: "status \(status)", logger: logger)
+        }
+        exchangeLogger(tap.exchangeID).info(
+            "retrying on another provider: the first answered a status its retry_on lists, and none of it reached the client",
+            metadata: ["failed": "\(failed.name)", "provider": "\(decision.provider.name)", "status": "\(status)"])
+        tap.provider = decision.provider
+        tap.providerKeyID = chosen?.keyID ?? ""
+        self.retry = retry
+        connectUpstream()
+        return true
+    }
+
+    /// A connection from the pool broke before any answer (it had been closed while idle): the
+    /// request, held whole so far, goes again to the same provider on a new connection, once.
+    private func replayOnNewConnection(after error: any Error) -> Bool {
+        guard var retry, retry.pooled, let parts = retry.held, let target = machine.target, let tap = machine.tap,
+            let broken = machine.replay(to: target, parts: parts)
+        else { return false }
+        giveUp(broken)
+        retry.pooled = false
+        self.retry = retry
+        exchangeLogger(tap.exchangeID).info(
+            "a pooled upstream connection broke before answering; sending the request again on a new one",
+            metadata: ["error": "\(error)"])
+        connectUpstream(fresh: true)
+        return true
+    }
+
+    /// An upstream connection whose answer is not wanted: closed, and nothing of it read on.
+    private func giveUp(_ connection: UpstreamConnection) {
+        connection.handler.sink = nil
+        connection.channel.close(promise: nil)
     }
 
     // MARK: Timers
@@ -666,6 +751,15 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
 extension ClientConnectionHandler: UpstreamResponseSink {
     func upstreamResponseHead(_ head: UpstreamResponseHead) {
+        if retry != nil {
+            if let provider = machine.tap?.provider, provider.retryOn.contains(head.status.code),
+                replayElsewhere(status: head.status.code)
+            {
+                return
+            }
+            // Answered: nothing of the request is sent again, and its body need not be kept.
+            retry = nil
+        }
         guard
             case .write(let framing, let close, let version) = machine.upstreamHead(
                 keepAlive: head.keepAlive, framing: head.framing, now: .now()), let tap = machine.tap
@@ -707,6 +801,7 @@ extension ClientConnectionHandler: UpstreamResponseSink {
     }
 
     func upstreamFailed(_ error: any Error) {
+        if retry != nil, replayOnNewConnection(after: error) { return }
         if let failure = machine.upstreamFailed(error) { perform(failure) }
     }
 }

@@ -450,6 +450,22 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         return true
     }
 
+    /// The upstream's connection is given up before any of its answer went to the client (a
+    /// status the gateway retries on, or a pooled connection that broke): the request goes again
+    /// on a new connection to `target`, from `parts` (its head written for `target`, and every
+    /// piece of it sent so far; what is still to come is buffered as it comes). The connection
+    /// given up, for the caller to close; nil when no exchange is in that state.
+    mutating func replay(to target: UpstreamTarget, parts: [UpstreamRequestPart]) -> Upstream? {
+        guard case .exchanging(let exchange) = state, case .attached(let upstream, _) = exchange.link,
+            case .notStarted = exchange.response
+        else { return nil }
+        state = .exchanging(
+            Exchange(
+                facts: exchange.facts.retargeted(target), request: exchange.request,
+                link: .connecting(buffered: parts), response: .notStarted))
+        return upstream
+    }
+
     /// No connection could be made: a 502, if the exchange still waits for one.
     mutating func upstreamConnectFailed(_ error: any Error) -> LocalAnswer? {
         guard case .exchanging(let exchange) = state, case .connecting = exchange.link else { return nil }
