@@ -424,8 +424,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     // MARK: The upstream connection
 
-    /// `fresh`: a new connection, not one from the pool (the one before broke).
-    private func connectUpstream(fresh: Bool = false) {
+    /// `fresh`: a new connection, not one from the pool (the one before broke). `inClientRead`:
+    /// called while a read of the client is handled, whose end flushes what goes upstream; a
+    /// retry (called from an upstream's event) must flush itself.
+    private func connectUpstream(fresh: Bool = false, inClientRead: Bool = true) {
         machine.tap?.attempts += 1
         retry?.pooled = false
         // One connection's requests go to one upstream unless a gateway routes them apart.
@@ -437,7 +439,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             retry?.pooled = true
             // Inside the read that brought the head: the rest of the request usually came with it,
             // so the flush at the end of this read sends it all in one write.
-            connected(connection, flushNow: false)
+            connected(connection, flushNow: !inClientRead)
         } else {
             pool.connect().assumeIsolated().whenComplete { result in
                 switch result {
@@ -485,7 +487,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         tap.provider = decision.provider
         tap.providerKeyID = chosen?.keyID ?? ""
         self.retry = retry
-        connectUpstream()
+        connectUpstream(inClientRead: false)
         return true
     }
 
@@ -529,7 +531,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         tap.provider = decision.provider
         tap.providerKeyID = chosen?.keyID ?? ""
         self.retry = retry
-        connectUpstream()
+        connectUpstream(inClientRead: false)
         return true
     }
 
@@ -545,7 +547,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         exchangeLogger(tap.exchangeID).info(
             "a pooled upstream connection broke before answering; sending the request again on a new one",
             metadata: ["error": "\(error)"])
-        connectUpstream(fresh: true)
+        connectUpstream(fresh: true, inClientRead: false)
         return true
     }
 
