@@ -32,6 +32,9 @@ struct BenchCommand: AsyncParsableCommand {
     @Option(help: "Requests in all.")
     var requests = 1000
 
+    @Option(help: "Seconds to keep sending for, whatever is left of --requests (the requests under way then finish).")
+    var duration: Double?
+
     @Option(help: "Connections sending at once.")
     var concurrency = 16
 
@@ -43,6 +46,12 @@ struct BenchCommand: AsyncParsableCommand {
 
     @Option(help: "Also write the results as JSON to this file.")
     var output: String?
+
+    @Option(
+        help:
+            "Also write every request to this file, one line each: when it ended (Unix ms), its latency (ms), and 1 or 0 for ok (to see what an event under load did, and when)."
+    )
+    var samples: String?
 
     @Option(help: "Seconds before a request counts as failed.")
     var timeout: Double = 120
@@ -72,7 +81,7 @@ struct BenchCommand: AsyncParsableCommand {
         let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: target.path, headers: headers)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: min(System.coreCount, concurrency))
-        let remaining = RequestBudget(requests)
+        let remaining = RequestBudget(requests, until: duration.map { .now + .milliseconds(Int64($0 * 1000)) })
         let requestTimeout = TimeAmount.milliseconds(Int64(timeout * 1000))
         let started = ContinuousClock.now
         let results = try await withThrowingTaskGroup(of: [Sample].self) { tasks in
@@ -92,6 +101,14 @@ struct BenchCommand: AsyncParsableCommand {
             samples: results, duration: started.duration(to: .now), concurrency: concurrency, stream: stream)
         try? await group.shutdownGracefully()
         print(report.text)
+        if let samples {
+            var text = "end_unix_ms,latency_ms,ok\n"
+            for sample in results.sorted(by: { $0.endedUnixMs < $1.endedUnixMs }) {
+                let ms = Double(sample.latency.components.attoseconds) / 1e15 + Double(sample.latency.components.seconds) * 1000
+                text += String(format: "%.3f,%.3f,%d\n", sample.endedUnixMs, ms, sample.ok ? 1 : 0)
+            }
+            try text.write(toFile: samples, atomically: true, encoding: .utf8)
+        }
         if let output {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -140,18 +157,23 @@ struct Sample: Sendable {
     var ok: Bool
     /// The server will take another request on this connection.
     var keepAlive = true
+    /// When it ended, Unix milliseconds.
+    var endedUnixMs = Date().timeIntervalSince1970 * 1000
 }
 
 /// Requests left to send, shared by every connection.
 final class RequestBudget: Sendable {
     private let left: Atomic<Int>
+    private let until: ContinuousClock.Instant?
 
-    init(_ count: Int) {
+    init(_ count: Int, until: ContinuousClock.Instant? = nil) {
         left = Atomic(count)
+        self.until = until
     }
 
-    /// Takes one; false when none are left.
+    /// Takes one; false when none are left, or the time is up.
     func take() -> Bool {
-        left.subtract(1, ordering: .relaxed).oldValue > 0
+        if let until, ContinuousClock.now >= until { return false }
+        return left.subtract(1, ordering: .relaxed).oldValue > 0
     }
 }

@@ -399,6 +399,13 @@ struct SidecarCommand: AsyncParsableCommand {
         }
         var listeners: [ServiceGroupConfiguration.ServiceConfiguration] = []
         let drain = durations.drain
+        // connect_tunnel_enabled: the gateway's listeners also open blind CONNECT tunnels (to --mitm-ports).
+        var tunnels: MITMSettings?
+        if let (file, _) = SidecarEnvironment.config, file.connectTunnelEnabled {
+            tunnels = MITMSettings(
+                proxy: reverseSettings, allowlist: try Allowlist(allowlist), ports: try Self.ports(mitmPorts),
+                denyUnlisted: false, connectTimeout: durations.connect)
+        }
         if mode != .mitm, let plainListen {
             listeners.append(
                 .init(
@@ -406,7 +413,7 @@ struct SidecarCommand: AsyncParsableCommand {
                         listen: try ListenAddress(plainListen), group: group, target: target, settings: reverseSettings,
                         pools: pools,
                         publisher: publisher,
-                        counters: counters, drainTimeout: drain, startup: startup, logger: logger
+                        counters: counters, drainTimeout: drain, startup: startup, logger: logger, tunnels: tunnels
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }
@@ -417,7 +424,7 @@ struct SidecarCommand: AsyncParsableCommand {
                     service: ReverseProxyServer(
                         listen: try ListenAddress("\(host):\(httpsPort)"), group: group, target: target,
                         settings: reverseSettings, pools: pools, publisher: publisher, counters: counters,
-                        drainTimeout: drain, startup: startup, logger: logger, tls: { gateway.tls }
+                        drainTimeout: drain, startup: startup, logger: logger, tls: { gateway.tls }, tunnels: tunnels
                     ), successTerminationBehavior: .gracefullyShutdownGroup,
                     failureTerminationBehavior: .gracefullyShutdownGroup))
         }

@@ -554,3 +554,77 @@ final class GatewayRoutingTests: XCTestCase {
         XCTAssertTrue(sidecar.process.isRunning)
     }
 }
+
+/// `connect_tunnel_enabled`: the gateway's listener also opens blind CONNECT tunnels, to
+/// --mitm-ports only, and with `auth_keys` only for a client key in `Proxy-Authorization`.
+final class GatewayTunnelTests: XCTestCase {
+    func testConnectTunnelsNeedTheSettingAnAllowedPortAndAClientKey() throws {
+        let mock = try MockProvider()
+        let port = try freeTCPPort()
+        let folder = try makeFolder()
+        let yaml = """
+            http_port: \(port)
+            http_bind_address: 127.0.0.1
+            auth_keys: [team-tunnel-key]
+            connect_tunnel_enabled: true
+            providers:
+              - {name: p, type: openai, endpoint: 127.0.0.1, port: \(mock.port), tls: false, api_key: sk-p}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
+            """
+        let (sidecar, config) = try startGateway(yaml, in: folder, arguments: ["--mitm-ports", "\(mock.port)"])
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            mock.process.signal(SIGTERM)
+        }
+        let target = "http://127.0.0.1:\(mock.port)/v1/models"
+        // Through the tunnel: the mock itself answers (no credential swap: the tunnel is blind).
+        let tunnelled = try curlWithStatus(["-s", "-p", "-x", "http://me:team-tunnel-key@127.0.0.1:\(port)", target])
+        XCTAssertEqual(tunnelled.status, 200)
+        XCTAssertTrue(String(decoding: tunnelled.body, as: UTF8.self).contains("gpt-4o-mini"))
+        let bearer = try curlWithStatus([
+            "-s", "-p", "-x", "http://127.0.0.1:\(port)", "--proxy-header",
+            "Proxy-Authorization: Bearer team-tunnel-key",
+            target,
+        ])
+        XCTAssertEqual(bearer.status, 200)
+        // No key, a wrong key: 407 with its challenge; another port: 403.
+        for proxy in ["http://127.0.0.1:\(port)", "http://me:wrong@127.0.0.1:\(port)"] {
+            let refused = try curlWithStatus([
+                "-s", "-p", "-x", proxy, target,
+            ])
+            XCTAssertEqual(refused.status, 407, proxy)
+        }
+        let elsewhere = try curlWithStatus([
+            "-s", "-p", "-x", "http://me:team-tunnel-key@127.0.0.1:\(port)",
+            "http://127.0.0.1:\(try freeTCPPort())/",
+        ])
+        XCTAssertEqual(elsewhere.status, 403)
+        XCTAssertTrue(sidecar.stderr.contains("CONNECT to 127.0.0.1:\(mock.port) without a client key"), sidecar.stderr)
+        XCTAssertFalse(sidecar.stderr.contains("team-tunnel-key"))
+        // The same listener still routes the gateway's own requests.
+        let routed = try curlWithStatus([
+            "-s", "-H", "authorization: Bearer team-tunnel-key", "http://127.0.0.1:\(port)/v1/models",
+        ])
+        XCTAssertEqual(routed.status, 200)
+        XCTAssertEqual(mock.requests.last?.headers["authorization"], "Bearer sk-p")
+
+        // Without the setting, a CONNECT is no tunnel.
+        sidecar.signal(SIGTERM)
+        _ = sidecar.waitForExit()
+        try yaml.replacingOccurrences(of: "connect_tunnel_enabled: true", with: "connect_tunnel_enabled: false")
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let plain = try RunningProcess(
+            product: "llmtap-sidecar", arguments: ["--config", config, "--mitm-ports", "\(mock.port)"])
+        defer {
+            plain.signal(SIGTERM)
+            _ = plain.waitForExit()
+        }
+        XCTAssertTrue(eventually { plain.stderr.contains("reverse listener ready") }, plain.stderr)
+        let closed = try curlWithStatus([
+            "-s", "-p", "-x", "http://me:team-tunnel-key@127.0.0.1:\(port)",
+            target,
+        ])
+        XCTAssertNotEqual(closed.status, 200)
+    }
+}

@@ -1,3 +1,5 @@
+import Foundation
+
 /// The client keys (`auth_keys`) a gateway route accepts: a request must present one in any of
 /// the headers an SDK may put its key in (`Authorization: Bearer`, `x-api-key`, `api-key`,
 /// `x-goog-api-key`) or Gemini's `key` parameter. Every presented value is compared with every
@@ -11,6 +13,30 @@ final class ClientKeys: Sendable {
     }
 
     var isEmpty: Bool { keys.isEmpty }
+
+    /// A CONNECT's `Proxy-Authorization`: `Bearer KEY`, or `Basic` with the key as the password
+    /// (`http://user:KEY@gateway:8080` as HTTPS_PROXY).
+    func acceptsProxyAuthorization(_ headers: RawHeaderFields) -> Bool {
+        var found: String?
+        headers.forEachField { name, value in
+            if found == nil, RawHeaderFields.equalsIgnoringCase(name, "proxy-authorization") {
+                found = String(decoding: value, as: UTF8.self)
+            }
+        }
+        guard let value = found else { return false }
+        let parts = value.split(separator: " ", maxSplits: 1).map(String.init)
+        guard parts.count == 2 else { return false }
+        switch parts[0].lowercased() {
+        case "bearer":
+            return matches(parts[1].trimmingCharacters(in: .whitespaces))
+        case "basic":
+            guard let decoded = Data(base64Encoded: parts[1].trimmingCharacters(in: .whitespaces)) else { return false }
+            let text = String(decoding: decoded, as: UTF8.self)
+            return matches(text.firstIndex(of: ":").map { String(text[text.index(after: $0)...]) } ?? text)
+        default:
+            return false
+        }
+    }
 
     func accepts(_ headers: RawHeaderFields, uri: String) -> Bool {
         var accepted = false

@@ -192,7 +192,7 @@ final class GatewayRoutes: Sendable {
             }
             providers.append((provider, made))
         }
-        return GatewayRoutes(providers: providers)
+        return GatewayRoutes(providers: providers, clientKeys: shared)
     }
 
     static func resolve(_ source: KeySource, environment: [String: String], provider: String) throws(ConfigurationError)
@@ -225,11 +225,14 @@ final class GatewayRoutes: Sendable {
 
     let providers: [Provider]
     var isEmpty: Bool { providers.isEmpty }
+    /// The file's own `auth_keys` (every route's), which a CONNECT tunnel must show; nil when none.
+    let clientKeys: ClientKeys?
     /// Most specific first: the longest prefix, then a named host before any host.
     let routes: [Route]
 
-    init(providers: [(config: ProviderConfig, provider: Provider)]) {
+    init(providers: [(config: ProviderConfig, provider: Provider)], clientKeys: [String] = []) {
         self.providers = providers.map(\.provider)
+        self.clientKeys = clientKeys.isEmpty ? nil : ClientKeys(clientKeys)
         var groups: [String: [(config: ProviderConfig, provider: Provider)]] = [:]
         var order: [String] = []
         for entry in providers {

@@ -13,6 +13,10 @@ import Wire
 /// - an absolute-form `http://` request: to an allowlisted host, forwarded over https; to any
 ///   other, as plain HTTP without analysis (or 403).
 /// It then takes itself out of the pipeline.
+///
+/// In front of a gateway listener with `connect_tunnel_enabled` (`reverse`), a connection whose
+/// first request is `CONNECT` becomes a blind tunnel (its port in --mitm-ports, its client key in
+/// `Proxy-Authorization` when `auth_keys` are set: else 407); any other becomes the gateway's.
 final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -25,9 +29,16 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         case done
     }
 
+    /// A gateway listener's: where its other requests go, and the client keys a tunnel needs.
+    struct Reverse: Sendable {
+        let settings: ProxySettings
+        let target: UpstreamTarget
+    }
+
     private let settings: MITMSettings
     private let pools: UpstreamPools
-    private let leaves: LeafContextCache
+    private let leaves: LeafContextCache?
+    private let reverse: Reverse?
     private let publisher: any RecordPublishing
     private let counters: SidecarCounters
     private let logger: Logger
@@ -40,12 +51,13 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var quiesceWhenSwitched = false
 
     init(
-        settings: MITMSettings, pools: UpstreamPools, leaves: LeafContextCache, publisher: any RecordPublishing,
-        counters: SidecarCounters, logger: Logger
+        settings: MITMSettings, pools: UpstreamPools, leaves: LeafContextCache?, reverse: Reverse? = nil,
+        publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger
     ) {
         self.settings = settings
         self.pools = pools
         self.leaves = leaves
+        self.reverse = reverse
         self.publisher = publisher
         self.counters = counters
         self.logger = logger
@@ -107,6 +119,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private func route(_ head: ClientRequestHead, context: ChannelHandlerContext) {
+        if let reverse { return routeForGateway(head, reverse: reverse, context: context) }
         if head.method == .CONNECT {
             guard let (host, port) = ProxyTarget.connect(head.uri) else {
                 return refuse(
@@ -164,9 +177,36 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
         hand(over: handler, replaying: received, context: context)
     }
 
+    /// A gateway listener's connection: a tunnel, or the gateway's from its first byte.
+    private func routeForGateway(_ head: ClientRequestHead, reverse: Reverse, context: ChannelHandlerContext) {
+        guard head.method == .CONNECT else {
+            let handler = ClientConnectionHandler(
+                settings: reverse.settings, target: reverse.target, pools: pools, publisher: publisher,
+                counters: counters, logger: logger)
+            return hand(over: handler, replaying: received, context: context)
+        }
+        guard let (host, port) = ProxyTarget.connect(head.uri) else {
+            return refuse(
+                context, .badRequest("CONNECT needs host:port, not \(head.uri)"),
+                why: "CONNECT without a port: \(head.uri)")
+        }
+        guard settings.ports.contains(port) else {
+            return refuse(
+                context, .forbidden("CONNECT to port \(port) is not allowed (--mitm-ports)"),
+                why: "CONNECT to \(host):\(port), outside --mitm-ports")
+        }
+        if let keys = reverse.settings.gateway?.routes.clientKeys, !keys.acceptsProxyAuthorization(head.headers) {
+            return refuse(
+                context, .proxyAuthenticationRequired(), why: "CONNECT to \(host):\(port) without a client key")
+        }
+        held.writeImmutableBuffer(parser.takeBuffered())
+        tunnel(host: host, port: port, context: context)
+    }
+
     // MARK: CONNECT
 
     private func intercept(host: String, port: Int, context: ChannelHandlerContext) {
+        guard let leaves else { return refuse(context, .forbidden("this listener does not decrypt"), why: "no CA") }
         respond200(context)
         let channel = context.channel
         let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)

@@ -19,6 +19,11 @@ enum LocalResponse {
             out.writeString(String(retryAfter))
             out.writeStaticString("\r\n")
         }
+        if let challenge = response.proxyAuthenticate {
+            out.writeStaticString("proxy-authenticate: ")
+            out.writeStaticString(challenge)
+            out.writeStaticString("\r\n")
+        }
         out.writeStaticString("content-type: application/json\r\ncontent-length: ")
         out.writeString(String(body.readableBytes))
         out.writeStaticString("\r\n")

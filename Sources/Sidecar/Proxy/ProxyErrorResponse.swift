@@ -14,6 +14,8 @@ struct ProxyErrorResponse {
     var retryAfter: Int?
     /// For a policy refusal: the reason the wire records (ResponseDone.reject_reason).
     var rejectReason = ""
+    /// A 407's challenge, sent as `Proxy-Authenticate`.
+    var proxyAuthenticate: StaticString?
 
     init(
         status: HTTPResponseStatus, type: String, code: String, message: String, retryAfter: Int? = nil,
@@ -67,6 +69,16 @@ struct ProxyErrorResponse {
         return ProxyErrorResponse(
             status: .notFound, type: "invalid_request_error", code: "no_route",
             message: "no provider is configured for \(asked) and path \(path)", rejectReason: "no_route")
+    }
+
+    /// A gateway's CONNECT tunnel, with client keys (`auth_keys`) set, that showed none of them
+    /// in `Proxy-Authorization`.
+    static func proxyAuthenticationRequired() -> ProxyErrorResponse {
+        var response = ProxyErrorResponse(
+            status: .proxyAuthenticationRequired, type: "invalid_request_error", code: "invalid_api_key",
+            message: "a CONNECT tunnel needs a client key this gateway accepts, in Proxy-Authorization")
+        response.proxyAuthenticate = #"Basic realm="llmtap", charset="UTF-8""#
+        return response
     }
 
     /// A gateway route with client keys (`auth_keys`), and a request that showed none of them.

@@ -23,10 +23,12 @@ struct ReverseProxyServer: Service {
     let logger: Logger
     /// The certificate for each new connection (a reload may change it); nil: plain HTTP.
     var tls: (@Sendable () -> NIOSSLContext?)? = nil
+    /// With `connect_tunnel_enabled`: a connection whose first request is CONNECT becomes a tunnel.
+    var tunnels: MITMSettings? = nil
 
     func run() async throws {
-        let (settings, target, pools, publisher, counters, logger, tls) = (
-            self.settings, self.target, self.pools, self.publisher, self.counters, self.logger, self.tls
+        let (settings, target, pools, publisher, counters, logger, tls, tunnels) = (
+            self.settings, self.target, self.pools, self.publisher, self.counters, self.logger, self.tls, self.tunnels
         )
         let listener = DrainingListener(
             name: tls == nil ? "reverse" : "https", flag: tls == nil ? "--listen" : "https_port", listen: listen,
@@ -38,6 +40,13 @@ struct ReverseProxyServer: Service {
                 if let tls {
                     guard let context = tls() else { throw ConfigurationError("no certificate to serve HTTPS with") }
                     try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                }
+                if let tunnels {
+                    return try channel.pipeline.syncOperations.addHandler(
+                        MITMFrontHandler(
+                            settings: tunnels, pools: pools, leaves: nil,
+                            reverse: .init(settings: settings, target: target), publisher: publisher,
+                            counters: counters, logger: logger))
                 }
                 try channel.pipeline.syncOperations.addHandler(
                     ClientConnectionHandler(
