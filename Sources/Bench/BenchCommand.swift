@@ -104,7 +104,9 @@ struct BenchCommand: AsyncParsableCommand {
         if let samples {
             var text = "end_unix_ms,latency_ms,ok\n"
             for sample in results.sorted(by: { $0.endedUnixMs < $1.endedUnixMs }) {
-                let ms = Double(sample.latency.components.attoseconds) / 1e15 + Double(sample.latency.components.seconds) * 1000
+                let ms =
+                    Double(sample.latency.components.attoseconds) / 1e15 + Double(sample.latency.components.seconds)
+                    * 1000
                 text += String(format: "%.3f,%.3f,%d\n", sample.endedUnixMs, ms, sample.ok ? 1 : 0)
             }
             try text.write(toFile: samples, atomically: true, encoding: .utf8)
