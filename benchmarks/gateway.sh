@@ -151,7 +151,7 @@ pids+=("$pid_a")
 max() { tr ' ' '\n' | grep -v '^$' | sort -g | tail -1; }
 
 # --- Reload and hot upgrade under load: SIGHUP at 3 s, SIGUSR2 at 7 s.
-"$bin/llmtap-bench" --base-url "http://127.0.0.1:$gateway_port/v1" --requests 100000000 --duration 13 \
+"$bin/llmtap-bench" --base-url "http://127.0.0.1:$gateway_port/v1" --token sk-bench-not-a-real-key --requests 100000000 --duration 13 \
     --concurrency 32 --samples "$work/events.csv" > "$work/events.txt" 2>&1 &
 bench=$!
 sleep 3
