@@ -26,10 +26,8 @@ final class ProviderHealth: Sendable {
         state.withLock { state in state.downUntil.map { now >= $0 } ?? true }
     }
 
-    /// Whether it is out (cooling down, or waiting for a good answer after one).
-    var isDown: Bool { state.withLock { $0.downUntil != nil } }
-
-    /// Whether it is out, and its failures in a row, read together (for the heartbeat).
+    /// Whether it is out (cooling down, or waiting for a good answer after one), and its failures
+    /// in a row, read together (for the heartbeat).
     var snapshot: (isDown: Bool, failures: Int) { state.withLock { ($0.downUntil != nil, $0.failures) } }
 
     /// A failure: a change when it was up until now.

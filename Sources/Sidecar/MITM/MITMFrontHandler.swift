@@ -121,16 +121,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func route(_ head: ClientRequestHead, context: ChannelHandlerContext) {
         if let reverse { return routeForGateway(head, reverse: reverse, context: context) }
         if head.method == .CONNECT {
-            guard let (host, port) = ProxyTarget.connect(head.uri) else {
-                return refuse(
-                    context, .badRequest("CONNECT needs host:port, not \(head.uri)"),
-                    why: "CONNECT without a port: \(head.uri)")
-            }
-            guard settings.ports.contains(port) else {
-                return refuse(
-                    context, .forbidden("CONNECT to port \(port) is not allowed (--mitm-ports)"),
-                    why: "CONNECT to \(host):\(port), outside --mitm-ports")
-            }
+            guard let (host, port) = connectTarget(head, context: context) else { return }
             let tunnelBytes = parser.takeBuffered()
             held.writeImmutableBuffer(tunnelBytes)
             if settings.allowlist.contains(host) {
@@ -185,16 +176,7 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                 counters: counters, logger: logger)
             return hand(over: handler, replaying: received, context: context)
         }
-        guard let (host, port) = ProxyTarget.connect(head.uri) else {
-            return refuse(
-                context, .badRequest("CONNECT needs host:port, not \(head.uri)"),
-                why: "CONNECT without a port: \(head.uri)")
-        }
-        guard settings.ports.contains(port) else {
-            return refuse(
-                context, .forbidden("CONNECT to port \(port) is not allowed (--mitm-ports)"),
-                why: "CONNECT to \(host):\(port), outside --mitm-ports")
-        }
+        guard let (host, port) = connectTarget(head, context: context) else { return }
         if let keys = reverse.settings.gateway?.routes.clientKeys, !keys.acceptsProxyAuthorization(head.headers) {
             return refuse(
                 context, .proxyAuthenticationRequired(), why: "CONNECT to \(host):\(port) without a client key")
@@ -204,6 +186,24 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     // MARK: CONNECT
+
+    /// A CONNECT's host and port, when it names both and the port is in --mitm-ports; otherwise
+    /// it is refused (400, 403) and nil.
+    private func connectTarget(_ head: ClientRequestHead, context: ChannelHandlerContext) -> (String, Int)? {
+        guard let (host, port) = ProxyTarget.connect(head.uri) else {
+            refuse(
+                context, .badRequest("CONNECT needs host:port, not \(head.uri)"),
+                why: "CONNECT without a port: \(head.uri)")
+            return nil
+        }
+        guard settings.ports.contains(port) else {
+            refuse(
+                context, .forbidden("CONNECT to port \(port) is not allowed (--mitm-ports)"),
+                why: "CONNECT to \(host):\(port), outside --mitm-ports")
+            return nil
+        }
+        return (host, port)
+    }
 
     private func intercept(host: String, port: Int, context: ChannelHandlerContext) {
         guard let leaves else { return refuse(context, .forbidden("this listener does not decrypt"), why: "no CA") }

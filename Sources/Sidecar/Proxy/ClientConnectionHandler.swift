@@ -484,11 +484,20 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         exchangeLogger(tap.exchangeID).info(
             "retrying on another provider: none of the request reached the first",
             metadata: ["failed": "\(failed.name)", "provider": "\(decision.provider.name)", "error": "\(error)"])
-        tap.provider = decision.provider
+        go(to: decision.provider, with: chosen, retry: retry, tap: tap)
+        return true
+    }
+
+    /// The exchange's next attempt, on `provider` with its key `chosen`: the tap says so, and the
+    /// connection is asked for (from an upstream's event, so it flushes itself).
+    private func go(
+        to provider: GatewayRoutes.Provider, with chosen: GatewayRoutes.Provider.Credential?, retry: Retry,
+        tap: ExchangeTap
+    ) {
+        tap.provider = provider
         tap.providerKeyID = chosen?.keyID ?? ""
         self.retry = retry
         connectUpstream(inClientRead: false)
-        return true
     }
 
     /// The route's next provider for the request, and its head written for it; `retry` counts the
@@ -528,10 +537,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         exchangeLogger(tap.exchangeID).info(
             "retrying on another provider: the first answered a status its retry_on lists, and none of it reached the client",
             metadata: ["failed": "\(failed.name)", "provider": "\(decision.provider.name)", "status": "\(status)"])
-        tap.provider = decision.provider
-        tap.providerKeyID = chosen?.keyID ?? ""
-        self.retry = retry
-        connectUpstream(inClientRead: false)
+        go(to: decision.provider, with: chosen, retry: retry, tap: tap)
         return true
     }
 

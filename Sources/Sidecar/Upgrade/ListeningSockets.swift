@@ -37,8 +37,6 @@ final class ListeningSockets: Sendable {
         state = Mutex(State(inherited: inherited))
     }
 
-    var inheritedCount: Int { state.withLock { $0.inherited.count } }
-
     /// A listening socket for `name` on `address`: the one inherited for it when it listens there,
     /// otherwise a new one (SO_REUSEADDR, backlog 1024). The caller owns it.
     func socket(for name: String, address: ListenAddress) throws -> CInt {
