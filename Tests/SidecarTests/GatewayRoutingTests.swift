@@ -41,6 +41,21 @@ extension XCTestCase {
         return folder
     }
 
+    /// A self-signed certificate for `localhost`, and its key, in PEM files in `folder`.
+    func makeCertificate(in folder: URL, name: String = "tls") throws -> (cert: String, key: String) {
+        let (cert, key) = (
+            folder.appendingPathComponent("\(name).crt").path, folder.appendingPathComponent("\(name).key").path
+        )
+        let openssl = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
+            arguments: [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
+                "-addext", "subjectAltName=DNS:localhost", "-days", "1",
+            ])
+        guard openssl.waitForExit() == 0 else { throw TestFailure("openssl req: \(openssl.stderr)") }
+        return (cert, key)
+    }
+
     /// llmtap-sidecar started with `yaml` as its configuration file (in `folder`), once its plain
     /// listener is ready; the caller stops it. Returns it and the file's path.
     func startGateway(
@@ -187,14 +202,7 @@ final class GatewayRoutingTests: XCTestCase {
     func testTheSidecarServesHTTPSWithItsOwnCertificate() throws {
         let mock = try Mock()
         let folder = try makeFolder()
-        let (cert, key) = (folder.appendingPathComponent("tls.crt").path, folder.appendingPathComponent("tls.key").path)
-        let openssl = try RunningProcess(
-            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
-            arguments: [
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
-                "-addext", "subjectAltName=DNS:localhost", "-days", "1",
-            ])
-        XCTAssertEqual(openssl.waitForExit(), 0, openssl.stderr)
+        let (cert, key) = try makeCertificate(in: folder)
         let (httpsPort, httpPort) = (try freeTCPPort(), try freeTCPPort())
         let (sidecar, _) = try startGateway(
             """
@@ -243,14 +251,7 @@ final class GatewayRoutingTests: XCTestCase {
         // A rotated certificate, the same files: SIGHUP, and the next handshake shows it.
         let (oldCert, newCert) = (folder.appendingPathComponent("old.crt").path, cert)
         try FileManager.default.copyItem(atPath: cert, toPath: oldCert)
-        let rotate = try RunningProcess(
-            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
-            arguments: [
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", newCert, "-subj",
-                "/CN=localhost",
-                "-addext", "subjectAltName=DNS:localhost", "-days", "1",
-            ])
-        XCTAssertEqual(rotate.waitForExit(), 0, rotate.stderr)
+        _ = try makeCertificate(in: folder)
         sidecar.signal(SIGHUP)
         XCTAssertTrue(eventually { sidecar.stderr.contains("configuration reloaded") }, sidecar.stderr)
         func trusted(_ caFile: String) throws -> Int {
@@ -261,6 +262,46 @@ final class GatewayRoutingTests: XCTestCase {
         }
         XCTAssertEqual(try trusted(newCert), 200, "the new certificate serves")
         XCTAssertEqual(try trusted(oldCert), 0, "the old one is gone")
+    }
+
+    /// A connection past `--max-connections` on the HTTPS listener gets its 503 over TLS, as the
+    /// client speaks there (the limit counts the connections of every listener).
+    func testAnHTTPSConnectionPastTheLimitGets503OverTLS() throws {
+        let mock = try Mock()
+        let folder = try makeFolder()
+        let (cert, key) = try makeCertificate(in: folder)
+        let (httpsPort, httpPort) = (try freeTCPPort(), try freeTCPPort())
+        let (sidecar, _) = try startGateway(
+            """
+            https_port: \(httpsPort)
+            https_bind_address: 127.0.0.1
+            http_port: \(httpPort)
+            http_bind_address: 127.0.0.1
+            cert_file: \(cert)
+            private_key_file: \(key)
+            providers:
+              - {type: openai, endpoint: 127.0.0.1, port: \(mock.port), tls: false, api_key: sk-o}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())", max_connections: 2}
+            """, in: folder)
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            mock.process.signal(SIGTERM)
+        }
+        XCTAssertTrue(eventually { sidecar.stderr.contains("https listener ready") }, sidecar.stderr)
+        let https = [
+            "-s", "--cacert", cert, "--resolve", "localhost:\(httpsPort):127.0.0.1",
+            "https://localhost:\(httpsPort)/v1/models",
+        ]
+        let held = try (0..<2).map { _ in try connectTCP(port: httpPort) }
+        Thread.sleep(forTimeInterval: 0.3)
+        let refused = try curlWithStatus(https)
+        XCTAssertEqual(refused.exitCode, 0, "a TLS handshake, then an answer")
+        XCTAssertEqual(refused.status, 503)
+        XCTAssertTrue(String(decoding: refused.body, as: UTF8.self).contains("too_many_connections"))
+        for fd in held { close(fd) }
+        XCTAssertTrue(eventually { (try? curlWithStatus(https).status) == 200 }, sidecar.stderr)
+        XCTAssertTrue(sidecar.stderr.contains("listener=https"), sidecar.stderr)
     }
 
     /// Client keys: one of them in any credential header, or 401; a route's own keys only there.
@@ -507,13 +548,7 @@ final class GatewayRoutingTests: XCTestCase {
             for mock in [a, b] { mock.process.signal(SIGTERM) }
         }
 
-        let results = folder.appendingPathComponent("bench.json").path
-        let bench = try RunningProcess(
-            product: "llmtap-bench",
-            arguments: [
-                "--base-url", "http://127.0.0.1:\(port)/v1", "--requests", "10000", "--concurrency", "32",
-                "--output", results,
-            ])
+        let bench = try startBench(port: port, requests: 10000, concurrency: 32, in: folder)
         var reloads = 0
         while bench.process.isRunning && reloads < 10 {
             usleep(1_000_000)
@@ -522,8 +557,7 @@ final class GatewayRoutingTests: XCTestCase {
             sidecar.signal(SIGHUP)
         }
         XCTAssertEqual(bench.waitForExit(timeout: .seconds(120)), 0, bench.stderr)
-        let report = try XCTUnwrap(
-            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: results))) as? [String: Any])
+        let report = try benchReport(of: bench)
         XCTAssertEqual(report["errors"] as? Int, 0, "\(report)")
         XCTAssertGreaterThanOrEqual(reloads, 3, "the load lasted long enough to reload under it")
         XCTAssertTrue(

@@ -36,11 +36,12 @@ struct ReverseProxyServer: Service {
             startup: startup, logger: logger
         )
         try await listener.run(
+            transport: { channel in
+                guard let tls else { return }
+                guard let context = tls() else { throw ConfigurationError("no certificate to serve HTTPS with") }
+                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+            },
             childInitializer: { channel in
-                if let tls {
-                    guard let context = tls() else { throw ConfigurationError("no certificate to serve HTTPS with") }
-                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
-                }
                 if let tunnels {
                     return try channel.pipeline.syncOperations.addHandler(
                         MITMFrontHandler(
