@@ -365,7 +365,7 @@ struct SidecarCommand: AsyncParsableCommand {
             do {
                 subscriber = try PolicySubscriber(
                     endpoint: policy, bootID: publisherConfiguration.bootID, gate: gate, credentials: credentials,
-                    logger: logger)
+                    firstSnapshot: { startup.policyReady() }, logger: logger)
             } catch {
                 throw ValidationError("cannot use \(named("--policy", "LLMTAP_POLICY", policy)) \(policy): \(error)")
             }
@@ -464,7 +464,7 @@ struct SidecarCommand: AsyncParsableCommand {
                         environment: ProcessInfo.processInfo.environment, keyHasher: TenantHasher(key: tenantKey),
                         logger: logger)))
         }
-        startup.expect(listeners: listeners.count)
+        startup.expect(listeners: listeners.count, policy: subscriber != nil)
         // Once the process a SIGUSR2 starts is ready, the upgrader returns: everything stops as on SIGTERM.
         let upgrader = ServiceGroupConfiguration.ServiceConfiguration(
             service: HotUpgrader(

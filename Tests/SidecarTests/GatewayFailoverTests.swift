@@ -6,22 +6,6 @@ import XCTest
 /// provider killed under load costs at most the requests it was answering, is marked down by
 /// its health check, comes back when it restarts; a fallback serves only while no primary can.
 final class GatewayFailoverTests: XCTestCase {
-    func bench(_ port: Int, requests: Int, concurrency: Int, in folder: URL) throws -> RunningProcess {
-        try RunningProcess(
-            product: "llmtap-bench",
-            arguments: [
-                "--base-url", "http://127.0.0.1:\(port)/v1", "--requests", "\(requests)", "--concurrency",
-                "\(concurrency)", "--output", folder.appendingPathComponent("bench-\(UUID()).json").path,
-            ])
-    }
-
-    func report(of bench: RunningProcess) throws -> [String: Any] {
-        let index = try XCTUnwrap(bench.process.arguments?.firstIndex(of: "--output"))
-        let path = try XCTUnwrap(bench.process.arguments?[index + 1])
-        return try XCTUnwrap(
-            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
-    }
-
     func testAThousandRequestsFollowTheProvidersAndTheKeysWeights() throws {
         let (light, heavy) = (try MockProvider(), try MockProvider())
         let port = try freeTCPPort()
@@ -46,9 +30,9 @@ final class GatewayFailoverTests: XCTestCase {
             _ = sidecar.waitForExit()
             for mock in [light, heavy] { mock.process.signal(SIGTERM) }
         }
-        let load = try bench(port, requests: 1000, concurrency: 16, in: folder)
+        let load = try startBench(port: port, requests: 1000, concurrency: 16, in: folder)
         XCTAssertEqual(load.waitForExit(timeout: .seconds(120)), 0, load.stderr)
-        XCTAssertEqual(try report(of: load)["errors"] as? Int, 0)
+        XCTAssertEqual(try benchReport(of: load)["errors"] as? Int, 0)
         XCTAssertTrue(eventually { light.requests.count + heavy.requests.count == 1000 })
         // Within ±5% of the total of each share (smooth weighted round-robin is exact to a request).
         XCTAssertEqual(Double(light.requests.count), 250, accuracy: 50)
@@ -90,7 +74,7 @@ final class GatewayFailoverTests: XCTestCase {
         func backs(_ name: String) -> Int { said("provider back", of: name) }
 
         // Kill a under load at concurrency 16.
-        let load = try bench(port, requests: 12_000, concurrency: 16, in: folder)
+        let load = try startBench(port: port, requests: 12_000, concurrency: 16, in: folder)
         usleep(1_500_000)
         XCTAssertTrue(load.process.isRunning)
         a.process.signal(SIGKILL)
@@ -100,7 +84,7 @@ final class GatewayFailoverTests: XCTestCase {
         )
         XCTAssertLessThan(ContinuousClock.now - killed, .seconds(3), "marked down within about one health interval")
         XCTAssertEqual(load.waitForExit(timeout: .seconds(180)), 0, load.stderr)
-        let errors = try XCTUnwrap(try report(of: load)["errors"] as? Int)
+        let errors = try XCTUnwrap(try benchReport(of: load)["errors"] as? Int)
         XCTAssertLessThanOrEqual(errors, 16, "only requests a was answering when it died may fail")
         XCTAssertEqual(
             spare.requests.filter { $0.path != "/v1/models" }.count, 0, "b was up: the fallback never served")
@@ -108,9 +92,9 @@ final class GatewayFailoverTests: XCTestCase {
         // a restarts on its port: its health check brings it back.
         a = try MockProvider(port: a.port)
         XCTAssertTrue(eventually(timeout: .seconds(10)) { backs("a") >= 1 }, sidecar.stderr)
-        let again = try bench(port, requests: 400, concurrency: 4, in: folder)
+        let again = try startBench(port: port, requests: 400, concurrency: 4, in: folder)
         XCTAssertEqual(again.waitForExit(timeout: .seconds(60)), 0)
-        XCTAssertEqual(try report(of: again)["errors"] as? Int, 0)
+        XCTAssertEqual(try benchReport(of: again)["errors"] as? Int, 0)
         XCTAssertGreaterThan(a.requests.filter { $0.path != "/v1/models" }.count, 100, "a takes its share again")
 
         // Both primaries down: the fallback serves; once one is back, it stops.

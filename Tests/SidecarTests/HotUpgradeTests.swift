@@ -5,19 +5,6 @@ import XCTest
 /// SIGUSR2: the real binary starts itself again, hands the listening socket over, and drains;
 /// driven under llmtap-bench load, twice in a row, and once with a new process that can't start.
 final class HotUpgradeTests: XCTestCase {
-    /// The pid a PID file names, once it names another than `previous`.
-    func pid(in file: String, other previous: pid_t? = nil) -> pid_t? {
-        var found: pid_t?
-        _ = eventually {
-            guard let text = try? String(contentsOfFile: file, encoding: .utf8),
-                let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid != previous
-            else { return false }
-            found = pid
-            return true
-        }
-        return found
-    }
-
     /// Running: neither gone nor a zombie (an upgraded process's parent exits before it, and who
     /// reaps it then is not up to the test).
     func isAlive(_ pid: pid_t) -> Bool {
@@ -84,24 +71,18 @@ final class HotUpgradeTests: XCTestCase {
             if isAlive(current) { kill(current, SIGKILL) }
             for mock in [a, b] { mock.process.signal(SIGTERM) }
         }
-        XCTAssertEqual(pid(in: pidFile), current, "the PID file names the first process")
+        XCTAssertEqual(pid(inFile: pidFile), current, "the PID file names the first process")
         var said = notify.messages()
         XCTAssertEqual(said, ["READY=1\nMAINPID=\(current)\n"], "systemd hears the first process is up")
 
-        let results = folder.appendingPathComponent("bench.json").path
-        let bench = try RunningProcess(
-            product: "llmtap-bench",
-            arguments: [
-                "--base-url", "http://127.0.0.1:\(port)/v1", "--requests", "20000", "--concurrency", "32",
-                "--output", results,
-            ])
+        let bench = try startBench(port: port, requests: 20000, concurrency: 32, in: folder)
         // Two upgrades under the load, the second of the process the first started.
         for round in 1...2 {
             usleep(1_000_000)
             XCTAssertTrue(bench.process.isRunning, "the load outlasts upgrade \(round)")
             let before = current
             kill(before, SIGUSR2)
-            current = try XCTUnwrap(pid(in: pidFile, other: before), "upgrade \(round): \(sidecar.stderr)")
+            current = try XCTUnwrap(pid(inFile: pidFile, other: before), "upgrade \(round): \(sidecar.stderr)")
             XCTAssertTrue(isAlive(current))
             XCTAssertTrue(eventually { !isAlive(before) }, "the old process is gone after its drain")
             said += notify.messages()
@@ -109,8 +90,7 @@ final class HotUpgradeTests: XCTestCase {
         }
         XCTAssertEqual(sidecar.waitForExit(), 0, "the first process exits 0 after its drain")
         XCTAssertEqual(bench.waitForExit(timeout: .seconds(180)), 0, bench.stderr)
-        let report = try XCTUnwrap(
-            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: results))) as? [String: Any])
+        let report = try benchReport(of: bench)
         XCTAssertEqual(report["errors"] as? Int, 0, "\(report)")
         XCTAssertEqual(report["requests"] as? Int, 20000, "\(report)")
         XCTAssertEqual(
@@ -123,7 +103,7 @@ final class HotUpgradeTests: XCTestCase {
         XCTAssertTrue(eventually { sidecar.stderr.contains("hot upgrade failed") }, sidecar.stderr)
         XCTAssertTrue(sidecar.stderr.contains("exited with status 78 before it was ready"), sidecar.stderr)
         XCTAssertTrue(isAlive(current))
-        XCTAssertEqual(pid(in: pidFile), current, "the PID file still names the process serving")
+        XCTAssertEqual(pid(inFile: pidFile), current, "the PID file still names the process serving")
         for _ in 0..<20 {
             XCTAssertEqual(try curlWithStatus(["-s", "http://127.0.0.1:\(port)/v1/models"]).status, 200)
         }

@@ -19,7 +19,11 @@ final class PolicySubscriber: Sendable {
     /// Polls its socket with a timeout, and stops once `shared.closing` is set.
     private let worker: WorkerThread
 
-    init(endpoint: String, bootID: String, gate: PolicyGate, credentials: UpstreamCredentials, logger: Logger) throws {
+    /// `firstSnapshot` is called once, on this thread, when the first whole state is in the gate.
+    init(
+        endpoint: String, bootID: String, gate: PolicyGate, credentials: UpstreamCredentials,
+        firstSnapshot: @escaping @Sendable () -> Void = {}, logger: Logger
+    ) throws {
         // Connect errors (a malformed endpoint) surface here, before the thread starts.
         let context = try ZMQContext()
         let probe = try ZMQSocket(context: context, kind: .sub)
@@ -29,8 +33,8 @@ final class PolicySubscriber: Sendable {
         // Up at once: a collector away is not an error (the sidecar answers 503 meanwhile).
         worker.start { [shared] in
             Self.run(
-                endpoint: endpoint, bootID: bootID, gate: gate, credentials: credentials, shared: shared, logger: logger
-            )
+                endpoint: endpoint, bootID: bootID, gate: gate, credentials: credentials, shared: shared,
+                firstSnapshot: firstSnapshot, logger: logger)
         }
     }
 
@@ -41,7 +45,7 @@ final class PolicySubscriber: Sendable {
 
     private static func run(
         endpoint: String, bootID: String, gate: PolicyGate, credentials: UpstreamCredentials, shared: Shared,
-        logger: Logger
+        firstSnapshot: @Sendable () -> Void, logger: Logger
     ) {
         let socket: ZMQSocket
         do {
@@ -60,6 +64,7 @@ final class PolicySubscriber: Sendable {
             return
         }
         var replica = PolicyReplica()
+        var installedSnapshot = false
         var nonceCounter = 0
         var snapshotTopic: [UInt8] = []
         var askedAt = ContinuousClock.now
@@ -144,6 +149,10 @@ final class PolicySubscriber: Sendable {
                 }
             }
             if changed { gate.install(PolicyTable(replica, credentials: credentials)) }
+            if changed && replica.hasSnapshot && !installedSnapshot {
+                installedSnapshot = true
+                firstSnapshot()
+            }
             if !replica.hasSnapshot && now - askedAt >= .seconds(1) {
                 askForSnapshot()
             }

@@ -20,7 +20,23 @@ final class Startup: Sendable {
     let pidFile: String?
     /// Set when a hot upgrade started this process.
     private let readyDescriptor: CInt?
-    private let waiting: Mutex<Int>
+    /// The parts not up yet: listeners, and after an upgrade the policy table.
+    private let waiting: Mutex<Waiting>
+    private struct Waiting {
+        /// Set by `expect`: before it, nothing is up.
+        var expected = false
+        var listeners = 0
+        var needsPolicy = false
+        var hasPolicy = false
+        var done = false
+
+        /// True once, when the last part is up.
+        mutating func isNowReady() -> Bool {
+            guard expected, !done, listeners == 0, hasPolicy || !needsPolicy else { return false }
+            done = true
+            return true
+        }
+    }
     /// systemd's `$NOTIFY_SOCKET`, when it runs the sidecar as `Type=notify`.
     private let notifySocket: String?
     private let logger: Logger
@@ -34,7 +50,7 @@ final class Startup: Sendable {
             descriptor = number
         }
         readyDescriptor = descriptor
-        waiting = Mutex(0)
+        waiting = Mutex(Waiting())
         notifySocket = environment["NOTIFY_SOCKET"]
         self.logger = logger
         // A process this one starts learns of sockets only from its own upgrade.
@@ -44,9 +60,42 @@ final class Startup: Sendable {
 
     var isUpgrade: Bool { readyDescriptor != nil }
 
-    /// How many listeners must be up before the process is.
-    func expect(listeners: Int) {
-        waiting.withLock { $0 = listeners }
+    /// What must be up before the process is: `listeners` listeners and, with `policy`, a process
+    /// started by an upgrade waits for its first policy snapshot too (up to `policyWaitSeconds`), so that
+    /// no virtual-key request it takes over gets the 503 of a sidecar without one. A first start
+    /// does not wait: the collector may come up after it.
+    func expect(listeners: Int, policy: Bool = false, policyWaitSeconds: Double = 5) {
+        let waitsForPolicy = policy && isUpgrade
+        waiting.withLock {
+            $0.expected = true
+            $0.listeners = listeners
+            $0.needsPolicy = waitsForPolicy
+        }
+        guard waitsForPolicy else { return }
+        let thread = Thread { [self] in
+            Thread.sleep(forTimeInterval: policyWaitSeconds)
+            let ready = waiting.withLock { waiting -> Bool in
+                guard !waiting.hasPolicy else { return false }
+                waiting.needsPolicy = false
+                return waiting.isNowReady()
+            }
+            guard ready else { return }
+            logger.warning(
+                "hot upgrade: no policy snapshot from the collector yet; taking over without one (virtual-key requests get 503 until it comes)",
+                metadata: ["waited_s": "\(policyWaitSeconds)"])
+            becameReady()
+        }
+        thread.name = "llmtap-policy-wait"
+        thread.start()
+    }
+
+    /// The first policy snapshot is in the table.
+    func policyReady() {
+        let ready = waiting.withLock { waiting -> Bool in
+            waiting.hasPolicy = true
+            return waiting.isNowReady()
+        }
+        if ready { becameReady() }
     }
 
     /// A first start writes the PID file before it listens: a path it can't write stops it there.
@@ -58,11 +107,14 @@ final class Startup: Sendable {
     /// One more listener accepts. Once all do, the service manager hears it; a process started
     /// by an upgrade also writes the PID file and tells the process before it, which then drains.
     func listenerReady() {
-        let left = waiting.withLock { waiting in
-            waiting -= 1
-            return waiting
+        let ready = waiting.withLock { waiting -> Bool in
+            waiting.listeners -= 1
+            return waiting.isNowReady()
         }
-        guard left == 0 else { return }
+        if ready { becameReady() }
+    }
+
+    private func becameReady() {
         ServiceManagerNotifier.notify("READY=1\nMAINPID=\(getpid())\n", socketPath: notifySocket)
         guard let readyDescriptor else { return }
         sockets.closeUnclaimed()
