@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The sidecar as a gateway against the plain sidecar, in one run, release build, on this machine:
 #   (p) llmtap-sidecar --upstream, one static upstream (nginx returning a fixed chat completion),
-#   (g) llmtap-sidecar --config: three providers weighted 1, 2 and 3, each its own static upstream,
-#       routed by Host, two weighted keys on one, client keys checked, health checks every second.
+#   (g) llmtap-sidecar --config: three providers weighted 1, 2 and 3, each its own upstream address
+#       (three ports of the same nginx: the upstream has the same 2 workers as p's), routed by Host, two weighted keys on one, client keys checked, health checks every second.
 # Both publish every record to a live receiver (llmtap-collector-bench --receive-only). wrk drives
 # each with 32 connections; p and g swap places every other round, and the ratio reported is the
 # median of the rounds' own g/p (this machine's speed drifts within minutes).
@@ -34,18 +34,13 @@ for product in llmtap-sidecar llmtap-collector-bench llmtap-bench llmtap-mock-up
 bin="$(swift build -c release --show-bin-path)"
 
 bench_work
-upstream_port=$(free_port); proxy_port=$(free_port); analysis_port=$(free_port)
+upstream_port=$(free_port); analysis_port=$(free_port)
 plain_port=$(free_port); gateway_port=$(free_port)
-bench_static_upstream_and_proxy "$upstream_port" "$proxy_port"
-# Two more static upstreams: each provider has its own.
-ports=("$upstream_port")
-for name in upstream2 upstream3; do
-    port=$(free_port)
-    nginx_site "$work" "$name" "$port" "$port" "default_type application/json; return 200 '$BENCH_CHAT_COMPLETION';"
-    ports+=("$port")
-done
+# One static upstream on three ports, one for each provider: three nginx servers (6 workers on 2
+# cores) would take CPU from the gateway that p's one does not.
+ports=("$upstream_port" "$(free_port)" "$(free_port)")
+nginx_site "$work" upstream "${ports[*]}" "$upstream_port" "default_type application/json; return 200 '$BENCH_CHAT_COMPLETION';"
 stop_sites() {
-    for name in upstream2 upstream3; do [ -f "$work/$name.pid" ] && kill -QUIT "$(cat "$work/$name.pid")" 2>/dev/null || true; done
     # A hot upgrade's process is not in $pids: the PID file names it.
     for file in "$work"/*.pid.sidecar; do [ -f "$file" ] && kill -TERM "$(cat "$file")" 2>/dev/null || true; done
     bench_cleanup

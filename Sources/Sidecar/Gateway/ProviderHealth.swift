@@ -21,9 +21,13 @@ final class ProviderHealth: Sendable {
     }
 
     private let state = Mutex(State())
+    /// `state.downUntil` (0 for none), written under the lock: every request reads it, and a
+    /// provider that is up answers without a lock or a write to memory both event loops share.
+    private let downUntil = Atomic<UInt64>(0)
 
     func isAvailable(now: UInt64) -> Bool {
-        state.withLock { state in state.downUntil.map { now >= $0 } ?? true }
+        let until = downUntil.load(ordering: .acquiring)
+        return until == 0 || now >= until
     }
 
     /// Whether it is out (cooling down, or waiting for a good answer after one), and its failures
@@ -38,15 +42,19 @@ final class ProviderHealth: Sendable {
             let coolDown = min(Self.firstCoolDownNanos << shift, Self.longestCoolDownNanos)
             let wasUp = state.downUntil == nil
             state.downUntil = now + coolDown
+            downUntil.store(now + coolDown, ordering: .releasing)
             return wasUp ? .down(failures: state.failures, coolDownSeconds: Int(coolDown / 1_000_000_000)) : nil
         }
     }
 
     /// A good answer: a change when it was out.
     func succeeded() -> Change? {
-        state.withLock { state in
+        // Up, with no failure in a row (a failure always sets `downUntil`): nothing to reset.
+        guard downUntil.load(ordering: .acquiring) != 0 else { return nil }
+        return state.withLock { state in
             let wasDown = state.downUntil != nil
             state = State()
+            downUntil.store(0, ordering: .releasing)
             return wasDown ? .up : nil
         }
     }

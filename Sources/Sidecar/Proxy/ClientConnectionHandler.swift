@@ -55,6 +55,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var exchangeTimer = ConnectionTimer()
     /// While a gateway's request waits for its connection: what a retry on another provider needs.
     private var retry: Retry?
+    /// The gateway's routes as this connection last read them.
+    private var cachedRoutes: GatewayState.Cached?
 
     private struct Retry {
         /// The routes the exchange began with.
@@ -285,7 +287,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         var refusal: ProxyErrorResponse?
         var provider: GatewayRoutes.Provider?
         // The routes as they are now: a reload while this exchange is under way does not move it.
-        let routes = settings.gateway?.routes
+        let routes = settings.gateway?.routes(cache: &cachedRoutes)
         var host: String?
         if let gateway = routes, !gateway.isEmpty {
             host = HeaderRules.host(of: head.headers)
