@@ -56,6 +56,28 @@ extension XCTestCase {
         return (cert, key)
     }
 
+    /// A gateway serving HTTPS (with `makeCertificate`'s certificate) and plain HTTP, both on
+    /// loopback, to one OpenAI provider at `port`; `llmtap` adds to its `llmtap:` section.
+    func startHTTPSGateway(to port: Int, in folder: URL, llmtap: String = "") throws -> (
+        sidecar: RunningProcess, httpsPort: Int, httpPort: Int, cert: String
+    ) {
+        let (cert, key) = try makeCertificate(in: folder)
+        let (httpsPort, httpPort) = (try freeTCPPort(), try freeTCPPort())
+        let (sidecar, _) = try startGateway(
+            """
+            https_port: \(httpsPort)
+            https_bind_address: 127.0.0.1
+            http_port: \(httpPort)
+            http_bind_address: 127.0.0.1
+            cert_file: \(cert)
+            private_key_file: \(key)
+            providers:
+              - {type: openai, endpoint: 127.0.0.1, port: \(port), tls: false, api_key: sk-o}
+            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"\(llmtap.isEmpty ? "" : ", " + llmtap)}
+            """, in: folder)
+        return (sidecar, httpsPort, httpPort, cert)
+    }
+
     /// llmtap-sidecar started with `yaml` as its configuration file (in `folder`), once its plain
     /// listener is ready; the caller stops it. Returns it and the file's path.
     func startGateway(
@@ -202,20 +224,7 @@ final class GatewayRoutingTests: XCTestCase {
     func testTheSidecarServesHTTPSWithItsOwnCertificate() throws {
         let mock = try Mock()
         let folder = try makeFolder()
-        let (cert, key) = try makeCertificate(in: folder)
-        let (httpsPort, httpPort) = (try freeTCPPort(), try freeTCPPort())
-        let (sidecar, _) = try startGateway(
-            """
-            https_port: \(httpsPort)
-            https_bind_address: 127.0.0.1
-            http_port: \(httpPort)
-            http_bind_address: 127.0.0.1
-            cert_file: \(cert)
-            private_key_file: \(key)
-            providers:
-              - {type: openai, endpoint: 127.0.0.1, port: \(mock.port), tls: false, api_key: sk-o}
-            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())"}
-            """, in: folder)
+        let (sidecar, httpsPort, httpPort, cert) = try startHTTPSGateway(to: mock.port, in: folder)
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
@@ -269,20 +278,8 @@ final class GatewayRoutingTests: XCTestCase {
     func testAnHTTPSConnectionPastTheLimitGets503OverTLS() throws {
         let mock = try Mock()
         let folder = try makeFolder()
-        let (cert, key) = try makeCertificate(in: folder)
-        let (httpsPort, httpPort) = (try freeTCPPort(), try freeTCPPort())
-        let (sidecar, _) = try startGateway(
-            """
-            https_port: \(httpsPort)
-            https_bind_address: 127.0.0.1
-            http_port: \(httpPort)
-            http_bind_address: 127.0.0.1
-            cert_file: \(cert)
-            private_key_file: \(key)
-            providers:
-              - {type: openai, endpoint: 127.0.0.1, port: \(mock.port), tls: false, api_key: sk-o}
-            llmtap: {collector: "tcp://127.0.0.1:\(try freeTCPPort())", max_connections: 2}
-            """, in: folder)
+        let (sidecar, httpsPort, httpPort, cert) = try startHTTPSGateway(
+            to: mock.port, in: folder, llmtap: "max_connections: 2")
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
