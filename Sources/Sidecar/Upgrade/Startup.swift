@@ -21,22 +21,7 @@ final class Startup: Sendable {
     /// Set when a hot upgrade started this process.
     private let readyDescriptor: CInt?
     /// The parts not up yet: listeners, and after an upgrade the policy table.
-    private let waiting: Mutex<Waiting>
-    private struct Waiting {
-        /// Set by `expect`: before it, nothing is up.
-        var expected = false
-        var listeners = 0
-        var needsPolicy = false
-        var hasPolicy = false
-        var done = false
-
-        /// True once, when the last part is up.
-        mutating func isNowReady() -> Bool {
-            guard expected, !done, listeners == 0, hasPolicy || !needsPolicy else { return false }
-            done = true
-            return true
-        }
-    }
+    private let readiness: Mutex<Readiness>
     /// systemd's `$NOTIFY_SOCKET`, when it runs the sidecar as `Type=notify`.
     private let notifySocket: String?
     private let logger: Logger
@@ -50,7 +35,7 @@ final class Startup: Sendable {
             descriptor = number
         }
         readyDescriptor = descriptor
-        waiting = Mutex(Waiting())
+        readiness = Mutex(Readiness())
         notifySocket = environment["NOTIFY_SOCKET"]
         self.logger = logger
         // A process this one starts learns of sockets only from its own upgrade.
@@ -66,24 +51,11 @@ final class Startup: Sendable {
     /// does not wait: the collector may come up after it.
     func expect(listeners: Int, policy: Bool = false, policyWaitSeconds: Double = 5) {
         let waitsForPolicy = policy && isUpgrade
-        waiting.withLock {
-            $0.expected = true
-            $0.listeners = listeners
-            $0.needsPolicy = waitsForPolicy
-        }
+        perform(readiness.withLock { $0.expect(listeners: listeners, policy: waitsForPolicy) })
         guard waitsForPolicy else { return }
         let thread = Thread { [self] in
             Thread.sleep(forTimeInterval: policyWaitSeconds)
-            let ready = waiting.withLock { waiting -> Bool in
-                guard !waiting.hasPolicy else { return false }
-                waiting.needsPolicy = false
-                return waiting.isNowReady()
-            }
-            guard ready else { return }
-            logger.warning(
-                "hot upgrade: no policy snapshot from the collector yet; taking over without one (virtual-key requests get 503 until it comes)",
-                metadata: ["waited_s": "\(policyWaitSeconds)"])
-            becameReady()
+            perform(readiness.withLock { $0.policyWaitEnded() }, waited: policyWaitSeconds)
         }
         thread.name = "llmtap-policy-wait"
         thread.start()
@@ -91,11 +63,7 @@ final class Startup: Sendable {
 
     /// The first policy snapshot is in the table.
     func policyReady() {
-        let ready = waiting.withLock { waiting -> Bool in
-            waiting.hasPolicy = true
-            return waiting.isNowReady()
-        }
-        if ready { becameReady() }
+        perform(readiness.withLock { $0.policyArrived() })
     }
 
     /// A first start writes the PID file before it listens: a path it can't write stops it there.
@@ -107,11 +75,19 @@ final class Startup: Sendable {
     /// One more listener accepts. Once all do, the service manager hears it; a process started
     /// by an upgrade also writes the PID file and tells the process before it, which then drains.
     func listenerReady() {
-        let ready = waiting.withLock { waiting -> Bool in
-            waiting.listeners -= 1
-            return waiting.isNowReady()
+        perform(readiness.withLock { $0.listenerUp() })
+    }
+
+    private func perform(_ action: Readiness.Action, waited: Double = 0) {
+        switch action {
+        case .wait: return
+        case .ready: break
+        case .readyWithoutPolicy:
+            logger.warning(
+                "hot upgrade: no policy snapshot from the collector yet; taking over without one (virtual-key requests get 503 until it comes)",
+                metadata: ["waited_s": "\(waited)"])
         }
-        if ready { becameReady() }
+        becameReady()
     }
 
     private func becameReady() {
