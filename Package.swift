@@ -10,12 +10,21 @@ let nioHTTP: [Target.Dependency] = [
 ]
 let argumentParser: Target.Dependency = .product(name: "ArgumentParser", package: "swift-argument-parser")
 
-/// A fuzz build (scripts/fuzz): libFuzzer without its `main`, linked into whatever uses TestSupport,
-/// and LLMTAP_FUZZ defined so the tests can hand a parser to it. Everything is compiled with
-/// AddressSanitizer and libFuzzer's coverage by scripts/fuzz's own flags; normal builds see none of it.
+/// A fuzz build (scripts/fuzz): LLMTap's own targets compiled with AddressSanitizer and libFuzzer's
+/// coverage, LLMTAP_FUZZ defined so the tests can hand a parser to it, and libFuzzer without its
+/// `main` linked into whatever uses TestSupport. The packages it depends on are not instrumented:
+/// the fuzz build reuses the debug build's copies of them in `.build` and recompiles only this
+/// package's modules. Normal builds see none of it.
 let fuzzRuntime = Context.environment["LLMTAP_FUZZ_RUNTIME"]
-let fuzzSwiftSettings: [SwiftSetting] = fuzzRuntime == nil ? [] : [.define("LLMTAP_FUZZ")]
-let fuzzLinkerSettings: [LinkerSetting] = fuzzRuntime.map { [.unsafeFlags(["-Xlinker", $0, "-lstdc++"])] } ?? []
+let fuzzing = fuzzRuntime != nil
+let instrumented: [SwiftSetting] =
+    fuzzing
+    ? [.unsafeFlags(["-sanitize=address", "-sanitize-coverage=edge,trace-cmp,inline-8bit-counters,pc-table"])] : []
+/// lld links, as gold fails on ASan's symbols.
+let sanitizerLinking: [LinkerSetting] = fuzzing ? [.unsafeFlags(["-sanitize=address", "-use-ld=lld"])] : []
+let fuzzSwiftSettings: [SwiftSetting] = fuzzing ? [.define("LLMTAP_FUZZ")] + instrumented : []
+let fuzzLinkerSettings: [LinkerSetting] =
+    sanitizerLinking + (fuzzRuntime.map { [.unsafeFlags(["-Xlinker", $0, "-lstdc++"])] } ?? [])
 
 let package = Package(
     name: "LLMTap",
@@ -58,7 +67,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["analysis.proto"]
+            exclude: ["analysis.proto"],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         .executableTarget(
             name: "Sidecar",
@@ -78,13 +88,15 @@ let package = Package(
                 // The gateway's configuration file (--config), reloaded on SIGHUP.
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-            ]
+            ],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         // A stand-in for the LLM providers, for tests, benchmarks and demos: OpenAI, Anthropic and
         // Gemini wire formats, streaming included.
         .executableTarget(
             name: "MockUpstream",
-            dependencies: nioHTTP + [argumentParser, .product(name: "Crypto", package: "swift-crypto")]
+            dependencies: nioHTTP + [argumentParser, .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         .executableTarget(
             name: "Collector",
@@ -101,12 +113,14 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             // The shipped price table; --prices replaces it.
-            resources: [.copy("Resources/prices.json")]
+            resources: [.copy("Resources/prices.json")],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         // A load generator for LLM endpoints: latency, TTFB, throughput, errors.
         .executableTarget(
             name: "Bench",
-            dependencies: nioHTTP + [argumentParser]
+            dependencies: nioHTTP + [argumentParser],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         // Throughput of the wire against raw libzmq: benchmarks/wire.sh runs it in release.
         .executableTarget(
@@ -114,12 +128,14 @@ let package = Package(
             dependencies: [
                 "Wire", "CZeroMQ", "TestSupport",
                 argumentParser,
-            ]
+            ],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         // Load for the collector: synthetic exchanges over the wire, and /metrics delay probes.
         .executableTarget(
             name: "CollectorBench",
-            dependencies: ["Wire", argumentParser, .product(name: "Logging", package: "swift-log")]
+            dependencies: ["Wire", argumentParser, .product(name: "Logging", package: "swift-log")],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         // Helpers the tests (and the benchmark's sample records) share: starting the real binaries,
         // free ports, waiting for a condition.
@@ -136,7 +152,8 @@ let package = Package(
                 "Wire", "CZeroMQ", "TestSupport",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            exclude: ["Golden"]
+            exclude: ["Golden"],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         .testTarget(
             name: "SidecarTests",
@@ -145,7 +162,12 @@ let package = Package(
                 // llhttp, through NIO's decoder, is the reference the sidecar's own parser is held against.
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
-            ]),
-        .testTarget(name: "CollectorTests", dependencies: ["Wire", "TestSupport", "Collector"], exclude: ["Fixtures"]),
+            ],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
+        ),
+        .testTarget(
+            name: "CollectorTests", dependencies: ["Wire", "TestSupport", "Collector"], exclude: ["Fixtures"],
+            swiftSettings: instrumented, linkerSettings: sanitizerLinking
+        ),
     ]
 )
