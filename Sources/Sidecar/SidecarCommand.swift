@@ -213,6 +213,13 @@ struct SidecarCommand: AsyncParsableCommand {
     )
     var maxConnections = EnvironmentSettings.int("LLMTAP_MAX_CONNECTIONS", 10_000, environment: environment)
 
+    @Option(
+        help:
+            "Streams an HTTP/2 client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); one more is refused with RST_STREAM. Env: LLMTAP_MAX_CONCURRENT_STREAMS."
+    )
+    var maxConcurrentStreams = EnvironmentSettings.int(
+        "LLMTAP_MAX_CONCURRENT_STREAMS", 100, environment: environment)
+
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: LOG_LEVEL.")
     var logLevel = environment["LOG_LEVEL"] ?? "info"
 
@@ -246,6 +253,9 @@ struct SidecarCommand: AsyncParsableCommand {
         guard (1...1024).contains(threads) else { throw ValidationError("--threads must be 1 to 1024, not \(threads)") }
         guard (1...1_000_000).contains(maxConnections) else {
             throw ValidationError("--max-connections must be 1 to 1000000, not \(maxConnections)")
+        }
+        guard (1...10_000).contains(maxConcurrentStreams) else {
+            throw ValidationError("--max-concurrent-streams must be 1 to 10000, not \(maxConcurrentStreams)")
         }
         guard !requireVirtualKey || policy != nil else {
             throw ValidationError(
@@ -353,6 +363,7 @@ struct SidecarCommand: AsyncParsableCommand {
             maxHeaderBytes: maxHeaderBytes
         )
         settings.maxConnections = Self.raiseFileLimit(for: maxConnections, logger: logger)
+        settings.maxConcurrentStreams = maxConcurrentStreams
         var subscriber: PolicySubscriber?
         if let policy {
             let credentials: UpstreamCredentials

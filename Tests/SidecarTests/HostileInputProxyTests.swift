@@ -12,7 +12,7 @@ final class HostileInputProxyTests: XCTestCase {
     private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
     private func responseDones(_ harness: ProxyHarness) -> [WireResponseDone] {
-        harness.collector.envelopes.compactMap { if case .responseDone(let done) = $0.record { done } else { nil } }
+        harness.collector.responseDones
     }
 
     // MARK: Class 2: Connection may not remove framing headers

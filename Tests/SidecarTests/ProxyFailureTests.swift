@@ -193,8 +193,7 @@ final class ProxyFailureTests: XCTestCase {
     }
 
     private func done(in harness: ProxyHarness) -> WireResponseDone? {
-        harness.collector.envelopes.compactMap { if case .responseDone(let done) = $0.record { done } else { nil } }
-            .last
+        harness.collector.responseDones.last
     }
 }
 

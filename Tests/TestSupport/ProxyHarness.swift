@@ -57,6 +57,11 @@ public final class RawFrameCollector: @unchecked Sendable {
         envelopes.map(\.record).filter { $0.exchangeID == id }
     }
 
+    /// Every exchange's last record, in arrival order.
+    public var responseDones: [WireResponseDone] {
+        envelopes.compactMap { if case .responseDone(let done) = $0.record { done } else { nil } }
+    }
+
     public func stop() {
         lock.lock()
         stopping = true
@@ -194,6 +199,20 @@ public func curlWithStatus(_ arguments: [String], timeout: Duration = .seconds(3
         headers.components(separatedBy: "\r\n").last { $0.hasPrefix("HTTP/") }
         .flatMap { $0.split(separator: " ").dropFirst().first.flatMap { Int($0) } } ?? 0
     return (process.terminationStatus, status, (try? Data(contentsOf: bodyFile)) ?? Data(), headers)
+}
+
+/// A field's value in a head as curl's `-D` wrote it (name matched in lower case), or nil.
+public func headerValue(_ name: String, in headers: String) -> String? {
+    headers.split(separator: "\r\n").first { $0.lowercased().hasPrefix(name + ":") }
+        .map { $0.split(separator: ":", maxSplits: 1)[1].trimmingCharacters(in: .whitespaces) }
+}
+
+/// Whether `needle` occurs in `haystack`: a secret in a frame, a file, a log.
+public func containsBytes(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard needle.count <= haystack.count else { return false }
+    return (0...(haystack.count - needle.count)).contains { start in
+        haystack[start..<start + needle.count].elementsEqual(needle)
+    }
 }
 
 /// A TCP connection to 127.0.0.1:port, as a file descriptor the caller closes.

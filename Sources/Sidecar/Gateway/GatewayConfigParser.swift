@@ -74,7 +74,7 @@ struct GatewayConfigParser {
         "client_timeout": "LLMTAP_CLIENT_TIMEOUT", "tenant_key": "LLMTAP_TENANT_KEY", "threads": "LLMTAP_THREADS",
         "heartbeat_interval": "LLMTAP_HEARTBEAT_INTERVAL", "max_queued_records": "LLMTAP_MAX_QUEUED_RECORDS",
         "max_queued_bytes": "LLMTAP_MAX_QUEUED_BYTES", "max_connections": "LLMTAP_MAX_CONNECTIONS",
-        "log_level": "LOG_LEVEL",
+        "max_concurrent_streams": "LLMTAP_MAX_CONCURRENT_STREAMS", "log_level": "LOG_LEVEL",
     ]
 
     /// The configuration in `text`, or nil when it is not YAML at all; `problems` says what is wrong.

@@ -46,6 +46,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var clientAddress = ""
     private var clientIP: String?
     private var counted = false
+    /// False where the listener counts its connections itself: behind the protocol sniffer, and on
+    /// an HTTP/2 stream, which is no connection of its own.
+    private let countsConnection: Bool
     /// A `read()` held back (by the machine's decision), to be issued when it allows.
     private var readPending = false
     private var upstreamNeedsFlush = false
@@ -94,8 +97,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     init(
         settings: ProxySettings, target: UpstreamTarget, ingress: IngressMode = .reverse, requiredHost: String? = nil,
-        pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger
+        pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger,
+        countsConnection: Bool = true
     ) {
+        self.countsConnection = countsConnection
         self.settings = settings
         self.target = target
         self.ingress = ingress
@@ -133,7 +138,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     /// Once per connection, whether it was active before this handler came (MITM) or after.
     private func countConnection() {
-        guard !counted else { return }
+        guard countsConnection, !counted else { return }
         counted = true
         counters.openConnections.add(1, ordering: .relaxed)
     }

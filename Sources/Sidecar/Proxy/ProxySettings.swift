@@ -17,6 +17,8 @@ struct ProxySettings: Sendable {
     var gateway: GatewayState?
     /// Client connections open at once, both listeners together (`--max-connections`).
     var maxConnections = 10_000
+    /// Streams one HTTP/2 client connection may have open at once (`--max-concurrent-streams`).
+    var maxConcurrentStreams = 100
     /// Bytes of pipelined requests held while an exchange is under way; past it, reading pauses.
     let maxPipelinedBytes = 1 << 20
     /// Body bytes held to find the model for a key limited to some models; past it, 413.

@@ -5,8 +5,9 @@ import NIOSSL
 import ServiceLifecycle
 import Wire
 
-/// The reverse listener (`--listen`): the app's `base_url` points here. With `tls`, the same
-/// behind TLS (a configuration's `https_port`): the sidecar serves HTTPS itself.
+/// The reverse listener (`--listen`): the app's `base_url` points here, over HTTP/1.1 or HTTP/2
+/// with prior knowledge. With `tls`, the same behind TLS (a configuration's `https_port`): the
+/// sidecar serves HTTPS itself.
 ///
 /// On graceful shutdown it stops accepting, lets every exchange under way finish within the drain
 /// timeout (idle keep-alive connections close at once), then closes what is left.
@@ -49,11 +50,29 @@ struct ReverseProxyServer: Service {
                             reverse: .init(settings: settings, target: target), publisher: publisher,
                             counters: counters, logger: logger))
                 }
-                try channel.pipeline.syncOperations.addHandler(
+                // HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port, told apart by the first
+                // bytes. The connection counts against --max-connections from its accept, whatever
+                // it turns out to speak; its exchange handlers (one per HTTP/2 stream) count none.
+                counters.openConnections.add(1, ordering: .relaxed)
+                channel.closeFuture.whenComplete { _ in counters.openConnections.subtract(1, ordering: .relaxed) }
+                let exchanges: @Sendable () -> ClientConnectionHandler = {
                     ClientConnectionHandler(
                         settings: settings, target: target, pools: pools, publisher: publisher, counters: counters,
-                        logger: logger
-                    ))
+                        logger: logger, countsConnection: false)
+                }
+                try channel.pipeline.syncOperations.addHandler(
+                    ProtocolSniffer(undecidedTimeout: settings.clientTimeout) { context, spoken in
+                        let pipeline = context.pipeline.syncOperations
+                        switch spoken {
+                        case .http1:
+                            try pipeline.addHandler(exchanges(), position: .after(context.handler))
+                        case .http2:
+                            // The sniffer is the pipeline's last handler: HTTP/2's go after it.
+                            try HTTP2Frontend.configure(
+                                pipeline, settings: settings, counters: counters, logger: logger,
+                                streamHandler: exchanges)
+                        }
+                    })
             },
             ready: { channel in
                 logger.info(
