@@ -299,10 +299,10 @@ struct SidecarCommand: AsyncParsableCommand {
             do {
                 let routes = try GatewayRoutes.make(
                     file, environment: Self.environment, keyHasher: TenantHasher(key: tenantKey), logger: logger)
-                var tls: NIOSSLContext?
+                var tls: ServerTLS?
                 if let httpsPort = file.httpsPort {
                     do {
-                        tls = try Self.makeServerTLS(certificate: file.certFile ?? "", key: file.privateKeyFile ?? "")
+                        tls = try ServerTLS(certificate: file.certFile ?? "", key: file.privateKeyFile ?? "")
                     } catch {
                         throw ConfigurationError("cannot serve HTTPS on https_port \(httpsPort): \(error)")
                     }
@@ -580,19 +580,6 @@ struct SidecarCommand: AsyncParsableCommand {
         }
         guard !ports.isEmpty else { throw ConfigurationError("--mitm-ports needs at least one port") }
         return ports
-    }
-
-    /// The HTTPS listener's TLS: the configuration's PEM certificate chain and key (RSA or
-    /// ECDSA), TLS 1.2 and 1.3, ALPN http/1.1.
-    static func makeServerTLS(certificate: String, key: String) throws -> NIOSSLContext {
-        let chain = try NIOSSLCertificate.fromPEMFile(certificate)
-        guard !chain.isEmpty else { throw ConfigurationError("\(certificate) holds no PEM certificate") }
-        var configuration = TLSConfiguration.makeServerConfiguration(
-            certificateChain: chain.map { .certificate($0) },
-            privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
-        configuration.minimumTLSVersion = .tlsv12
-        configuration.applicationProtocols = ["http/1.1"]
-        return try NIOSSLContext(configuration: configuration)
     }
 
     /// System trust roots, plus the extra ones; built once, off any event loop.

@@ -220,7 +220,7 @@ final class GatewayRoutingTests: XCTestCase {
         XCTAssertEqual(fallback.requests.count, 1, "the primary serves again")
     }
 
-    /// `https_port` serves TLS 1.2 and 1.3 itself, ALPN http/1.1, beside the plain `http_port`.
+    /// `https_port` serves TLS 1.2 and 1.3 itself (ALPN h2 and http/1.1: HTTP2ClientTests), beside the plain `http_port`.
     func testTheSidecarServesHTTPSWithItsOwnCertificate() throws {
         let mock = try Mock()
         let folder = try makeFolder()

@@ -50,6 +50,67 @@ final class HTTP2ClientTests: XCTestCase {
         XCTAssertTrue(http1.headers.hasPrefix("HTTP/1.1 200"), http1.headers)
     }
 
+    func testTheHTTPSListenerOffersH2AndHTTP1ByALPN() throws {
+        let mock = try MockProvider()
+        let folder = try makeFolder()
+        let (sidecar, httpsPort, _, cert) = try startHTTPSGateway(to: mock.port, in: folder)
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+            mock.process.signal(SIGTERM)
+        }
+        XCTAssertTrue(eventually { sidecar.stderr.contains("https listener ready") }, sidecar.stderr)
+        let tls = ["--cacert", cert, "--resolve", "localhost:\(httpsPort):127.0.0.1"]
+        let url = "https://localhost:\(httpsPort)/v1/chat/completions"
+        for stream in [false, true] {
+            let body = #"{"model":"gpt-4o-mini","stream":\#(stream)}"#
+            let direct = try curl(["http://127.0.0.1:\(mock.port)/v1/chat/completions", "--data-binary", body])
+            let h2 = try curl(tls + ["--http2", url, "--data-binary", body])
+            XCTAssertTrue(h2.headers.hasPrefix("HTTP/2 200"), h2.headers)
+            XCTAssertEqual(h2.body, direct.body, "stream \(stream): the body changed over h2 and TLS")
+            let http1 = try curl(tls + ["--http1.1", url, "--data-binary", body])
+            XCTAssertTrue(http1.headers.hasPrefix("HTTP/1.1 200"), http1.headers)
+            XCTAssertEqual(http1.body, direct.body)
+        }
+        let handshake = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/openssl"),
+            arguments: [
+                "s_client", "-connect", "127.0.0.1:\(httpsPort)", "-servername", "localhost", "-alpn", "h2,http/1.1",
+                "-CAfile", cert,
+            ], stdinText: "")
+        XCTAssertEqual(handshake.waitForExit(), 0, handshake.stderr)
+        XCTAssertTrue(handshake.stdout.contains("ALPN protocol: h2"), handshake.stdout)
+    }
+
+    func testTheOpenAIPackageOverH2WithPriorKnowledge() throws {
+        let harness = try ProxyHarness(mockArguments: ["--event-delay-ms", "2"])
+        defer { harness.stop() }
+        let script = """
+            import sys, httpx, openai
+            versions = []
+            http = httpx.Client(http1=False, http2=True,
+                                event_hooks={"response": [lambda r: versions.append(r.http_version)]})
+            client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-openai-python-h2c", http_client=http)
+            reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+            print("plain:", reply.choices[0].message.content, reply.usage.total_tokens)
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
+                                                    stream=True, stream_options={"include_usage": True})
+            text, usage = "", None
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content: text += chunk.choices[0].delta.content
+                if chunk.usage: usage = chunk.usage.total_tokens
+            print("stream:", text, usage)
+            print("versions:", ",".join(versions))
+            """
+        let run = try runPython(script, arguments: [harness.baseURL])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stdout.contains("plain: Hello"), run.stdout)
+        XCTAssertTrue(run.stdout.contains("stream: Hello"), run.stdout)
+        XCTAssertTrue(run.stdout.contains("versions: HTTP/2,HTTP/2"), run.stdout)
+        XCTAssertTrue(eventually { harness.collector.responseDones.count == 2 })
+        XCTAssertEqual(harness.collector.responseDones.map(\.outcome), [.completed, .completed])
+    }
+
     func testAHundredConcurrentStreamsOnOneConnectionAreAHundredExchanges() throws {
         let harness = try ProxyHarness(mockArguments: ["--event-delay-ms", "2"])
         // httpx over one HTTP/2 connection (prior knowledge on http://), 100 requests at once,

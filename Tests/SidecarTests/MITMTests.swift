@@ -40,7 +40,7 @@ final class MITMTests: XCTestCase {
     func testConnectionMayNotRemoveFramingHeadersEitherWay() throws {
         let setup = try startProxy()
         defer { setup.harness.stop() }
-        let through = ["-x", setup.proxy, "--cacert", setup.caCertificate, "--max-time", "5"]
+        let through = ["--http1.1", "-x", setup.proxy, "--cacert", setup.caCertificate, "--max-time", "5"]
         let url = "\(setup.upstreamURL)/v1/chat/completions"
         for name in ["content-length", "authorization"] {
             let refused = try curlWithStatus(
@@ -95,6 +95,34 @@ final class MITMTests: XCTestCase {
             "localhost:\(setup.harness.mockPort)")
     }
 
+    func testCurlOverH2ThroughTheProxyIsDecryptedAndTappedStreamByStream() throws {
+        let setup = try startProxy()
+        defer { setup.harness.stop() }
+        for stream in [false, true] {
+            let body = #"{"model":"gpt-4o-mini","stream":\#(stream)}"#
+            let response = try curlWithStatus([
+                "--http2", "-x", setup.proxy, "--cacert", setup.caCertificate,
+                "\(setup.upstreamURL)/v1/chat/completions", "-H", "Authorization: Bearer sk-mitm-h2", "-d", body,
+            ])
+            XCTAssertEqual(response.exitCode, 0)
+            XCTAssertEqual(response.status, 200)
+            // The CONNECT's answer, then the decrypted response, over h2 (ALPN with the leaf).
+            XCTAssertTrue(response.headers.contains("\r\nHTTP/2 200"), response.headers)
+            let text = String(decoding: response.body, as: UTF8.self)
+            XCTAssertTrue(stream ? text.hasSuffix("data: [DONE]\n\n") : text.contains("chat.completion"), text)
+        }
+        XCTAssertTrue(eventually { setup.harness.collector.responseDones.count == 2 })
+        XCTAssertEqual(setup.harness.collector.responseDones.map(\.outcome), [.completed, .completed])
+        let requests = setup.harness.collector.envelopes.compactMap {
+            if case .request(let request) = $0.record { request } else { nil }
+        }
+        XCTAssertEqual(requests.map(\.ingress), [.mitm, .mitm])
+        XCTAssertEqual(requests.first?.scheme, "https")
+        XCTAssertFalse(
+            setup.harness.collector.rawFrames.contains { containsBytes($0, Array("sk-mitm-h2".utf8)) },
+            "the credential reached the wire")
+    }
+
     func testTheOpenAIPackageWorksThroughTheProxyStreamingAndNot() throws {
         let setup = try startProxy()
         defer { setup.harness.stop() }
@@ -125,6 +153,36 @@ final class MITMTests: XCTestCase {
                 }
                 return ingress == [.mitm, .mitm]
             })
+    }
+
+    func testTheOpenAIPackageOverH2ThroughTheProxy() throws {
+        let setup = try startProxy()
+        defer { setup.harness.stop() }
+        // httpx with HTTP/2 under the openai package: ALPN picks h2 with the sidecar's leaf.
+        let script = """
+            import sys, httpx, openai
+            versions = []
+            http = httpx.Client(http2=True, proxy=sys.argv[2], verify=sys.argv[3],
+                                event_hooks={"response": [lambda r: versions.append(r.http_version)]})
+            client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-openai-python-mitm-h2", http_client=http)
+            reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+            print("plain:", reply.choices[0].message.content)
+            stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
+                                                    stream=True, stream_options={"include_usage": True})
+            text, usage = "", None
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content: text += chunk.choices[0].delta.content
+                if chunk.usage: usage = chunk.usage.total_tokens
+            print("stream:", text, usage)
+            print("versions:", ",".join(versions))
+            """
+        let run = try runPython(script, arguments: [setup.upstreamURL, setup.proxy, setup.caCertificate])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stdout.contains("plain: Hello"), run.stdout)
+        XCTAssertTrue(run.stdout.contains("stream: Hello"), run.stdout)
+        XCTAssertTrue(run.stdout.contains("versions: HTTP/2,HTTP/2"), run.stdout)
+        XCTAssertTrue(eventually { setup.harness.collector.responseDones.count == 2 })
+        XCTAssertEqual(setup.harness.collector.responseDones.map(\.outcome), [.completed, .completed])
     }
 
     func testAHostOffTheAllowlistIsTunnelledUntouched() throws {

@@ -31,12 +31,12 @@ struct ConfigReloader: Service {
             let file = try GatewayConfigParser.load(path: path, environment: environment)
             let routes = try GatewayRoutes.make(
                 file, environment: environment, keepingHealthOf: state.routes, keyHasher: keyHasher, logger: logger)
-            var tls: NIOSSLContext?
+            var tls: ServerTLS?
             if servesHTTPS {
                 guard let certificate = file.certFile, let key = file.privateKeyFile else {
                     throw ConfigurationError("the sidecar serves HTTPS: cert_file and private_key_file must stay")
                 }
-                tls = try SidecarCommand.makeServerTLS(certificate: certificate, key: key)
+                tls = try ServerTLS(certificate: certificate, key: key)
             }
             state.replace(routes: routes, tls: tls)
             logger.notice(

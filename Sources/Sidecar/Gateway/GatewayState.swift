@@ -7,7 +7,7 @@ import Synchronization
 final class GatewayState: Sendable {
     private struct Current: Sendable {
         var routes: GatewayRoutes
-        var tls: NIOSSLContext?
+        var tls: ServerTLS?
     }
 
     private let current: Mutex<Current>
@@ -22,7 +22,7 @@ final class GatewayState: Sendable {
         let routes: GatewayRoutes
     }
 
-    init(routes: GatewayRoutes, tls: NIOSSLContext?) {
+    init(routes: GatewayRoutes, tls: ServerTLS?) {
         current = Mutex(Current(routes: routes, tls: tls))
     }
 
@@ -39,9 +39,9 @@ final class GatewayState: Sendable {
     }
 
     /// The HTTPS listener's certificate now.
-    var tls: NIOSSLContext? { current.withLock { $0.tls } }
+    var tls: ServerTLS? { current.withLock { $0.tls } }
 
-    func replace(routes: GatewayRoutes, tls: NIOSSLContext?) {
+    func replace(routes: GatewayRoutes, tls: ServerTLS?) {
         current.withLock {
             $0 = Current(routes: routes, tls: tls)
             generation.add(1, ordering: .releasing)

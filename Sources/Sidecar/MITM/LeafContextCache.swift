@@ -65,7 +65,7 @@ final class LeafContextCache: Sendable {
                 ],
                 privateKey: .privateKey(try NIOSSLPrivateKey(bytes: Array(key.pemRepresentation.utf8), format: .pem))
             )
-            configuration.applicationProtocols = ["http/1.1"]
+            configuration.applicationProtocols = ExchangePipeline.applicationProtocols
             result = .success(try NIOSSLContext(configuration: configuration))
         } catch {
             result = .failure(error)

@@ -233,12 +233,14 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                     try operations.addHandler(NIOSSLServerHandler(context: tlsContext), position: .after(handler))
                     let tls = try operations.handler(type: NIOSSLServerHandler.self)
                     try operations.addHandler(TLSFailureLogger(host: host, logger: logger), position: .after(tls))
-                    let logging = try operations.handler(type: TLSFailureLogger.self)
-                    try operations.addHandler(
+                    // The TLS failure logger is the last handler: HTTP/1.1 or HTTP/2 (ALPN) after it.
+                    try ExchangePipeline.install(
+                        on: channel, settings: settings.proxy, counters: counters, logger: logger
+                    ) {
                         ClientConnectionHandler(
                             settings: settings.proxy, target: target, ingress: .mitm, pools: pools,
-                            publisher: publisher, counters: counters, logger: logger
-                        ), position: .after(logging))
+                            publisher: publisher, counters: counters, logger: logger, countsConnection: false)
+                    }
                 } catch {
                     logger.error(
                         "closing a MITM connection: cannot set up TLS",

@@ -26,9 +26,10 @@ struct DrainingListener {
 
     /// Binds (or takes the socket handed over by a hot upgrade), reports readiness with `ready`, waits for `untilShutdown`, then drains.
     /// `transport` comes first on every connection, one refused at `maxConnections` too (TLS: its
-    /// 503 is then read as HTTPS, as the client speaks it), `childInitializer` after it on the rest.
+    /// 503 is then read as HTTPS, as the client speaks it; `refused` says which it is),
+    /// `childInitializer` after it on the rest.
     func run(
-        transport: @escaping @Sendable (any Channel) throws -> Void = { _ in },
+        transport: @escaping @Sendable (_ channel: any Channel, _ refused: Bool) throws -> Void = { _, _ in },
         childInitializer: @escaping @Sendable (any Channel) throws -> Void,
         ready: (any Channel) -> Void,
         untilShutdown: () async -> Void
@@ -51,8 +52,9 @@ struct DrainingListener {
                 .childChannelOption(.maxMessagesPerRead, value: 16)
                 .childChannelInitializer { [counters, logger, name, maxConnections] channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try transport(channel)
-                        guard counters.openConnections.load(ordering: .relaxed) < maxConnections else {
+                        let refused = counters.openConnections.load(ordering: .relaxed) >= maxConnections
+                        try transport(channel, refused)
+                        guard !refused else {
                             Self.logRefusal(
                                 channel, maxConnections: maxConnections, listener: name, counters: counters,
                                 logger: logger)

@@ -23,7 +23,7 @@ struct ReverseProxyServer: Service {
     let startup: Startup
     let logger: Logger
     /// The certificate for each new connection (a reload may change it); nil: plain HTTP.
-    var tls: (@Sendable () -> NIOSSLContext?)? = nil
+    var tls: (@Sendable () -> ServerTLS?)? = nil
     /// With `connect_tunnel_enabled`: a connection whose first request is CONNECT becomes a tunnel.
     var tunnels: MITMSettings? = nil
 
@@ -37,10 +37,11 @@ struct ReverseProxyServer: Service {
             startup: startup, logger: logger
         )
         try await listener.run(
-            transport: { channel in
+            transport: { channel, refused in
                 guard let tls else { return }
-                guard let context = tls() else { throw ConfigurationError("no certificate to serve HTTPS with") }
-                try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: context))
+                guard let contexts = tls() else { throw ConfigurationError("no certificate to serve HTTPS with") }
+                try channel.pipeline.syncOperations.addHandler(
+                    NIOSSLServerHandler(context: refused ? contexts.http1Only : contexts.negotiating))
             },
             childInitializer: { channel in
                 if let tunnels {
@@ -50,29 +51,12 @@ struct ReverseProxyServer: Service {
                             reverse: .init(settings: settings, target: target), publisher: publisher,
                             counters: counters, logger: logger))
                 }
-                // HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port, told apart by the first
-                // bytes. The connection counts against --max-connections from its accept, whatever
-                // it turns out to speak; its exchange handlers (one per HTTP/2 stream) count none.
-                counters.openConnections.add(1, ordering: .relaxed)
-                channel.closeFuture.whenComplete { _ in counters.openConnections.subtract(1, ordering: .relaxed) }
-                let exchanges: @Sendable () -> ClientConnectionHandler = {
+                // HTTP/1.1 and HTTP/2 (h2c, or ALPN's h2 over TLS) on one port.
+                try ExchangePipeline.install(on: channel, settings: settings, counters: counters, logger: logger) {
                     ClientConnectionHandler(
                         settings: settings, target: target, pools: pools, publisher: publisher, counters: counters,
                         logger: logger, countsConnection: false)
                 }
-                try channel.pipeline.syncOperations.addHandler(
-                    ProtocolSniffer(undecidedTimeout: settings.clientTimeout) { context, spoken in
-                        let pipeline = context.pipeline.syncOperations
-                        switch spoken {
-                        case .http1:
-                            try pipeline.addHandler(exchanges(), position: .after(context.handler))
-                        case .http2:
-                            // The sniffer is the pipeline's last handler: HTTP/2's go after it.
-                            try HTTP2Frontend.configure(
-                                pipeline, settings: settings, counters: counters, logger: logger,
-                                streamHandler: exchanges)
-                        }
-                    })
             },
             ready: { channel in
                 logger.info(
