@@ -381,7 +381,8 @@ public nonisolated struct Llmtap_Wire_V1_Request: @unchecked Sendable {
     set {_uniqueStorage()._bodyTruncated = newValue}
   }
 
-  /// "HTTP/1.1", ...
+  /// The version the client spoke: "HTTP/1.1", "HTTP/1.0", "HTTP/2" (each HTTP/2 stream is an
+  /// exchange of its own).
   public var httpVersion: String {
     get {_storage._httpVersion}
     set {_uniqueStorage()._httpVersion = newValue}

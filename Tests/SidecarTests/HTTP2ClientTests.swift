@@ -168,6 +168,7 @@ final class HTTP2ClientTests: XCTestCase {
                 return XCTFail("\(id): not Request ... ResponseDone: \(records.map(\.kindName))")
             }
             XCTAssertEqual(request.method, "POST", id)
+            XCTAssertEqual(request.httpVersion, "HTTP/2", id)
             XCTAssertEqual(request.path, "/v1/chat/completions", id)
             XCTAssertEqual(done.status, 200, id)
             XCTAssertEqual(done.outcome, .completed, id)

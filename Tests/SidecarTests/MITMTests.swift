@@ -117,6 +117,7 @@ final class MITMTests: XCTestCase {
             if case .request(let request) = $0.record { request } else { nil }
         }
         XCTAssertEqual(requests.map(\.ingress), [.mitm, .mitm])
+        XCTAssertEqual(requests.map(\.httpVersion), ["HTTP/2", "HTTP/2"])
         XCTAssertEqual(requests.first?.scheme, "https")
         XCTAssertFalse(
             setup.harness.collector.rawFrames.contains { containsBytes($0, Array("sk-mitm-h2".utf8)) },

@@ -83,6 +83,7 @@ final class ReverseProxyTests: XCTestCase {
                 chunks.compactMap { if case .streamChunk(let c) = $0 { c.index } else { nil } },
                 Array(0..<UInt64(chunks.count)))
             XCTAssertEqual(request.method, "POST")
+            XCTAssertEqual(request.httpVersion, "HTTP/1.1")
             XCTAssertEqual(request.path, "/v1/chat/completions")
             XCTAssertEqual(request.host, "127.0.0.1:\(harness.mockPort)")
             XCTAssertEqual(request.ingress, .reverse)

@@ -10,11 +10,12 @@ rss_mb() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 # A fixed chat completion, as OpenAI answers it: the body of the static upstream.
 BENCH_CHAT_COMPLETION='{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I assist you today?","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21},"service_tier":"default","system_fingerprint":"fp_06737a9306"}'
 
-# nginx_site WORK NAME PORT UPSTREAM_PORT LOCATION: starts nginx (2 workers) serving LOCATION on
-# 127.0.0.1:PORT (PORT may be several ports, space-separated: one server listening on each), with `llm` as a keep-alive upstream at UPSTREAM_PORT. Stop it with
-# kill -QUIT "$(cat WORK/NAME.pid)".
+# nginx_site WORK NAME PORT UPSTREAM_PORT LOCATION [LISTEN_OPTIONS]: starts nginx (2 workers)
+# serving LOCATION on 127.0.0.1:PORT (PORT may be several ports, space-separated: one server
+# listening on each; LISTEN_OPTIONS, such as `http2`, go on each listen line), with `llm` as a
+# keep-alive upstream at UPSTREAM_PORT. Stop it with kill -QUIT "$(cat WORK/NAME.pid)".
 nginx_site() {
-    local work="$1" name="$2" port="$3" upstream="$4" location="$5"
+    local work="$1" name="$2" port="$3" upstream="$4" location="$5" options="${6:-}"
     mkdir -p "$work/$name"
     cat > "$work/$name.conf" <<CONF
 worker_processes 2;
@@ -27,7 +28,7 @@ http {
     keepalive_requests 1000000;
     upstream llm { server 127.0.0.1:$upstream; keepalive 64; }
     server {
-$(for each in $port; do echo "        listen 127.0.0.1:$each;"; done)
+$(for each in $port; do echo "        listen 127.0.0.1:$each $options;"; done)
         location / { $location }
     }
 }
@@ -51,7 +52,7 @@ LUA
 
 bench_cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for conf in upstream proxy; do [ -f "$work/$conf.pid" ] && kill -QUIT "$(cat "$work/$conf.pid")" 2>/dev/null || true; done
+    for conf in upstream proxy h2proxy; do [ -f "$work/$conf.pid" ] && kill -QUIT "$(cat "$work/$conf.pid")" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }

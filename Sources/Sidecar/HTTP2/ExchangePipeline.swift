@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import NIOHTTP1
 
 /// What a client connection's bytes go through once they are HTTP (after TLS, if any): the protocol
 /// sniffer, then HTTP/1.1's exchange handler or HTTP/2's connection handlers with one exchange
@@ -15,7 +16,7 @@ enum ExchangePipeline {
     /// `exchanges` makes (one per HTTP/2 stream) count none.
     static func install(
         on channel: any Channel, settings: ProxySettings, counters: SidecarCounters, logger: Logger,
-        exchanges: @escaping @Sendable () -> ClientConnectionHandler
+        exchanges: @escaping @Sendable (_ clientVersion: HTTPVersion?) -> ClientConnectionHandler
     ) throws {
         counters.openConnections.add(1, ordering: .relaxed)
         channel.closeFuture.whenComplete { _ in counters.openConnections.subtract(1, ordering: .relaxed) }
@@ -24,11 +25,12 @@ enum ExchangePipeline {
                 let pipeline = context.pipeline.syncOperations
                 switch spoken {
                 case .http1:
-                    try pipeline.addHandler(exchanges(), position: .after(context.handler))
+                    try pipeline.addHandler(exchanges(nil), position: .after(context.handler))
                 case .http2:
                     // The sniffer is the pipeline's last handler: HTTP/2's go after it.
                     try HTTP2Frontend.configure(
-                        pipeline, settings: settings, counters: counters, logger: logger, streamHandler: exchanges)
+                        pipeline, settings: settings, counters: counters, logger: logger,
+                        streamHandler: { exchanges(.http2) })
                 }
             })
     }

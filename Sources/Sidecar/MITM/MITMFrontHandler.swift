@@ -239,7 +239,8 @@ final class MITMFrontHandler: ChannelInboundHandler, RemovableChannelHandler {
                     ) {
                         ClientConnectionHandler(
                             settings: settings.proxy, target: target, ingress: .mitm, pools: pools,
-                            publisher: publisher, counters: counters, logger: logger, countsConnection: false)
+                            publisher: publisher, counters: counters, logger: logger, countsConnection: false,
+                            clientVersion: $0)
                     }
                 } catch {
                     logger.error(

@@ -49,6 +49,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     /// False where the listener counts its connections itself: behind the protocol sniffer, and on
     /// an HTTP/2 stream, which is no connection of its own.
     private let countsConnection: Bool
+    /// The HTTP version the client spoke, where the bytes this handler reads say another: HTTP/2
+    /// for a stream, whose request `HTTP2StreamBridge` writes as HTTP/1.1. The records carry it.
+    private let clientVersion: HTTPVersion?
     /// A `read()` held back (by the machine's decision), to be issued when it allows.
     private var readPending = false
     private var upstreamNeedsFlush = false
@@ -98,9 +101,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     init(
         settings: ProxySettings, target: UpstreamTarget, ingress: IngressMode = .reverse, requiredHost: String? = nil,
         pools: UpstreamPools, publisher: any RecordPublishing, counters: SidecarCounters, logger: Logger,
-        countsConnection: Bool = true
+        countsConnection: Bool = true, clientVersion: HTTPVersion? = nil
     ) {
         self.countsConnection = countsConnection
+        self.clientVersion = clientVersion
         self.settings = settings
         self.target = target
         self.ingress = ingress
@@ -316,8 +320,10 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
                     presented: presented, uri: head.uri, path: uri, nowMs: WallClock.nowUnixNanos() / 1_000_000,
                     nowNanos: NIODeadline.now().uptimeNanoseconds)
             } ?? .passThrough
+        var spoken = head
+        if let clientVersion { spoken.version = clientVersion }
         let tap = ExchangeTap(
-            exchangeID: counters.makeExchangeID(), head: head, upstream: target, path: uri,
+            exchangeID: counters.makeExchangeID(), head: spoken, upstream: target, path: uri,
             clientAddress: clientAddress,
             tenant: tenant(for: presented?.value ?? Credentials.inQuery(head.uri)),
             settings: settings.tap, ingress: ingress, publisher: publisher

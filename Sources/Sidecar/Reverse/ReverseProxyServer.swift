@@ -55,7 +55,7 @@ struct ReverseProxyServer: Service {
                 try ExchangePipeline.install(on: channel, settings: settings, counters: counters, logger: logger) {
                     ClientConnectionHandler(
                         settings: settings, target: target, pools: pools, publisher: publisher, counters: counters,
-                        logger: logger, countsConnection: false)
+                        logger: logger, countsConnection: false, clientVersion: $0)
                 }
             },
             ready: { channel in

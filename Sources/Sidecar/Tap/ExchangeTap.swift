@@ -75,7 +75,12 @@ final class ExchangeTap {
         request.app = settings.app
         request.tenant = tenant
         request.startUnixNanos = WallClock.nowUnixNanos()
-        request.httpVersion = head.version == .http1_1 ? "HTTP/1.1" : "HTTP/\(head.version.major).\(head.version.minor)"
+        request.httpVersion =
+            switch (head.version.major, head.version.minor) {
+            case (1, 1): "HTTP/1.1"
+            case (let major, 0) where major >= 2: "HTTP/\(major)"
+            case (let major, let minor): "HTTP/\(major).\(minor)"
+            }
         self.request = request
         self.requestHeaders = head.headers
     }
