@@ -297,6 +297,53 @@ final class HTTP2ClientTests: XCTestCase {
             })
     }
 
+    func testAStreamWhoseClientDoesNotReadStallsNoOtherStream() throws {
+        let harness = try ProxyHarness()
+        defer { harness.stop() }
+        let idleRSS = try Self.rssKiB(harness.sidecar.process.processIdentifier)
+        // Stream 1 asks for 256 events of 64 KiB and its window is never opened again (the
+        // connection's is, for its bytes, so only the stream is held); stream 3, sent after it on
+        // the same connection, must still get its whole answer.
+        let out = try h2Client(
+            port: harness.sidecarPort,
+            """
+            body = json.dumps({"model": "gpt-4o-mini", "stream": True}).encode()
+            request(1, [("x-mock-events", "256"), ("x-mock-event-bytes", "65536"), ("x-mock-event-delay-ms", "0")], body)
+            time.sleep(0.5)
+            request(3, [("x-mock-events", "5"), ("x-mock-event-delay-ms", "10")], body)
+            received, ended = {1: 0, 3: b""}, False
+            deadline = time.time() + 20
+            while not ended and time.time() < deadline:
+                batch = events()
+                if batch is None:
+                    break
+                for event in batch:
+                    if isinstance(event, h2.events.DataReceived):
+                        if event.stream_id == 1:
+                            received[1] += len(event.data)
+                            conn.increment_flow_control_window(event.flow_controlled_length)
+                        else:
+                            received[3] += event.data
+                            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    if isinstance(event, h2.events.StreamEnded) and event.stream_id == 3:
+                        ended = True
+                send()
+            time.sleep(1)
+            rss = [line for line in open("/proc/%s/status" % sys.argv[2]) if line.startswith("VmRSS")]
+            out["stalled"], out["other"], out["ended"] = received[1], received[3].decode(), ended
+            out["rss_kb"] = int(rss[0].split()[1])
+            """, arguments: ["\(harness.sidecar.process.processIdentifier)"])
+        XCTAssertEqual(out["ended"] as? Bool, true, "stream 3 never ended: \(out["stalled"] ?? "")")
+        XCTAssertTrue((out["other"] as? String)?.contains("data: [DONE]") == true)
+        let stalled = try XCTUnwrap(out["stalled"] as? Int)
+        XCTAssertLessThanOrEqual(stalled, 65_535, "stream 1 got past its window")
+        // Held back: stream 1's 16 MiB wait upstream, not in the sidecar's memory (the mock writes
+        // them all into its own buffers, so its log can't tell).
+        let rss = try XCTUnwrap(out["rss_kb"] as? Int)
+        XCTAssertLessThan(
+            rss - idleRSS, 8 << 10, "the sidecar grew by \(rss - idleRSS) KiB: it buffered the stalled stream")
+    }
+
     func testARapidResetFloodGetsGoAwayAndTheSidecarServesOthers() throws {
         let harness = try ProxyHarness()
         defer { harness.stop() }
@@ -461,6 +508,12 @@ final class HTTP2ClientTests: XCTestCase {
         XCTAssertTrue(
             harness.collector.responseDones.contains { $0.outcome == .completed },
             "\(harness.collector.responseDones.map(\.outcome))")
+    }
+
+    private static func rssKiB(_ pid: Int32) throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS") })
+        return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1]))
     }
 
     /// The frames in bytes an HTTP/2 server sent, as far as they are whole.
