@@ -8,9 +8,7 @@ import XCTest
 final class HTTP2ClientTests: XCTestCase {
     private let apiKey = "sk-test-FAKE-h2-0123456789abcdefghij"
 
-    private func chat(_ body: String) -> [String] {
-        ["-H", "content-type: application/json", "-H", "authorization: Bearer \(apiKey)", "--data-binary", body]
-    }
+    private func chat(_ body: String) -> [String] { curlChatArguments(body, key: apiKey) }
 
     func testCurlWithPriorKnowledgeGetsWhatHTTP1Gets() throws {
         let harness = try ProxyHarness(mockArguments: ["--event-delay-ms", "2"])
@@ -85,23 +83,13 @@ final class HTTP2ClientTests: XCTestCase {
     func testTheOpenAIPackageOverH2WithPriorKnowledge() throws {
         let harness = try ProxyHarness(mockArguments: ["--event-delay-ms", "2"])
         defer { harness.stop() }
-        let script = """
-            import sys, httpx, openai
-            versions = []
-            http = httpx.Client(http1=False, http2=True,
-                                event_hooks={"response": [lambda r: versions.append(r.http_version)]})
-            client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-openai-python-h2c", http_client=http)
-            reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
-            print("plain:", reply.choices[0].message.content, reply.usage.total_tokens)
-            stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
-                                                    stream=True, stream_options={"include_usage": True})
-            text, usage = "", None
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content: text += chunk.choices[0].delta.content
-                if chunk.usage: usage = chunk.usage.total_tokens
-            print("stream:", text, usage)
-            print("versions:", ",".join(versions))
-            """
+        let script = openAIChatScript(
+            apiKey: "sk-openai-python-h2c",
+            httpClient: """
+                import httpx
+                http = httpx.Client(http1=False, http2=True,
+                                    event_hooks={"response": [lambda r: versions.append(r.http_version)]})
+                """)
         let run = try runPython(script, arguments: [harness.baseURL])
         XCTAssertEqual(run.status, 0, run.stderr)
         XCTAssertTrue(run.stdout.contains("plain: Hello"), run.stdout)

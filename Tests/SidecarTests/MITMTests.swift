@@ -127,19 +127,7 @@ final class MITMTests: XCTestCase {
     func testTheOpenAIPackageWorksThroughTheProxyStreamingAndNot() throws {
         let setup = try startProxy()
         defer { setup.harness.stop() }
-        let script = """
-            import os, sys, openai
-            client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-openai-python-mitm")
-            reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
-            print("plain:", reply.choices[0].message.content)
-            stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
-                                                    stream=True, stream_options={"include_usage": True})
-            text, usage = "", None
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content: text += chunk.choices[0].delta.content
-                if chunk.usage: usage = chunk.usage.total_tokens
-            print("stream:", text, usage)
-            """
+        let script = openAIChatScript(apiKey: "sk-openai-python-mitm")
         let python = try RunningProcess(
             executable: URL(fileURLWithPath: try testPython()), arguments: ["-c", script, setup.upstreamURL],
             environment: ["HTTPS_PROXY": setup.proxy, "SSL_CERT_FILE": setup.caCertificate, "NO_PROXY": ""])
@@ -160,23 +148,13 @@ final class MITMTests: XCTestCase {
         let setup = try startProxy()
         defer { setup.harness.stop() }
         // httpx with HTTP/2 under the openai package: ALPN picks h2 with the sidecar's leaf.
-        let script = """
-            import sys, httpx, openai
-            versions = []
-            http = httpx.Client(http2=True, proxy=sys.argv[2], verify=sys.argv[3],
-                                event_hooks={"response": [lambda r: versions.append(r.http_version)]})
-            client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="sk-openai-python-mitm-h2", http_client=http)
-            reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
-            print("plain:", reply.choices[0].message.content)
-            stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
-                                                    stream=True, stream_options={"include_usage": True})
-            text, usage = "", None
-            for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content: text += chunk.choices[0].delta.content
-                if chunk.usage: usage = chunk.usage.total_tokens
-            print("stream:", text, usage)
-            print("versions:", ",".join(versions))
-            """
+        let script = openAIChatScript(
+            apiKey: "sk-openai-python-mitm-h2",
+            httpClient: """
+                import httpx
+                http = httpx.Client(http2=True, proxy=sys.argv[2], verify=sys.argv[3],
+                                    event_hooks={"response": [lambda r: versions.append(r.http_version)]})
+                """)
         let run = try runPython(script, arguments: [setup.upstreamURL, setup.proxy, setup.caCertificate])
         XCTAssertEqual(run.status, 0, run.stderr)
         XCTAssertTrue(run.stdout.contains("plain: Hello"), run.stdout)

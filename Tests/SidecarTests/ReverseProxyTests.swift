@@ -8,9 +8,7 @@ import XCTest
 final class ReverseProxyTests: XCTestCase {
     private let apiKey = "sk-test-FAKE-0123456789abcdefghijklmnop"
 
-    private func chat(_ body: String) -> [String] {
-        ["-H", "content-type: application/json", "-H", "authorization: Bearer \(apiKey)", "--data-binary", body]
-    }
+    private func chat(_ body: String) -> [String] { curlChatArguments(body, key: apiKey) }
 
     func testBodiesThroughTheSidecarAreByteIdenticalToDirectCalls() throws {
         let harness = try ProxyHarness(mockArguments: ["--event-delay-ms", "2"])

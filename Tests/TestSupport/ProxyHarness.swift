@@ -263,6 +263,35 @@ public func rawHTTPBytes(port: Int, _ request: [UInt8], timeout: Duration = .sec
     }
 }
 
+/// A Python script that makes a chat completion and a streamed one with the official `openai`
+/// package, `base_url` argv[1] + "/v1", and prints `plain: TEXT TOKENS`, `stream: TEXT TOKENS` and
+/// `versions: ...` (the HTTP version of each response, when `httpClient` is given). `httpClient`
+/// is Python making the package's httpx client as `http` (it may read `sys.argv` and append to
+/// `versions` in a response hook); nil leaves the package's own.
+public func openAIChatScript(apiKey: String, httpClient: String? = nil) -> String {
+    """
+    import sys, openai
+    versions = []
+    \(httpClient ?? "http = None")
+    client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="\(apiKey)", http_client=http)
+    reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}])
+    print("plain:", reply.choices[0].message.content, reply.usage.total_tokens)
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}],
+                                            stream=True, stream_options={"include_usage": True})
+    text, usage = "", None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content: text += chunk.choices[0].delta.content
+        if chunk.usage: usage = chunk.usage.total_tokens
+    print("stream:", text, usage)
+    print("versions:", ",".join(versions))
+    """
+}
+
+/// curl's arguments for a JSON POST of `body` with `key` as a bearer credential.
+public func curlChatArguments(_ body: String, key: String) -> [String] {
+    ["-H", "content-type: application/json", "-H", "authorization: Bearer \(key)", "--data-binary", body]
+}
+
 /// Runs a Python script with the test virtualenv's packages; returns its exit status and output.
 public func runPython(_ script: String, arguments: [String] = [], timeout: Duration = .seconds(60)) throws -> (
     status: Int32, stdout: String, stderr: String
