@@ -111,3 +111,58 @@ final class ProviderUpMetricTests: XCTestCase {
         XCTAssertEqual(series.count, CollectorMetrics.maxProvidersPerSidecar)
     }
 }
+
+/// The client's protocol, from the Request record's `http_version`, as a row's column and a label
+/// of `llmtap_requests_total`: HTTP/1.1 and HTTP/2 through one real sidecar to the real collector.
+final class ClientProtocolTests: XCTestCase {
+    func testTheLabelIsBoundedWhateverTheVersionSays() {
+        XCTAssertEqual(ExchangeRecord.protocolLabel(httpVersion: "HTTP/2"), "h2")
+        XCTAssertEqual(ExchangeRecord.protocolLabel(httpVersion: "HTTP/2.0"), "h2")
+        for other in ["HTTP/1.1", "HTTP/1.0", "", "HTTP/9", "h2\u{0}", String(repeating: "x", count: 10_000)] {
+            XCTAssertEqual(ExchangeRecord.protocolLabel(httpVersion: other), "http1", other)
+        }
+    }
+
+    func testRowsAndMetricsSayWhichProtocolCarriedEachExchange() throws {
+        let collector = try CollectorHarness()
+        defer { _ = collector.stop() }
+        let mockPort = try freeTCPPort()
+        let mock = try RunningProcess(
+            product: "llmtap-mock-upstream", arguments: ["--listen", "127.0.0.1:\(mockPort)"])
+        XCTAssertTrue(eventually { mock.stdout.contains("listening on") }, mock.stderr)
+        defer { mock.signal(SIGTERM) }
+        let port = try freeTCPPort()
+        let sidecar = try RunningProcess(
+            product: "llmtap-sidecar",
+            arguments: [
+                "--listen", "127.0.0.1:\(port)", "--upstream", "http://127.0.0.1:\(mockPort)", "--collector",
+                collector.analysisEndpoint, "--sidecar-id", "proto-1",
+            ])
+        defer {
+            sidecar.signal(SIGTERM)
+            _ = sidecar.waitForExit()
+        }
+        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
+        let url = "http://127.0.0.1:\(port)/v1/chat/completions"
+        for version in ["--http1.1", "--http2-prior-knowledge", "--http2-prior-knowledge"] {
+            let response = try curlWithStatus(
+                ["-s", version, url] + curlChatArguments(#"{"model":"gpt-4o-mini"}"#, key: "sk-proto-test"))
+            XCTAssertEqual(response.status, 200)
+        }
+        XCTAssertTrue(try eventually { try collector.rows().count == 3 }, collector.process.stderr)
+        XCTAssertEqual(try collector.rows().map(\.clientProtocol).sorted(), ["h2", "h2", "http1"])
+        XCTAssertTrue(
+            try eventually {
+                let series = try collector.metrics().filter { $0.key.hasPrefix("llmtap_requests_total{") }
+                let h2 = series.filter { $0.key.contains(#"protocol="h2""#) }.map(\.value).reduce(0, +)
+                let http1 = series.filter { $0.key.contains(#"protocol="http1""#) }.map(\.value).reduce(0, +)
+                return h2 == 2 && http1 == 1
+            }, (try? collector.get("/metrics").body) ?? "")
+        let exchanges = try collector.get("/api/exchanges").body
+        XCTAssertTrue(exchanges.contains(#""protocol":"h2""#), exchanges)
+        let promtool = try RunningProcess(
+            executable: URL(fileURLWithPath: "/usr/bin/promtool"), arguments: ["check", "metrics"],
+            stdinText: try collector.get("/metrics").body)
+        XCTAssertEqual(promtool.waitForExit(), 0, promtool.stdout + promtool.stderr)
+    }
+}

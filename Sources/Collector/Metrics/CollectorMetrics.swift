@@ -72,10 +72,12 @@ final class CollectorMetrics: Sendable {
         registry.makeCounter(
             descriptor: descriptor(
                 "requests", "total",
-                "Exchanges seen, by app, sidecar, provider, model, status class, outcome and stream."),
+                "Exchanges seen, by app, sidecar, provider, model, status class, outcome, stream and the client's protocol (http1, h2)."
+            ),
             labels: [
                 ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model),
                 ("status_class", row.statusClass), ("outcome", row.outcome), ("stream", row.stream ? "true" : "false"),
+                ("protocol", row.clientProtocol),
             ]
         ).increment()
         if row.usageSource == UsageSource.reported.rawValue {

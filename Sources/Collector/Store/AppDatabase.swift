@@ -130,6 +130,11 @@ struct AppDatabase: Sendable {
                 t.add(column: "attempts", .integer).notNull().defaults(to: 0)
             }
         }
+        migrator.registerMigration("v5: the client's protocol") { db in
+            try db.alter(table: ExchangeRecord.databaseTableName) { t in
+                t.add(column: "protocol", .text).notNull().defaults(to: "http1")
+            }
+        }
         return migrator
     }
 

@@ -55,6 +55,8 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
     var providerKeyID = ""
     /// Upstreams tried: more than 1 when the gateway retried elsewhere; 0 when none was.
     var attempts = 0
+    /// What carried the exchange from the client: `http1` or `h2` (`protocolLabel`).
+    var clientProtocol = "http1"
 
     enum CodingKeys: String, CodingKey {
         case sidecarID = "sidecar_id"
@@ -91,6 +93,7 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
         case gatewayProvider = "gateway_provider"
         case providerKeyID = "provider_key_id"
         case attempts
+        case clientProtocol = "protocol"
     }
 
     /// "2xx", "4xx", ...; "none" when the client received no status.
@@ -159,5 +162,13 @@ extension ExchangeRecord {
         gatewayProvider = done?.provider ?? ""
         providerKeyID = done?.providerKeyID ?? ""
         attempts = Int(done?.attempts ?? 0)
+        clientProtocol = Self.protocolLabel(httpVersion: request?.httpVersion ?? "")
+    }
+
+    /// The protocol label of a Request record's `http_version`: `h2` for HTTP/2 (each stream is
+    /// an exchange), `http1` for anything else, an empty or unknown value included: a bounded
+    /// label whatever a sidecar sends.
+    static func protocolLabel(httpVersion: String) -> String {
+        httpVersion == "HTTP/2" || httpVersion == "HTTP/2.0" ? "h2" : "http1"
     }
 }
