@@ -12,11 +12,9 @@ final class GatewayCollectorTests: XCTestCase {
     func testRecordsNameTheProviderItsKeyIdAndAttemptsAndProviderUpIsExported() throws {
         let collector = try CollectorHarness()
         defer { _ = collector.stop() }
-        let mockPort = try freeTCPPort()
-        let mock = try RunningProcess(
-            product: "llmtap-mock-upstream", arguments: ["--listen", "127.0.0.1:\(mockPort)"])
-        XCTAssertTrue(eventually { mock.stdout.contains("listening on") }, mock.stderr)
-        defer { mock.signal(SIGTERM) }
+        let mock = try MockProvider()
+        let mockPort = mock.port
+        defer { mock.process.signal(SIGTERM) }
         let port = try freeTCPPort()
         let config = collector.folder.appendingPathComponent("sidecar.yml").path
         // `gone` is chosen first (the larger weight) and can't be reached: the first request is
@@ -126,11 +124,9 @@ final class ClientProtocolTests: XCTestCase {
     func testRowsAndMetricsSayWhichProtocolCarriedEachExchange() throws {
         let collector = try CollectorHarness()
         defer { _ = collector.stop() }
-        let mockPort = try freeTCPPort()
-        let mock = try RunningProcess(
-            product: "llmtap-mock-upstream", arguments: ["--listen", "127.0.0.1:\(mockPort)"])
-        XCTAssertTrue(eventually { mock.stdout.contains("listening on") }, mock.stderr)
-        defer { mock.signal(SIGTERM) }
+        let mock = try MockProvider()
+        let mockPort = mock.port
+        defer { mock.process.signal(SIGTERM) }
         let port = try freeTCPPort()
         let sidecar = try RunningProcess(
             product: "llmtap-sidecar",

@@ -3,35 +3,6 @@ import TestSupport
 import Wire
 import XCTest
 
-/// A provider: a real llmtap-mock-upstream on its own port, its requests logged.
-struct MockProvider {
-    let process: RunningProcess
-    let port: Int
-    let log: URL
-
-    init(port: Int? = nil, arguments: [String] = []) throws {
-        self.port = try port ?? freeTCPPort()
-        log = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-mock-\(UUID()).jsonl")
-        process = try RunningProcess(
-            product: "llmtap-mock-upstream",
-            arguments: ["--listen", "127.0.0.1:\(self.port)", "--request-log", log.path] + arguments)
-        guard eventually({ process.stdout.contains("listening on") }) else {
-            throw TestFailure("the mock did not start: \(process.stderr)")
-        }
-    }
-
-    /// The headers of each request it received whole.
-    var requests: [(path: String, headers: [String: String])] {
-        guard let text = try? String(contentsOf: log, encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { line in
-            guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
-                let path = object["path"] as? String, let headers = object["headers"] as? [String: String]
-            else { return nil }
-            return (path, headers)
-        }
-    }
-}
-
 extension XCTestCase {
     /// A folder for one test's files, removed when the test ends.
     func makeFolder() throws -> URL {

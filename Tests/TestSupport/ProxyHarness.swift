@@ -165,6 +165,35 @@ public final class ProxyHarness: @unchecked Sendable {
     }
 }
 
+/// A provider: a real llmtap-mock-upstream on its own port, its requests logged.
+public struct MockProvider {
+    public let process: RunningProcess
+    public let port: Int
+    public let log: URL
+
+    public init(port: Int? = nil, arguments: [String] = []) throws {
+        self.port = try port ?? freeTCPPort()
+        log = FileManager.default.temporaryDirectory.appendingPathComponent("llmtap-mock-\(UUID()).jsonl")
+        process = try RunningProcess(
+            product: "llmtap-mock-upstream",
+            arguments: ["--listen", "127.0.0.1:\(self.port)", "--request-log", log.path] + arguments)
+        guard eventually({ process.stdout.contains("listening on") }) else {
+            throw TestFailure("the mock did not start: \(process.stderr)")
+        }
+    }
+
+    /// The headers of each request it received whole.
+    public var requests: [(path: String, headers: [String: String])] {
+        guard let text = try? String(contentsOf: log, encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line in
+            guard let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any],
+                let path = object["path"] as? String, let headers = object["headers"] as? [String: String]
+            else { return nil }
+            return (path, headers)
+        }
+    }
+}
+
 /// Runs curl, the reference client, and returns its exit code, body and response headers.
 public func curl(_ arguments: [String], timeout: Duration = .seconds(30)) throws -> (
     exitCode: Int32, body: Data, headers: String
