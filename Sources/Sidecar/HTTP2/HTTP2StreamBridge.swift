@@ -60,17 +60,19 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
             case .chunked:
                 guard body.readableBytes > 0 else { return }
                 var chunk = context.channel.allocator.buffer(capacity: body.readableBytes + 12)
-                chunk.writeString(String(body.readableBytes, radix: 16))
-                chunk.writeStaticString("\r\n")
+                ChunkedFraming.writeSizeLine(body.readableBytes, into: &chunk)
                 chunk.writeBuffer(&body)
                 chunk.writeStaticString("\r\n")
                 context.fireChannelRead(wrapInboundOut(chunk))
             }
         case .end(let trailers):
             guard framing == .chunked else { return }
-            var last = context.channel.allocator.buffer(capacity: 5)
-            last.writeStaticString("0\r\n")
-            if let trailers, !Self.writeFields(trailers, into: &last) { return context.close(promise: nil) }
+            guard let trailers, !trailers.isEmpty else {
+                return context.fireChannelRead(wrapInboundOut(ChunkedFraming.lastChunk))
+            }
+            var last = context.channel.allocator.buffer(capacity: 64)
+            ChunkedFraming.writeSizeLine(0, into: &last)
+            guard Self.writeFields(trailers, into: &last) else { return context.close(promise: nil) }
             last.writeStaticString("\r\n")
             context.fireChannelRead(wrapInboundOut(last))
         }
@@ -79,8 +81,8 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
     /// The request line and fields as HTTP/1.1 writes them, and how its body is framed; nil when a
     /// field or the target holds a byte that would change what the bytes mean.
     static func requestBytes(_ head: HTTPRequestHead, allocator: ByteBufferAllocator) -> (ByteBuffer, RequestFraming)? {
-        guard head.uri.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }), !head.uri.isEmpty,
-            head.method.rawValue.utf8.allSatisfy(isTokenByte)
+        guard !head.uri.isEmpty, head.uri.utf8.allSatisfy(HeaderLineScanner.isTargetByte),
+            head.method.rawValue.utf8.allSatisfy(HeaderLineScanner.isTokenByte)
         else { return nil }
         var bytes = allocator.buffer(capacity: 256 + head.uri.utf8.count + head.headers.count * 32)
         bytes.writeString(head.method.rawValue)
@@ -98,8 +100,8 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
     /// `name: value` lines; false when a name is not a token or a value holds a control byte.
     private static func writeFields(_ headers: HTTPHeaders, into bytes: inout ByteBuffer) -> Bool {
         for (name, value) in headers {
-            guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte),
-                value.utf8.allSatisfy({ $0 == 0x09 || ($0 >= 0x20 && $0 != 0x7F) })
+            guard !name.isEmpty, name.utf8.allSatisfy(HeaderLineScanner.isTokenByte),
+                value.utf8.allSatisfy(HeaderLineScanner.isFieldValueByte)
             else { return false }
             bytes.writeString(name)
             bytes.writeStaticString(": ")
@@ -107,10 +109,6 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
             bytes.writeStaticString("\r\n")
         }
         return true
-    }
-
-    private static func isTokenByte(_ byte: UInt8) -> Bool {
-        HeaderLineScanner.isTokenByte(byte)
     }
 
     // MARK: HTTP/1.1 bytes in, response parts out

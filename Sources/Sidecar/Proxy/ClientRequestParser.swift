@@ -146,8 +146,7 @@ struct ClientRequestParser {
             throw HTTPFramingError("the method is not a token")
         }
         let target = raw[(firstSpace + 1)..<secondSpace]
-        // Visible ASCII only: no whitespace, controls or raw non-ASCII bytes in a request target.
-        guard target.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+        guard target.allSatisfy(HeaderLineScanner.isTargetByte) else {
             throw HTTPFramingError("the request target holds a byte it can't")
         }
         let versionBytes = raw[(secondSpace + 1)..<line.upperBound]

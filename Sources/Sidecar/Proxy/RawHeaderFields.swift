@@ -105,11 +105,8 @@ enum HeaderLineScanner {
             var valueEnd = line.upperBound
             while valueStart < valueEnd, raw[valueStart] == 0x20 || raw[valueStart] == 0x09 { valueStart += 1 }
             while valueEnd > valueStart, raw[valueEnd - 1] == 0x20 || raw[valueEnd - 1] == 0x09 { valueEnd -= 1 }
-            for index in valueStart..<valueEnd {
-                let byte = raw[index]
-                if (byte < 0x20 && byte != 0x09) || byte == 0x7F {
-                    throw HTTPFramingError("a header value holds a control character")
-                }
+            for index in valueStart..<valueEnd where !isFieldValueByte(raw[index]) {
+                throw HTTPFramingError("a header value holds a control character")
             }
             try inspect(UnsafeRawBufferPointer(rebasing: raw[name]), valueStart..<valueEnd)
             fields.append(
@@ -193,6 +190,20 @@ enum HeaderLineScanner {
     }
 
     private static let tokenTable: [Bool] = (0..<256).map { isTokenByte(UInt8($0)) }
+
+    /// A byte a field value (or a reason phrase) may hold: HTAB, SP, VCHAR and obs-text (RFC 9110,
+    /// section 5.5), no other control byte.
+    @inline(__always)
+    static func isFieldValueByte(_ byte: UInt8) -> Bool {
+        byte >= 0x20 ? byte != 0x7F : byte == 0x09
+    }
+
+    /// A byte a request target may hold: visible ASCII only, no whitespace, controls or raw
+    /// non-ASCII bytes.
+    @inline(__always)
+    static func isTargetByte(_ byte: UInt8) -> Bool {
+        byte > 0x20 && byte < 0x7F
+    }
 
     /// RFC 9110 `tchar`.
     static func isTokenByte(_ byte: UInt8) -> Bool {

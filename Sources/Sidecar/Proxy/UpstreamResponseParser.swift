@@ -202,7 +202,7 @@ struct UpstreamResponseParser {
             }
             // RFC 9112, section 4: HTAB, SP, VCHAR and obs-text; no other control byte.
             let phrase = UnsafeRawBufferPointer(rebasing: raw[s + 13..<status.upperBound])
-            guard !phrase.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) else {
+            guard phrase.allSatisfy(HeaderLineScanner.isFieldValueByte) else {
                 throw HTTPFramingError("the reason phrase holds a control character")
             }
             reason = bytes.getSlice(at: bytes.readerIndex + s + 13, length: phrase.count)!
