@@ -98,7 +98,11 @@ let package = Package(
         // Gemini wire formats, streaming included.
         .executableTarget(
             name: "MockUpstream",
-            dependencies: nioHTTP + [argumentParser, .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: nioHTTP + [
+                argumentParser, .product(name: "Crypto", package: "swift-crypto"),
+                // The Realtime API's WebSocket (/v1/realtime).
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
             swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
         .executableTarget(
@@ -165,6 +169,8 @@ let package = Package(
                 // llhttp, through NIO's decoder, is the reference the sidecar's own parser is held against.
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                // NIO's frame decoder, the reference the sidecar's WebSocket frame scanner is held against.
+                .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
             swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),

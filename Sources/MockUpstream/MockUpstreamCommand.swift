@@ -4,6 +4,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+import NIOWebSocket
 
 /// A stand-in for the LLM providers, speaking their wire formats exactly, streaming included:
 /// OpenAI chat completions (JSON, SSE with and without `include_usage`), completions, embeddings,
@@ -89,8 +90,13 @@ struct MockUpstreamCommand: AsyncParsableCommand {
                     if let sslContext {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
                     }
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(MockProviderHandler(settings: settings, log: log))
+                    let provider = MockProviderHandler(settings: settings, log: log)
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+                        withServerUpgrade: (
+                            upgraders: [MockRealtimeHandler.upgrader(settings: settings, log: log)],
+                            completionHandler: { _ in }
+                        ))
+                    try channel.pipeline.syncOperations.addHandler(provider)
                 }
             }
             .bind(host: host, port: port).get()

@@ -220,6 +220,13 @@ struct SidecarCommand: AsyncParsableCommand {
     var maxConcurrentStreams = EnvironmentSettings.int(
         "LLMTAP_MAX_CONCURRENT_STREAMS", 100, environment: environment)
 
+    @Option(
+        help:
+            "The largest WebSocket message (all its frames) the sidecar passes; one larger ends its session with close code 1009. Env: LLMTAP_MAX_WEBSOCKET_MESSAGE_BYTES."
+    )
+    var maxWebSocketMessageBytes = EnvironmentSettings.int(
+        "LLMTAP_MAX_WEBSOCKET_MESSAGE_BYTES", 16 << 20, environment: environment)
+
     @Option(help: "trace, debug, info, notice, warning, error or critical. Env: LOG_LEVEL.")
     var logLevel = environment["LOG_LEVEL"] ?? "info"
 
@@ -256,6 +263,10 @@ struct SidecarCommand: AsyncParsableCommand {
         }
         guard (1...10_000).contains(maxConcurrentStreams) else {
             throw ValidationError("--max-concurrent-streams must be 1 to 10000, not \(maxConcurrentStreams)")
+        }
+        guard (125...(1 << 30)).contains(maxWebSocketMessageBytes) else {
+            throw ValidationError(
+                "--max-websocket-message-bytes must be 125 to 1073741824, not \(maxWebSocketMessageBytes)")
         }
         guard !requireVirtualKey || policy != nil else {
             throw ValidationError(
@@ -364,6 +375,7 @@ struct SidecarCommand: AsyncParsableCommand {
         )
         settings.maxConnections = Self.raiseFileLimit(for: maxConnections, logger: logger)
         settings.maxConcurrentStreams = maxConcurrentStreams
+        settings.maxWebSocketMessageBytes = maxWebSocketMessageBytes
         var subscriber: PolicySubscriber?
         if let policy {
             let credentials: UpstreamCredentials

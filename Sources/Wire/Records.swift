@@ -8,6 +8,7 @@ public typealias WireResponseDone = Llmtap_Wire_V1_ResponseDone
 public typealias WireHeartbeat = Llmtap_Wire_V1_Heartbeat
 public typealias WireProviderState = Llmtap_Wire_V1_ProviderState
 public typealias WireHeader = Llmtap_Wire_V1_Header
+public typealias WireWebSocketSession = Llmtap_Wire_V1_WebSocketSession
 public typealias IngressMode = Llmtap_Wire_V1_IngressMode
 public typealias Direction = Llmtap_Wire_V1_Direction
 public typealias Outcome = Llmtap_Wire_V1_Outcome

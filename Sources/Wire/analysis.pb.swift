@@ -431,63 +431,159 @@ public nonisolated struct Llmtap_Wire_V1_StreamChunk: Sendable {
   /// carries the end of the body, where streamed responses report their usage.
   public var offset: UInt64 = 0
 
+  /// Set only for a WebSocket session (after a 101): then each chunk is one data message,
+  /// reassembled from its fragments, and this is its opcode (1 text, 2 binary). Control frames are
+  /// never published. The messages of both directions share one index (0, 1, 2, ... in the order
+  /// the sidecar saw them), and offset counts the message bytes of the chunk's direction before it.
+  public var websocketOpcode: UInt32 = 0
+
+  /// For a WebSocket message: its full size in bytes. data holds fewer when the capture was cut,
+  /// and nothing when only the message's existence was kept (past the session's capture cap).
+  public var messageSize: UInt64 = 0
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
 }
 
 /// The end of an exchange, always the last record for its exchange_id.
-public nonisolated struct Llmtap_Wire_V1_ResponseDone: Sendable {
+public nonisolated struct Llmtap_Wire_V1_ResponseDone: @unchecked Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
   // methods supported on all messages.
 
-  public var exchangeID: String = String()
+  public var exchangeID: String {
+    get {_storage._exchangeID}
+    set {_uniqueStorage()._exchangeID = newValue}
+  }
 
   /// The status the client received; 0 when it received none.
-  public var status: UInt32 = 0
+  public var status: UInt32 {
+    get {_storage._status}
+    set {_uniqueStorage()._status = newValue}
+  }
 
-  public var headers: [Llmtap_Wire_V1_Header] = []
+  public var headers: [Llmtap_Wire_V1_Header] {
+    get {_storage._headers}
+    set {_uniqueStorage()._headers = newValue}
+  }
 
   /// When the first response byte came from the upstream, Unix epoch nanoseconds; 0 if never.
-  public var upstreamFirstByteUnixNanos: Int64 = 0
+  public var upstreamFirstByteUnixNanos: Int64 {
+    get {_storage._upstreamFirstByteUnixNanos}
+    set {_uniqueStorage()._upstreamFirstByteUnixNanos = newValue}
+  }
 
   /// When the exchange ended, Unix epoch nanoseconds.
-  public var endUnixNanos: Int64 = 0
+  public var endUnixNanos: Int64 {
+    get {_storage._endUnixNanos}
+    set {_uniqueStorage()._endUnixNanos = newValue}
+  }
 
   /// Body bytes received from the client and sent to it, whatever was captured.
-  public var requestBytes: UInt64 = 0
+  public var requestBytes: UInt64 {
+    get {_storage._requestBytes}
+    set {_uniqueStorage()._requestBytes = newValue}
+  }
 
-  public var responseBytes: UInt64 = 0
+  public var responseBytes: UInt64 {
+    get {_storage._responseBytes}
+    set {_uniqueStorage()._responseBytes = newValue}
+  }
 
-  public var outcome: Llmtap_Wire_V1_Outcome = .unspecified
+  public var outcome: Llmtap_Wire_V1_Outcome {
+    get {_storage._outcome}
+    set {_uniqueStorage()._outcome = newValue}
+  }
 
   /// What went wrong, for outcomes other than completed; a policy rejection's reason.
-  public var error: String = String()
+  public var error: String {
+    get {_storage._error}
+    set {_uniqueStorage()._error = newValue}
+  }
 
   /// How many response StreamChunks were published for this exchange, so a receiver
   /// knows whether it has them all.
-  public var responseChunks: UInt64 = 0
+  public var responseChunks: UInt64 {
+    get {_storage._responseChunks}
+    set {_uniqueStorage()._responseChunks = newValue}
+  }
 
   /// True when the response capture was cut at the cap (the client still got everything).
-  public var responseTruncated: Bool = false
+  public var responseTruncated: Bool {
+    get {_storage._responseTruncated}
+    set {_uniqueStorage()._responseTruncated = newValue}
+  }
 
   /// For OUTCOME_REJECTED by policy: why, one of "unknown_key", "expired_key", "revoked_key",
   /// "rate_limited", "parallel_limit", "budget_exceeded", "model_not_allowed", "key_required",
   /// "policy_unavailable", "credential_missing". Empty for every other rejection.
-  public var rejectReason: String = String()
+  public var rejectReason: String {
+    get {_storage._rejectReason}
+    set {_uniqueStorage()._rejectReason = newValue}
+  }
 
   /// Upstreams the request was sent to, or tried: 1 for most, more when a gateway tried another
   /// provider (a connect that failed counts), 0 when the sidecar answered before any (a refusal).
-  public var attempts: UInt32 = 0
+  public var attempts: UInt32 {
+    get {_storage._attempts}
+    set {_uniqueStorage()._attempts = newValue}
+  }
 
   /// The gateway provider (its configuration `name`) of the last attempt: the one that answered,
   /// if any did. Empty without a configuration file.
-  public var provider: String = String()
+  public var provider: String {
+    get {_storage._provider}
+    set {_uniqueStorage()._provider = newValue}
+  }
 
   /// Which of the provider's keys went upstream: a keyed hash, as tenant ids are (never the key).
   /// Empty when the provider has no keys of its own.
-  public var providerKeyID: String = String()
+  public var providerKeyID: String {
+    get {_storage._providerKeyID}
+    set {_uniqueStorage()._providerKeyID = newValue}
+  }
+
+  /// Set for an exchange that switched to WebSocket (status 101): how the session went.
+  public var websocket: Llmtap_Wire_V1_WebSocketSession {
+    get {_storage._websocket ?? Llmtap_Wire_V1_WebSocketSession()}
+    set {_uniqueStorage()._websocket = newValue}
+  }
+  /// Returns true if `websocket` has been explicitly set.
+  public var hasWebsocket: Bool {_storage._websocket != nil}
+  /// Clears the value of `websocket`. Subsequent reads from it will return its default value.
+  public mutating func clearWebsocket() {_uniqueStorage()._websocket = nil}
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _storage = _StorageClass.defaultInstance
+}
+
+/// A WebSocket session's end (ResponseDone.websocket). Its ResponseDone counts message payload
+/// bytes in request_bytes (client to upstream) and response_bytes (upstream to client), and in
+/// response_chunks the StreamChunks published in both directions.
+public nonisolated struct Llmtap_Wire_V1_WebSocketSession: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// The code of the first Close frame, whoever sent it; 1005 when it carried none, 0 when the
+  /// session ended without one (a connection dropped).
+  public var closeCode: UInt32 = 0
+
+  /// Who sent that Close frame: DIRECTION_REQUEST the client, DIRECTION_RESPONSE the upstream;
+  /// DIRECTION_UNSPECIFIED when there was none, or the sidecar closed (a protocol error, a drain).
+  public var closedBy: Llmtap_Wire_V1_Direction = .unspecified
+
+  /// The Close frame's reason text, as UTF-8 (with U+FFFD for invalid bytes).
+  public var closeReason: String = String()
+
+  /// Data messages each way, whether or not they were published.
+  public var clientMessages: UInt64 = 0
+
+  public var upstreamMessages: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -1063,7 +1159,7 @@ nonisolated extension Llmtap_Wire_V1_Request: SwiftProtobuf.Message, SwiftProtob
 
 nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".StreamChunk"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}direction\0\u{1}index\0\u{1}data\0\u{3}unix_nanos\0\u{1}offset\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}direction\0\u{1}index\0\u{1}data\0\u{3}unix_nanos\0\u{1}offset\0\u{3}websocket_opcode\0\u{3}message_size\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1077,6 +1173,8 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
       case 4: try { try decoder.decodeSingularBytesField(value: &self.data) }()
       case 5: try { try decoder.decodeSingularInt64Field(value: &self.unixNanos) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.offset) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.websocketOpcode) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.messageSize) }()
       default: break
       }
     }
@@ -1101,6 +1199,12 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
     if self.offset != 0 {
       try visitor.visitSingularUInt64Field(value: self.offset, fieldNumber: 6)
     }
+    if self.websocketOpcode != 0 {
+      try visitor.visitSingularUInt32Field(value: self.websocketOpcode, fieldNumber: 7)
+    }
+    if self.messageSize != 0 {
+      try visitor.visitSingularUInt64Field(value: self.messageSize, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1111,6 +1215,8 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
     if lhs.data != rhs.data {return false}
     if lhs.unixNanos != rhs.unixNanos {return false}
     if lhs.offset != rhs.offset {return false}
+    if lhs.websocketOpcode != rhs.websocketOpcode {return false}
+    if lhs.messageSize != rhs.messageSize {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1118,7 +1224,182 @@ nonisolated extension Llmtap_Wire_V1_StreamChunk: SwiftProtobuf.Message, SwiftPr
 
 nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".ResponseDone"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}status\0\u{1}headers\0\u{3}upstream_first_byte_unix_nanos\0\u{3}end_unix_nanos\0\u{3}request_bytes\0\u{3}response_bytes\0\u{1}outcome\0\u{1}error\0\u{3}response_chunks\0\u{3}response_truncated\0\u{3}reject_reason\0\u{1}attempts\0\u{1}provider\0\u{3}provider_key_id\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}exchange_id\0\u{1}status\0\u{1}headers\0\u{3}upstream_first_byte_unix_nanos\0\u{3}end_unix_nanos\0\u{3}request_bytes\0\u{3}response_bytes\0\u{1}outcome\0\u{1}error\0\u{3}response_chunks\0\u{3}response_truncated\0\u{3}reject_reason\0\u{1}attempts\0\u{1}provider\0\u{3}provider_key_id\0\u{1}websocket\0")
+
+  fileprivate class _StorageClass {
+    var _exchangeID: String = String()
+    var _status: UInt32 = 0
+    var _headers: [Llmtap_Wire_V1_Header] = []
+    var _upstreamFirstByteUnixNanos: Int64 = 0
+    var _endUnixNanos: Int64 = 0
+    var _requestBytes: UInt64 = 0
+    var _responseBytes: UInt64 = 0
+    var _outcome: Llmtap_Wire_V1_Outcome = .unspecified
+    var _error: String = String()
+    var _responseChunks: UInt64 = 0
+    var _responseTruncated: Bool = false
+    var _rejectReason: String = String()
+    var _attempts: UInt32 = 0
+    var _provider: String = String()
+    var _providerKeyID: String = String()
+    var _websocket: Llmtap_Wire_V1_WebSocketSession? = nil
+
+      // This property is used as the initial default value for new instances of the type.
+      // The type itself is protecting the reference to its storage via CoW semantics.
+      // This will force a copy to be made of this reference when the first mutation occurs;
+      // hence, it is safe to mark this as `nonisolated(unsafe)`.
+      static nonisolated(unsafe) let defaultInstance = _StorageClass()
+
+    private init() {}
+
+    init(copying source: _StorageClass) {
+      _exchangeID = source._exchangeID
+      _status = source._status
+      _headers = source._headers
+      _upstreamFirstByteUnixNanos = source._upstreamFirstByteUnixNanos
+      _endUnixNanos = source._endUnixNanos
+      _requestBytes = source._requestBytes
+      _responseBytes = source._responseBytes
+      _outcome = source._outcome
+      _error = source._error
+      _responseChunks = source._responseChunks
+      _responseTruncated = source._responseTruncated
+      _rejectReason = source._rejectReason
+      _attempts = source._attempts
+      _provider = source._provider
+      _providerKeyID = source._providerKeyID
+      _websocket = source._websocket
+    }
+  }
+
+  fileprivate mutating func _uniqueStorage() -> _StorageClass {
+    if !isKnownUniquelyReferenced(&_storage) {
+      _storage = _StorageClass(copying: _storage)
+    }
+    return _storage
+  }
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    _ = _uniqueStorage()
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      while let fieldNumber = try decoder.nextFieldNumber() {
+        // The use of inline closures is to circumvent an issue where the compiler
+        // allocates stack space for every case branch when no optimizations are
+        // enabled. https://github.com/apple/swift-protobuf/issues/1034
+        switch fieldNumber {
+        case 1: try { try decoder.decodeSingularStringField(value: &_storage._exchangeID) }()
+        case 2: try { try decoder.decodeSingularUInt32Field(value: &_storage._status) }()
+        case 3: try { try decoder.decodeRepeatedMessageField(value: &_storage._headers) }()
+        case 4: try { try decoder.decodeSingularInt64Field(value: &_storage._upstreamFirstByteUnixNanos) }()
+        case 5: try { try decoder.decodeSingularInt64Field(value: &_storage._endUnixNanos) }()
+        case 6: try { try decoder.decodeSingularUInt64Field(value: &_storage._requestBytes) }()
+        case 7: try { try decoder.decodeSingularUInt64Field(value: &_storage._responseBytes) }()
+        case 8: try { try decoder.decodeSingularEnumField(value: &_storage._outcome) }()
+        case 9: try { try decoder.decodeSingularStringField(value: &_storage._error) }()
+        case 10: try { try decoder.decodeSingularUInt64Field(value: &_storage._responseChunks) }()
+        case 11: try { try decoder.decodeSingularBoolField(value: &_storage._responseTruncated) }()
+        case 12: try { try decoder.decodeSingularStringField(value: &_storage._rejectReason) }()
+        case 13: try { try decoder.decodeSingularUInt32Field(value: &_storage._attempts) }()
+        case 14: try { try decoder.decodeSingularStringField(value: &_storage._provider) }()
+        case 15: try { try decoder.decodeSingularStringField(value: &_storage._providerKeyID) }()
+        case 16: try { try decoder.decodeSingularMessageField(value: &_storage._websocket) }()
+        default: break
+        }
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    try withExtendedLifetime(_storage) { (_storage: _StorageClass) in
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every if/case branch local when no optimizations
+      // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+      // https://github.com/apple/swift-protobuf/issues/1182
+      if !_storage._exchangeID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._exchangeID, fieldNumber: 1)
+      }
+      if _storage._status != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._status, fieldNumber: 2)
+      }
+      if !_storage._headers.isEmpty {
+        try visitor.visitRepeatedMessageField(value: _storage._headers, fieldNumber: 3)
+      }
+      if _storage._upstreamFirstByteUnixNanos != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._upstreamFirstByteUnixNanos, fieldNumber: 4)
+      }
+      if _storage._endUnixNanos != 0 {
+        try visitor.visitSingularInt64Field(value: _storage._endUnixNanos, fieldNumber: 5)
+      }
+      if _storage._requestBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._requestBytes, fieldNumber: 6)
+      }
+      if _storage._responseBytes != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._responseBytes, fieldNumber: 7)
+      }
+      if _storage._outcome != .unspecified {
+        try visitor.visitSingularEnumField(value: _storage._outcome, fieldNumber: 8)
+      }
+      if !_storage._error.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._error, fieldNumber: 9)
+      }
+      if _storage._responseChunks != 0 {
+        try visitor.visitSingularUInt64Field(value: _storage._responseChunks, fieldNumber: 10)
+      }
+      if _storage._responseTruncated != false {
+        try visitor.visitSingularBoolField(value: _storage._responseTruncated, fieldNumber: 11)
+      }
+      if !_storage._rejectReason.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._rejectReason, fieldNumber: 12)
+      }
+      if _storage._attempts != 0 {
+        try visitor.visitSingularUInt32Field(value: _storage._attempts, fieldNumber: 13)
+      }
+      if !_storage._provider.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._provider, fieldNumber: 14)
+      }
+      if !_storage._providerKeyID.isEmpty {
+        try visitor.visitSingularStringField(value: _storage._providerKeyID, fieldNumber: 15)
+      }
+      try { if let v = _storage._websocket {
+        try visitor.visitSingularMessageField(value: v, fieldNumber: 16)
+      } }()
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Llmtap_Wire_V1_ResponseDone, rhs: Llmtap_Wire_V1_ResponseDone) -> Bool {
+    if lhs._storage !== rhs._storage {
+      let storagesAreEqual: Bool = withExtendedLifetime((lhs._storage, rhs._storage)) { (_args: (_StorageClass, _StorageClass)) in
+        let _storage = _args.0
+        let rhs_storage = _args.1
+        if _storage._exchangeID != rhs_storage._exchangeID {return false}
+        if _storage._status != rhs_storage._status {return false}
+        if _storage._headers != rhs_storage._headers {return false}
+        if _storage._upstreamFirstByteUnixNanos != rhs_storage._upstreamFirstByteUnixNanos {return false}
+        if _storage._endUnixNanos != rhs_storage._endUnixNanos {return false}
+        if _storage._requestBytes != rhs_storage._requestBytes {return false}
+        if _storage._responseBytes != rhs_storage._responseBytes {return false}
+        if _storage._outcome != rhs_storage._outcome {return false}
+        if _storage._error != rhs_storage._error {return false}
+        if _storage._responseChunks != rhs_storage._responseChunks {return false}
+        if _storage._responseTruncated != rhs_storage._responseTruncated {return false}
+        if _storage._rejectReason != rhs_storage._rejectReason {return false}
+        if _storage._attempts != rhs_storage._attempts {return false}
+        if _storage._provider != rhs_storage._provider {return false}
+        if _storage._providerKeyID != rhs_storage._providerKeyID {return false}
+        if _storage._websocket != rhs_storage._websocket {return false}
+        return true
+      }
+      if !storagesAreEqual {return false}
+    }
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Llmtap_Wire_V1_WebSocketSession: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".WebSocketSession"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}close_code\0\u{3}closed_by\0\u{3}close_reason\0\u{3}client_messages\0\u{3}upstream_messages\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1126,91 +1407,41 @@ nonisolated extension Llmtap_Wire_V1_ResponseDone: SwiftProtobuf.Message, SwiftP
       // allocates stack space for every case branch when no optimizations are
       // enabled. https://github.com/apple/swift-protobuf/issues/1034
       switch fieldNumber {
-      case 1: try { try decoder.decodeSingularStringField(value: &self.exchangeID) }()
-      case 2: try { try decoder.decodeSingularUInt32Field(value: &self.status) }()
-      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.headers) }()
-      case 4: try { try decoder.decodeSingularInt64Field(value: &self.upstreamFirstByteUnixNanos) }()
-      case 5: try { try decoder.decodeSingularInt64Field(value: &self.endUnixNanos) }()
-      case 6: try { try decoder.decodeSingularUInt64Field(value: &self.requestBytes) }()
-      case 7: try { try decoder.decodeSingularUInt64Field(value: &self.responseBytes) }()
-      case 8: try { try decoder.decodeSingularEnumField(value: &self.outcome) }()
-      case 9: try { try decoder.decodeSingularStringField(value: &self.error) }()
-      case 10: try { try decoder.decodeSingularUInt64Field(value: &self.responseChunks) }()
-      case 11: try { try decoder.decodeSingularBoolField(value: &self.responseTruncated) }()
-      case 12: try { try decoder.decodeSingularStringField(value: &self.rejectReason) }()
-      case 13: try { try decoder.decodeSingularUInt32Field(value: &self.attempts) }()
-      case 14: try { try decoder.decodeSingularStringField(value: &self.provider) }()
-      case 15: try { try decoder.decodeSingularStringField(value: &self.providerKeyID) }()
+      case 1: try { try decoder.decodeSingularUInt32Field(value: &self.closeCode) }()
+      case 2: try { try decoder.decodeSingularEnumField(value: &self.closedBy) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.closeReason) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.clientMessages) }()
+      case 5: try { try decoder.decodeSingularUInt64Field(value: &self.upstreamMessages) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
-    if !self.exchangeID.isEmpty {
-      try visitor.visitSingularStringField(value: self.exchangeID, fieldNumber: 1)
+    if self.closeCode != 0 {
+      try visitor.visitSingularUInt32Field(value: self.closeCode, fieldNumber: 1)
     }
-    if self.status != 0 {
-      try visitor.visitSingularUInt32Field(value: self.status, fieldNumber: 2)
+    if self.closedBy != .unspecified {
+      try visitor.visitSingularEnumField(value: self.closedBy, fieldNumber: 2)
     }
-    if !self.headers.isEmpty {
-      try visitor.visitRepeatedMessageField(value: self.headers, fieldNumber: 3)
+    if !self.closeReason.isEmpty {
+      try visitor.visitSingularStringField(value: self.closeReason, fieldNumber: 3)
     }
-    if self.upstreamFirstByteUnixNanos != 0 {
-      try visitor.visitSingularInt64Field(value: self.upstreamFirstByteUnixNanos, fieldNumber: 4)
+    if self.clientMessages != 0 {
+      try visitor.visitSingularUInt64Field(value: self.clientMessages, fieldNumber: 4)
     }
-    if self.endUnixNanos != 0 {
-      try visitor.visitSingularInt64Field(value: self.endUnixNanos, fieldNumber: 5)
-    }
-    if self.requestBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.requestBytes, fieldNumber: 6)
-    }
-    if self.responseBytes != 0 {
-      try visitor.visitSingularUInt64Field(value: self.responseBytes, fieldNumber: 7)
-    }
-    if self.outcome != .unspecified {
-      try visitor.visitSingularEnumField(value: self.outcome, fieldNumber: 8)
-    }
-    if !self.error.isEmpty {
-      try visitor.visitSingularStringField(value: self.error, fieldNumber: 9)
-    }
-    if self.responseChunks != 0 {
-      try visitor.visitSingularUInt64Field(value: self.responseChunks, fieldNumber: 10)
-    }
-    if self.responseTruncated != false {
-      try visitor.visitSingularBoolField(value: self.responseTruncated, fieldNumber: 11)
-    }
-    if !self.rejectReason.isEmpty {
-      try visitor.visitSingularStringField(value: self.rejectReason, fieldNumber: 12)
-    }
-    if self.attempts != 0 {
-      try visitor.visitSingularUInt32Field(value: self.attempts, fieldNumber: 13)
-    }
-    if !self.provider.isEmpty {
-      try visitor.visitSingularStringField(value: self.provider, fieldNumber: 14)
-    }
-    if !self.providerKeyID.isEmpty {
-      try visitor.visitSingularStringField(value: self.providerKeyID, fieldNumber: 15)
+    if self.upstreamMessages != 0 {
+      try visitor.visitSingularUInt64Field(value: self.upstreamMessages, fieldNumber: 5)
     }
     try unknownFields.traverse(visitor: &visitor)
   }
 
-  public static func ==(lhs: Llmtap_Wire_V1_ResponseDone, rhs: Llmtap_Wire_V1_ResponseDone) -> Bool {
-    if lhs.exchangeID != rhs.exchangeID {return false}
-    if lhs.status != rhs.status {return false}
-    if lhs.headers != rhs.headers {return false}
-    if lhs.upstreamFirstByteUnixNanos != rhs.upstreamFirstByteUnixNanos {return false}
-    if lhs.endUnixNanos != rhs.endUnixNanos {return false}
-    if lhs.requestBytes != rhs.requestBytes {return false}
-    if lhs.responseBytes != rhs.responseBytes {return false}
-    if lhs.outcome != rhs.outcome {return false}
-    if lhs.error != rhs.error {return false}
-    if lhs.responseChunks != rhs.responseChunks {return false}
-    if lhs.responseTruncated != rhs.responseTruncated {return false}
-    if lhs.rejectReason != rhs.rejectReason {return false}
-    if lhs.attempts != rhs.attempts {return false}
-    if lhs.provider != rhs.provider {return false}
-    if lhs.providerKeyID != rhs.providerKeyID {return false}
+  public static func ==(lhs: Llmtap_Wire_V1_WebSocketSession, rhs: Llmtap_Wire_V1_WebSocketSession) -> Bool {
+    if lhs.closeCode != rhs.closeCode {return false}
+    if lhs.closedBy != rhs.closedBy {return false}
+    if lhs.closeReason != rhs.closeReason {return false}
+    if lhs.clientMessages != rhs.clientMessages {return false}
+    if lhs.upstreamMessages != rhs.upstreamMessages {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }

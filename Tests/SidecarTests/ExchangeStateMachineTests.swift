@@ -283,7 +283,7 @@ final class ExchangeStateMachineTests: XCTestCase {
         guard case .attach(let parts, _) = machine.upstreamConnected(Upstream(id: 2), now: start) else {
             return XCTFail("not attached")
         }
-        guard parts.count == 3, case .head(let sent, _, _) = parts[0], case .body = parts[1], case .end = parts[2]
+        guard parts.count == 3, case .head(let sent, _, _, _) = parts[0], case .body = parts[1], case .end = parts[2]
         else {
             return XCTFail("\(parts)")
         }

@@ -13,9 +13,11 @@ final class UpstreamResponseParserTests: XCTestCase {
 
     /// Feeds `input` cut into pieces at `cuts`, and merges adjacent body events (their boundaries
     /// follow the cuts, which is the point).
-    private func parse(_ input: String, cuts: [Int] = [], toHEAD: Bool = false, close: Bool = false) throws -> [Seen] {
+    private func parse(
+        _ input: String, cuts: [Int] = [], toHEAD: Bool = false, upgrade: Bool = false, close: Bool = false
+    ) throws -> [Seen] {
         var parser = UpstreamResponseParser(maxHeadBytes: 4096)
-        parser.expectResponse(toHEAD: toHEAD)
+        parser.expectResponse(toHEAD: toHEAD, upgrade: upgrade)
         var seen: [Seen] = []
         let record: (UpstreamResponseParser.Event) -> Void = { event in
             switch event {
@@ -112,6 +114,25 @@ final class UpstreamResponseParserTests: XCTestCase {
         parser.receive(ByteBuffer(string: "HTTP/1.1 200 OK\r\nX: " + String(repeating: "a", count: 100)))
         XCTAssertThrowsError(try parser.next())
     }
+
+    func testA101AnswersOnlyAnUpgradeAndHandsOnEveryByteAfterIt() throws {
+        let input =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\u{81}\u{05}hello"
+        for cut in [10, 90, 101, 104] {
+            XCTAssertEqual(
+                try parse(input, cuts: [cut], upgrade: true, close: true),
+                [.head(101, .none, keepAlive: true), .body("\u{81}\u{05}hello"), .end], "cut at \(cut)")
+        }
+        // Interim answers before it still pass unseen.
+        XCTAssertEqual(
+            try parse("HTTP/1.1 100 Continue\r\n\r\n" + input, upgrade: true).first, .head(101, .none, keepAlive: true))
+        // Refused (401) with a body: an ordinary response, and the connection stays HTTP.
+        XCTAssertEqual(
+            try parse("HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\n{}", upgrade: true),
+            [.head(401, .contentLength(2), keepAlive: true), .body("{}"), .end])
+        XCTAssertThrowsError(try parse(input), "a 101 to a request that did not ask for it")
+    }
 }
 
 final class SidecarCountersTests: XCTestCase {
@@ -122,4 +143,5 @@ final class SidecarCountersTests: XCTestCase {
         XCTAssertEqual(counters.makeExchangeID(), "3f2a9c0d-00000000001b")
         XCTAssertEqual(SidecarCounters(bootID: "ab").makeExchangeID(), "ab-000000000001")
     }
+
 }

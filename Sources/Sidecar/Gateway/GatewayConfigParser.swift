@@ -75,6 +75,7 @@ struct GatewayConfigParser {
         "heartbeat_interval": "LLMTAP_HEARTBEAT_INTERVAL", "max_queued_records": "LLMTAP_MAX_QUEUED_RECORDS",
         "max_queued_bytes": "LLMTAP_MAX_QUEUED_BYTES", "max_connections": "LLMTAP_MAX_CONNECTIONS",
         "max_concurrent_streams": "LLMTAP_MAX_CONCURRENT_STREAMS", "log_level": "LOG_LEVEL",
+        "max_websocket_message_bytes": "LLMTAP_MAX_WEBSOCKET_MESSAGE_BYTES",
     ]
 
     /// The configuration in `text`, or nil when it is not YAML at all; `problems` says what is wrong.

@@ -63,6 +63,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var retry: Retry?
     /// The gateway's routes as this connection last read them.
     private var cachedRoutes: GatewayState.Cached?
+    /// After a 101: the WebSocket session the connection now carries.
+    private var relay: WebSocketRelay?
 
     private struct Retry {
         /// The routes the exchange began with.
@@ -152,11 +154,17 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         exchangeTimer.cancel()
         if counted { counters.openConnections.subtract(1, ordering: .relaxed) }
         counted = false
+        if let relay {
+            endSession(
+                relay.closeHandshakeBegun ? .completed : .clientAborted,
+                error: relay.closeHandshakeBegun ? "" : "the client closed the connection without a Close frame")
+        }
         if let settlement = machine.clientClosed() { settle(settlement) }
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if let relay { return relayFromClient(unwrapInboundIn(data), relay) }
         parser.receive(unwrapInboundIn(data))
         processRequests()
     }
@@ -181,7 +189,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     /// Sends what was written upstream since the last flush: once per read of the client.
-    private func flushUpstream() {
+    fileprivate func flushUpstream() {
         if upstreamNeedsFlush, let upstream = machine.attachedUpstream { upstream.handler.flush() }
         upstreamNeedsFlush = false
     }
@@ -197,7 +205,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func resumeReading() {
+    fileprivate func resumeReading() {
         if readPending {
             readPending = false
             context.read()
@@ -213,6 +221,20 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent, let relay {
+            // A WebSocket session is asked to end: the client answers the Close, the upstream
+            // answers the client's, and it closes.
+            if relay.clientBoundAtBoundary && !relay.closeHandshakeBegun {
+                relay.sidecarCloses(code: 1001)
+                context.writeAndFlush(
+                    wrapOutboundOut(
+                        WebSocketRelay.closeFrame(
+                            code: 1001, reason: "the sidecar is shutting down", masked: false,
+                            allocator: context.channel.allocator)),
+                    promise: nil)
+            }
+            return
+        }
         if event is ChannelShouldQuiesceEvent {
             // Graceful shutdown: finish the exchange under way, then close; an idle connection
             // closes once its client has had a moment to send the request it may have sent already.
@@ -416,8 +438,8 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         }
         HeaderRules.writeUpstreamRequestHead(
             head, uri: uri, target: target, clientIP: clientIP, credential: credential, extraLines: extra,
-            into: &bytes)
-        return .head(bytes, chunked: head.chunked, isHEAD: head.method == .HEAD)
+            webSocket: head.webSocketUpgrade, into: &bytes)
+        return .head(bytes, chunked: head.chunked, isHEAD: head.method == .HEAD, upgrade: head.webSocketUpgrade)
     }
 
     private func sendContinue(version: HTTPVersion) {
@@ -643,7 +665,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         endResponse(then: answer.close ? .close : .next, terminator: nil)
     }
 
-    private func perform(_ failure: Machine.FailureAction) {
+    fileprivate func perform(_ failure: Machine.FailureAction) {
         switch failure {
         case .answer(let answer):
             perform(answer)
@@ -658,7 +680,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
     /// The exchange is over: the tap records how, the upstream connection goes back to the pool or
     /// closes, and a policy slot it held is given back.
-    private func settle(_ settlement: Machine.Settlement) {
+    fileprivate func settle(_ settlement: Machine.Settlement) {
         if let upstream = settlement.upstream, let pool {
             if settlement.reusable { pool.release(upstream) } else { pool.discard(upstream) }
         }
@@ -715,13 +737,13 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         resumeReading()
     }
 
-    private static let noBytes = ByteBuffer()
+    fileprivate static let noBytes = ByteBuffer()
 
     // MARK: Logging
 
     /// The connection's logger with the exchange's id (when there is one): made only for a line
     /// that is logged, never per exchange.
-    private func exchangeLogger(_ exchangeID: String?) -> Logger {
+    fileprivate func exchangeLogger(_ exchangeID: String?) -> Logger {
         var logger = self.logger
         if let exchangeID { logger[metadataKey: "exchange_id"] = "\(exchangeID)" }
         return logger
@@ -772,6 +794,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
 
 extension ClientConnectionHandler: UpstreamResponseSink {
     func upstreamResponseHead(_ head: UpstreamResponseHead) {
+        if head.status == .switchingProtocols { return switchProtocols(head) }
         if retry != nil {
             if let provider = machine.tap?.provider, provider.retryOn.contains(head.status.code),
                 replayElsewhere(status: head.status.code)
@@ -793,6 +816,7 @@ extension ClientConnectionHandler: UpstreamResponseSink {
     }
 
     func upstreamResponseBody(_ buffer: ByteBuffer) {
+        if let relay { return relayFromUpstream(buffer, relay) }
         guard buffer.readableBytes > 0, let framing = machine.upstreamBody(now: .now()), let tap = machine.tap else {
             return
         }
@@ -812,6 +836,11 @@ extension ClientConnectionHandler: UpstreamResponseSink {
     }
 
     func upstreamResponseEnd() {
+        if let relay {
+            return endSession(
+                relay.closeHandshakeBegun ? .completed : .upstreamError,
+                error: relay.closeHandshakeBegun ? "" : "the upstream closed the connection without a Close frame")
+        }
         guard let completion = machine.upstreamEnd() else { return }
         settle(completion.settlement)
         endResponse(then: completion.then, terminator: completion.chunked ? ChunkedFraming.lastChunk : nil)
@@ -822,7 +851,119 @@ extension ClientConnectionHandler: UpstreamResponseSink {
     }
 
     func upstreamFailed(_ error: any Error) {
+        if let relay {
+            return endSession(relay.closeHandshakeBegun ? .completed : .upstreamError, error: "\(error)")
+        }
         if retry != nil, replayOnNewConnection(after: error) { return }
         if let failure = machine.upstreamFailed(error) { perform(failure) }
+    }
+}
+
+// MARK: WebSocket
+
+extension ClientConnectionHandler {
+    /// The upstream accepted the upgrade: its 101 goes to the client, and from now on the bytes
+    /// both ways are WebSocket frames, checked and tapped by a `WebSocketRelay` as they pass.
+    fileprivate func switchProtocols(_ head: UpstreamResponseHead) {
+        retry = nil
+        guard machine.upstreamSwitchedProtocols(now: .now()), let tap = machine.tap else {
+            // The parser takes a 101 only for an upgrade; one before the request ended can't be.
+            if let failure = machine.upstreamFailed(
+                UpstreamProtocolError(detail: "a 101 came before the upgrade request ended"))
+            {
+                perform(failure)
+            }
+            return
+        }
+        exchangeTimer.cancel()
+        tap.responseHead(status: head.status, headers: head.headers)
+        tap.webSocket = WebSocketSessionFields()
+        var bytes = context.channel.allocator.buffer(capacity: 512)
+        HeaderRules.writeSwitchingProtocolsHead(head, exchangeID: tap.exchangeID, into: &bytes)
+        context.write(wrapOutboundOut(bytes), promise: nil)
+        let relay = WebSocketRelay(
+            tap: tap, maxMessageBytes: settings.maxWebSocketMessageBytes, maxCaptureBytes: settings.tap.maxCaptureBytes)
+        self.relay = relay
+        // Frames the client sent before the 101 came wait in the parser.
+        let early = parser.takeBuffered()
+        if early.readableBytes > 0 {
+            relayFromClient(early, relay)
+            flushUpstream()
+        }
+        resumeReading()
+    }
+
+    /// The client's bytes, as far as they are valid frames, go upstream (flushed at the read's end).
+    fileprivate func relayFromClient(_ buffer: ByteBuffer, _ relay: WebSocketRelay) {
+        guard let upstream = machine.attachedUpstream else { return }
+        let scan = relay.client(buffer)
+        if let carried = scan.carried { upstream.handler.send(.body(carried)) }
+        if scan.forward > 0 {
+            upstream.handler.send(.body(buffer.getSlice(at: buffer.readerIndex, length: scan.forward)!))
+        }
+        upstreamNeedsFlush = true
+        if let violation = scan.violation { violated(violation, byClient: true) }
+    }
+
+    /// The upstream's bytes, as far as they are valid frames, go to the client (flushed at the
+    /// upstream read's end); its reads wait while the client can't take more.
+    fileprivate func relayFromUpstream(_ buffer: ByteBuffer, _ relay: WebSocketRelay) {
+        let scan = relay.upstream(buffer)
+        if let carried = scan.carried { context.write(wrapOutboundOut(carried), promise: nil) }
+        if scan.forward > 0 {
+            context.write(wrapOutboundOut(buffer.getSlice(at: buffer.readerIndex, length: scan.forward)!), promise: nil)
+        }
+        if !context.channel.isWritable, let upstream = machine.attachedUpstream { upstream.handler.holdReads(true) }
+        if let violation = scan.violation { violated(violation, byClient: false) }
+    }
+
+    /// A frame broke the protocol: nothing of it went on. The client gets a Close with the
+    /// violation's code (1002 or 1009) and the upstream one too (1001, going away, when the client
+    /// broke it), each only where no frame is half written to it; then both connections close.
+    private func violated(_ violation: WebSocketViolation, byClient: Bool) {
+        guard let relay else { return }
+        relay.violated(violation)
+        let count = counters.malformedRequests.add(1, ordering: .relaxed).newValue
+        if LogSampling.isWorthLogging(occurrence: count) {
+            exchangeLogger(relay.tap.exchangeID).warning(
+                "closed a WebSocket session that broke the protocol",
+                metadata: [
+                    "by": "\(byClient ? "client" : "upstream")", "error": "\(violation.reason)",
+                    "close_code": "\(violation.code)", "count": "\(count)",
+                ])
+        }
+        let allocator = context.channel.allocator
+        if relay.clientBoundAtBoundary {
+            let reason = byClient ? violation.reason : "the upstream broke the protocol: \(violation.reason)"
+            context.write(
+                wrapOutboundOut(
+                    WebSocketRelay.closeFrame(code: violation.code, reason: reason, masked: false, allocator: allocator)
+                ),
+                promise: nil)
+        }
+        if relay.upstreamBoundAtBoundary, let upstream = machine.attachedUpstream {
+            let frame =
+                byClient
+                ? WebSocketRelay.closeFrame(
+                    code: 1001, reason: "the client broke the protocol", masked: true, allocator: allocator)
+                : WebSocketRelay.closeFrame(
+                    code: violation.code, reason: violation.reason, masked: true, allocator: allocator)
+            upstream.handler.send(.body(frame))
+            upstream.handler.flush()
+        }
+        endSession(
+            byClient ? .clientAborted : .upstreamError,
+            error: "\(byClient ? "the client" : "the upstream") broke the WebSocket protocol: \(violation)")
+    }
+
+    /// The session is over: its end record goes out, the upstream connection closes, and the
+    /// client's closes once what was written to it is out.
+    fileprivate func endSession(_ outcome: Outcome, error: String) {
+        guard let relay else { return }
+        self.relay = nil
+        relay.tap.webSocket = relay.finalSession
+        if let settlement = machine.tunnelEnded(outcome: outcome, error: error) { settle(settlement) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(Self.noBytes)).whenComplete { _ in channel.close(promise: nil) }
     }
 }

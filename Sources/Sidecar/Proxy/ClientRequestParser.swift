@@ -12,6 +12,8 @@ struct ClientRequestHead {
     var chunked: Bool
     var contentLength: Int?
     var expectsContinue: Bool
+    /// A GET over HTTP/1.1 asking to switch to WebSocket (`Connection: upgrade`, `Upgrade: websocket`).
+    var webSocketUpgrade = false
 }
 
 /// Reads HTTP/1.1 requests from a client connection's bytes as they arrive, whatever the
@@ -165,6 +167,8 @@ struct ClientRequestParser {
         var close = false
         var keepAlive = false
         var expectsContinue = false
+        var connectionUpgrade = false
+        var upgradeWebSocket = false
         var hosts = 0
         let fields = try HeaderLineScanner.fields(raw, from: &position) {
             (name, value) throws(HTTPFramingError) in
@@ -179,6 +183,7 @@ struct ClientRequestParser {
                 HeaderLineScanner.forEachToken(raw, value) { token in
                     if RawHeaderFields.equalsIgnoringCase(token, "close") { close = true }
                     if RawHeaderFields.equalsIgnoringCase(token, "keep-alive") { keepAlive = true }
+                    if RawHeaderFields.equalsIgnoringCase(token, "upgrade") { connectionUpgrade = true }
                     if HeaderRules.neverConnectionNominated.contains(token) { nominatesProtected = true }
                 }
                 // A proxy drops what Connection names (RFC 9110, section 7.6.1); a header that frames,
@@ -187,6 +192,10 @@ struct ClientRequestParser {
                 guard !nominatesProtected else {
                     throw HTTPFramingError(
                         "Connection names a header that frames, routes or authorises the request")
+                }
+            case 7 where RawHeaderFields.equalsIgnoringCase(name, "upgrade"):
+                HeaderLineScanner.forEachToken(raw, value) { token in
+                    if RawHeaderFields.equalsIgnoringCase(token, "websocket") { upgradeWebSocket = true }
                 }
             case 14 where RawHeaderFields.equalsIgnoringCase(name, "content-length"):
                 guard contentLength == nil else {
@@ -230,7 +239,8 @@ struct ClientRequestParser {
             method: method, uri: String(decoding: target, as: UTF8.self), version: version,
             headers: RawHeaderFields(bytes: bytes, fields: fields),
             keepAlive: !close && (version.minor == 1 || keepAlive), chunked: chunked, contentLength: contentLength,
-            expectsContinue: expectsContinue
+            expectsContinue: expectsContinue,
+            webSocketUpgrade: connectionUpgrade && upgradeWebSocket && method == .GET && version.minor == 1
         )
     }
 }

@@ -34,6 +34,9 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         /// No exchange under way, since then: the next request has `clientTimeout` to come.
         case idle(since: NIODeadline)
         case exchanging(Exchange)
+        /// The upstream answered an upgrade with 101: the connection carries WebSocket frames both
+        /// ways (`WebSocketRelay` reads them) until either side closes. No HTTP input applies.
+        case tunnel(Exchange)
         /// The last answer is being written and the connection closes after it: nothing more is read.
         case closing
         case closed
@@ -191,7 +194,7 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         case .idle: true
         case .exchanging(let exchange):
             if case .receiving = exchange.request { true } else { false }
-        case .closing, .closed, .modifying: false
+        case .tunnel, .closing, .closed, .modifying: false
         }
     }
 
@@ -204,6 +207,9 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
 
     /// Whether to read the client now (back-pressure), given what the parser holds unread.
     func readDecision(bufferedBytes: Int) -> ReadDecision {
+        if case .tunnel(let exchange) = state, case .attached(let upstream, _) = exchange.link {
+            return .readIfWritable(upstream)
+        }
         guard case .exchanging(let exchange) = state else { return .read }
         switch (exchange.request, exchange.link) {
         case (.ended, _):
@@ -220,14 +226,27 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
 
     /// The upstream connection the current exchange writes to, if it has one.
     var attachedUpstream: Upstream? {
-        if case .exchanging(let exchange) = state, case .attached(let upstream, _) = exchange.link { return upstream }
-        return nil
+        switch state {
+        case .exchanging(let exchange), .tunnel(let exchange):
+            if case .attached(let upstream, _) = exchange.link { return upstream }
+            return nil
+        default:
+            return nil
+        }
     }
 
     /// The current exchange's tap.
     var tap: Tap? {
-        if case .exchanging(let exchange) = state { return exchange.tap }
-        return nil
+        switch state {
+        case .exchanging(let exchange), .tunnel(let exchange): exchange.tap
+        default: nil
+        }
+    }
+
+    /// True once the exchange switched protocols.
+    var isTunnel: Bool {
+        if case .tunnel = state { return true }
+        return false
     }
 
     /// Where the current exchange goes.
@@ -399,7 +418,7 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
             }
             // Whatever was already sent upstream is cut off unfinished, so the upstream never acts on it.
             return .answer(answer(response, reason: .malformed(error), outcome: .rejected, forceClose: true))
-        case .closing, .closed, .modifying:
+        case .tunnel, .closing, .closed, .modifying:
             return .closeNow(nil)
         }
     }
@@ -499,6 +518,28 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
         return .write(framing: framing, close: close, version: exchange.version)
     }
 
+    /// The upstream answered the exchange's upgrade with 101 (the parser accepts one only for a
+    /// request that asked): from now on the connection is a tunnel. False when no exchange can
+    /// switch: none waits for an answer, or its request has not ended (an upgrade has no body).
+    mutating func upstreamSwitchedProtocols(now: NIODeadline) -> Bool {
+        guard case .exchanging(var exchange) = state, case .attached(let upstream, _) = exchange.link,
+            case .notStarted = exchange.response, case .ended = exchange.request
+        else { return false }
+        exchange.link = .attached(upstream, lastActivity: now)
+        state = .tunnel(exchange)
+        return true
+    }
+
+    /// The tunnel's session is over (`WebSocketRelay` says how): its settlement, status 101, its
+    /// upstream closed, and the connection closes.
+    mutating func tunnelEnded(outcome: Outcome, error: String) -> Settlement? {
+        guard case .tunnel(let exchange) = state else { return nil }
+        var settlement = settle(exchange, outcome: outcome, error: error)
+        settlement.status = 101
+        state = .closing
+        return settlement
+    }
+
     /// A piece of the response's body: how to frame it, or nil when no exchange waits for it.
     mutating func upstreamBody(now: NIODeadline) -> HeaderRules.ClientFraming? {
         guard case .exchanging(var exchange) = state, case .attached(let upstream, _) = exchange.link,
@@ -566,6 +607,11 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
     /// The client's connection closed: an exchange under way ends as the client's abort.
     mutating func clientClosed() -> Settlement? {
         defer { state = .closed }
+        if case .tunnel(let exchange) = state {
+            var settlement = settle(exchange, outcome: .clientAborted, error: "the client closed the connection")
+            settlement.status = 101
+            return settlement
+        }
         guard case .exchanging(let exchange) = state else { return nil }
         return settle(
             exchange, outcome: .clientAborted, error: "the client closed the connection before the response ended")

@@ -62,7 +62,7 @@ enum HeaderRules {
     static func writeUpstreamRequestHead(
         _ head: ClientRequestHead, uri: String, target: UpstreamTarget, clientIP: String?,
         credential: (header: CredentialHeader, value: String)? = nil,
-        extraLines: StaticString? = nil, into out: inout ByteBuffer
+        extraLines: StaticString? = nil, webSocket: Bool = false, into out: inout ByteBuffer
     ) {
         out.writeString(head.method.rawValue)
         out.writeStaticString(" ")
@@ -93,6 +93,9 @@ enum HeaderRules {
                     hasForwardedHost = true
                 case 17 where RawHeaderFields.equalsIgnoringCase(name, "x-forwarded-proto"):
                     hasForwardedProto = true
+                case 24 where webSocket && RawHeaderFields.equalsIgnoringCase(name, "sec-websocket-extensions"):
+                    // No extension (permessage-deflate) is negotiated: the tap reads the messages.
+                    return
                 default:
                     break
                 }
@@ -121,7 +124,29 @@ enum HeaderRules {
         if let credential { credential.header.writeField(credential.value, into: &out) }
         if let extraLines { out.writeStaticString(extraLines) }
         if head.chunked { out.writeStaticString("transfer-encoding: chunked\r\n") }
+        if webSocket { out.writeStaticString("connection: upgrade\r\nupgrade: websocket\r\n") }
         out.writeStaticString("\r\n")
+    }
+
+    /// Writes the upstream's 101 as it goes to the client: its end-to-end fields (the accept key,
+    /// the subprotocol), the upgrade named again, the exchange id added. An extension the upstream
+    /// accepted anyway is left out: none was offered.
+    static func writeSwitchingProtocolsHead(
+        _ head: UpstreamResponseHead, exchangeID: String, into out: inout ByteBuffer
+    ) {
+        writeStatusLineStart(version: .http1_1, code: 101, into: &out)
+        out.writeImmutableBuffer(head.reasonBytes)
+        out.writeStaticString("\r\n")
+        head.headers.bytes.withUnsafeReadableBytes { raw in
+            var lines = HeaderLineWriter(raw)
+            forEachEndToEndField(head.headers) { name, value in
+                if RawHeaderFields.equalsIgnoringCase(name, "sec-websocket-extensions") { return }
+                lines.write(name, value, into: &out)
+            }
+            lines.finish(into: &out)
+        }
+        out.writeStaticString("connection: upgrade\r\nupgrade: websocket\r\n")
+        writeEnding(exchangeID: exchangeID, close: false, version: .http1_1, into: &out)
     }
 
     /// How the response body reaches the client.

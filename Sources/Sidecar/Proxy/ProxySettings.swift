@@ -19,6 +19,9 @@ struct ProxySettings: Sendable {
     var maxConnections = 10_000
     /// Streams one HTTP/2 client connection may have open at once (`--max-concurrent-streams`).
     var maxConcurrentStreams = 100
+    /// A WebSocket message (all its frames) may be this large; past it, the session ends with 1009
+    /// (`--max-websocket-message-bytes`).
+    var maxWebSocketMessageBytes = 16 << 20
     /// Bytes of pipelined requests held while an exchange is under way; past it, reading pauses.
     let maxPipelinedBytes = 1 << 20
     /// Body bytes held to find the model for a key limited to some models; past it, 413.

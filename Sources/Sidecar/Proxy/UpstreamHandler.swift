@@ -14,8 +14,9 @@ protocol UpstreamResponseSink: AnyObject {
 
 /// A piece of a request on its way upstream.
 enum UpstreamRequestPart {
-    /// The head, written already (`HeaderRules.writeUpstreamRequestHead`), and how its body is framed.
-    case head(ByteBuffer, chunked: Bool, isHEAD: Bool)
+    /// The head, written already (`HeaderRules.writeUpstreamRequestHead`), and how its body is
+    /// framed; `upgrade`: it asks to switch to WebSocket, so a 101 may answer it.
+    case head(ByteBuffer, chunked: Bool, isHEAD: Bool, upgrade: Bool = false)
     case body(ByteBuffer)
     case end
 }
@@ -56,10 +57,10 @@ final class UpstreamHandler: ChannelDuplexHandler {
     func send(_ part: UpstreamRequestPart) {
         guard let context else { return }
         switch part {
-        case .head(let head, let chunked, let isHEAD):
+        case .head(let head, let chunked, let isHEAD, let upgrade):
             writePendingHead(context)
             requestChunked = chunked
-            parser.expectResponse(toHEAD: isHEAD)
+            parser.expectResponse(toHEAD: isHEAD, upgrade: upgrade)
             pendingHead = head
         case .body(let buffer):
             guard buffer.readableBytes > 0 else { return }

@@ -45,6 +45,9 @@ struct UpstreamResponseParser {
         case body(BodyReader)
         /// The response ended; nothing may arrive before the next request is sent.
         case idle
+        /// The upstream answered an upgrade with 101: every byte after the head belongs to the
+        /// new protocol, and is handed on as it is (as body parts) until the connection closes.
+        case switched
         case failed
     }
 
@@ -53,6 +56,8 @@ struct UpstreamResponseParser {
     /// Bytes received and not yet parsed.
     private var pending = ByteBuffer()
     private var headIsForHEADRequest = false
+    /// The request asked to switch protocols (a WebSocket upgrade): a 101 is its answer.
+    private var upgradeRequested = false
     /// How far into `pending` the search for the head's end has already looked.
     private var headScanned = 0
 
@@ -61,8 +66,9 @@ struct UpstreamResponseParser {
     }
 
     /// A request has been sent: its response comes next.
-    mutating func expectResponse(toHEAD: Bool) {
+    mutating func expectResponse(toHEAD: Bool, upgrade: Bool = false) {
         headIsForHEADRequest = toHEAD
+        upgradeRequested = upgrade
         state = .head
         headScanned = 0
     }
@@ -71,7 +77,7 @@ struct UpstreamResponseParser {
     var isBusy: Bool {
         switch state {
         case .idle, .failed: false
-        case .head, .body: true
+        case .head, .body, .switched: true
         }
     }
 
@@ -100,6 +106,9 @@ struct UpstreamResponseParser {
         case .body(let reader) where reader.endsAtClose:
             state = .idle
             return .end
+        case .switched:
+            state = .idle
+            return .end
         case .idle:
             return nil
         default:
@@ -113,6 +122,9 @@ struct UpstreamResponseParser {
             switch state {
             case .failed:
                 throw HTTPFramingError("the connection already failed")
+            case .switched:
+                guard pending.readableBytes > 0 else { return nil }
+                return .body(pending.readSlice(length: pending.readableBytes)!)
             case .idle:
                 guard pending.readableBytes == 0 else {
                     throw HTTPFramingError(
@@ -149,8 +161,12 @@ struct UpstreamResponseParser {
                 let head = try Self.parseHead(pending.readSlice(length: end)!, toHEAD: headIsForHEADRequest)
                 if head.status.code / 100 == 1 {
                     // 1xx interim responses (103 Early Hints, a stray 100) are not forwarded; the final one follows.
-                    guard head.status != .switchingProtocols else {
-                        throw HTTPFramingError("the upstream switched protocols, which the proxy never asks for")
+                    if head.status == .switchingProtocols {
+                        guard upgradeRequested else {
+                            throw HTTPFramingError("the upstream switched protocols, which the request did not ask for")
+                        }
+                        state = .switched
+                        return .head(head)
                     }
                     continue
                 }

@@ -144,6 +144,34 @@ final class ExchangeTap {
         }
     }
 
+    // MARK: A WebSocket session
+
+    /// Message bytes each way of a WebSocket session, counted apart from the HTTP bodies.
+    private var requestMessageBytes: UInt64 = 0
+    private var responseMessageBytes: UInt64 = 0
+    /// Set once the exchange switched to WebSocket: its end record says how the session went.
+    var webSocket: WebSocketSessionFields?
+
+    /// A data message of the session: one `StreamChunk`, both directions sharing one index.
+    func webSocketMessage(direction: Direction, opcode: UInt8, data: [UInt8], size: UInt64) {
+        let offset: UInt64
+        if direction == .request {
+            offset = requestMessageBytes
+            requestMessageBytes += size
+        } else {
+            offset = responseMessageBytes
+            responseMessageBytes += size
+        }
+        if data.count < size { responseTruncated = true }
+        let record = data.withUnsafeBytes {
+            EncodedRecord.streamChunk(
+                exchangeID: exchangeID, direction: direction, index: chunkIndex, unixNanos: WallClock.nowUnixNanos(),
+                offset: offset, data: $0, webSocketOpcode: UInt32(opcode), messageSize: size)
+        }
+        chunkIndex += 1
+        publisher.publish(record)
+    }
+
     /// The exchange is over, one way or another: the tail (if any) and `ResponseDone` go out.
     func finish(outcome: Outcome, status overrideStatus: UInt32? = nil, error: String = "", rejectReason: String = "") {
         guard !finished else { return }
@@ -172,6 +200,11 @@ final class ExchangeTap {
         done.attempts = attempts
         done.provider = provider?.name ?? ""
         done.providerKeyID = providerKeyID
+        if let webSocket {
+            done.webSocket = webSocket
+            done.requestBytes = requestMessageBytes
+            done.responseBytes = responseMessageBytes
+        }
         publisher.publish(EncodedRecord.responseDone(done, headers: responseHeaders, isSecret: Self.isSecret))
     }
 

@@ -108,6 +108,19 @@ public struct ResponseDoneFields: Sendable {
     public var attempts: UInt32 = 0
     public var provider = ""
     public var providerKeyID = ""
+    /// Set for an exchange that switched to WebSocket.
+    public var webSocket: WebSocketSessionFields?
+
+    public init() {}
+}
+
+/// `WebSocketSession`'s fields, for `EncodedRecord.responseDone`.
+public struct WebSocketSessionFields: Sendable, Equatable {
+    public var closeCode: UInt32 = 0
+    public var closedBy = Direction.unspecified
+    public var closeReason = ""
+    public var clientMessages: UInt64 = 0
+    public var upstreamMessages: UInt64 = 0
 
     public init() {}
 }
@@ -147,7 +160,7 @@ extension EncodedRecord {
     /// A `StreamChunk` carrying `data`.
     public static func streamChunk(
         exchangeID: String, direction: Direction, index: UInt64, unixNanos: Int64, offset: UInt64,
-        data: UnsafeRawBufferPointer
+        data: UnsafeRawBufferPointer, webSocketOpcode: UInt32 = 0, messageSize: UInt64 = 0
     ) -> EncodedRecord {
         make(.streamChunk) { out in
             out.string(1, exchangeID)
@@ -156,6 +169,8 @@ extension EncodedRecord {
             out.bytes(4, data)
             out.varint(5, UInt64(bitPattern: unixNanos))
             out.varint(6, offset)
+            out.varint(7, UInt64(webSocketOpcode))
+            out.varint(8, messageSize)
         }
     }
 
@@ -180,6 +195,7 @@ extension EncodedRecord {
             out.varint(13, UInt64(done.attempts))
             out.string(14, done.provider)
             out.string(15, done.providerKeyID)
+            if let session = done.webSocket { out.webSocketSession(16, session) }
         }
     }
 }
@@ -286,6 +302,26 @@ struct ProtobufFieldWriter {
         bytes(1, name)
         bytes(2, value)
         bytes(3, raw)
+    }
+
+    /// A `WebSocketSession` message, written even when all its fields are zero (its presence says
+    /// the exchange was a session).
+    @usableFromInline
+    mutating func webSocketSession(_ field: Int, _ session: WebSocketSessionFields) {
+        var sizer = ProtobufFieldWriter(sizingOnly: ())
+        sizer.webSocketSessionFields(session)
+        key(field, .lengthDelimited)
+        rawVarint(UInt64(sizer.offset))
+        webSocketSessionFields(session)
+    }
+
+    @usableFromInline
+    mutating func webSocketSessionFields(_ session: WebSocketSessionFields) {
+        varint(1, UInt64(session.closeCode))
+        varint(2, UInt64(session.closedBy.rawValue))
+        string(3, session.closeReason)
+        varint(4, session.clientMessages)
+        varint(5, session.upstreamMessages)
     }
 
     @inlinable
