@@ -221,6 +221,7 @@ struct SidecarCommand: AsyncParsableCommand {
         "LLMTAP_MAX_CONCURRENT_STREAMS", 100, environment: environment)
 
     @Option(
+        name: .customLong("max-websocket-message-bytes"),
         help:
             "The largest WebSocket message (all its frames) the sidecar passes; one larger ends its session with close code 1009. Env: LLMTAP_MAX_WEBSOCKET_MESSAGE_BYTES."
     )

@@ -35,7 +35,7 @@ final class PriceTableTests: XCTestCase {
         XCTAssertNotNil(table.price(for: "anthropic/claude-3.5-sonnet"))
         XCTAssertNil(table.price(for: "my-finetune"), "an unknown model is unpriced, not guessed")
         XCTAssertNil(
-            table.price(for: "gpt-4o-realtime-preview"), "a different model of the same family is not guessed either")
+            table.price(for: "gpt-4o-audio-preview"), "a different model of the same family is not guessed either")
         // Without a cache price, cached tokens cost what input does.
         let turbo = try XCTUnwrap(table.price(for: "gpt-4-turbo-2024-04-09"))
         XCTAssertEqual(turbo.cost(of: TokenUsage(cachedInput: 1_000_000)), 10.0, accuracy: 1e-9)

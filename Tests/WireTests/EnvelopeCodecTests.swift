@@ -235,6 +235,8 @@ final class StreamChunkDecoderTests: XCTestCase {
             chunk.unixNanos =
                 [0, 1, -1, Int64.min, Int64.max, 1_763_900_000_000_000_000][Int.random(in: 0..<6, using: &generator)]
             chunk.offset = [0, 1024, UInt64.max][round % 3]
+            chunk.websocketOpcode = [0, 1, 2, UInt32.max][round % 4]
+            chunk.messageSize = [0, 300, UInt64.max][Int.random(in: 0..<3, using: &generator)]
             let bytes: [UInt8] = try chunk.serializedBytes()
             var fast = WireStreamChunk()
             try bytes.withUnsafeBytes { try decoder.decodeStreamChunk($0, into: &fast) }

@@ -282,6 +282,7 @@ private final class OpenExchange {
     }
 
     private func feed(_ chunk: WireStreamChunk) {
+        if chunk.websocketOpcode != 0 { return feedMessage(chunk) }
         let afterHole = chunk.offset != nextOffset
         // Both come from the wire: a sidecar (or anyone who reaches the port) may send any value.
         nextIndex = chunk.index.addingClamped(1)
@@ -294,6 +295,28 @@ private final class OpenExchange {
             let room = limits.storedBodyBytes - body.count
             if room > 0 { body.append(contentsOf: chunk.data.prefix(room)) }
             responseBody = body
+        }
+    }
+
+    /// A WebSocket message: both directions share the index; each is read whole (or as cut).
+    private func feedMessage(_ chunk: WireStreamChunk) {
+        nextIndex = chunk.index.addingClamped(1)
+        // Nothing of a message is held past it (a session may run for hours): only the cap cuts.
+        if chunk.messageSize > UInt64(chunk.data.count) { truncated = true }
+        let fromUpstream = chunk.direction == .response
+        let data = Array(chunk.data)
+        parser.webSocketMessage(
+            data, size: chunk.messageSize, opcode: chunk.websocketOpcode, fromUpstream: fromUpstream)
+        // Stored bodies: each direction's messages, one per line.
+        if limits.storedBodyBytes > 0 {
+            var body = (fromUpstream ? responseBody : requestBody) ?? []
+            let separator = body.isEmpty ? 0 : 1
+            let room = limits.storedBodyBytes - body.count - separator
+            if room > 0 {
+                if separator == 1 { body.append(0x0A) }
+                body.append(contentsOf: data.prefix(room))
+            }
+            if fromUpstream { responseBody = body } else { requestBody = body }
         }
     }
 

@@ -72,7 +72,7 @@ final class CollectorMetrics: Sendable {
         registry.makeCounter(
             descriptor: descriptor(
                 "requests", "total",
-                "Exchanges seen, by app, sidecar, provider, model, status class, outcome, stream and the client's protocol (http1, h2)."
+                "Exchanges seen, by app, sidecar, provider, model, status class, outcome, stream and the client's protocol (http1, h2, websocket: a WebSocket session is one exchange)."
             ),
             labels: [
                 ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model),
@@ -84,11 +84,13 @@ final class CollectorMetrics: Sendable {
             for (type, count) in [
                 ("input", row.inputTokens), ("output", row.outputTokens), ("cached_input", row.cachedInputTokens),
                 ("cache_creation", row.cacheCreationTokens), ("reasoning", row.reasoningTokens),
+                ("audio_input", row.audioInputTokens), ("audio_cached_input", row.audioCachedInputTokens),
+                ("audio_output", row.audioOutputTokens),
             ] where count > 0 {
                 registry.makeCounter(
                     descriptor: descriptor(
                         "tokens", "total",
-                        "Tokens reported by the providers. input, cached_input, cache_creation and output are disjoint; reasoning is part of output."
+                        "Tokens reported by the providers. input, cached_input, cache_creation, output and the Realtime API's audio_input, audio_cached_input and audio_output are disjoint; reasoning is part of output."
                     ),
                     labels: [
                         ("app", app), ("sidecar", sidecar), ("provider", provider), ("model", model), ("type", type),

@@ -9,15 +9,25 @@ struct ModelPrice: Codable, Equatable, Sendable {
     var cached_input: Double?
     var cache_creation: Double?
     var output: Double
+    /// The Realtime models' audio rates; absent, audio is priced as text.
+    var audio_input: Double?
+    var audio_cached_input: Double?
+    var audio_output: Double?
 
-    /// The cost of `usage`: each kind of token at its own price, cache prices falling back to input.
+    /// The cost of `usage`: each kind of token at its own price, cache prices falling back to
+    /// input, audio prices to text's.
     func cost(of usage: TokenUsage) -> Double {
         let perToken = 1.0 / 1_000_000
-        return
-            (Double(usage.input) * input
+        let text =
+            Double(usage.input) * input
             + Double(usage.cachedInput) * (cached_input ?? input)
             + Double(usage.cacheCreation) * (cache_creation ?? input)
-            + Double(usage.output) * output) * perToken
+            + Double(usage.output) * output
+        let audio =
+            Double(usage.audioInput) * (audio_input ?? input)
+            + Double(usage.audioCachedInput) * (audio_cached_input ?? cached_input ?? audio_input ?? input)
+            + Double(usage.audioOutput) * (audio_output ?? output)
+        return (text + audio) * perToken
     }
 }
 
@@ -39,7 +49,8 @@ struct PriceTable: Sendable {
     init(file: File) throws(PriceTableError) {
         var byName: [String: ModelPrice] = [:]
         for price in file.models {
-            guard price.input >= 0, price.output >= 0, (price.cached_input ?? 0) >= 0, (price.cache_creation ?? 0) >= 0
+            guard price.input >= 0, price.output >= 0, (price.cached_input ?? 0) >= 0, (price.cache_creation ?? 0) >= 0,
+                (price.audio_input ?? 0) >= 0, (price.audio_cached_input ?? 0) >= 0, (price.audio_output ?? 0) >= 0
             else {
                 throw PriceTableError("the price of \(price.model) is negative")
             }

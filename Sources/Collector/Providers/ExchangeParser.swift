@@ -9,6 +9,8 @@ struct ExchangeParser {
     private var requestParseError = ""
     private var response: ResponseBodyReader
     private var responseStarted = false
+    /// Set once a WebSocket message came: the exchange is a session.
+    private var realtime: RealtimeSession?
 
     init(host: String, path: String, maxJSONBytes: Int = 8 << 20) {
         self.maxJSONBytes = maxJSONBytes
@@ -46,7 +48,15 @@ struct ExchangeParser {
         response.append(bytes, afterHole: afterHole)
     }
 
+    /// A WebSocket message of the exchange (a session after its 101), in the order the sidecar saw it.
+    mutating func webSocketMessage(_ data: [UInt8], size: UInt64, opcode: UInt32, fromUpstream: Bool) {
+        responseStarted = true
+        if realtime == nil { realtime = RealtimeSession() }
+        if fromUpstream { realtime!.upstreamMessage(data, size: size, opcode: opcode) }
+    }
+
     mutating func finish() -> ParsedExchange {
+        if let realtime { return finish(realtime) }
         let findings = response.finish()
         var parsed = ParsedExchange()
         parsed.provider = route.provider
@@ -58,6 +68,22 @@ struct ExchangeParser {
         parsed.usageSource = findings.usageSource
         parsed.errorType = findings.errorType
         parsed.parseError = findings.parseError.isEmpty ? requestParseError : findings.parseError
+        return parsed
+    }
+
+    private func finish(_ session: RealtimeSession) -> ParsedExchange {
+        var parsed = ParsedExchange()
+        parsed.provider = route.provider
+        parsed.endpoint = route.endpoint
+        parsed.modelRequested = route.modelInPath
+        parsed.modelServed = session.model
+        parsed.stream = true
+        parsed.usage = session.usage
+        parsed.usageSource = session.usageSource
+        parsed.realtimeResponses = session.responses
+        parsed.realtimeErrors = session.errors
+        parsed.errorType = session.errors.first.map { $0.code.isEmpty ? $0.type : $0.code } ?? ""
+        parsed.parseError = session.parseError
         return parsed
     }
 

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Which provider API an exchange spoke, from its upstream host and request path.
 ///
 /// The path decides first, because OpenAI-compatible servers (Azure, vLLM, Ollama, gateways) sit
@@ -9,8 +11,9 @@ struct ProviderRoute: Equatable, Sendable {
     var modelInPath = ""
 
     static func detect(host: String, path: String) -> ProviderRoute {
-        let path =
-            path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? path
+        let parts = path.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let query = parts.count > 1 ? String(parts[1]) : ""
+        let path = parts.first.map(String.init) ?? path
         let host = host.lowercased()
         let segments = path.split(separator: "/")
 
@@ -43,6 +46,9 @@ struct ProviderRoute: Equatable, Sendable {
         if path.hasSuffix("/embeddings") {
             return ProviderRoute(provider: .openai, endpoint: .embeddings, modelInPath: deployment)
         }
+        if path.hasSuffix("/realtime") {
+            return ProviderRoute(provider: .openai, endpoint: .realtime, modelInPath: Self.queryModel(in: query))
+        }
         if path.hasSuffix("/responses") {
             return ProviderRoute(provider: .openai, endpoint: .responses, modelInPath: deployment)
         }
@@ -52,5 +58,15 @@ struct ProviderRoute: Equatable, Sendable {
             return ProviderRoute(provider: .openai, endpoint: .other)
         }
         return ProviderRoute(provider: .unknown, endpoint: .other)
+    }
+
+    /// The `model` parameter of a query (`model=gpt-realtime&x=y`), percent-decoded; empty without one.
+    static func queryModel(in query: String) -> String {
+        for pair in query.split(separator: "&") {
+            let field = pair.split(separator: "=", maxSplits: 1)
+            guard field.count == 2, field[0] == "model" else { continue }
+            return String(field[1]).removingPercentEncoding ?? String(field[1])
+        }
+        return ""
     }
 }

@@ -7,14 +7,31 @@
 /// - `cacheCreation`: prompt tokens written to the cache (Anthropic).
 /// - `output`: generated tokens, reasoning included (Gemini's thoughts are added to its candidates).
 /// - `reasoning`: the part of `output` spent on reasoning; not added again to `total`.
+/// - `audioInput`, `audioCachedInput`, `audioOutput`: the Realtime API's audio tokens, priced
+///   apart from text; the text counts above then hold only text.
 struct TokenUsage: Equatable, Sendable {
     var input = 0
     var output = 0
     var cachedInput = 0
     var cacheCreation = 0
     var reasoning = 0
+    var audioInput = 0
+    var audioCachedInput = 0
+    var audioOutput = 0
 
-    var total: Int { input + cachedInput + cacheCreation + output }
+    var total: Int { input + cachedInput + cacheCreation + output + audioInput + audioCachedInput + audioOutput }
+
+    /// Both summed, each count held to `maximumCount`.
+    static func + (lhs: TokenUsage, rhs: TokenUsage) -> TokenUsage {
+        func add(_ a: Int, _ b: Int) -> Int { min(a + b, maximumCount) }
+        return TokenUsage(
+            input: add(lhs.input, rhs.input), output: add(lhs.output, rhs.output),
+            cachedInput: add(lhs.cachedInput, rhs.cachedInput),
+            cacheCreation: add(lhs.cacheCreation, rhs.cacheCreation),
+            reasoning: add(lhs.reasoning, rhs.reasoning), audioInput: add(lhs.audioInput, rhs.audioInput),
+            audioCachedInput: add(lhs.audioCachedInput, rhs.audioCachedInput),
+            audioOutput: add(lhs.audioOutput, rhs.audioOutput))
+    }
 
     /// The most one count may be: far above any real exchange, and small enough that sums of
     /// them never overflow. A count from a response is untrusted input: a negative one would lower
@@ -55,6 +72,8 @@ enum Endpoint: String, Sendable {
     case messages
     case generateContent
     case streamGenerateContent
+    /// OpenAI's Realtime API: a WebSocket session at /v1/realtime.
+    case realtime
     case other
 }
 
@@ -71,4 +90,36 @@ struct ParsedExchange: Equatable, Sendable {
     var errorType = ""
     /// Why a body could not be read (invalid JSON, a broken stream), empty when it could.
     var parseError = ""
+    /// A Realtime session's responses, each with its own usage (`usage` is their sum).
+    var realtimeResponses: [RealtimeResponseUsage] = []
+    /// A Realtime session's `error` events.
+    var realtimeErrors: [RealtimeError] = []
+}
+
+/// One `response.done` of a Realtime session.
+struct RealtimeResponseUsage: Codable, Equatable, Sendable {
+    var id: String
+    var status: String
+    var usage: TokenUsage
+}
+
+/// One `error` event of a Realtime session.
+struct RealtimeError: Codable, Equatable, Sendable {
+    var type: String
+    var code: String
+    var message: String
+}
+
+extension TokenUsage: Codable {
+    // swift-format-ignore: AlwaysUseLowerCamelCase
+    enum CodingKeys: String, CodingKey {
+        case input = "input_tokens"
+        case output = "output_tokens"
+        case cachedInput = "cached_input_tokens"
+        case cacheCreation = "cache_creation_tokens"
+        case reasoning = "reasoning_tokens"
+        case audioInput = "audio_input_tokens"
+        case audioCachedInput = "audio_cached_input_tokens"
+        case audioOutput = "audio_output_tokens"
+    }
 }

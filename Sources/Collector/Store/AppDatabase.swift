@@ -135,6 +135,18 @@ struct AppDatabase: Sendable {
                 t.add(column: "protocol", .text).notNull().defaults(to: "http1")
             }
         }
+        migrator.registerMigration("v6: WebSocket sessions and audio tokens") { db in
+            try db.alter(table: ExchangeRecord.databaseTableName) { t in
+                t.add(column: "audio_input_tokens", .integer).notNull().defaults(to: 0)
+                t.add(column: "audio_cached_input_tokens", .integer).notNull().defaults(to: 0)
+                t.add(column: "audio_output_tokens", .integer).notNull().defaults(to: 0)
+                t.add(column: "close_code", .integer).notNull().defaults(to: 0)
+                t.add(column: "client_messages", .integer).notNull().defaults(to: 0)
+                t.add(column: "upstream_messages", .integer).notNull().defaults(to: 0)
+                t.add(column: "realtime_responses", .text).notNull().defaults(to: "")
+                t.add(column: "realtime_errors", .text).notNull().defaults(to: "")
+            }
+        }
         return migrator
     }
 
@@ -198,6 +210,9 @@ struct AppDatabase: Sendable {
         var cachedInputTokens: Int
         var cacheCreationTokens: Int
         var reasoningTokens: Int
+        var audioInputTokens: Int
+        var audioCachedInputTokens: Int
+        var audioOutputTokens: Int
         var totalTokens: Int
         var costUSD: Double
         var unpricedExchanges: Int
@@ -209,6 +224,9 @@ struct AppDatabase: Sendable {
             case cachedInputTokens = "cached_input_tokens"
             case cacheCreationTokens = "cache_creation_tokens"
             case reasoningTokens = "reasoning_tokens"
+            case audioInputTokens = "audio_input_tokens"
+            case audioCachedInputTokens = "audio_cached_input_tokens"
+            case audioOutputTokens = "audio_output_tokens"
             case totalTokens = "total_tokens"
             case costUSD = "cost_usd"
             case unpricedExchanges = "unpriced_exchanges"
@@ -229,7 +247,9 @@ struct AppDatabase: Sendable {
                 sql: """
                     SELECT \(key) AS key, COUNT(*) AS exchanges,
                            SUM(input_tokens) AS input, SUM(output_tokens) AS output, SUM(cached_input_tokens) AS cached,
-                           SUM(cache_creation_tokens) AS creation, SUM(reasoning_tokens) AS reasoning, SUM(total_tokens) AS total,
+                           SUM(cache_creation_tokens) AS creation, SUM(reasoning_tokens) AS reasoning,
+                           SUM(audio_input_tokens) AS audio_input, SUM(audio_cached_input_tokens) AS audio_cached,
+                           SUM(audio_output_tokens) AS audio_output, SUM(total_tokens) AS total,
                            TOTAL(cost_usd) AS cost, SUM(CASE WHEN priced THEN 0 ELSE 1 END) AS unpriced
                     FROM exchange WHERE started_at_ms >= ? GROUP BY 1 ORDER BY cost DESC, total DESC
                     """, arguments: [sinceMs ?? 0])
@@ -238,7 +258,8 @@ struct AppDatabase: Sendable {
                     key: row["key"], exchanges: row["exchanges"], inputTokens: row["input"],
                     outputTokens: row["output"],
                     cachedInputTokens: row["cached"], cacheCreationTokens: row["creation"],
-                    reasoningTokens: row["reasoning"],
+                    reasoningTokens: row["reasoning"], audioInputTokens: row["audio_input"],
+                    audioCachedInputTokens: row["audio_cached"], audioOutputTokens: row["audio_output"],
                     totalTokens: row["total"], costUSD: row["cost"], unpricedExchanges: row["unpriced"]
                 )
             }

@@ -35,6 +35,10 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
     var cachedInputTokens: Int
     var cacheCreationTokens: Int
     var reasoningTokens: Int
+    /// A Realtime session's audio tokens, priced apart from its text.
+    var audioInputTokens = 0
+    var audioCachedInputTokens = 0
+    var audioOutputTokens = 0
     var totalTokens: Int
     var usageSource: String
     /// USD; nil when the usage is missing or the model is not in the price table.
@@ -55,8 +59,16 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
     var providerKeyID = ""
     /// Upstreams tried: more than 1 when the gateway retried elsewhere; 0 when none was.
     var attempts = 0
-    /// What carried the exchange from the client: `http1` or `h2` (`protocolLabel`).
+    /// What carried the exchange from the client: `http1`, `h2` or `websocket` (`protocolLabel`).
     var clientProtocol = "http1"
+    /// A WebSocket session: its close code (0 without a Close frame), its data messages each way,
+    /// and, for a Realtime session, each `response.done`'s usage and the `error` events, as JSON
+    /// arrays (empty text for other exchanges).
+    var closeCode = 0
+    var clientMessages = 0
+    var upstreamMessages = 0
+    var realtimeResponses = ""
+    var realtimeErrors = ""
 
     enum CodingKeys: String, CodingKey {
         case sidecarID = "sidecar_id"
@@ -79,6 +91,9 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
         case cachedInputTokens = "cached_input_tokens"
         case cacheCreationTokens = "cache_creation_tokens"
         case reasoningTokens = "reasoning_tokens"
+        case audioInputTokens = "audio_input_tokens"
+        case audioCachedInputTokens = "audio_cached_input_tokens"
+        case audioOutputTokens = "audio_output_tokens"
         case totalTokens = "total_tokens"
         case usageSource = "usage_source"
         case costUSD = "cost_usd"
@@ -94,6 +109,11 @@ struct ExchangeRecord: Codable, Sendable, Equatable, FetchableRecord, Persistabl
         case providerKeyID = "provider_key_id"
         case attempts
         case clientProtocol = "protocol"
+        case closeCode = "close_code"
+        case clientMessages = "client_messages"
+        case upstreamMessages = "upstream_messages"
+        case realtimeResponses = "realtime_responses"
+        case realtimeErrors = "realtime_errors"
     }
 
     /// "2xx", "4xx", ...; "none" when the client received no status.
@@ -147,6 +167,9 @@ extension ExchangeRecord {
         cachedInputTokens = parsed.usage.cachedInput
         cacheCreationTokens = parsed.usage.cacheCreation
         reasoningTokens = parsed.usage.reasoning
+        audioInputTokens = parsed.usage.audioInput
+        audioCachedInputTokens = parsed.usage.audioCachedInput
+        audioOutputTokens = parsed.usage.audioOutput
         totalTokens = parsed.usage.total
         usageSource = parsed.usageSource.rawValue
         let price = prices.price(for: parsed.modelServed) ?? prices.price(for: parsed.modelRequested)
@@ -163,11 +186,25 @@ extension ExchangeRecord {
         providerKeyID = done?.providerKeyID ?? ""
         attempts = Int(done?.attempts ?? 0)
         clientProtocol = Self.protocolLabel(httpVersion: request?.httpVersion ?? "")
+        if let done, done.hasWebsocket {
+            clientProtocol = "websocket"
+            closeCode = Int(done.websocket.closeCode)
+            clientMessages = Int(clamping: done.websocket.clientMessages)
+            upstreamMessages = Int(clamping: done.websocket.upstreamMessages)
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        if !parsed.realtimeResponses.isEmpty, let json = try? encoder.encode(parsed.realtimeResponses) {
+            realtimeResponses = String(decoding: json, as: UTF8.self)
+        }
+        if !parsed.realtimeErrors.isEmpty, let json = try? encoder.encode(parsed.realtimeErrors) {
+            realtimeErrors = String(decoding: json, as: UTF8.self)
+        }
     }
 
     /// The protocol label of a Request record's `http_version`: `h2` for HTTP/2 (each stream is
     /// an exchange), `http1` for anything else, an empty or unknown value included: a bounded
-    /// label whatever a sidecar sends.
+    /// label whatever a sidecar sends. A session that switched to WebSocket is `websocket`.
     static func protocolLabel(httpVersion: String) -> String {
         httpVersion == "HTTP/2" || httpVersion == "HTTP/2.0" ? "h2" : "http1"
     }

@@ -196,6 +196,10 @@ public struct EnvelopeDecoder {
                 chunk.unixNanos = Int64(bitPattern: try reader.varint())
             case (6, .varint):
                 chunk.offset = try reader.varint()
+            case (7, .varint):
+                chunk.websocketOpcode = UInt32(truncatingIfNeeded: try reader.varint())
+            case (8, .varint):
+                chunk.messageSize = try reader.varint()
             default:
                 try reader.skip(wireType)
             }
