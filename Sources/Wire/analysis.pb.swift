@@ -626,7 +626,9 @@ public nonisolated struct Llmtap_Wire_V1_Heartbeat: Sendable {
   /// The heartbeat period, so a receiver can tell when one is overdue.
   public var intervalMs: UInt32 = 0
 
-  /// Requests refused as malformed HTTP (400, 431) before any exchange could start.
+  /// Requests refused as malformed HTTP (400, 431) before any exchange could start; also HTTP/2
+  /// connections and streams ended for a protocol error, and WebSocket sessions closed for a
+  /// broken frame (1002, 1009).
   public var malformedRequests: UInt64 = 0
 
   /// Client connections refused at accept because --max-connections were open.
