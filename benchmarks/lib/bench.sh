@@ -52,7 +52,7 @@ LUA
 
 bench_cleanup() {
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for conf in upstream proxy h2proxy; do [ -f "$work/$conf.pid" ] && kill -QUIT "$(cat "$work/$conf.pid")" 2>/dev/null || true; done
+    for conf in upstream proxy h2proxy wsproxy; do [ -f "$work/$conf.pid" ] && kill -QUIT "$(cat "$work/$conf.pid")" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
 }
