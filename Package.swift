@@ -89,8 +89,10 @@ let package = Package(
                 // The gateway's configuration file (--config), reloaded on SIGHUP.
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-                // HTTP/2 from clients (h2c on the reverse listener), each stream an exchange.
+                // HTTP/2 from clients (h2c on the reverse listener), each stream an exchange; HPACK
+                // for the header blocks of WebSocket over HTTP/2 (extended CONNECT).
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ],
             swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),
@@ -171,6 +173,8 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 // NIO's frame decoder, the reference the sidecar's WebSocket frame scanner is held against.
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
             ],
             swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),

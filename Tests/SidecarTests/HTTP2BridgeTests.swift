@@ -1,5 +1,7 @@
+import Foundation
 import NIOCore
 import NIOEmbedded
+import NIOHPACK
 import NIOHTTP1
 import NIOHTTP2
 import XCTest
@@ -223,5 +225,63 @@ final class HTTP2BridgeTests: XCTestCase {
             HTTP2ConnectionWatcher.kind(of: NIOHTTP2Errors.streamError(streamID: 1, baseError: header)),
             "InvalidHTTP2HeaderFieldValue")
         XCTAssertFalse(HTTP2ConnectionWatcher.kind(of: header).contains("sk-secret"))
+    }
+
+    // MARK: WebSocket over HTTP/2 (RFC 8441)
+
+    func testAnExtendedConnectForWebSocketBecomesAnUpgradeAndNothingElseDoes() throws {
+        let connect: HPACKHeaders = [
+            ":method": "CONNECT", ":protocol": "websocket", ":scheme": "https", ":path": "/v1/realtime?model=m",
+            ":authority": "api.openai.com", "sec-websocket-version": "13", "sec-websocket-protocol": "realtime",
+        ]
+        let upgrade = try XCTUnwrap(ExtendedConnectDetector.upgradeHeaders(connect))
+        XCTAssertEqual(upgrade.first(name: ":method"), "GET")
+        XCTAssertNil(upgrade.first(name: ":protocol"))
+        XCTAssertEqual(upgrade.first(name: ":path"), "/v1/realtime?model=m")
+        XCTAssertEqual(upgrade.first(name: "connection"), "upgrade")
+        XCTAssertEqual(upgrade.first(name: "upgrade"), "websocket")
+        XCTAssertEqual(upgrade.first(name: "sec-websocket-protocol"), "realtime")
+        let key = try XCTUnwrap(upgrade.first(name: "sec-websocket-key"))
+        XCTAssertEqual(Data(base64Encoded: key)?.count, 16, key)
+        var plainConnect = connect
+        plainConnect.remove(name: ":protocol")
+        XCTAssertNil(ExtendedConnectDetector.upgradeHeaders(plainConnect))
+        var other = connect
+        other.replaceOrAdd(name: ":protocol", value: "connect-udp")
+        XCTAssertNil(ExtendedConnectDetector.upgradeHeaders(other))
+        XCTAssertNil(ExtendedConnectDetector.upgradeHeaders([":method": "GET", ":path": "/", ":scheme": "http"]))
+    }
+
+    func testATunnelsUpgradeIsAnsweredWith200AndItsBytesPassAsTheyAre() throws {
+        let bridge = HTTP2StreamBridge(maxHeadBytes: 64 << 10)
+        let channel = EmbeddedChannel(handler: bridge)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3000)).wait()
+        XCTAssertTrue(channel.isActive)
+        bridge.carriesWebSocket()
+        try channel.writeInbound(
+            HTTPServerRequestPart.head(
+                .init(
+                    version: .http2, method: .GET, uri: "/v1/realtime",
+                    headers: ["host": "h", "connection": "upgrade", "upgrade": "websocket"])))
+        XCTAssertTrue(try inbound(channel).hasPrefix("GET /v1/realtime HTTP/1.1\r\n"))
+        try channel.writeInbound(HTTPServerRequestPart.body(ByteBuffer(bytes: [0x81, 0x80, 1, 2, 3, 4])))
+        XCTAssertEqual(try channel.readInbound(as: ByteBuffer.self), ByteBuffer(bytes: [0x81, 0x80, 1, 2, 3, 4]))
+        try channel.writeOutbound(
+            ByteBuffer(
+                string: "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n"
+                    + "sec-websocket-accept: abc=\r\nsec-websocket-protocol: realtime\r\n\r\n\u{81}\u{2}hi"))
+        guard case .head(let head) = try channel.readOutbound(as: HTTPServerResponsePart.self) else {
+            return XCTFail("no head")
+        }
+        XCTAssertEqual(head.status, .ok)
+        XCTAssertNil(head.headers.first(name: "sec-websocket-accept"))
+        XCTAssertEqual(head.headers.first(name: "sec-websocket-protocol"), "realtime")
+        guard case .body(.byteBuffer(let body)) = try channel.readOutbound(as: HTTPServerResponsePart.self) else {
+            return XCTFail("no body")
+        }
+        XCTAssertEqual(String(buffer: body), "\u{81}\u{2}hi")
+        // The client's END_STREAM ends the tunnel.
+        try channel.writeInbound(HTTPServerRequestPart.end(nil))
+        XCTAssertFalse(channel.isActive)
     }
 }

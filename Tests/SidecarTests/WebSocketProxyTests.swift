@@ -317,3 +317,105 @@ final class WebSocketProxyTests: XCTestCase {
         XCTAssertEqual(done.websocket.closeCode, 1001)
     }
 }
+
+/// WebSocket over HTTP/2 extended CONNECT (RFC 8441) from a client, bridged to the upstream's
+/// HTTP/1.1 upgrade: the `h2` package speaks the frames by hand, masking its WebSocket frames.
+final class WebSocketOverHTTP2Tests: XCTestCase {
+    static let script = #"""
+        import os, socket, struct, sys, json
+        import h2.config, h2.connection, h2.events
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        inbox = b""
+        status = None
+        ended = []
+        def pump():
+            global inbox, status
+            data = s.recv(65536)
+            if not data:
+                raise EOFError("closed")
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = dict(event.headers)[":status"]
+                    print("headers:", sorted(k for k, _ in event.headers))
+                elif isinstance(event, h2.events.DataReceived):
+                    inbox += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    print("stream ended")
+                    ended.append(True)
+                elif isinstance(event, h2.events.StreamReset):
+                    print("stream reset:", event.error_code)
+            out = conn.data_to_send()
+            if out:
+                s.sendall(out)
+        while conn.remote_settings.enable_connect_protocol != 1:
+            pump()
+        print("enable_connect_protocol: 1")
+        conn.send_headers(1, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                              (":path", "/v1/realtime?model=gpt-realtime"), (":authority", "127.0.0.1"),
+                              ("sec-websocket-version", "13"), ("authorization", "Bearer sk-h2-ws-secret")])
+        s.sendall(conn.data_to_send())
+        while status is None:
+            pump()
+        print("status:", status)
+        def frame(opcode, payload):
+            mask = os.urandom(4)
+            head = bytes([0x80 | opcode])
+            head += bytes([0x80 | len(payload)]) if len(payload) < 126 else bytes([0x80 | 126]) + struct.pack(">H", len(payload))
+            return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        def message():
+            global inbox
+            while True:
+                if len(inbox) >= 2:
+                    length, start = inbox[1] & 0x7F, 2
+                    if length == 126 and len(inbox) >= 4:
+                        length, start = struct.unpack(">H", inbox[2:4])[0], 4
+                    if len(inbox) >= start + length:
+                        opcode, payload, inbox = inbox[0] & 0x0F, inbox[start:start + length], inbox[start + length:]
+                        return opcode, payload
+                pump()
+        print("first:", json.loads(message()[1])["type"])
+        echo = json.dumps({"type": "mock.echo", "over": "h2"}).encode()
+        conn.send_data(1, frame(1, echo))
+        s.sendall(conn.data_to_send())
+        print("echo:", message()[1] == echo)
+        conn.send_data(1, frame(8, struct.pack(">H", 1000)))
+        s.sendall(conn.data_to_send())
+        opcode, payload = message()
+        print("close:", opcode, struct.unpack(">H", payload[:2])[0])
+        while not ended:
+            pump()
+        """#
+
+    func testExtendedConnectIsBridgedToTheUpstreamsUpgrade() throws {
+        let harness = try ProxyHarness()
+        defer { harness.stop() }
+        let run = try runPython(Self.script, arguments: ["\(harness.sidecarPort)"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        for line in [
+            "enable_connect_protocol: 1", "status: 200", "first: session.created", "echo: True", "close: 8 1000",
+            "stream ended",
+        ] {
+            XCTAssertTrue(run.stdout.contains(line), "\(line) missing from:\n\(run.stdout)\n\(run.stderr)")
+        }
+        XCTAssertFalse(run.stdout.contains("sec-websocket-accept"), run.stdout)
+        XCTAssertTrue(eventually { harness.collector.responseDones.contains { $0.hasWebsocket } })
+        let done = try XCTUnwrap(harness.collector.responseDones.first { $0.hasWebsocket })
+        XCTAssertEqual(done.outcome, .completed)
+        XCTAssertEqual(done.websocket.closeCode, 1000)
+        XCTAssertEqual(done.websocket.clientMessages, 1)
+        let records = harness.collector.records(exchange: done.exchangeID)
+        guard case .request(let request) = records.first else { return XCTFail("no request") }
+        XCTAssertEqual(request.httpVersion, "HTTP/2")
+        XCTAssertEqual(request.method, "GET")
+        let upgrade = try XCTUnwrap(harness.mockRequests().first { $0["websocket"] as? Bool == true })
+        let headers = try XCTUnwrap(upgrade["headers"] as? [String: String])
+        XCTAssertEqual(headers["upgrade"], "websocket")
+        XCTAssertNotNil(headers["sec-websocket-key"])
+        XCTAssertEqual(headers["authorization"], "Bearer sk-h2-ws-secret")
+        XCTAssertFalse(harness.collector.rawFrames.contains { containsBytes($0, Array("sk-h2-ws-secret".utf8)) })
+    }
+}

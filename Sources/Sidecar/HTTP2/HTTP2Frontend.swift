@@ -23,6 +23,8 @@ enum HTTP2Frontend {
         connection.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: settings.maxConcurrentStreams),
             HTTP2Setting(parameter: .maxHeaderListSize, value: settings.maxHeaderBytes),
+            // WebSocket over HTTP/2 (RFC 8441): extended CONNECT with `:protocol websocket`.
+            HTTP2Setting(parameter: .enableConnectProtocol, value: 1),
         ]
         let maxHeadBytes = settings.maxHeaderBytes
         let watcher = HTTP2ConnectionWatcher(idleTimeout: settings.clientTimeout, counters: counters, logger: logger)
@@ -31,8 +33,9 @@ enum HTTP2Frontend {
         ) { stream in
             stream.eventLoop.makeCompletedFuture {
                 // The bridge writes whole heads: one is held to the same bound as an HTTP/1.1 head.
+                let bridge = HTTP2StreamBridge(maxHeadBytes: maxHeadBytes + 4096)
                 try stream.pipeline.syncOperations.addHandlers([
-                    HTTP2FramePayloadToHTTP1ServerCodec(), HTTP2StreamBridge(maxHeadBytes: maxHeadBytes + 4096),
+                    ExtendedConnectDetector(bridge: bridge), HTTP2FramePayloadToHTTP1ServerCodec(), bridge,
                     streamHandler(),
                 ])
             }

@@ -29,15 +29,25 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
         case bodiless
         case contentLength
         case chunked
+        /// A WebSocket over HTTP/2 (RFC 8441): after the upgrade, DATA frames carry WebSocket
+        /// frames, passed on as they are.
+        case tunnel
     }
 
     private var framing = RequestFraming.bodiless
+    /// Set by `ExtendedConnectDetector`: the stream's request is a WebSocket upgrade.
+    private var webSocket = false
     private var responses: UpstreamResponseParser
     /// The last response part written: an empty write of the handler completes with it.
     private var lastWrite: EventLoopFuture<Void>?
 
     init(maxHeadBytes: Int) {
         responses = UpstreamResponseParser(maxHeadBytes: maxHeadBytes)
+    }
+
+    /// The stream is an extended CONNECT for WebSocket, its head already rewritten as an upgrade.
+    func carriesWebSocket() {
+        webSocket = true
     }
 
     // MARK: Request parts in, HTTP/1.1 bytes out
@@ -48,14 +58,14 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
             guard let (bytes, framing) = Self.requestBytes(head, allocator: context.channel.allocator) else {
                 return context.close(promise: nil)
             }
-            self.framing = framing
-            responses.expectResponse(toHEAD: head.method == .HEAD)
+            self.framing = webSocket ? .tunnel : framing
+            responses.expectResponse(toHEAD: head.method == .HEAD, upgrade: webSocket)
             context.fireChannelRead(wrapInboundOut(bytes))
         case .body(var body):
             switch framing {
             case .bodiless:
                 context.close(promise: nil)
-            case .contentLength:
+            case .contentLength, .tunnel:
                 context.fireChannelRead(wrapInboundOut(body))
             case .chunked:
                 guard body.readableBytes > 0 else { return }
@@ -66,6 +76,8 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
                 context.fireChannelRead(wrapInboundOut(chunk))
             }
         case .end(let trailers):
+            // The client ended its side of a tunnel (as a TCP FIN): the session ends.
+            if framing == .tunnel { return context.close(promise: nil) }
             guard framing == .chunked else { return }
             guard let trailers, !trailers.isEmpty else {
                 return context.fireChannelRead(wrapInboundOut(ChunkedFraming.lastChunk))
@@ -118,7 +130,7 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
         var parts: [HTTPServerResponsePart] = []
         do {
             while let event = try responses.next() {
-                parts.append(Self.part(event))
+                parts.append(Self.part(event, tunnel: framing == .tunnel))
             }
         } catch {
             // The handler wrote something that is not a response: nothing more of it can be trusted.
@@ -141,13 +153,19 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
         written.cascade(to: promise)
     }
 
-    private static func part(_ event: UpstreamResponseParser.Event) -> HTTPServerResponsePart {
+    /// `tunnel`: the upstream's 101 to an extended CONNECT is its `:status 200` (RFC 8441, section
+    /// 5), without the fields only the HTTP/1.1 handshake has.
+    private static func part(_ event: UpstreamResponseParser.Event, tunnel: Bool) -> HTTPServerResponsePart {
         switch event {
         case .head(let head):
             var headers = HTTPHeaders()
             headers.reserveCapacity(head.headers.count)
             head.headers.forEachField { name, value in
+                if tunnel, RawHeaderFields.equalsIgnoringCase(name, "sec-websocket-accept") { return }
                 headers.add(name: String(decoding: name, as: UTF8.self), value: String(decoding: value, as: UTF8.self))
+            }
+            if tunnel && head.status == .switchingProtocols {
+                return .head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))
             }
             // HTTP2FramePayloadToHTTP1ServerCodec drops the fields HTTP/2 has no use for (Connection,
             // Transfer-Encoding, Keep-Alive) as it writes the HEADERS frame.
@@ -163,7 +181,7 @@ final class HTTP2StreamBridge: ChannelDuplexHandler {
     /// the stream's END_STREAM, written before the close.
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         if mode == .all, let event = try? responses.endOfInput() {
-            write([Self.part(event)], context: context, promise: nil)
+            write([Self.part(event, tunnel: framing == .tunnel)], context: context, promise: nil)
             context.flush()
         }
         context.close(mode: mode, promise: promise)
