@@ -7,7 +7,7 @@ import XCTest
 @testable import Sidecar
 
 /// The sidecar's parsers as fuzz targets (`Fuzzing`): `client-request`, `upstream-response`,
-/// `chunked-body`, `model-scanner`. Each traps when an invariant fails, naming it.
+/// `chunked-body`, `model-scanner`, `websocket-frames`. Each traps when an invariant fails, naming it.
 ///
 /// The first input byte of the HTTP targets picks where the rest is cut into reads: every target
 /// checks that the verdict is the same cut or whole.
@@ -45,6 +45,40 @@ final class SidecarFuzzTargets: XCTestCase {
                 fatalError(
                     "the request parser and llhttp disagree: \(disagreement) on \(String(decoding: input, as: UTF8.self).debugDescription)"
                 )
+            }
+        }
+    }
+
+    /// `websocket-frames`: the first byte picks the reads (and, by its top bit, whose frames these
+    /// are); the verdict, what goes on and the messages tapped must not depend on the reads, what
+    /// goes on is always a prefix of the input, and an input let through whole reads as NIO's
+    /// decoder reads it.
+    func testWebSocketFrames() throws {
+        let frame = WebSocketFrameScannerTests.frame
+        let seeds: [[UInt8]] = [
+            [0x03] + frame(1, true, Array("hello".utf8), 0x0102_0304, 0, false),
+            [0x05] + frame(2, false, Array(repeating: 7, count: 300), 0xA0B0_C0D0, 0, false)
+                + frame(9, true, [], 0x1111_1111, 0, false) + frame(0, true, [1, 2, 3], 0x2222_2222, 0, false),
+            [0x81] + frame(1, true, Array(#"{"type":"response.done"}"#.utf8), 0, 0, false)
+                + frame(8, true, [3, 232], 0, 0, false),
+            [0x00] + frame(1, true, [65], 0, 0, false),
+        ]
+        try Fuzzing.run("websocket-frames", seeds: seeds) { data in
+            guard let first = data.first else { return }
+            let input = Array(data.dropFirst())
+            let origin: WebSocketFrameScanner.Origin = first & 0x80 == 0 ? .client : .server
+            let whole = WebSocketFrameScannerTests.scan(input, origin: origin, step: max(1, input.count), max: 1 << 16)
+            let cut = WebSocketFrameScannerTests.scan(input, origin: origin, step: Int(first & 0x3F) + 1, max: 1 << 16)
+            fuzzCheck(whole == cut, "the frame scanner's reading depends on how the bytes are split")
+            fuzzCheck(
+                Array(input.prefix(whole.forwarded.count)) == whole.forwarded,
+                "the frame scanner let through bytes that are not the input's")
+            if origin == .client, whole.violation == nil, whole.forwarded == input,
+                let reference = WebSocketFrameScannerTests.nio(input)
+            {
+                fuzzCheck(
+                    reference.messages == whole.messages && reference.closes == whole.closes,
+                    "the frame scanner and NIO's decoder read different messages")
             }
         }
     }

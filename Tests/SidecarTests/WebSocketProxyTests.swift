@@ -123,6 +123,9 @@ final class WebSocketProxyTests: XCTestCase {
     func testARealtimeSessionThroughTheReverseListenerIsRelayedByteForByteAndTapped() throws {
         let harness = try ProxyHarness()
         defer { harness.stop() }
+        // Upstream connections idle in the pools: an upgrade must not take one (a server takes an
+        // upgrade as a connection's first request only).
+        for _ in 0..<4 { XCTAssertEqual(try curlWithStatus([harness.baseURL + "/v1/models"]).status, 200) }
         let url = "ws://127.0.0.1:\(harness.sidecarPort)/v1/realtime?model=gpt-realtime"
         checkSession(try runPython(Self.sessionScript, arguments: [url, apiKey]))
         try checkRecords(harness, ingress: .reverse)

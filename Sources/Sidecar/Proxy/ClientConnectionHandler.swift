@@ -65,6 +65,9 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
     private var cachedRoutes: GatewayState.Cached?
     /// After a 101: the WebSocket session the connection now carries.
     private var relay: WebSocketRelay?
+    /// The exchange under way asks to switch to WebSocket: it goes on a connection of its own
+    /// (servers take an upgrade as a connection's first request only, and it is never pooled again).
+    private var upgrading = false
 
     private struct Retry {
         /// The routes the exchange began with.
@@ -313,6 +316,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
             return perform(machine.refuseHead(response, version: head.version))
         }
         counters.inFlight.add(1, ordering: .relaxed)
+        upgrading = head.webSocketUpgrade
         var target = self.target
         let uri: String
         var refusal: ProxyErrorResponse?
@@ -470,7 +474,7 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         let pool =
             self.pool.flatMap { $0.target == target ? $0 : nil } ?? pools.pool(for: context.eventLoop, target: target)
         self.pool = pool
-        if !fresh, let connection = pool.idleConnection() {
+        if !fresh, !upgrading, let connection = pool.idleConnection() {
             retry?.pooled = true
             // Inside the read that brought the head: the rest of the request usually came with it,
             // so the flush at the end of this read sends it all in one write.
