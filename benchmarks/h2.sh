@@ -9,8 +9,12 @@
 # Rounds alternate n, s, h; req/s and p99 (from h2load's per-request log) are medians over the
 # rounds, and the ratio s/n is the median of each round's own (this machine's speed drifts).
 #
-#   benchmarks/h2.sh                       # 5 rounds of 10 s each
+# Then, unless WEBSOCKET=0, the WebSocket half of the protocols benchmark: benchmarks/websocket.sh
+# (messages per second and added latency, 1 KiB messages, through the sidecar against direct).
+#
+#   benchmarks/h2.sh                       # 5 rounds of 10 s each, then benchmarks/websocket.sh
 #   ROUNDS=7 DURATION=15 benchmarks/h2.sh
+#   WEBSOCKET=0 benchmarks/h2.sh           # h2 only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/common.sh
@@ -96,3 +100,8 @@ echo
 echo "h2 through the sidecar against nginx's h2 (median of rounds): $(echo "$ratios" | median)x (rounds: $ratios)"
 echo "h2 against HTTP/1.1 through the sidecar: $(awk -v s="$(echo "${rps[s]}" | median)" -v h="$(echo "${rps[h]}" | median)" 'BEGIN { printf "%.3f", s / h }')x"
 echo "records at the receiver: ${received:-?} ${missing:-}"
+
+if [ "${WEBSOCKET:-1}" != 0 ]; then
+    echo
+    ROUNDS="$rounds" DURATION=5 benchmarks/websocket.sh
+fi

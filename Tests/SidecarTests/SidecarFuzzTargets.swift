@@ -54,7 +54,9 @@ final class SidecarFuzzTargets: XCTestCase {
     /// goes on is always a prefix of the input, and an input let through whole reads as NIO's
     /// decoder reads it.
     func testWebSocketFrames() throws {
-        let frame = WebSocketFrameScannerTests.frame
+        func frame(_ opcode: UInt8, _ fin: Bool, _ payload: [UInt8], _ mask: UInt32, _: UInt8, _: Bool) -> [UInt8] {
+            WebSocketFrameScannerTests.frame(opcode: opcode, fin: fin, payload: payload, mask: mask)
+        }
         let seeds: [[UInt8]] = [
             [0x03] + frame(1, true, Array("hello".utf8), 0x0102_0304, 0, false),
             [0x05] + frame(2, false, Array(repeating: 7, count: 300), 0xA0B0_C0D0, 0, false)

@@ -11,12 +11,6 @@ import XCTest
 final class WebSocketFrameScannerTests: XCTestCase {
     /// A frame's bytes: masked with `mask` when it is not 0.
     static func frame(
-        _ opcode: UInt8, _ fin: Bool, _ payload: [UInt8], _ mask: UInt32, _ rsv: UInt8, _ forceLength64: Bool
-    ) -> [UInt8] {
-        frame(opcode: opcode, fin: fin, payload: payload, mask: mask, rsv: rsv, forceLength64: forceLength64)
-    }
-
-    static func frame(
         opcode: UInt8, fin: Bool = true, payload: [UInt8], mask: UInt32 = 0, rsv: UInt8 = 0, forceLength64: Bool = false
     ) -> [UInt8] {
         var bytes: [UInt8] = [(fin ? 0x80 : 0) | rsv << 4 | opcode]
