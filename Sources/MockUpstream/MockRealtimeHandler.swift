@@ -8,7 +8,8 @@ import NIOWebSocket
 /// `conversation.item.created`; `response.create` → `response.created`, text and audio deltas, then
 /// `response.done` with usage (`MockRealtimeHandler.usage`, the same every time, so a test knows
 /// the sums). Test events: `mock.echo` comes back byte for byte (binary messages too),
-/// `mock.fragmented` comes back byte for byte in three frames, `mock.error` gets an `error` event,
+/// `mock.fragmented` comes back byte for byte in three frames, `mock.flood` (`count`, `bytes`) sends
+/// that many binary messages at once, `mock.error` gets an `error` event,
 /// `mock.close` (`"code": N`) closes with that code. Pings get their pong; a Close is answered.
 final class MockRealtimeHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
@@ -117,6 +118,14 @@ final class MockRealtimeHandler: ChannelInboundHandler {
                 wrapOutboundOut(WebSocketFrame(fin: false, opcode: .continuation, data: second)), promise: nil)
             context.writeAndFlush(
                 wrapOutboundOut(WebSocketFrame(fin: true, opcode: .continuation, data: rest)), promise: nil)
+        case "mock.flood":
+            // `count` binary messages of `bytes` each, as fast as they go (for back-pressure tests).
+            let bytes = min(event?["bytes"] as? Int ?? 65536, 1 << 20)
+            let payload = ByteBuffer(repeating: 0x5A, count: bytes)
+            for _ in 0..<min(event?["count"] as? Int ?? 100, 10_000) {
+                context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: payload)), promise: nil)
+            }
+            context.flush()
         case "mock.error":
             send(
                 [

@@ -68,6 +68,56 @@ final class ExchangeStateMachineTests: XCTestCase {
         init(_ description: String) { self.description = description }
     }
 
+    // MARK: WebSocket sessions
+
+    func testASessionLastsAsLongAsItLikesButAClientThatStopsReadingEndsIt() throws {
+        var machine = try machine()
+        let upgrade = UpstreamRequestPart.head(
+            ByteBuffer(string: "GET / HTTP/1.1\r\n\r\n"), chunked: false, isHEAD: false, upgrade: true)
+        guard case .connect = begin(&machine, admission: .forward(head: upgrade)) else { return XCTFail("no connect") }
+        guard case .none = machine.requestEnd() else { return XCTFail("end not buffered") }
+        guard case .attach = machine.upstreamConnected(Upstream(id: 7), now: start) else {
+            return XCTFail("not attached")
+        }
+        XCTAssertTrue(machine.upstreamSwitchedProtocols(now: start))
+        XCTAssertTrue(machine.isTunnel)
+        XCTAssertFalse(machine.takesRequestEvents)
+        guard case .readIfWritable(let upstream) = machine.readDecision(bufferedBytes: 0) else { return XCTFail() }
+        XCTAssertEqual(upstream, Upstream(id: 7))
+        // An hour of silence is no reason to end it.
+        guard case .none = machine.exchangeTimerFired(now: at(3600), readHeld: false) else { return XCTFail() }
+        let (held, deadline) = machine.clientWritabilityChanged(isWritable: false, now: at(3600))
+        XCTAssertEqual(held, Upstream(id: 7))
+        XCTAssertEqual(deadline, at(3600 + 75))
+        guard case .check(let next) = machine.exchangeTimerFired(now: at(3650), readHeld: true) else {
+            return XCTFail()
+        }
+        XCTAssertEqual(next, at(3675))
+        guard case .clientStoppedReading(let settlement) = machine.exchangeTimerFired(now: at(3675), readHeld: true)
+        else { return XCTFail("the stalled client kept its session") }
+        XCTAssertEqual(settlement.status, 101)
+        XCTAssertEqual(settlement.outcome, .clientAborted)
+        XCTAssertEqual(settlement.upstream, Upstream(id: 7))
+        XCTAssertFalse(settlement.reusable)
+    }
+
+    func testASessionsEndSettlesItWithStatus101() throws {
+        var machine = try machine()
+        let upgrade = UpstreamRequestPart.head(
+            ByteBuffer(string: "GET / HTTP/1.1\r\n\r\n"), chunked: false, isHEAD: false, upgrade: true)
+        _ = begin(&machine, admission: .forward(head: upgrade), slot: true)
+        XCTAssertFalse(machine.upstreamSwitchedProtocols(now: start), "no upstream yet")
+        _ = machine.requestEnd()
+        _ = machine.upstreamConnected(Upstream(id: 2), now: start)
+        XCTAssertTrue(machine.upstreamSwitchedProtocols(now: start))
+        XCTAssertNil(machine.upstreamBody(now: start), "no HTTP input applies to a tunnel")
+        let settlement = try XCTUnwrap(machine.tunnelEnded(outcome: .completed, error: ""))
+        XCTAssertEqual(settlement.status, 101)
+        XCTAssertEqual(settlement.outcome, .completed)
+        XCTAssertNotNil(settlement.releasesSlotOf)
+        XCTAssertNil(machine.tunnelEnded(outcome: .completed, error: ""), "once")
+    }
+
     // MARK: Whole exchanges
 
     func testAFullExchangeSettlesAndLeavesTheUpstreamReusable() throws {

@@ -266,6 +266,34 @@ final class WebSocketProxyTests: XCTestCase {
         XCTAssertTrue(harness.sidecar.process.isRunning)
     }
 
+    func testAClientThatStopsReadingLosesItsSessionAfterTheClientTimeout() throws {
+        let harness = try ProxyHarness(sidecarArguments: ["--client-timeout", "2"])
+        defer { harness.stop() }
+        let flood = Self.maskedFrame(0x81, Array(#"{"type":"mock.flood","count":400,"bytes":65536}"#.utf8))
+        let run = try runPython(
+            """
+            import base64, os, socket, sys, time
+            s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+            s.sendall(("GET /v1/realtime?model=gpt-realtime HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\n"
+                       "Connection: Upgrade\\r\\nSec-WebSocket-Key: " + base64.b64encode(os.urandom(16)).decode() +
+                       "\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n").encode())
+            print("head:", s.recv(200).split(b"\\r\\n")[0].decode())
+            s.sendall(bytes.fromhex(sys.argv[2]))
+            time.sleep(5)  # not reading; the sidecar gives up after 2 s
+            s.close()
+            print("gave up reading")
+            """, arguments: ["\(harness.sidecarPort)", Self.hex(flood)])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stdout.contains("head: HTTP/1.1 101"), run.stdout)
+        XCTAssertTrue(run.stdout.contains("gave up reading"), run.stdout)
+        XCTAssertTrue(eventually { harness.collector.responseDones.contains { $0.hasWebsocket } })
+        let done = try XCTUnwrap(harness.collector.responseDones.first { $0.hasWebsocket })
+        XCTAssertEqual(done.outcome, .clientAborted)
+        XCTAssertTrue(done.error.contains("stopped reading"), done.error)
+        XCTAssertLessThan(done.websocket.upstreamMessages, 400, "the upstream was held back, not read to its end")
+        XCTAssertTrue(harness.sidecar.stderr.contains("a client stopped reading"), harness.sidecar.stderr)
+    }
+
     func testAnUpgradeTheUpstreamRefusesIsAnsweredAsHTTP() throws {
         let harness = try ProxyHarness(mockArguments: ["--accept-key", "sk-the-right-one"])
         defer { harness.stop() }

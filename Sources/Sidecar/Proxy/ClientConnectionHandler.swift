@@ -621,6 +621,11 @@ final class ClientConnectionHandler: ChannelDuplexHandler {
         case .fail(let failure):
             perform(failure)
         case .clientStoppedReading(let settlement):
+            if let relay {
+                // A WebSocket session's client: its end record says how far the session went.
+                self.relay = nil
+                relay.tap.webSocket = relay.finalSession
+            }
             let count = counters.stalledClients.add(1, ordering: .relaxed).newValue
             if LogSampling.isWorthLogging(occurrence: count) {
                 exchangeLogger(settlement.tap.exchangeID).warning(

@@ -627,9 +627,13 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
             unwritableSince = nil
             return (upstream, nil)
         }
-        guard unwritableSince == nil, case .exchanging = state else { return (upstream, nil) }
-        // A client that stops reading its response holds the upstream too: it has
-        // --client-timeout to start reading again.
+        switch state {
+        case .exchanging, .tunnel: break
+        default: return (upstream, nil)
+        }
+        guard unwritableSince == nil else { return (upstream, nil) }
+        // A client that stops reading its response (or a WebSocket session's messages) holds the
+        // upstream too: it has --client-timeout to start reading again.
         unwritableSince = now
         return (upstream, now + limits.clientTimeout)
     }
@@ -664,6 +668,19 @@ struct ExchangeStateMachine<Upstream: AnyObject, Tap: AnyObject> {
 
     /// The exchange timer fired. `readHeld`: the handler holds the client's reads back (for the upstream).
     mutating func exchangeTimerFired(now: NIODeadline, readHeld: Bool) -> TimerAction {
+        if case .tunnel(let exchange) = state {
+            // A session may be silent for as long as it likes; a client that does not read may not.
+            guard let since = unwritableSince else { return .none }
+            guard now >= since + limits.clientTimeout else { return .check(at: since + limits.clientTimeout) }
+            var settlement = settle(
+                exchange, outcome: .clientAborted,
+                error:
+                    "the client stopped reading the session's messages for \(limits.clientTimeout.nanoseconds / 1_000_000_000) s"
+            )
+            settlement.status = 101
+            state = .closing
+            return .clientStoppedReading(settlement)
+        }
         guard case .exchanging(var exchange) = state else { return .none }
         switch exchange.link {
         case .attached(let upstream, var lastUpstream):
