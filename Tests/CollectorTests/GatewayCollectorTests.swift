@@ -127,18 +127,11 @@ final class ClientProtocolTests: XCTestCase {
         let mock = try MockProvider()
         let mockPort = mock.port
         defer { mock.process.signal(SIGTERM) }
-        let port = try freeTCPPort()
-        let sidecar = try RunningProcess(
-            product: "llmtap-sidecar",
-            arguments: [
-                "--listen", "127.0.0.1:\(port)", "--upstream", "http://127.0.0.1:\(mockPort)", "--collector",
-                collector.analysisEndpoint, "--sidecar-id", "proto-1",
-            ])
+        let (sidecar, port) = try startPlainSidecar(upstreamPort: mockPort, collector: collector, id: "proto-1")
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
         }
-        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
         let url = "http://127.0.0.1:\(port)/v1/chat/completions"
         for version in ["--http1.1", "--http2-prior-knowledge", "--http2-prior-knowledge"] {
             let response = try curlWithStatus(
@@ -247,18 +240,11 @@ final class RealtimeSessionTests: XCTestCase {
         defer { _ = collector.stop() }
         let mock = try MockProvider()
         defer { mock.process.signal(SIGTERM) }
-        let port = try freeTCPPort()
-        let sidecar = try RunningProcess(
-            product: "llmtap-sidecar",
-            arguments: [
-                "--listen", "127.0.0.1:\(port)", "--upstream", "http://127.0.0.1:\(mock.port)", "--collector",
-                collector.analysisEndpoint, "--sidecar-id", "realtime-1",
-            ])
+        let (sidecar, port) = try startPlainSidecar(upstreamPort: mock.port, collector: collector, id: "realtime-1")
         defer {
             sidecar.signal(SIGTERM)
             _ = sidecar.waitForExit()
         }
-        XCTAssertTrue(eventually { sidecar.stderr.contains("reverse listener ready") }, sidecar.stderr)
         let run = try runPython(
             """
             import asyncio, json, sys, websockets
@@ -303,4 +289,20 @@ final class RealtimeSessionTests: XCTestCase {
             executable: URL(fileURLWithPath: "/usr/bin/promtool"), arguments: ["check", "metrics"], stdinText: metrics)
         XCTAssertEqual(promtool.waitForExit(), 0, promtool.stdout + promtool.stderr)
     }
+}
+
+/// A sidecar in reverse mode in front of `upstreamPort`, publishing to `collector`, started and
+/// listening; its port. The caller stops it.
+func startPlainSidecar(upstreamPort: Int, collector: CollectorHarness, id: String) throws -> (RunningProcess, Int) {
+    let port = try freeTCPPort()
+    let sidecar = try RunningProcess(
+        product: "llmtap-sidecar",
+        arguments: [
+            "--listen", "127.0.0.1:\(port)", "--upstream", "http://127.0.0.1:\(upstreamPort)", "--collector",
+            collector.analysisEndpoint, "--sidecar-id", id,
+        ])
+    guard eventually({ sidecar.stderr.contains("reverse listener ready") }) else {
+        throw TestFailure("the sidecar did not start: \(sidecar.stderr)")
+    }
+    return (sidecar, port)
 }

@@ -6,35 +6,11 @@ import XCTest
 /// MITM mode with real processes: curl, openssl and the openai package use the sidecar as their
 /// HTTPS proxy, in front of the mock upstream speaking TLS with a certificate from a test CA.
 final class MITMTests: XCTestCase {
-    private struct Setup {
-        let harness: ProxyHarness
-        let pki: TestPKI
-        let caDirectory: String
-        let mitmPort: Int
-        var caCertificate: String { caDirectory + "/llmtap-ca.pem" }
-        var proxy: String { "http://127.0.0.1:\(mitmPort)" }
-        var upstreamURL: String { "https://localhost:\(harness.mockPort)" }
-    }
+    private typealias Setup = MITMProxySetup
 
     /// A sidecar in both modes; `allowlisted` decides whether localhost is decrypted.
     private func startProxy(allowlisted: Bool = true, extra: [String] = []) throws -> Setup {
-        let pki = try TestPKI.make()
-        let caDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
-            "llmtap-ca-\(UUID().uuidString)"
-        ).path
-        let mockPort = try freeTCPPort()
-        let mitmPort = try freeTCPPort()
-        let harness = try ProxyHarness(
-            sidecarArguments: [
-                "--mode", "both", "--mitm-listen", "127.0.0.1:\(mitmPort)", "--ca-dir", caDirectory,
-                "--allowlist", allowlisted ? "localhost,api.openai.com" : "api.openai.com",
-                "--mitm-ports", "443,\(mockPort)", "--upstream-ca-file", pki.caCertificate,
-            ] + extra,
-            mockArguments: ["--tls-cert", pki.serverCertificate, "--tls-key", pki.serverKey],
-            fixedMockPort: mockPort
-        )
-        XCTAssertTrue(eventually { harness.sidecar.stderr.contains("MITM listener ready") }, harness.sidecar.stderr)
-        return Setup(harness: harness, pki: pki, caDirectory: caDirectory, mitmPort: mitmPort)
+        try MITMProxySetup.start(allowlisted: allowlisted, extra: extra)
     }
 
     func testConnectionMayNotRemoveFramingHeadersEitherWay() throws {
@@ -333,5 +309,38 @@ final class MITMTests: XCTestCase {
         let process = try RunningProcess(executable: URL(fileURLWithPath: "/usr/bin/sha256sum"), arguments: [file.path])
         guard process.waitForExit() == 0 else { return nil }
         return process.stdout.split(separator: " ").first.map(String.init)
+    }
+}
+
+/// A sidecar in both modes (reverse and MITM) in front of the mock upstream serving TLS with a
+/// test CA's certificate for localhost: what the MITM and WebSocket tests start from.
+struct MITMProxySetup {
+    let harness: ProxyHarness
+    let pki: TestPKI
+    let caDirectory: String
+    let mitmPort: Int
+    var caCertificate: String { caDirectory + "/llmtap-ca.pem" }
+    var proxy: String { "http://127.0.0.1:\(mitmPort)" }
+    var upstreamURL: String { "https://localhost:\(harness.mockPort)" }
+
+    /// `allowlisted` decides whether localhost is decrypted.
+    static func start(allowlisted: Bool = true, extra: [String] = []) throws -> MITMProxySetup {
+        let pki = try TestPKI.make()
+        let caDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "llmtap-ca-\(UUID().uuidString)"
+        ).path
+        let mockPort = try freeTCPPort()
+        let mitmPort = try freeTCPPort()
+        let harness = try ProxyHarness(
+            sidecarArguments: [
+                "--mode", "both", "--mitm-listen", "127.0.0.1:\(mitmPort)", "--ca-dir", caDirectory,
+                "--allowlist", allowlisted ? "localhost,api.openai.com" : "api.openai.com",
+                "--mitm-ports", "443,\(mockPort)", "--upstream-ca-file", pki.caCertificate,
+            ] + extra,
+            mockArguments: ["--tls-cert", pki.serverCertificate, "--tls-key", pki.serverKey],
+            fixedMockPort: mockPort
+        )
+        XCTAssertTrue(eventually { harness.sidecar.stderr.contains("MITM listener ready") }, harness.sidecar.stderr)
+        return MITMProxySetup(harness: harness, pki: pki, caDirectory: caDirectory, mitmPort: mitmPort)
     }
 }

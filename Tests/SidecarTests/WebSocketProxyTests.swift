@@ -134,20 +134,9 @@ final class WebSocketProxyTests: XCTestCase {
     }
 
     func testReverseModeToATLSUpstreamAndMITMMode() throws {
-        let pki = try TestPKI.make()
-        let caDirectory = FileManager.default.temporaryDirectory.appendingPathComponent(
-            "llmtap-ca-\(UUID().uuidString)"
-        ).path
-        let mockPort = try freeTCPPort()
-        let mitmPort = try freeTCPPort()
-        let harness = try ProxyHarness(
-            sidecarArguments: [
-                "--mode", "both", "--mitm-listen", "127.0.0.1:\(mitmPort)", "--ca-dir", caDirectory,
-                "--allowlist", "localhost", "--mitm-ports", "443,\(mockPort)", "--upstream-ca-file", pki.caCertificate,
-            ],
-            mockArguments: ["--tls-cert", pki.serverCertificate, "--tls-key", pki.serverKey], fixedMockPort: mockPort)
+        let setup = try MITMProxySetup.start()
+        let harness = setup.harness
         defer { harness.stop() }
-        XCTAssertTrue(eventually { harness.sidecar.stderr.contains("MITM listener ready") }, harness.sidecar.stderr)
         // ws:// to the sidecar, wss:// from it to the upstream.
         checkSession(
             try runPython(
@@ -155,13 +144,12 @@ final class WebSocketProxyTests: XCTestCase {
                 arguments: ["ws://127.0.0.1:\(harness.sidecarPort)/v1/realtime?model=gpt-realtime", apiKey]))
         try checkRecords(harness, ingress: .reverse)
         // wss:// through the sidecar as the HTTPS proxy, decrypted with its CA.
-        let script = "import os\nos.environ['HTTPS_PROXY'] = 'http://127.0.0.1:\(mitmPort)'\n" + Self.sessionScript
+        let script = "import os\nos.environ['HTTPS_PROXY'] = '\(setup.proxy)'\n" + Self.sessionScript
         checkSession(
             try runPython(
                 script,
                 arguments: [
-                    "wss://localhost:\(mockPort)/v1/realtime?model=gpt-realtime", apiKey,
-                    caDirectory + "/llmtap-ca.pem",
+                    "wss://localhost:\(harness.mockPort)/v1/realtime?model=gpt-realtime", apiKey, setup.caCertificate,
                 ]))
         XCTAssertTrue(eventually { harness.collector.responseDones.filter(\.hasWebsocket).count == 2 })
         let requests = harness.collector.envelopes.compactMap { if case .request(let r) = $0.record { r } else { nil } }
