@@ -102,8 +102,9 @@ let package = Package(
             name: "MockUpstream",
             dependencies: nioHTTP + [
                 argumentParser, .product(name: "Crypto", package: "swift-crypto"),
-                // The Realtime API's WebSocket (/v1/realtime).
+                // The Realtime API's WebSocket (/v1/realtime), and HTTP/2 over TLS (--http2).
                 .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             ],
             swiftSettings: instrumented, linkerSettings: sanitizerLinking
         ),

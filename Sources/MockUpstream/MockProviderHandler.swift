@@ -14,19 +14,34 @@ final class MockProviderHandler: ChannelInboundHandler, RemovableChannelHandler 
     private var peer = ""
     private var requests = 0
 
-    init(settings: MockSettings, log: RequestLog?) {
+    /// False on an HTTP/2 stream: the connection is logged once, by `ConnectionLogger`.
+    private let logsConnections: Bool
+
+    init(settings: MockSettings, log: RequestLog?, logsConnections: Bool = true) {
         self.settings = settings
         self.log = log
+        self.logsConnections = logsConnections
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        // Added after the TLS handshake (ALPN chose http/1.1): the connection is active already.
+        if context.channel.isActive { logOpened(context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        peer = context.remoteAddress.map { "\($0)" } ?? ""
-        log?.append(["event": "connection_opened", "peer": peer])
+        logOpened(context)
         context.fireChannelActive()
     }
 
+    private func logOpened(_ context: ChannelHandlerContext) {
+        // An HTTP/2 stream channel has no address of its own (asking for one traps).
+        guard logsConnections, peer.isEmpty else { return }
+        peer = context.remoteAddress.map { "\($0)" } ?? "?"
+        log?.append(["event": "connection_opened", "peer": peer, "protocol": "http1"])
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
-        log?.append(["event": "connection_closed", "peer": peer])
+        if logsConnections { log?.append(["event": "connection_closed", "peer": peer]) }
         context.fireChannelInactive()
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NIOCore
 import NIOHTTP1
+import NIOHTTP2
 import NIOPosix
 import NIOSSL
 import NIOWebSocket
@@ -32,6 +33,11 @@ struct MockUpstreamCommand: AsyncParsableCommand {
     @Option(help: "PEM private key for --tls-cert.")
     var tlsKey: String?
 
+    @Flag(
+        name: .customLong("http2"),
+        help: "With --tls-cert: offer h2 before http/1.1 in ALPN, and serve HTTP/2 (NIOHTTP2) to clients that pick it.")
+    var http2 = false
+
     @Option(help: "Milliseconds between streamed events (x-mock-event-delay-ms overrides it per request).")
     var eventDelayMs = 20
 
@@ -58,6 +64,7 @@ struct MockUpstreamCommand: AsyncParsableCommand {
 
     func validate() throws {
         guard (tlsCert == nil) == (tlsKey == nil) else { throw ValidationError("--tls-cert and --tls-key go together") }
+        guard !http2 || tlsCert != nil else { throw ValidationError("--http2 needs --tls-cert: h2 is offered by ALPN") }
         guard eventDelayMs >= 0, events >= 0 else {
             throw ValidationError("--event-delay-ms and --events must not be negative")
         }
@@ -70,10 +77,11 @@ struct MockUpstreamCommand: AsyncParsableCommand {
         let host = String(listen[..<colon])
         var sslContext: NIOSSLContext?
         if let tlsCert, let tlsKey {
-            let configuration = TLSConfiguration.makeServerConfiguration(
+            var configuration = TLSConfiguration.makeServerConfiguration(
                 certificateChain: try NIOSSLCertificate.fromPEMFile(tlsCert).map { .certificate($0) },
                 privateKey: .privateKey(try NIOSSLPrivateKey(file: tlsKey, format: .pem))
             )
+            if http2 { configuration.applicationProtocols = ["h2", "http/1.1"] }
             sslContext = try NIOSSLContext(configuration: configuration)
         }
         let log = try requestLog.map { try RequestLog(path: $0) }
@@ -86,18 +94,36 @@ struct MockUpstreamCommand: AsyncParsableCommand {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    if let sslContext {
-                        try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                guard let sslContext, http2 else {
+                    return channel.eventLoop.makeCompletedFuture {
+                        if let sslContext {
+                            try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                        }
+                        try Self.configureHTTP1(channel, settings: settings, log: log)
                     }
-                    let provider = MockProviderHandler(settings: settings, log: log)
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                        withServerUpgrade: (
-                            upgraders: [MockRealtimeHandler.upgrader(settings: settings, log: log)],
-                            completionHandler: { _ in }
-                        ))
-                    try channel.pipeline.syncOperations.addHandler(provider)
                 }
+                do {
+                    try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: sslContext))
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+                return channel.configureHTTP2SecureUpgrade(
+                    h2ChannelConfigurator: { channel in
+                        // One log line per connection, as HTTP/1.1 connections get: streams are not connections.
+                        channel.pipeline.addHandler(ConnectionLogger(log: log, protocolName: "h2")).flatMap {
+                            channel.configureHTTP2Pipeline(mode: .server) { stream in
+                                stream.pipeline.addHandlers([
+                                    HTTP2FramePayloadToHTTP1ServerCodec(),
+                                    MockProviderHandler(settings: settings, log: log, logsConnections: false),
+                                ])
+                            }.map { _ in }
+                        }
+                    },
+                    http1ChannelConfigurator: { channel in
+                        channel.eventLoop.makeCompletedFuture {
+                            try Self.configureHTTP1(channel, settings: settings, log: log)
+                        }
+                    })
             }
             .bind(host: host, port: port).get()
         let actual = channel.localAddress?.port ?? port
@@ -106,6 +132,42 @@ struct MockUpstreamCommand: AsyncParsableCommand {
             Data("llmtap-mock-upstream listening on \(sslContext == nil ? "http" : "https")://\(host):\(actual)\n".utf8)
         )
         try await channel.closeFuture.get()
+    }
+}
+
+extension MockUpstreamCommand {
+    /// HTTP/1.1, with the Realtime API's WebSocket upgrade at /v1/realtime.
+    static func configureHTTP1(_ channel: any Channel, settings: MockSettings, log: RequestLog?) throws {
+        let provider = MockProviderHandler(settings: settings, log: log)
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            withServerUpgrade: (
+                upgraders: [MockRealtimeHandler.upgrader(settings: settings, log: log)],
+                completionHandler: { _ in }
+            ))
+        try channel.pipeline.syncOperations.addHandler(provider)
+    }
+}
+
+/// Logs an HTTP/2 connection's opening and closing, with its protocol.
+final class ConnectionLogger: ChannelInboundHandler, Sendable {
+    typealias InboundIn = Any
+    private let log: RequestLog?
+    private let protocolName: String
+
+    init(log: RequestLog?, protocolName: String) {
+        self.log = log
+        self.protocolName = protocolName
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        log?.append([
+            "event": "connection_opened", "peer": context.remoteAddress.map { "\($0)" } ?? "", "protocol": protocolName,
+        ])
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        log?.append(["event": "connection_closed", "protocol": protocolName])
+        context.fireChannelInactive()
     }
 }
 

@@ -517,3 +517,44 @@ final class HTTP2ClientTests: XCTestCase {
         return frames
     }
 }
+
+/// The mock upstream as an h2 provider (`--http2`: ALPN `h2, http/1.1` over TLS, NIOHTTP2 serving):
+/// what the h2-upstream tests stand on.
+final class MockUpstreamHTTP2Tests: XCTestCase {
+    func testTheMockServesH2OverTLSWhenAskedAndHTTP1Beside() throws {
+        let pki = try TestPKI.make()
+        let port = try freeTCPPort()
+        let log = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "llmtap-mock-\(UUID().uuidString).jsonl")
+        let mock = try RunningProcess(
+            product: "llmtap-mock-upstream",
+            arguments: [
+                "--listen", "127.0.0.1:\(port)", "--tls-cert", pki.serverCertificate, "--tls-key", pki.serverKey,
+                "--http2", "--request-log", log.path, "--event-delay-ms", "1",
+            ])
+        defer { mock.signal(SIGTERM) }
+        XCTAssertTrue(eventually { mock.stdout.contains("listening on https://") }, mock.stderr)
+        let tls = ["--cacert", pki.caCertificate, "--resolve", "localhost:\(port):127.0.0.1"]
+        let url = "https://localhost:\(port)/v1/chat/completions"
+        for stream in [false, true] {
+            let body = #"{"model":"gpt-4o-mini","stream":\#(stream),"stream_options":{"include_usage":true}}"#
+            let h2 = try curl(tls + ["--http2", url, "--data-binary", body])
+            let http1 = try curl(tls + ["--http1.1", url, "--data-binary", body])
+            XCTAssertTrue(h2.headers.hasPrefix("HTTP/2 200"), h2.headers)
+            XCTAssertTrue(http1.headers.hasPrefix("HTTP/1.1 200"), http1.headers)
+            let text = String(decoding: h2.body, as: UTF8.self)
+            XCTAssertTrue(text.contains(stream ? "chat.completion.chunk" : "\"chat.completion\""), text)
+            XCTAssertEqual(h2.body.count > 0, http1.body.count > 0)
+        }
+        let opened = try String(contentsOf: log, encoding: .utf8).split(separator: "\n").filter {
+            $0.contains("connection_opened")
+        }
+        XCTAssertEqual(opened.filter { $0.contains(#""protocol":"h2""#) }.count, 2, "\(opened)")
+        XCTAssertEqual(opened.filter { $0.contains(#""protocol":"http1""#) }.count, 2, "\(opened)")
+        // Without --http2 nothing changes: ALPN offers nothing, and curl speaks HTTP/1.1.
+        XCTAssertEqual(
+            try RunningProcess(
+                product: "llmtap-mock-upstream", arguments: ["--listen", "127.0.0.1:0", "--http2"]
+            ).waitForExit(), 64, "--http2 needs --tls-cert")
+    }
+}
