@@ -129,6 +129,7 @@ final class WebSocketProxyTests: XCTestCase {
         let url = "ws://127.0.0.1:\(harness.sidecarPort)/v1/realtime?model=gpt-realtime"
         checkSession(try runPython(Self.sessionScript, arguments: [url, apiKey]))
         try checkRecords(harness, ingress: .reverse)
+        XCTAssertFalse(harness.sidecar.stderr.contains(apiKey), "the key never reaches the log")
         // The HTTP side of the same listener is untouched.
         XCTAssertEqual(try curlWithStatus([harness.baseURL + "/v1/models"]).status, 200)
     }
@@ -251,6 +252,7 @@ final class WebSocketProxyTests: XCTestCase {
         }
         XCTAssertEqual(upstreamCloses.filter { $0 == 1001 }.count, 4, "\(upstreamCloses)")
         XCTAssertTrue(harness.sidecar.stderr.contains("closed a WebSocket session that broke the protocol"))
+        XCTAssertFalse(harness.sidecar.stderr.contains("Bearer"), "no credential in the violation logs")
         XCTAssertTrue(harness.sidecar.process.isRunning)
     }
 
