@@ -284,4 +284,24 @@ final class HTTP2BridgeTests: XCTestCase {
         try channel.writeInbound(HTTPServerRequestPart.end(nil))
         XCTAssertFalse(channel.isActive)
     }
+
+    // MARK: FlushCoalescer
+
+    func testFlushesWaitForTheEndOfTheLoopsTurnAndACloseSendsThemFirst() throws {
+        let channel = EmbeddedChannel(handler: FlushCoalescer())
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 3000)).wait()
+        for index in 0..<3 {
+            channel.write(ByteBuffer(string: "frame \(index);"), promise: nil)
+            channel.flush()
+        }
+        XCTAssertNil(try channel.readOutbound(as: ByteBuffer.self), "nothing leaves before the turn ends")
+        channel.embeddedEventLoop.run()
+        var sent = ""
+        while let bytes = try channel.readOutbound(as: ByteBuffer.self) { sent += String(buffer: bytes) }
+        XCTAssertEqual(sent, "frame 0;frame 1;frame 2;", "one flush sends them all, in order")
+        channel.write(ByteBuffer(string: "goaway"), promise: nil)
+        channel.flush()
+        channel.close(promise: nil)
+        XCTAssertEqual(try channel.readOutbound(as: ByteBuffer.self).map { String(buffer: $0) }, "goaway")
+    }
 }

@@ -28,6 +28,7 @@ enum HTTP2Frontend {
         ]
         let maxHeadBytes = settings.maxHeaderBytes
         let watcher = HTTP2ConnectionWatcher(idleTimeout: settings.clientTimeout, counters: counters, logger: logger)
+        try pipeline.addHandler(FlushCoalescer())
         _ = try pipeline.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connection, streamConfiguration: .init(), streamDelegate: watcher
         ) { stream in
