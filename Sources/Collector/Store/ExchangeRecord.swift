@@ -192,14 +192,16 @@ extension ExchangeRecord {
             clientMessages = Int(clamping: done.websocket.clientMessages)
             upstreamMessages = Int(clamping: done.websocket.upstreamMessages)
         }
+        // Only a Realtime session has these: no encoder is made for any other row.
+        if !parsed.realtimeResponses.isEmpty { realtimeResponses = Self.json(parsed.realtimeResponses) }
+        if !parsed.realtimeErrors.isEmpty { realtimeErrors = Self.json(parsed.realtimeErrors) }
+    }
+
+    /// A JSON array for a text column, keys sorted; empty if it can't be encoded.
+    private static func json<Value: Encodable>(_ value: Value) -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        if !parsed.realtimeResponses.isEmpty, let json = try? encoder.encode(parsed.realtimeResponses) {
-            realtimeResponses = String(decoding: json, as: UTF8.self)
-        }
-        if !parsed.realtimeErrors.isEmpty, let json = try? encoder.encode(parsed.realtimeErrors) {
-            realtimeErrors = String(decoding: json, as: UTF8.self)
-        }
+        return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? ""
     }
 
     /// The protocol label of a Request record's `http_version`: `h2` for HTTP/2 (each stream is

@@ -13,9 +13,9 @@ final class WebSocketRelay {
     let tap: ExchangeTap
     /// The end record's fields so far: the first Close frame, and messages each way.
     private(set) var session = WebSocketSessionFields()
-    private var closeSeen = false
-    /// The sidecar sent a Close of its own (a drain): the endpoints' answers to it end the session.
-    private(set) var sidecarClosed = false
+    /// A Close frame passed, or the sidecar sent one of its own: the session ends as the endpoints
+    /// agreed, whoever closes the connection.
+    private(set) var closeHandshakeBegun = false
 
     init(tap: ExchangeTap, maxMessageBytes: Int, maxCaptureBytes: Int) {
         self.tap = tap
@@ -55,14 +55,10 @@ final class WebSocketRelay {
     var clientBoundAtBoundary: Bool { fromUpstream.atFrameBoundary }
     var upstreamBoundAtBoundary: Bool { fromClient.atFrameBoundary }
 
-    /// A Close frame passed, or is about to pass: the session ends as the endpoints agreed.
-    var closeHandshakeBegun: Bool { closeSeen }
-
     /// The sidecar is about to send the client a Close of its own (a drain).
     func sidecarCloses(code: UInt16) {
-        sidecarClosed = true
-        if !closeSeen {
-            closeSeen = true
+        if !closeHandshakeBegun {
+            closeHandshakeBegun = true
             session.closeCode = UInt32(code)
             session.closedBy = .unspecified
             session.closeReason = "the sidecar is shutting down"
@@ -71,7 +67,7 @@ final class WebSocketRelay {
 
     /// The sidecar ends the session for a violation: its code is the session's close code.
     func violated(_ violation: WebSocketViolation) {
-        closeSeen = true
+        closeHandshakeBegun = true
         session.closeCode = UInt32(violation.code)
         session.closedBy = .unspecified
         session.closeReason = violation.reason
@@ -86,8 +82,8 @@ final class WebSocketRelay {
     }
 
     private func closed(code: UInt16?, reason: [UInt8], by direction: Direction) {
-        guard !closeSeen else { return }
-        closeSeen = true
+        guard !closeHandshakeBegun else { return }
+        closeHandshakeBegun = true
         session.closeCode = UInt32(code ?? 1005)
         session.closedBy = direction
         session.closeReason = String(decoding: reason, as: UTF8.self)
